@@ -1,0 +1,3 @@
+from pktnin.cli import main
+
+main()

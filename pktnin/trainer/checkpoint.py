@@ -1,0 +1,121 @@
+"""Checkpoints: NAME.keras (Keras 3) plus NAME.json metadata beside it, both written atomically.
+
+Metadata keys (docs/architecture.md): preset, classes, layout_version, alpha (fused models, else null),
+input ("row1500": float32 [batch,1500] = byte/255), data (dataset dir + its meta), metrics (validation),
+git_commit, created; training adds its own keys (e.g. "training").
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pktnin.layout import LAYOUT_VERSION
+
+INPUT_ROW1500 = "row1500"
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(NAME.keras, NAME.json) for a path given with or without the .keras suffix."""
+    path = Path(path)
+    keras_path = path if path.suffix == ".keras" else path.with_name(path.name + ".keras")
+    return keras_path, keras_path.with_suffix(".json")
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def make_metadata(
+    preset: str,
+    classes: list[str],
+    data_dir: str | os.PathLike | None,
+    data_meta: dict | None,
+    metrics: dict | None,
+    alpha: float | None = None,
+    **extra: Any,
+) -> dict:
+    meta = {
+        "preset": preset,
+        "classes": list(classes),
+        "layout_version": LAYOUT_VERSION,
+        "alpha": alpha,
+        "input": INPUT_ROW1500,
+        "data": {"dir": str(Path(data_dir).resolve()) if data_dir else None, "meta": data_meta},
+        "metrics": metrics,
+        "git_commit": git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    meta.update(extra)
+    return meta
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model, path: str | os.PathLike, metadata: dict) -> Path:
+    """Write NAME.keras and NAME.json atomically; returns the .keras path."""
+    keras_path, json_path = checkpoint_paths(path)
+    keras_path.parent.mkdir(parents=True, exist_ok=True)
+    # Keras insists on the .keras suffix, so the temporary name keeps it.
+    fd, tmp = tempfile.mkstemp(prefix=keras_path.stem + ".", suffix=".tmp.keras", dir=keras_path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, keras_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    write_json_atomic(json_path, metadata)
+    return keras_path
+
+
+def load_metadata(path: str | os.PathLike) -> dict:
+    _, json_path = checkpoint_paths(path)
+    try:
+        with open(json_path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint metadata {json_path} not found (expected beside the .keras file)")
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """(keras model, metadata dict). Loads in Keras's safe mode; the custom layers register on import."""
+    import keras
+
+    import pktnin.trainer.layers  # noqa: F401  (registers ByteSlice and AlphaFusion)
+
+    keras_path, _ = checkpoint_paths(path)
+    if not keras_path.is_file():
+        raise FileNotFoundError(f"checkpoint {keras_path} not found")
+    metadata = load_metadata(keras_path)
+    model = keras.saving.load_model(keras_path, compile=False)
+    return model, metadata
