@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pktnin.atomic import atomic_path
 from pktnin.layout import LAYOUT_VERSION
 
 INPUT_ROW1500 = "row1500"
@@ -69,16 +70,24 @@ def make_metadata(
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.chmod(tmp, 0o644)
+
+
+def uncompiled_copy(model):
+    """The same graph and weights without optimizer state: scoring never needs Adam's moments (2x the weights).
+
+    Rebuilt from the config, since keras.models.clone_model keeps the compiled optimizer. Build fused models
+    from such copies too: a compiled sub-model would carry its optimizer into the saved file.
+    """
+    if getattr(model, "optimizer", None) is None:
+        return model
+    copy = model.__class__.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def save_checkpoint(model, path: str | os.PathLike, metadata: dict) -> Path:
@@ -86,10 +95,11 @@ def save_checkpoint(model, path: str | os.PathLike, metadata: dict) -> Path:
     keras_path, json_path = checkpoint_paths(path)
     keras_path.parent.mkdir(parents=True, exist_ok=True)
     # Keras insists on the .keras suffix, so the temporary name keeps it.
-    fd, tmp = tempfile.mkstemp(prefix=keras_path.stem + ".", suffix=".tmp.keras", dir=keras_path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{keras_path.stem}.", suffix=".tmp.keras", dir=keras_path.parent)
     os.close(fd)
     try:
-        model.save(tmp)
+        uncompiled_copy(model).save(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         os.replace(tmp, keras_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

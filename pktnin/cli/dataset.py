@@ -1,0 +1,161 @@
+"""`pktnin dataset build`: labeled captures -> a dataset directory (rows, labels, splits, flows, meta)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from pktnin.cli._console import console, file_progress, skip_table
+
+dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
+
+
+@dataset_app.command("build")
+def build(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A flow-label CSV (or a folder holding labels.csv), an ISCX VPN-nonVPN tree, "
+            "or a folder with one sub-folder per class."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write (atomically).")],
+    kind: Annotated[
+        str, typer.Option("--source", help="Source kind: auto, iscx, class-dirs or csv.")
+    ] = "auto",
+    task: Annotated[
+        Optional[str], typer.Option("--task", help="ISCX task: A (14 applications) or B (12 traffic types).")
+    ] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            "--split",
+            help="random (packets, 68/16/16 per class) or by-file. Default: by-file for a CSV "
+            "(its split column / file_splits.csv), random otherwise.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and random splits.")] = 0,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="CSV column holding the label (task_category, task_app, ...).")
+    ] = "task_category",
+    pcaps: Annotated[
+        Optional[Path], typer.Option("--pcaps", help="Capture folder for a CSV source (default: pcaps/ beside it).")
+    ] = None,
+    max_per_class: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-per-class", help="Keep at most N packets per class (seeded sample; ISCX default 5000/12000)."
+        ),
+    ] = None,
+    keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
+    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Build a dataset of 1500-byte rows with labels, a train/val/test split and flow ids."""
+    from pktnin.trainer import dataset as ds
+
+    try:
+        if kind not in ds.SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {kind!r}; choose from {', '.join(ds.SOURCE_KINDS)}")
+        if kind == "auto":
+            kind = ds.detect_source(source)
+        if kind == "csv" and source.is_dir():
+            source = source / "labels.csv"
+        if task is not None and kind != "iscx":
+            raise ValueError("--task applies to an ISCX source only")
+        if pcaps is not None and kind != "csv":
+            raise ValueError("--pcaps applies to a CSV source only")
+        n_files = _count_files(kind, source, pcaps, label_column)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    common = dict(
+        seed=seed, max_per_class=max_per_class, mask=mask, keep_dns=keep_dns, split=split or "random"
+    )
+    with file_progress(n_files, f"dataset ({kind})", enabled=progress) as bar:
+
+        def on_progress(files_done: int, packets: int) -> None:
+            if files_done > bar.files:
+                bar.file_done(files_done - bar.files)
+            bar.add_packets(packets - bar.packets)
+
+        try:
+            if kind == "csv":
+                common["split"] = split or "by-file"
+                report = ds.build_from_csv(
+                    source, out, pcaps=pcaps, label_column=label_column, progress=on_progress, **common
+                )
+            elif kind == "iscx":
+                report = ds.build_from_iscx(source, out, task=task or "B", progress=on_progress, **common)
+            else:
+                report = ds.build_from_class_dirs(source, out, progress=on_progress, **common)
+        except (ValueError, OSError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    console.print(counts_table(report.meta))
+    if report.skipped_files:
+        console.print(skipped_table(report.skipped_files))
+    if report.file_errors:
+        errors = Table(title="Files read in part (records after an error were skipped)")
+        errors.add_column("file")
+        errors.add_column("errors")
+        for name, text in report.file_errors:
+            errors.add_row(name, text)
+        console.print(errors)
+    if report.packet_skips:
+        console.print(skip_table(report.packet_skips, title="Packets that did not become rows"))
+    empty = [c for c, n in report.meta["counts"]["total"].items() if n == 0]
+    if empty:
+        hint = "" if keep_dns else " (DNS packets are dropped unless --keep-dns)"
+        console.print(f"[yellow]warning:[/] no packets for class(es) {', '.join(empty)}{hint}")
+    n = report.meta["n_rows"]
+    console.print(
+        f"{n:,} rows, {len(report.meta['classes'])} classes, {report.unlabeled_packets:,} packets without a label "
+        f"left out, {report.seconds:.1f} s -> {report.out}"
+    )
+
+
+def _count_files(kind: str, source: Path, pcaps: Optional[Path], label_column: str) -> int:
+    """Files the build will read, for the progress bar (an upper bound for the ISCX source)."""
+    from pktnin.packets import find_captures
+
+    if kind == "csv":
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: no such file")
+        import csv
+
+        folder = pcaps if pcaps is not None else source.parent / "pcaps"
+        with open(source, newline="") as f:
+            names = {rec.get("file", "") for rec in csv.DictReader(f) if (rec.get(label_column) or "").strip()}
+        return sum(1 for name in names if name and (folder / name).is_file())
+    return len(find_captures([source]))
+
+
+def counts_table(meta: dict) -> Table:
+    counts = meta["counts"]
+    table = Table(title=f"Packets per class and split ({meta.get('split_mode')})")
+    table.add_column("class")
+    for name in ("train", "val", "test", "total"):
+        table.add_column(name, justify="right")
+    for cls in meta["classes"]:
+        table.add_row(cls, *(f"{counts[name][cls]:,}" for name in ("train", "val", "test", "total")))
+    table.add_row(
+        "[bold]all", *(f"[bold]{sum(counts[name].values()):,}" for name in ("train", "val", "test", "total"))
+    )
+    return table
+
+
+def skipped_table(skipped: list[tuple[str, str]]) -> Table:
+    table = Table(title=f"Files left out ({len(skipped)})")
+    table.add_column("file")
+    table.add_column("reason")
+    for name, reason in skipped:
+        table.add_row(name, reason)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dataset_app, name="dataset")

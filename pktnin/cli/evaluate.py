@@ -1,0 +1,66 @@
+"""`pktnin evaluate`: metrics of a checkpoint or ONNX model on a dataset split, as JSON and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Checkpoint NAME.keras (with NAME.json) or an exported .onnx.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset directory (pktnin dataset build).")],
+    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result JSON here.")] = None,
+    plots: Annotated[
+        Optional[Path], typer.Option("--plots", help="Write per-class F1 bars and confusion matrices (PNG) here.")
+    ] = None,
+    compare: Annotated[
+        Optional[List[Path]], typer.Option("--compare", help="Other result JSONs to draw beside this one.")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Prediction batch size.")] = 1024,
+    max_rows: Annotated[
+        Optional[int], typer.Option("--max-rows", min=1, help="Evaluate a seeded sample of at most N rows.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result JSON on stdout.")] = False,
+) -> None:
+    """Per-class and macro precision/recall/F1, confusion matrix, and the same per flow (mean probabilities)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pktnin.trainer.evaluate import evaluate as run_evaluation
+    from pktnin.trainer.evaluate import load_result, write_evaluation
+
+    console = Console(stderr=True)
+    try:
+        others = [load_result(p) for p in compare or []]
+        result = run_evaluation(model, data, split=split, batch=batch, max_rows=max_rows)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    written = write_evaluation(result, out, plots, others)
+
+    table = Table(title=f"{result['name']} on {split} ({result['rows']:,} packets, {result['flow']['flows']:,} flows)")
+    for column in ("class", "support", "precision", "recall", "F1", "flow F1"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row, flow_row in zip(result["packet"]["per_class"], result["flow"]["per_class"]):
+        table.add_row(
+            row["class"], f"{row['support']:,}", f"{row['precision']:.4f}", f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}", f"{flow_row['f1']:.4f}",
+        )  # fmt: skip
+    packet, flow = result["packet"], result["flow"]
+    table.add_row(
+        "macro", f"{packet['samples']:,}", f"{packet['macro_precision']:.4f}", f"{packet['macro_recall']:.4f}",
+        f"{packet['macro_f1']:.4f}", f"{flow['macro_f1']:.4f}", style="bold",
+    )  # fmt: skip
+    console.print(table)
+    console.print(f"accuracy {packet['accuracy']:.4f} (flows {flow['accuracy']:.4f}); {result['packets_per_s']:,.0f} pkts/s")
+    for path in written:
+        console.print(f"wrote {path}")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,44 @@
+"""`pktnin export-onnx`: a Keras checkpoint -> one ONNX graph with the pktnin metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pktnin.cli._console import console
+
+
+def export_onnx(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint: NAME.keras with NAME.json beside it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file (written atomically).")],
+    input_dtype: Annotated[
+        str, typer.Option("--input-dtype", help="uint8: raw bytes, /255 inside the graph (the CPU default); float32: bytes/255 (TensorRT plans).")
+    ] = "uint8",
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 13..18.")] = 17,
+) -> None:
+    """Export a checkpoint to ONNX: input `row` (batch x 1500), output `probs` (batch x classes), dynamic batch."""
+    from pktnin.engine.export import check_export_args, read_model_info
+    from pktnin.engine.export import export_onnx as export
+    from pktnin.engine.runner_base import ModelMismatchError
+
+    try:
+        check_export_args(input_dtype, opset)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        path = export(ckpt, out, input_dtype=input_dtype, opset=opset)
+    except (FileNotFoundError, ValueError, ModelMismatchError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    info = read_model_info(path)
+    console.print(
+        f"{path}: {info.preset}, {len(info.classes)} classes, input {info.input_dtype}, "
+        f"alpha {info.alpha}, opset {opset}",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export-onnx")(export_onnx)

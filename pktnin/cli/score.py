@@ -1,0 +1,160 @@
+"""`pktnin score`: captures in, per-packet (and per-flow) predictions out, streamed and resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from pktnin.cli._console import console, failed_files_table, file_progress, skip_table
+
+DEFAULT_BATCH = 512
+
+
+def score(
+    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
+    ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
+    batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
+    ] = None,
+    flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="parquet or csv (default: from --out's suffix, else parquet).")
+    ] = None,
+    probs: Annotated[bool, typer.Option("--probs", help="Add one probability column per class (p_<class>).")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run: reuse the files it finished.")
+    ] = False,
+    keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
+    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="Threads of the CPU model (ONNX Runtime intra-op threads).")
+    ] = None,
+    prep_threads: Annotated[
+        Optional[int],
+        typer.Option("--prep-threads", help="Threads preparing packets (default: 1 with the CPU model, else all)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Classify every packet of the captures and write one row per packet: file, frame, timestamp, addresses
+    and ports (as captured), protocol, predicted label and its probability.
+
+    Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
+    OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
+    """
+    from pktnin.engine.cache import file_sha256
+    from pktnin.engine.runner_base import EngineUnavailableError, ModelMismatchError
+    from pktnin.engine.runners import default_model_path, open_runner
+    from pktnin.packets import find_captures, mask_code
+    from pktnin.score import ScoreOptions, score_files
+    from pktnin.score.writers import FORMATS
+
+    if fmt is None:
+        fmt = "csv" if out is not None and out.suffix.lower() == ".csv" else "parquet"
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", param_hint="--format")
+    out = out or Path(f"predictions.{fmt}")
+    if flows is not None and flows.resolve() == out.resolve():
+        raise typer.BadParameter("--flows must name a different file than --out", param_hint="--flows")
+    if batch < 1:
+        raise typer.BadParameter(f"must be at least 1, got {batch}", param_hint="--batch")
+    for value, hint in ((threads, "--threads"), (prep_threads, "--prep-threads")):
+        if value is not None and value < 1:
+            raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=hint)
+    try:
+        mask_code(mask)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mask") from None
+    try:
+        files = find_captures(paths)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PATH") from None
+    files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
+    if not files:
+        raise typer.BadParameter("no files found", param_hint="PATH")
+
+    try:
+        model_path = model if model is not None else default_model_path()
+        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
+    except (EngineUnavailableError, ModelMismatchError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    opts = ScoreOptions(
+        out=out,
+        flows_out=flows,
+        fmt=fmt,
+        probs=probs,
+        resume=resume,
+        keep_dns=keep_dns,
+        mask=mask,
+        batch=batch,
+        prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
+        model_id=f"{file_sha256(model_path)}:{runner.backend}",
+    )
+    try:
+        with file_progress(len(files), "score", enabled=progress) as bar:
+            result = score_files(files, runner, opts, progress=bar)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        console.print("finished files are kept: fix the cause and rerun with --resume to continue")
+        raise typer.Exit(1) from None
+    finally:
+        runner.close()
+
+    _print_summary(result)
+    if all(r.failed for r in result.reports):
+        raise typer.Exit(1)
+
+
+def _own_output(path: Path, out: Path, flows: Path | None) -> bool:
+    from pktnin.score.manifest import manifest_path, parts_dir
+
+    path = path.resolve()
+    targets = [out] + ([flows] if flows is not None else [])
+    if any(path == t.resolve() or path == manifest_path(t).resolve() for t in targets):
+        return True
+    return parts_dir(out).resolve() in path.parents
+
+
+def _print_summary(result) -> None:
+    from rich.table import Table
+
+    from pktnin.packets import total_skips
+
+    total = int(result.label_counts.sum())
+    labels = Table(title="Packets per label")
+    labels.add_column("label")
+    labels.add_column("packets", justify="right")
+    labels.add_column("share", justify="right")
+    for name, count in sorted(zip(result.classes, result.label_counts.tolist()), key=lambda kv: -kv[1]):
+        if count:
+            labels.add_row(name, f"{count:,}", f"{count / total:.1%}")
+    console.print(labels)
+    skips = total_skips(result.reports)
+    if skips:
+        console.print(skip_table(skips))
+    failed = failed_files_table(result.reports)
+    if failed is not None:
+        console.print(failed)
+    resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
+    console.print(
+        f"{result.packets:,} packets scored from {len(result.files)} files{resumed} in {result.seconds:.2f} s: "
+        f"{result.packets_per_s:,.0f} packets/s"
+    )
+    console.print(f"{result.rows_written:,} rows -> {result.outputs[0]}")
+    if result.flows_written is not None:
+        console.print(f"{result.flows_written:,} flows -> {result.outputs[1]}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)

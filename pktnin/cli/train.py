@@ -1,0 +1,73 @@
+"""`pktnin train`: train one preset (or nin_parallel) on a dataset directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+PRESETS_HELP = "cnn_large, cnn_small, nin_large, nin_small, cnn_deeppacket, nin1, nin2 or nin_parallel"
+
+
+def train(
+    model: Annotated[str, typer.Argument(help=f"Model preset: {PRESETS_HELP}.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset directory (pktnin dataset build).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint NAME.keras (NAME.json is written beside).")],
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum number of epochs.")] = 10,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for initialization, sampling and shuffling.")] = 0,
+    max_train: Annotated[
+        Optional[int], typer.Option("--max-train", min=1, help="Use at most N training rows (seeded sample).")
+    ] = None,
+    max_val: Annotated[
+        Optional[int], typer.Option("--max-val", min=1, help="Validate on at most N rows (seeded sample).")
+    ] = None,
+    max_per_class: Annotated[
+        Optional[int], typer.Option("--max-per-class", min=1, help="Cap the training rows of each class.")
+    ] = None,
+    class_weighting: Annotated[
+        str, typer.Option("--class-weighting", help="none, or balanced (inverse class frequency).")
+    ] = "none",
+    patience: Annotated[
+        int, typer.Option("--patience", min=1, help="Stop after N epochs without a better validation macro-F1.")
+    ] = 3,
+    xla: Annotated[
+        bool, typer.Option("--xla/--no-xla", help="XLA-compile the training step (measured slower on CPU here).")
+    ] = False,
+    width: Annotated[float, typer.Option("--width", min=0.01, help="Scale every layer's width (tests).")] = 1.0,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout rate.")] = 0.1,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train MODEL; the epoch with the best validation macro-F1 is kept in OUT (+ JSON metadata).
+
+    Adam, learning rate 1e-3 x 0.98 per epoch, categorical cross-entropy; TensorBoard logs in OUT.logs/.
+    nin_parallel trains nin1 and nin2 (kept as OUT-nin1/-nin2), picks alpha on validation and saves one model.
+    """
+    from rich.console import Console
+
+    from pktnin.trainer.train import train as run_training
+
+    console = Console(stderr=True)
+    try:
+        summary = run_training(
+            model, data, out, epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train,
+            max_val=max_val, max_per_class=max_per_class, class_weighting=class_weighting, patience=patience,
+            dropout=dropout, width=width, progress=progress,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    line = f"{summary['preset']}: best validation macro-F1 {summary['val_macro_f1']:.4f}"
+    if "alpha" in summary:
+        line += f" with alpha {summary['alpha']:.2f}"
+        for name, branch in summary["branches"].items():
+            line += f"; {name} {branch['val_macro_f1']:.4f}"
+    else:
+        line += f" at epoch {summary['best_epoch']}/{summary['epochs_run']}"
+        if summary["train_packets_per_s"]:
+            line += f", {summary['train_packets_per_s'][-1]:,.0f} training pkts/s"
+    console.print(f"{line} -> {summary['checkpoint']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

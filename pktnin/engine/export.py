@@ -1,0 +1,139 @@
+"""Keras checkpoint -> ONE ONNX graph: input `row` [batch,1500], output `probs` [batch,C], dynamic batch.
+
+The fused NIN_parallel model is already one Keras model (the branches slice their bytes inside the graph), so
+the export is a single tf2onnx conversion of a tf.function around it. With input_dtype="uint8" the cast and
+the /255 normalization go inside the graph (tf2onnx emits Cast + Mul(1/255)), so callers pass raw bytes.
+TensorFlow, tf2onnx and onnx are imported inside the functions: they are the `train` extra.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pktnin.engine.runner_base import INPUT_DTYPES, INPUT_NAME, OUTPUT_NAME, ModelInfo
+from pktnin.layout import LAYOUT_VERSION, ROW_LEN
+
+DEFAULT_OPSET = 17
+MAX_OPSET = 18  # tf2onnx 1.17 refuses newer opsets
+BATCH_DIM = "batch"
+
+
+def export_onnx(
+    ckpt_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    input_dtype: str = "float32",
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export a checkpoint (NAME.keras + NAME.json) to ONNX at out_path (written atomically); returns out_path."""
+    from pktnin.trainer.checkpoint import load_checkpoint
+
+    check_export_args(input_dtype, opset)
+    model, meta = load_checkpoint(ckpt_path)
+    info = model_info_from_checkpoint_meta(meta, input_dtype, source=str(ckpt_path))
+    return export_keras_model(model, out_path, info, opset=opset)
+
+
+def model_info_from_checkpoint_meta(meta: dict, input_dtype: str, source: str) -> ModelInfo:
+    try:
+        info = ModelInfo(
+            classes=tuple(str(c) for c in meta["classes"]),
+            alpha=None if meta.get("alpha") is None else float(meta["alpha"]),
+            layout_version=int(meta.get("layout_version", LAYOUT_VERSION)),
+            preset=str(meta.get("preset", "unknown")),
+            input_dtype=input_dtype,
+        )
+    except KeyError as exc:
+        raise ValueError(f"{source}: checkpoint metadata lacks {exc.args[0]!r}") from None
+    info.check(source)
+    return info
+
+
+def export_keras_model(model, out_path: str | os.PathLike, info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
+    """Convert an in-memory Keras model (input float32 [batch,1500] = bytes/255, output probabilities)."""
+    import onnx
+
+    from pktnin.atomic import atomic_path
+
+    check_export_args(info.input_dtype, opset)
+    proto = keras_to_onnx(model, info.input_dtype, opset)
+    num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    if num_classes != len(info.classes):
+        raise ValueError(f"the model outputs {num_classes} classes but its metadata lists {len(info.classes)}")
+    set_metadata(proto, info)
+    onnx.checker.check_model(proto, full_check=True)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return out_path
+
+
+def keras_to_onnx(model, input_dtype: str = "float32", opset: int = DEFAULT_OPSET):
+    """The ONNX ModelProto of `model` with the pktnin input/output names and a symbolic batch dimension."""
+    import tensorflow as tf
+    import tf2onnx
+
+    check_export_args(input_dtype, opset)
+    dtype = tf.uint8 if input_dtype == "uint8" else tf.float32
+    spec = tf.TensorSpec([None, ROW_LEN], dtype, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec])
+    def serve(row):
+        x = tf.cast(row, tf.float32) / 255.0 if input_dtype == "uint8" else row
+        return model(x, training=False)
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ValueError(f"expected one input and one output, the graph has {len(graph.input)} and {len(graph.output)}")
+    _rename_value(graph, graph.input[0].name, INPUT_NAME)
+    _rename_value(graph, graph.output[0].name, OUTPUT_NAME)
+    for value in (graph.input[0], graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != 2:
+            raise ValueError(f"{value.name}: expected a 2-D tensor, got {len(dims)} dimensions")
+        dims[0].Clear()
+        dims[0].dim_param = BATCH_DIM
+    out_dims = graph.output[0].type.tensor_type.shape.dim
+    if not out_dims[1].dim_value:
+        raise ValueError("the model's output has no fixed class dimension")
+    proto.producer_name = "pktnin"
+    return proto
+
+
+def set_metadata(proto, info: ModelInfo) -> None:
+    """Replace the pktnin.* metadata_props of proto with info's."""
+    keep = [p for p in proto.metadata_props if not p.key.startswith("pktnin.")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in info.to_metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value
+
+
+def read_model_info(onnx_path: str | os.PathLike) -> ModelInfo:
+    """ModelInfo from an ONNX file's metadata (through onnx, so the weights are not loaded into a session)."""
+    import onnx
+
+    proto = onnx.load_model(str(onnx_path), load_external_data=False)
+    return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
+
+
+def check_export_args(input_dtype: str, opset: int) -> None:
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}")
+    if not 13 <= int(opset) <= MAX_OPSET:
+        raise ValueError(f"opset {opset} not supported: use 13..{MAX_OPSET} (tf2onnx refuses newer opsets)")
+
+
+def _rename_value(graph, old: str, new: str) -> None:
+    """Rename a value everywhere it appears (node inputs/outputs, graph inputs/outputs, value_info)."""
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new

@@ -1,0 +1,90 @@
+"""open_runner(): any model file (checkpoint, ONNX, plan, or the bundled model) -> a loaded Runner.
+
+backend "auto" picks TensorRT when it imports, pycuda imports and a GPU is present, else ONNX Runtime on the
+CPU. A checkpoint is exported to ONNX once and cached by content hash; with TensorRT the ONNX is built into a
+plan once per GPU/TensorRT and cached the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pktnin.engine.gpu_env import tensorrt_unavailable_reason
+from pktnin.engine.ort_runner import OnnxRuntimeRunner
+from pktnin.engine.runner_base import EngineUnavailableError, Runner
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+# The input the CPU engine gets for checkpoints: measured as fast as float32 rows normalized on the host
+# (docs/engine.md) while skipping that pass and its buffer; the CPU kernel already produces uint8 rows.
+ORT_INPUT_DTYPE = "uint8"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL_NAMES = ("nin_parallel.onnx",)
+
+
+def default_model_path() -> Path:
+    """The model bundled in pktnin/models: nin_parallel.onnx, else the only .onnx file there."""
+    for name in DEFAULT_MODEL_NAMES:
+        if (MODELS_DIR / name).is_file():
+            return MODELS_DIR / name
+    found = sorted(MODELS_DIR.glob("*.onnx"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"no bundled model in {MODELS_DIR}; pass a model file")
+    raise FileNotFoundError(f"several models in {MODELS_DIR} ({', '.join(p.name for p in found)}); pass one")
+
+
+def resolve_backend(backend: str = "auto", model_path: str | os.PathLike | None = None) -> str:
+    """'tensorrt' or 'onnxruntime'; raises EngineUnavailableError (one line) when tensorrt is asked for but missing."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    suffix = Path(model_path).suffix if model_path is not None else ""
+    if suffix == ".plan":
+        if backend == "onnxruntime":
+            raise ValueError(f"{model_path}: a TensorRT plan runs only with the tensorrt backend")
+        backend = "tensorrt"
+    if backend == "onnxruntime":
+        return backend
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        return "tensorrt"
+    if backend == "tensorrt":
+        raise EngineUnavailableError(reason)
+    return "onnxruntime"
+
+
+def open_runner(
+    model_path: str | os.PathLike | None = None,
+    backend: str = "auto",
+    *,
+    intra_threads: int | None = None,
+    inter_threads: int | None = None,
+    graph_opt: str = "all",
+    max_batch: int | None = None,
+    precision: str = "fp32",
+    device: int = 0,
+) -> Runner:
+    """A loaded runner for a .keras checkpoint, an .onnx file, a .plan file or (None) the bundled model."""
+    path = Path(model_path) if model_path is not None else default_model_path()
+    if path.suffix not in (".keras", ".onnx", ".plan"):
+        raise ValueError(f"{path}: expected a .keras checkpoint, an .onnx model or a .plan engine")
+    chosen = resolve_backend(backend, path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model {path} not found")
+    if chosen == "tensorrt":
+        from pktnin.engine.trt_build import DEFAULT_MAX_BATCH, cached_plan, onnx_source
+        from pktnin.engine.trt_runner import TensorRTRunner
+
+        plan = path if path.suffix == ".plan" else cached_plan(
+            onnx_source(path), precision=precision, max_batch=max_batch or DEFAULT_MAX_BATCH, device=device
+        )
+        return TensorRTRunner(plan, device=device).load()
+    if path.suffix == ".keras":
+        from pktnin.engine.cache import cached_onnx
+
+        path = cached_onnx(path, input_dtype=ORT_INPUT_DTYPE)
+    kwargs = {} if max_batch is None else {"max_batch": max_batch}
+    return OnnxRuntimeRunner(
+        path, intra_threads=intra_threads, inter_threads=inter_threads, graph_opt=graph_opt, **kwargs
+    ).load()

@@ -1,0 +1,686 @@
+"""Capture reading: format detection and a compiled record walk over a windowed memory map.
+
+Classic pcap (microsecond and nanosecond magics, both byte orders) and pcapng (several sections, each with its
+own byte order; several interfaces per section, each with its own link type and timestamp resolution; EPB, SPB
+and the obsolete OPB; every other block type skipped). The format comes from the magic number, never from the
+file name.
+
+The file is mapped in windows of `window_bytes` (offsets aligned to mmap.ALLOCATIONGRANULARITY). A numba
+function walks the complete records inside a window and says how far it got; a record that straddles the window
+end is read again from the next window, so memory stays bounded whatever the file size and no Python code runs
+per packet. The pcapng state (byte order, interface table) lives in small arrays that persist across windows.
+
+    reader = CaptureReader("x.pcapng")      # raises NotACapture (offset 0) for empty and non-capture files
+    for raw in reader:                      # RawBatch; raw.buf is valid until the next batch is read
+        ...
+    reader.records, reader.corrupt_records, reader.errors, reader.fatal
+
+Bad input never crashes the walk: a record or block whose framing is lost (truncated, beyond the file, above
+256 KiB in classic pcap, impossible pcapng block lengths) stops the file with one fatal CaptureError, keeping the
+good records before it; a damaged record whose framing is intact (zero length, a pcapng packet longer than its
+block, an undefined interface) is skipped, counted in `corrupt_records` and reported once per kind with the
+offset of its first occurrence.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "MAX_RECORD_LEN",
+    "CaptureError",
+    "NotACapture",
+    "RawBatch",
+    "CaptureReader",
+    "detect_format",
+]
+
+MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
+
+_PCAP_MAGICS = {
+    # magic as read little-endian -> (big_endian, nanosecond)
+    0xA1B2C3D4: (False, False),
+    0xD4C3B2A1: (True, False),
+    0xA1B23C4D: (False, True),
+    0x4D3CB2A1: (True, True),
+}
+_PCAP_HEADER_LEN = 24
+_SHB_TYPE = 0x0A0D0D0A
+_BOM_LE = 0x1A2B3C4D
+_BOM_BE = 0x4D3C2B1A
+
+# Walk results.
+_NEED_MORE = 0  # the next record does not fit in the window; st[_NEED] bytes are needed from the returned pos
+_BATCH_FULL = 1  # the output arrays are full
+_END = 2  # clean end of file
+_FATAL = 3  # framing lost: st[_ERR_*] describe it
+
+# Layout of the int64 state array shared with the walk.
+_FRAME = 0  # packet records seen so far (good and corrupt): the next record's frame number
+_CORRUPT = 1
+_NEED = 2
+_ERR_CODE = 3
+_ERR_OFF = 4
+_ERR_V1 = 5
+_ERR_V2 = 6
+_BIG = 7  # pcapng: byte order of the current section
+_N_IF = 8  # pcapng: interfaces defined in the current section
+_SECTIONS = 9
+_WARN_BASE = 16  # per non-fatal kind k: count, first offset, first value at _WARN_BASE + 3k (+1, +2)
+
+# Fatal error codes.
+E_TRUNC_HEADER = 1
+E_TRUNC_RECORD = 2
+E_RECORD_TOO_LONG = 3
+E_BLOCK_TRUNC_HEADER = 4
+E_BLOCK_SHORT = 5
+E_BLOCK_ALIGN = 6
+E_BLOCK_BEYOND = 7
+E_BLOCK_TRAILER = 8
+E_BAD_BOM = 9
+
+# Non-fatal kinds (the record is skipped, the walk continues).
+W_ZERO_LEN = 0
+W_CAPLEN_BLOCK = 1
+W_BAD_IFACE = 2
+W_SHORT_PACKET_BLOCK = 3
+W_SHORT_IDB = 4
+W_TOO_LONG = 5
+_N_WARN = 6
+_STATE_LEN = _WARN_BASE + 3 * _N_WARN
+
+_IFACE_CAPACITY = 65536  # interfaces per pcapng section kept in the table; ids beyond it count as undefined
+_MIN_RECORD_BYTES = 12  # smallest record or block: bounds the output arrays one walk call can fill
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors and batches
+
+
+class CaptureError(Exception):
+    """A problem in a capture file, at a byte offset."""
+
+    def __init__(self, path, offset: int, reason: str):
+        self.path = str(path)
+        self.offset = int(offset)
+        self.reason = reason
+        super().__init__(f"{os.path.basename(self.path) or self.path}: offset {self.offset}: {reason}")
+
+
+class NotACapture(CaptureError):
+    """The file is empty or is neither classic pcap nor pcapng (always at offset 0)."""
+
+
+class RawBatch(NamedTuple):
+    """Records of one file; record i is buf[pkt_off[i] : pkt_off[i] + caplen[i]]."""
+
+    buf: np.ndarray  # uint8 window of the file, valid until the next batch is read
+    pkt_off: np.ndarray  # int64
+    caplen: np.ndarray  # int32
+    wirelen: np.ndarray  # int32
+    linktype: np.ndarray  # int32, lower 16 bits of the link type field
+    ts_ns: np.ndarray  # int64, ns since the epoch (0 when unknown: SPB)
+    frame: np.ndarray  # int64, 0-based index of the packet record in its file
+
+    @property
+    def n(self) -> int:
+        return int(self.pkt_off.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Format detection
+
+
+def _head_bytes(path_or_bytes, n: int) -> bytes:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview, np.ndarray)):
+        return bytes(memoryview(path_or_bytes).cast("B")[:n])
+    with open(path_or_bytes, "rb") as f:
+        return f.read(n)
+
+
+def _format_of_head(head: bytes) -> str | None:
+    if len(head) < 4:
+        return None
+    magic = int.from_bytes(head[:4], "little")
+    if magic in _PCAP_MAGICS:
+        return "pcap"
+    if magic == _SHB_TYPE and len(head) >= 12 and int.from_bytes(head[8:12], "little") in (_BOM_LE, _BOM_BE):
+        return "pcapng"
+    return None
+
+
+def detect_format(path_or_bytes) -> str | None:
+    """'pcap', 'pcapng' or None, from the magic number (a path or the file's first bytes)."""
+    return _format_of_head(_head_bytes(path_or_bytes, 12))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compiled walk. Every read is checked against the window end (`buf.shape[0]`) and the file size first.
+
+
+@njit(cache=True, inline="always")
+def _u16(buf, p, big):
+    if big:
+        return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+    return np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+
+
+@njit(cache=True, inline="always")
+def _u32(buf, p, big):
+    if big:
+        return (
+            (np.int64(buf[p]) << 24)
+            | (np.int64(buf[p + 1]) << 16)
+            | (np.int64(buf[p + 2]) << 8)
+            | np.int64(buf[p + 3])
+        )
+    return (
+        np.int64(buf[p])
+        | (np.int64(buf[p + 1]) << 8)
+        | (np.int64(buf[p + 2]) << 16)
+        | (np.int64(buf[p + 3]) << 24)
+    )
+
+
+@njit(cache=True, inline="always")
+def _fatal(st, code, offset, v1, v2):
+    st[_ERR_CODE] = code
+    st[_ERR_OFF] = offset
+    st[_ERR_V1] = v1
+    st[_ERR_V2] = v2
+    return _FATAL
+
+
+@njit(cache=True, inline="always")
+def _warn(st, kind, offset, value):
+    base = _WARN_BASE + 3 * kind
+    if st[base] == 0:
+        st[base + 1] = offset
+        st[base + 2] = value
+    st[base] += 1
+    if kind != W_SHORT_IDB:  # an IDB is not a packet record
+        st[_CORRUPT] += 1
+
+
+@njit(cache=True, inline="always")
+def _clamp_i32(v):
+    return min(v, np.int64(0x7FFFFFFF))
+
+
+@njit(cache=True)
+def _walk_pcap(buf, pos, file_off, file_size, big, nanosecond, linktype,
+               pkt_off, caplen, wirelen, ltype, ts_ns, frame, st):
+    """Walk classic pcap records from buf[pos]; buf starts at file offset file_off. Returns (status, pos, n)."""
+    end = buf.shape[0]
+    cap = pkt_off.shape[0]
+    frac_ns = 1 if nanosecond else 1000
+    fr = st[_FRAME]
+    n = 0
+    status = _END
+    while True:
+        if n == cap:
+            status = _BATCH_FULL
+            break
+        left = file_size - (file_off + pos)
+        if left <= 0:
+            status = _END
+            break
+        if pos + 16 > end:
+            if left < 16:
+                status = _fatal(st, E_TRUNC_HEADER, file_off + pos, left, 0)
+            else:
+                st[_NEED] = 16
+                status = _NEED_MORE
+            break
+        cl = _u32(buf, pos + 8, big)
+        if cl > MAX_RECORD_LEN:
+            status = _fatal(st, E_RECORD_TOO_LONG, file_off + pos, cl, MAX_RECORD_LEN)
+            break
+        if cl > left - 16:
+            status = _fatal(st, E_TRUNC_RECORD, file_off + pos, cl, left - 16)
+            break
+        if pos + 16 + cl > end:
+            st[_NEED] = 16 + cl
+            status = _NEED_MORE
+            break
+        if cl == 0:
+            _warn(st, W_ZERO_LEN, file_off + pos, 0)
+        else:
+            pkt_off[n] = pos + 16
+            caplen[n] = cl
+            wirelen[n] = _clamp_i32(_u32(buf, pos + 12, big))
+            ltype[n] = linktype
+            ts_ns[n] = _u32(buf, pos, big) * 1_000_000_000 + _u32(buf, pos + 4, big) * frac_ns
+            frame[n] = fr
+            n += 1
+        fr += 1
+        pos += 16 + cl
+    st[_FRAME] = fr
+    return status, pos, n
+
+
+@njit(cache=True, inline="always")
+def _ts_to_ns(ts, mode, param):
+    # ts holds the u64 from the file. mode 0: multiply by param; 1: divide by param; 2: binary fraction with
+    # param bits; 3: unknown resolution (0). Shifts and division are unsigned so that large units stay right.
+    if mode == 0:
+        return ts * param
+    if mode == 1:
+        return np.int64(np.uint64(ts) // np.uint64(param))
+    if mode == 2:
+        k = param
+        if k > 33:  # keep frac * 1e9 inside int64
+            ts = np.int64(np.uint64(ts) >> np.uint64(k - 33))
+            k = 33
+        whole = np.int64(np.uint64(ts) >> np.uint64(k))
+        frac = ts & ((np.int64(1) << k) - 1)
+        return whole * 1_000_000_000 + ((frac * 1_000_000_000) >> k)
+    return np.int64(0)
+
+
+@njit(cache=True)
+def _parse_idb(buf, pos, blen, big, ifs, st, boff):
+    """Append the interface of the IDB at buf[pos] (whole block inside buf) to the section's table."""
+    idx = st[_N_IF]
+    st[_N_IF] = idx + 1
+    if idx >= ifs.shape[0]:
+        return
+    if blen < 20:
+        _warn(st, W_SHORT_IDB, boff, blen)
+        ifs[idx, 0] = -1
+        return
+    mode = 0
+    param = np.int64(1000)  # default resolution 1e-6 s
+    tsoff = np.int64(0)
+    o = pos + 16
+    opt_end = pos + blen - 4
+    while o + 4 <= opt_end:
+        code = _u16(buf, o, big)
+        olen = _u16(buf, o + 2, big)
+        if code == 0:
+            break
+        v = o + 4
+        if v + olen > opt_end:
+            break
+        if code == 9 and olen >= 1:  # if_tsresol
+            r = np.int64(buf[v])
+            if r & 0x80:
+                mode = 2
+                param = r & 0x7F
+            elif r <= 9:
+                mode = 0
+                param = np.int64(1)
+                for _ in range(9 - r):
+                    param *= 10
+            elif r <= 27:
+                mode = 1
+                param = np.int64(1)
+                for _ in range(r - 9):
+                    param *= 10
+            else:
+                mode = 3
+        elif code == 14 and olen >= 8:  # if_tsoffset, seconds
+            if big:
+                tsoff = (_u32(buf, v, big) << 32) | _u32(buf, v + 4, big)
+            else:
+                tsoff = (_u32(buf, v + 4, big) << 32) | _u32(buf, v, big)
+            tsoff = tsoff * 1_000_000_000
+        o = v + ((olen + 3) & ~3)
+    ifs[idx, 0] = _u16(buf, pos + 8, big)
+    ifs[idx, 1] = mode
+    ifs[idx, 2] = param
+    ifs[idx, 3] = tsoff
+
+
+@njit(cache=True)
+def _walk_pcapng(buf, pos, file_off, file_size, ifs,
+                 pkt_off, caplen, wirelen, ltype, ts_ns, frame, st):
+    """Walk pcapng blocks from buf[pos]; buf starts at file offset file_off. Returns (status, pos, n)."""
+    end = buf.shape[0]
+    cap = pkt_off.shape[0]
+    n_table = ifs.shape[0]
+    fr = st[_FRAME]
+    n = 0
+    status = _END
+    while True:
+        if n == cap:
+            status = _BATCH_FULL
+            break
+        boff = file_off + pos
+        left = file_size - boff
+        if left <= 0:
+            status = _END
+            break
+        if pos + 12 > end:
+            if left < 12:
+                status = _fatal(st, E_BLOCK_TRUNC_HEADER, boff, left, 0)
+            else:
+                st[_NEED] = 12
+                status = _NEED_MORE
+            break
+        is_shb = _u32(buf, pos, False) == _SHB_TYPE  # the SHB type reads the same in both orders
+        if is_shb:
+            bom = _u32(buf, pos + 8, False)
+            if bom == _BOM_LE:
+                big = False
+            elif bom == _BOM_BE:
+                big = True
+            else:
+                status = _fatal(st, E_BAD_BOM, boff, bom, 0)
+                break
+            btype = np.int64(_SHB_TYPE)
+            min_len = 28
+        else:
+            big = st[_BIG] != 0
+            btype = _u32(buf, pos, big)
+            min_len = 12
+        blen = _u32(buf, pos + 4, big)
+        if blen < min_len:
+            status = _fatal(st, E_BLOCK_SHORT, boff, blen, min_len)
+            break
+        if blen & 3:
+            status = _fatal(st, E_BLOCK_ALIGN, boff, blen, 0)
+            break
+        if blen > left:
+            status = _fatal(st, E_BLOCK_BEYOND, boff, blen, left)
+            break
+        if pos + blen > end:
+            st[_NEED] = blen
+            status = _NEED_MORE
+            break
+        trailer = _u32(buf, pos + blen - 4, big)
+        if trailer != blen:
+            status = _fatal(st, E_BLOCK_TRAILER, boff, trailer, blen)
+            break
+
+        if is_shb:  # a new section: its own byte order, an empty interface table
+            st[_BIG] = 1 if big else 0
+            st[_N_IF] = 0
+            st[_SECTIONS] += 1
+        elif btype == 1:
+            _parse_idb(buf, pos, blen, big, ifs, st, boff)
+        elif btype == 6 or btype == 3 or btype == 2:  # EPB, SPB, OPB
+            if btype == 3:
+                fixed = 16
+            else:
+                fixed = 32
+            if blen < fixed:
+                _warn(st, W_SHORT_PACKET_BLOCK, boff, blen)
+            else:
+                room = blen - fixed
+                if btype == 3:
+                    if_id = np.int64(0)
+                    ol = _u32(buf, pos + 8, big)
+                    cl = min(ol, room)
+                    data = pos + 12
+                    ts = np.int64(0)
+                else:
+                    if btype == 6:
+                        if_id = _u32(buf, pos + 8, big)
+                    else:
+                        if_id = _u16(buf, pos + 8, big)
+                    ts = (_u32(buf, pos + 12, big) << 32) | _u32(buf, pos + 16, big)
+                    cl = _u32(buf, pos + 20, big)
+                    ol = _u32(buf, pos + 24, big)
+                    data = pos + 28
+                if cl > room:
+                    _warn(st, W_CAPLEN_BLOCK, boff, cl)
+                elif cl > MAX_RECORD_LEN:
+                    _warn(st, W_TOO_LONG, boff, cl)
+                elif if_id >= st[_N_IF] or if_id >= n_table or ifs[if_id, 0] < 0:
+                    _warn(st, W_BAD_IFACE, boff, if_id)
+                elif cl == 0:
+                    _warn(st, W_ZERO_LEN, boff, 0)
+                else:
+                    pkt_off[n] = data
+                    caplen[n] = cl
+                    wirelen[n] = _clamp_i32(ol)
+                    ltype[n] = ifs[if_id, 0]
+                    if btype == 3:
+                        ts_ns[n] = 0
+                    else:
+                        ts_ns[n] = _ts_to_ns(ts, ifs[if_id, 1], ifs[if_id, 2]) + ifs[if_id, 3]
+                    frame[n] = fr
+                    n += 1
+            fr += 1
+        pos += blen
+    st[_FRAME] = fr
+    return status, pos, n
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Messages
+
+
+def _fatal_reason(code: int, v1: int, v2: int) -> str:
+    if code == E_TRUNC_HEADER:
+        return f"truncated record header: only {v1} bytes left in the file"
+    if code == E_TRUNC_RECORD:
+        return f"truncated record: record length {v1} but only {v2} bytes left in the file"
+    if code == E_RECORD_TOO_LONG:
+        return f"record length {v1} exceeds {v2}"
+    if code == E_BLOCK_TRUNC_HEADER:
+        return f"truncated block header: only {v1} bytes left in the file"
+    if code == E_BLOCK_SHORT:
+        return f"block length {v1} is less than {v2}"
+    if code == E_BLOCK_ALIGN:
+        return f"block length {v1} is not a multiple of 4"
+    if code == E_BLOCK_BEYOND:
+        return f"block length {v1} goes beyond the end of the file ({v2} bytes left)"
+    if code == E_BLOCK_TRAILER:
+        return f"trailing block length {v1} does not match the block length {v2}"
+    if code == E_BAD_BOM:
+        return f"bad byte-order magic 0x{v1:08x} in section header"
+    return f"fatal error {code}"
+
+
+def _warn_reason(kind: int, value: int, count: int) -> str:
+    if kind == W_ZERO_LEN:
+        what = "zero-length record"
+    elif kind == W_CAPLEN_BLOCK:
+        what = f"captured length {value} exceeds its block"
+    elif kind == W_BAD_IFACE:
+        what = f"record references undefined interface {value}"
+    elif kind == W_SHORT_PACKET_BLOCK:
+        what = f"packet block length {value} is too short for its fields"
+    elif kind == W_SHORT_IDB:
+        what = f"interface description block length {value} is too short"
+    elif kind == W_TOO_LONG:
+        what = f"record length {value} exceeds {MAX_RECORD_LEN}"
+    else:
+        what = f"corrupt record (kind {kind})"
+    return f"{what} (first of {count} in this file, skipped)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Window sources
+
+
+class _FileSource:
+    granularity = mmap.ALLOCATIONGRANULARITY
+
+    def __init__(self, path):
+        self._f = open(path, "rb")
+        self.size = os.fstat(self._f.fileno()).st_size
+
+    def window(self, off: int, length: int):
+        mm = mmap.mmap(self._f.fileno(), length, access=mmap.ACCESS_READ, offset=off)
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+        return np.frombuffer(mm, dtype=np.uint8), mm
+
+    @staticmethod
+    def release(mm):
+        try:
+            mm.close()
+        except BufferError:
+            # A batch still holds the window: it is unmapped when the last view goes away. Meanwhile drop its
+            # pages from memory; the file-backed read-only mapping faults them back in if the batch is read again.
+            if hasattr(mmap, "MADV_DONTNEED"):
+                mm.madvise(mmap.MADV_DONTNEED)
+
+    def close(self):
+        self._f.close()
+
+
+class _MemorySource:
+    granularity = 8  # small, so that in-memory runs (fuzzing) exercise the same re-read logic as files
+
+    def __init__(self, data):
+        self._arr = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        self.size = self._arr.shape[0]
+
+    def window(self, off: int, length: int):
+        return self._arr[off : off + length], None
+
+    @staticmethod
+    def release(_handle):
+        pass
+
+    def close(self):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reader
+
+
+class CaptureReader:
+    """Iterate over the records of one capture as RawBatch chunks.
+
+    `path` is a file path, or bytes-like data read from memory (named "<memory>"). The constructor detects the
+    format and raises NotACapture (offset 0) for empty and non-capture files, CaptureError for unreadable ones;
+    problems inside the file never raise: they end up in `.errors` / `.fatal` after iteration. Each iteration
+    walks the file from the start.
+    """
+
+    interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
+
+    def __init__(self, path, window_bytes: int = 64 << 20, max_records: int = 65536):
+        if window_bytes < 1 or max_records < 1:
+            raise ValueError("window_bytes and max_records must be positive")
+        self._in_memory = isinstance(path, (bytes, bytearray, memoryview, np.ndarray))
+        self._data = path if self._in_memory else None
+        self.path = "<memory>" if self._in_memory else os.fspath(path)
+        self.window_bytes = int(window_bytes)
+        self.max_records = int(max_records)
+        try:
+            head = _head_bytes(path, _PCAP_HEADER_LEN)
+        except OSError as e:
+            raise CaptureError(self.path, 0, f"cannot read: {e.strerror or e}") from e
+        if not head:
+            raise NotACapture(self.path, 0, "empty file")
+        self.format = _format_of_head(head)
+        if self.format is None:
+            raise NotACapture(self.path, 0, f"not a pcap or pcapng file (starts with {head[:4].hex()})")
+        self._reset()
+
+    def _reset(self):
+        self._st = np.zeros(_STATE_LEN, dtype=np.int64)
+        self.records = 0
+        self.fatal: CaptureError | None = None
+
+    @property
+    def corrupt_records(self) -> int:
+        return int(self._st[_CORRUPT])
+
+    @property
+    def frames(self) -> int:
+        """Packet records seen (good and corrupt)."""
+        return int(self._st[_FRAME])
+
+    @property
+    def errors(self) -> list[CaptureError]:
+        """One CaptureError per kind of skipped record (first offset), then the fatal error if any."""
+        out = []
+        for kind in range(_N_WARN):
+            base = _WARN_BASE + 3 * kind
+            count = int(self._st[base])
+            if count:
+                reason = _warn_reason(kind, int(self._st[base + 2]), count)
+                out.append(CaptureError(self.path, int(self._st[base + 1]), reason))
+        out.sort(key=lambda e: e.offset)
+        if self.fatal is not None:
+            out.append(self.fatal)
+        return out
+
+    def report(self) -> dict:
+        """Per-file summary, JSON-ready."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "records": self.records,
+            "corrupt_records": self.corrupt_records,
+            "frames": self.frames,
+            "errors": [str(e) for e in self.errors],
+            "fatal": None if self.fatal is None else str(self.fatal),
+        }
+
+    def __iter__(self):
+        self._reset()
+        source = _MemorySource(self._data) if self._in_memory else _FileSource(self.path)
+        try:
+            yield from self._walk(source)
+        finally:
+            source.close()
+
+    def _walk(self, source):
+        st = self._st
+        size = source.size
+        if self.format == "pcap":
+            window, handle = source.window(0, min(size, _PCAP_HEADER_LEN))
+            hdr = window.tobytes()
+            del window
+            source.release(handle)
+            if len(hdr) < _PCAP_HEADER_LEN:
+                self.fatal = CaptureError(self.path, 0, f"truncated file header: {len(hdr)} of 24 bytes")
+                return
+            big, nanosecond = _PCAP_MAGICS[int.from_bytes(hdr[:4], "little")]
+            link = int.from_bytes(hdr[20:24], "big" if big else "little") & 0xFFFF  # drop FCS and reserved bits
+            pos = _PCAP_HEADER_LEN
+        else:
+            ifs = np.zeros((self.interface_capacity, 4), dtype=np.int64)
+            pos = 0
+        need = 0
+        gran = source.granularity
+        while pos < size:
+            map_off = pos - pos % gran
+            length = min(size - map_off, (pos - map_off) + max(self.window_bytes, need))
+            buf, handle = source.window(map_off, length)
+            bpos = pos - map_off
+            while True:
+                # each record takes at least 12 bytes, so this bounds what one call can fill
+                cap = min(self.max_records, (length - bpos) // _MIN_RECORD_BYTES + 1)
+                pkt_off = np.empty(cap, np.int64)
+                caplen = np.empty(cap, np.int32)
+                wirelen = np.empty(cap, np.int32)
+                ltype = np.empty(cap, np.int32)
+                ts_ns = np.empty(cap, np.int64)
+                frame = np.empty(cap, np.int64)
+                if self.format == "pcap":
+                    status, bpos, n = _walk_pcap(buf, bpos, map_off, size, big, nanosecond, link,
+                                                 pkt_off, caplen, wirelen, ltype, ts_ns, frame, st)
+                else:
+                    status, bpos, n = _walk_pcapng(buf, bpos, map_off, size, ifs,
+                                                   pkt_off, caplen, wirelen, ltype, ts_ns, frame, st)
+                if n:
+                    self.records += n
+                    yield RawBatch(buf, pkt_off[:n], caplen[:n], wirelen[:n], ltype[:n], ts_ns[:n], frame[:n])
+                if status != _BATCH_FULL:
+                    break
+            pos = map_off + bpos
+            del buf
+            source.release(handle)
+            if status == _FATAL:
+                self.fatal = CaptureError(
+                    self.path, int(st[_ERR_OFF]), _fatal_reason(int(st[_ERR_CODE]), int(st[_ERR_V1]), int(st[_ERR_V2]))
+                )
+                return
+            if status == _END:
+                return
+            need = int(st[_NEED])  # _NEED_MORE: the next window starts at pos and holds at least `need` bytes

@@ -1,0 +1,125 @@
+"""Per-flow aggregation of scored packets, one file at a time, in numpy.
+
+A flow is the packets of one file sharing the bidirectional `flow_key` (5-tuple + VLAN, both directions).
+Endpoint `a` is the source of the flow's first scored packet. The flow's label is the argmax of its mean
+probability vector and its confidence that mean probability.
+
+Packets are buffered and folded into the running per-flow state whenever the buffer holds as many packets as
+the state has flows (at least MERGE_ROWS), so the work stays O(N log N) and memory O(flows + MERGE_ROWS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pktnin.score.writers import TIMESTAMP, format_addresses, labels_of, prob_columns
+
+MERGE_ROWS = 65536
+
+# Fields of the first packet that describe the flow (taken from the earliest packet of each flow).
+_FIRST_FIELDS = ("ip_version", "proto", "src_addr", "dst_addr", "src_port", "dst_port", "vlan")
+
+
+def flow_schema(classes: list[str], with_probs: bool) -> pa.Schema:
+    fields = [
+        ("file", pa.string()),
+        ("proto", pa.uint8()),
+        ("addr_a", pa.string()),
+        ("port_a", pa.uint16()),
+        ("addr_b", pa.string()),
+        ("port_b", pa.uint16()),
+        ("vlan", pa.uint16()),
+        ("first_ts", TIMESTAMP),
+        ("last_ts", TIMESTAMP),
+        ("packets", pa.int64()),
+        ("label", pa.string()),
+        ("confidence", pa.float32()),
+    ]
+    if with_probs:
+        fields += [(name, pa.float32()) for name in prob_columns(classes)]
+    return pa.schema(fields)
+
+
+class FlowAccumulator:
+    """Collects (meta, probs) of one file's scored packets, in frame order, and reduces them by flow_key."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self._state: dict[str, np.ndarray] | None = None
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_rows = 0
+
+    def add(self, meta: dict[str, np.ndarray], probs: np.ndarray) -> None:
+        n = probs.shape[0]
+        if n == 0:
+            return
+        part = {name: meta[name] for name in _FIRST_FIELDS}
+        part["flow_key"] = meta["flow_key"]
+        part["first_frame"] = meta["frame"]
+        part["first_ts"] = meta["ts_ns"]
+        part["last_ts"] = meta["ts_ns"]
+        part["packets"] = np.ones(n, dtype=np.int64)
+        part["prob_sum"] = probs.astype(np.float64)
+        self._pending.append(part)
+        self._pending_rows += n
+        state_flows = 0 if self._state is None else len(self._state["flow_key"])
+        if self._pending_rows >= max(MERGE_ROWS, state_flows):
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = ([self._state] if self._state is not None else []) + self._pending
+        self._pending, self._pending_rows = [], 0
+        if not parts:
+            return
+        cat = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        # return_index gives each key's first occurrence in concatenation order: the state (earlier packets)
+        # comes first, then the buffered packets in arrival (= frame) order, so it is the flow's first packet.
+        keys, first, inverse = np.unique(cat["flow_key"], return_index=True, return_inverse=True)
+        f = len(keys)
+        out = {name: cat[name][first] for name in _FIRST_FIELDS}
+        out["flow_key"] = keys
+        out["first_frame"] = cat["first_frame"][first]
+        out["first_ts"] = np.full(f, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(out["first_ts"], inverse, cat["first_ts"])
+        out["last_ts"] = np.full(f, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(out["last_ts"], inverse, cat["last_ts"])
+        out["packets"] = np.zeros(f, dtype=np.int64)
+        np.add.at(out["packets"], inverse, cat["packets"])
+        out["prob_sum"] = np.zeros((f, self.n_classes), dtype=np.float64)
+        np.add.at(out["prob_sum"], inverse, cat["prob_sum"])
+        self._state = out
+
+    @property
+    def flows(self) -> int:
+        self._merge()
+        return 0 if self._state is None else len(self._state["flow_key"])
+
+    def table(self, file_name: str, classes: pa.Array, schema: pa.Schema) -> pa.Table:
+        """The file's flows, ordered by their first packet."""
+        self._merge()
+        s = self._state
+        if s is None:
+            return schema.empty_table()
+        order = np.argsort(s["first_frame"], kind="stable")
+        s = {name: values[order] for name, values in s.items()}
+        mean = (s["prob_sum"] / s["packets"][:, None]).astype(np.float32)
+        _, label, confidence = labels_of(mean, classes)
+        n = len(order)
+        columns = [
+            pa.repeat(file_name, n).cast(pa.string()),
+            pa.array(s["proto"], type=pa.uint8()),
+            format_addresses(s["src_addr"], s["ip_version"]),
+            pa.array(s["src_port"], type=pa.uint16()),
+            format_addresses(s["dst_addr"], s["ip_version"]),
+            pa.array(s["dst_port"], type=pa.uint16()),
+            pa.array(s["vlan"], type=pa.uint16()),
+            pa.array(s["first_ts"], type=pa.int64()).cast(TIMESTAMP),
+            pa.array(s["last_ts"], type=pa.int64()).cast(TIMESTAMP),
+            pa.array(s["packets"], type=pa.int64()),
+            label,
+            pa.array(confidence, type=pa.float32()),
+        ]
+        if len(schema) > len(columns):
+            columns += [pa.array(np.ascontiguousarray(mean[:, c]), type=pa.float32()) for c in range(mean.shape[1])]
+        return pa.Table.from_arrays(columns, schema=schema)

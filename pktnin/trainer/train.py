@@ -1,0 +1,487 @@
+"""Training: one preset on a dataset directory -> the best checkpoint by validation macro-F1.
+
+Adam (learning rate 1e-3, multiplied by 0.98 after every epoch), categorical cross-entropy, early stopping on
+validation macro-F1 (computed with pktnin.trainer.metrics at each epoch end), best checkpoint written atomically,
+TensorBoard logs under `<out>.logs/`. Rows stay uint8 in the memory-mapped dataset; the tf.data pipeline gathers
+a batch, casts it and divides by 255. `nin_parallel` trains NIN1 and NIN2, then picks alpha (trainer.fusion).
+
+XLA (`xla=True`, Keras jit_compile) is off by default: on this project's CPU build (TF 2.21, Keras 3.15) it made
+training slower, and Keras's Dropout under XLA on the CPU about 100x slower (a [128,1024] dropout mask: ~95 ms
+jit-compiled vs ~0.8 ms eager); NIN1 at batch 128 trained at ~130-250 packets/s with XLA against ~2,000-3,500
+without. Measure again (`pktnin train ... --xla`) on another build before turning it on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pktnin.layout import ROW_LEN
+from pktnin.trainer import checkpoint as ckpt
+from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha
+from pktnin.trainer.metrics import classification_report
+
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
+PARALLEL_PRESET = "nin_parallel"
+CLASS_WEIGHTING = ("none", "balanced")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data selection (numpy only)
+
+
+def select_training_rows(
+    labels: np.ndarray,
+    split: np.ndarray,
+    seed: int,
+    max_train: int | None = None,
+    max_per_class: int | None = None,
+) -> np.ndarray:
+    """Sorted indices of the training rows, optionally capped per class and then in total (seeded)."""
+    rng = np.random.default_rng(seed)
+    idx = np.flatnonzero(np.asarray(split) == SPLIT_TRAIN)
+    if max_per_class is not None:
+        kept = []
+        for c in np.unique(labels[idx]):
+            members = idx[labels[idx] == c]
+            kept.append(rng.choice(members, max_per_class, replace=False) if members.size > max_per_class else members)
+        idx = np.sort(np.concatenate(kept)) if kept else idx
+    if max_train is not None and idx.size > max_train:
+        idx = np.sort(rng.choice(idx, max_train, replace=False))
+    return idx
+
+
+def select_split_rows(split: np.ndarray, which: int, seed: int, limit: int | None = None) -> np.ndarray:
+    idx = np.flatnonzero(np.asarray(split) == which)
+    if limit is not None and idx.size > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
+    return idx
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """n / (k * count_c) for the k classes present (mean weight per sample = 1); absent classes get 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tf.data pipeline
+
+
+def make_tf_dataset(
+    rows: np.ndarray,
+    labels: np.ndarray | None,
+    indices: np.ndarray,
+    num_classes: int,
+    batch: int,
+    shuffle_seed: int | None = None,
+    class_weights: np.ndarray | None = None,
+):
+    """Batches of (row/255 float32 [b,1500], one-hot [b,C][, sample weight]) gathered from the uint8 rows.
+
+    The rows may be a read-only memory map: each batch is gathered with sorted indices (sequential reads),
+    and only that batch is ever copied into memory. shuffle_seed None keeps the order (for prediction);
+    labels None yields the rows alone.
+    """
+    import tensorflow as tf
+
+    indices = np.asarray(indices, dtype=np.int64)
+    labels = None if labels is None else np.asarray(labels)
+
+    def gather_rows(batch_idx: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(rows[np.sort(batch_idx)])
+
+    def gather_labels(batch_idx: np.ndarray) -> np.ndarray:
+        return labels[np.sort(batch_idx)].astype(np.int32)
+
+    def load(batch_idx):
+        x = tf.numpy_function(gather_rows, [batch_idx], tf.uint8, stateful=False)
+        x = tf.cast(tf.ensure_shape(x, [None, ROW_LEN]), tf.float32) / 255.0
+        if labels is None:
+            return x
+        y = tf.ensure_shape(tf.numpy_function(gather_labels, [batch_idx], tf.int32, stateful=False), [None])
+        y_onehot = tf.one_hot(y, num_classes, dtype=tf.float32)
+        if class_weights is None:
+            return x, y_onehot
+        return x, y_onehot, tf.gather(tf.constant(class_weights, tf.float32), y)
+
+    ds = tf.data.Dataset.from_tensor_slices(indices)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(max(1, indices.size), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def predict_rows(model, rows: np.ndarray, indices: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """Probabilities [len(indices), C] for rows[indices], in the order of the sorted indices."""
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    if indices.size == 0:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    ds = make_tf_dataset(rows, None, indices, 0, batch)
+    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+def _callbacks_module():
+    import keras
+
+    class ValidationF1(keras.callbacks.Callback):
+        """Validation metrics with trainer.metrics at each epoch end; keeps the best weights, stops early."""
+
+        def __init__(self, rows, labels, val_idx, classes, batch, patience, on_best: Callable[[int, dict], None]):
+            super().__init__()
+            self.rows, self.val_idx, self.classes, self.batch = rows, np.sort(val_idx), classes, batch
+            self.y_val = np.asarray(labels)[self.val_idx].astype(np.int64)
+            self.patience, self.on_best = patience, on_best
+            self.best_f1, self.best_epoch, self.best_report, self.best_weights = -1.0, -1, None, None
+            self.wait = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            probs = predict_rows(self.model, self.rows, self.val_idx, self.batch)
+            report = classification_report(self.y_val, probs.argmax(axis=1), self.classes)
+            picked = probs[np.arange(self.y_val.size), self.y_val]
+            logs["val_loss"] = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+            logs["val_accuracy"] = report["accuracy"]
+            logs["val_macro_f1"] = report["macro_f1"]
+            if report["macro_f1"] > self.best_f1:
+                self.best_f1, self.best_epoch, self.best_report, self.wait = report["macro_f1"], epoch, report, 0
+                self.best_weights = self.model.get_weights()
+                self.on_best(epoch, report)
+            else:
+                self.wait += 1
+                if self.wait >= self.patience:
+                    self.model.stop_training = True
+
+    class RichProgress(keras.callbacks.Callback):
+        """A rich progress bar per epoch with packets/s; one summary line per epoch."""
+
+        def __init__(self, epochs, steps, train_rows, batch, title, enabled=True):
+            super().__init__()
+            self.epochs, self.steps, self.train_rows, self.batch = epochs, steps, train_rows, batch
+            self.title, self.enabled = title, enabled
+            self.epoch_rates: list[float] = []
+
+        def on_train_begin(self, logs=None):
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.console = Console(stderr=True)
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("[cyan]{task.fields[rate]:,.0f} pkts/s  loss {task.fields[loss]:.4f}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                disable=not self.enabled,
+                transient=True,
+            )
+            self.progress.start()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.task = self.progress.add_task(
+                f"{self.title} epoch {epoch + 1}/{self.epochs}", total=self.steps, rate=0.0, loss=0.0
+            )
+            self.seen, self.started = 0, time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen = min(self.seen + self.batch, self.train_rows)
+            rate = self.seen / max(time.perf_counter() - self.started, 1e-9)
+            self.progress.update(self.task, advance=1, rate=rate, loss=float((logs or {}).get("loss", 0.0)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Training throughput only: the validation pass in ValidationF1 ran after the last batch.
+            rate = self.progress.tasks[-1].fields["rate"] if self.progress.tasks else 0.0
+            self.epoch_rates.append(rate)
+            self.progress.remove_task(self.task)
+            logs = logs or {}
+            if self.enabled:
+                self.console.print(
+                    f"{self.title} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}  "
+                    f"val loss {logs.get('val_loss', float('nan')):.4f}  val acc {logs.get('val_accuracy', 0):.4f}  "
+                    f"val macro-F1 {logs.get('val_macro_f1', 0):.4f}  {rate:,.0f} pkts/s"
+                )
+
+        def on_train_end(self, logs=None):
+            self.progress.stop()
+
+    class ScalarLog(keras.callbacks.Callback):
+        """Epoch scalars as TensorBoard event files in log_dir/train and log_dir/validation.
+
+        Written with the core tf.summary.write op and the scalars plugin's metadata, so TensorBoard shows them
+        without the tensorboard package being needed at training time.
+        """
+
+        def __init__(self, log_dir: Path):
+            super().__init__()
+            self.log_dir = Path(log_dir)
+
+        def on_train_begin(self, logs=None):
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+
+            self.tf = tf
+            self.metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+            )
+            self.writers = {
+                part: tf.summary.create_file_writer(str(self.log_dir / part)) for part in ("train", "validation")
+            }
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                part, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+                with self.writers[part].as_default():
+                    self.tf.summary.write(
+                        f"epoch_{name}", self.tf.constant(float(value), self.tf.float32), step=epoch,
+                        metadata=self.metadata,
+                    )  # fmt: skip
+            for writer in self.writers.values():
+                writer.flush()
+
+        def on_train_end(self, logs=None):
+            for writer in self.writers.values():
+                writer.close()
+
+    return ValidationF1, RichProgress, ScalarLog
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def logs_dir_for(out_ckpt: str | Path) -> Path:
+    keras_path, _ = ckpt.checkpoint_paths(out_ckpt)
+    return keras_path.with_suffix(".logs")
+
+
+def seed_everything(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)  # Python, numpy and TensorFlow generators
+
+
+def _open_dataset(data_dir: str | Path):
+    from pktnin.trainer.dataset import load_dataset
+
+    return load_dataset(data_dir)
+
+
+def train(
+    preset: str,
+    data_dir: str | Path,
+    out_ckpt: str | Path,
+    epochs: int = 10,
+    batch: int = 128,
+    seed: int = 0,
+    xla: bool = False,
+    max_train: int | None = None,
+    max_val: int | None = None,
+    max_per_class: int | None = None,
+    class_weighting: str = "none",
+    patience: int = 3,
+    learning_rate: float = 1e-3,
+    lr_decay: float = 0.98,
+    dropout: float = 0.1,
+    width: float = 1.0,
+    progress: bool = True,
+    build: Callable | None = None,
+) -> dict:
+    """Train `preset` on the dataset in `data_dir`; the best epoch (validation macro-F1) goes to `out_ckpt`.
+
+    Returns a summary dict (also stored in the checkpoint metadata under "training"). `build` replaces
+    trainer.models.build_model (same signature) for experiments and tests.
+    """
+    if preset == PARALLEL_PRESET:
+        return train_parallel(
+            data_dir, out_ckpt, epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train,
+            max_val=max_val, max_per_class=max_per_class, class_weighting=class_weighting, patience=patience,
+            learning_rate=learning_rate, lr_decay=lr_decay, dropout=dropout, width=width, progress=progress,
+            build=build,
+        )  # fmt: skip
+    data = _open_dataset(data_dir)
+    result = _train_single(
+        preset, data, data_dir, out_ckpt, epochs, batch, seed, xla, max_train, max_val, max_per_class,
+        class_weighting, patience, learning_rate, lr_decay, dropout, width, progress, build,
+        logs_dir_for(out_ckpt),
+    )  # fmt: skip
+    return result["summary"]
+
+
+def _train_single(
+    preset, data, data_dir, out_ckpt, epochs, batch, seed, xla, max_train, max_val, max_per_class,
+    class_weighting, patience, learning_rate, lr_decay, dropout, width, progress, build, log_dir,
+) -> dict:  # fmt: skip
+    """Train one Keras model; returns {"model": best model, "summary": dict, "val_idx": validation indices}."""
+    import keras
+
+    if class_weighting not in CLASS_WEIGHTING:
+        raise ValueError(f"class weighting must be one of {CLASS_WEIGHTING}, got {class_weighting!r}")
+    if epochs < 1 or batch < 1:
+        raise ValueError("epochs and batch must be >= 1")
+    if build is None:
+        from pktnin.trainer.models import build_model as build
+
+    rows, labels, split = data.rows, data.labels, data.split
+    classes = list(data.meta["classes"])
+    num_classes = len(classes)
+    train_idx = select_training_rows(labels, split, seed, max_train, max_per_class)
+    val_idx = select_split_rows(split, SPLIT_VAL, seed, max_val)
+    if train_idx.size == 0:
+        raise ValueError(f"dataset {data_dir} has no training rows (split.npy == 0)")
+    if val_idx.size == 0:
+        raise ValueError(f"dataset {data_dir} has no validation rows (split.npy == 1): early stopping needs them")
+    weights = balanced_class_weights(labels[train_idx], num_classes) if class_weighting == "balanced" else None
+
+    seed_everything(seed)
+    model = build(preset, num_classes, dropout=dropout, width=width)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        jit_compile=xla,
+    )
+    train_ds = make_tf_dataset(rows, labels, train_idx, num_classes, batch, shuffle_seed=seed, class_weights=weights)
+    steps = -(-train_idx.size // batch)
+
+    keras_path, _ = ckpt.checkpoint_paths(out_ckpt)
+    settings = {
+        "epochs": epochs, "batch": batch, "seed": seed, "xla": xla, "max_train": max_train, "max_val": max_val,
+        "max_per_class": max_per_class, "class_weighting": class_weighting, "patience": patience,
+        "learning_rate": learning_rate, "lr_decay": lr_decay, "dropout": dropout, "width": width,
+        "train_rows": int(train_idx.size), "val_rows": int(val_idx.size),
+    }  # fmt: skip
+
+    def save_best(epoch: int, report: dict) -> None:
+        meta = ckpt.make_metadata(
+            preset, classes, data_dir, data.meta, report,
+            training={**settings, "best_epoch": epoch + 1},
+        )  # fmt: skip
+        ckpt.save_checkpoint(model, keras_path, meta)
+
+    ValidationF1, RichProgress, ScalarLog = _callbacks_module()
+    val_cb = ValidationF1(rows, labels, val_idx, classes, max(batch, 256), patience, save_best)
+    bar = RichProgress(epochs, steps, train_idx.size, batch, preset, enabled=progress)
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate * lr_decay**epoch),
+        val_cb,  # before the bar and the scalar log, so that they see the validation metrics
+        bar,
+        ScalarLog(log_dir),
+    ]
+    started = time.perf_counter()
+    history = model.fit(train_ds, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)  # tf.data shuffles
+    elapsed = time.perf_counter() - started
+
+    model.set_weights(val_cb.best_weights)
+    epochs_run = len(history.history.get("loss", []))
+    summary = {
+        "preset": preset,
+        "checkpoint": str(keras_path),
+        "best_epoch": val_cb.best_epoch + 1,
+        "epochs_run": epochs_run,
+        "val_macro_f1": val_cb.best_f1,
+        "val": val_cb.best_report,
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "train_packets_per_s": bar.epoch_rates,
+        "seconds": elapsed,
+        "settings": settings,
+    }
+    meta = ckpt.load_metadata(keras_path)
+    meta["training"] = {**meta["training"], **{k: summary[k] for k in ("epochs_run", "history", "train_packets_per_s", "seconds")}}
+    ckpt.write_json_atomic(ckpt.checkpoint_paths(keras_path)[1], meta)
+    return {"model": model, "summary": summary, "val_idx": val_idx}
+
+
+def branch_checkpoint_path(out_ckpt: str | Path, branch: str) -> Path:
+    """runs/par.keras -> runs/par-nin1.keras (the branches are kept beside the fused checkpoint)."""
+    keras_path, _ = ckpt.checkpoint_paths(out_ckpt)
+    return keras_path.with_name(f"{keras_path.stem}-{branch}.keras")
+
+
+def train_parallel(
+    data_dir: str | Path,
+    out_ckpt: str | Path,
+    epochs: int = 10,
+    batch: int = 128,
+    seed: int = 0,
+    xla: bool = False,
+    max_train: int | None = None,
+    max_val: int | None = None,
+    max_per_class: int | None = None,
+    class_weighting: str = "none",
+    patience: int = 3,
+    learning_rate: float = 1e-3,
+    lr_decay: float = 0.98,
+    dropout: float = 0.1,
+    width: float = 1.0,
+    progress: bool = True,
+    build: Callable | None = None,
+    build_parallel: Callable | None = None,
+    grid: np.ndarray = DEFAULT_GRID,
+) -> dict:
+    """Train NIN1 (header) and NIN2 (body) on whole rows, pick alpha by validation macro-F1, save one model."""
+    if build_parallel is None:
+        from pktnin.trainer.models import build_parallel
+    data = _open_dataset(data_dir)
+    classes = list(data.meta["classes"])
+    log_dir = logs_dir_for(out_ckpt)
+    branches = {}
+    for name in ("nin1", "nin2"):
+        branches[name] = _train_single(
+            name, data, data_dir, branch_checkpoint_path(out_ckpt, name), epochs, batch, seed, xla, max_train,
+            max_val, max_per_class, class_weighting, patience, learning_rate, lr_decay, dropout, width, progress,
+            build, log_dir / name,
+        )  # fmt: skip
+
+    val_idx = branches["nin1"]["val_idx"]
+    y_val = np.asarray(data.labels)[np.sort(val_idx)].astype(np.int64)
+    p1 = predict_rows(branches["nin1"]["model"], data.rows, val_idx)
+    p2 = predict_rows(branches["nin2"]["model"], data.rows, val_idx)
+    alpha, curve = search_alpha(p1, p2, y_val, grid)
+    fused_probs = fuse(p1, p2, alpha)
+    report = classification_report(y_val, fused_probs.argmax(axis=1), classes)
+
+    fused = build_parallel(
+        ckpt.uncompiled_copy(branches["nin1"]["model"]), ckpt.uncompiled_copy(branches["nin2"]["model"]), alpha
+    )
+    # The saved graph must compute exactly Eq. 3 with the chosen alpha.
+    check = np.sort(val_idx)[:256]
+    got = predict_rows(fused, data.rows, check)
+    if not np.allclose(got, fused_probs[: check.size], atol=1e-5):
+        raise RuntimeError("fused model output differs from alpha * p1 + (1 - alpha) * p2")
+
+    summary = {
+        "preset": PARALLEL_PRESET,
+        "checkpoint": str(ckpt.checkpoint_paths(out_ckpt)[0]),
+        "alpha": alpha,
+        "val_macro_f1": report["macro_f1"],
+        "val": report,
+        "alpha_curve": [[float(a), float(s)] for a, s in zip(np.asarray(grid), curve)],
+        "branches": {name: b["summary"] for name, b in branches.items()},
+    }
+    meta = ckpt.make_metadata(
+        PARALLEL_PRESET, classes, data_dir, data.meta, report, alpha=alpha,
+        training={
+            "alpha_curve": summary["alpha_curve"],
+            "branches": {
+                name: {
+                    "checkpoint": b["summary"]["checkpoint"],
+                    "val_metrics": b["summary"]["val"],
+                    "best_epoch": b["summary"]["best_epoch"],
+                    "settings": b["summary"]["settings"],
+                }
+                for name, b in branches.items()
+            },
+        },
+    )  # fmt: skip
+    ckpt.save_checkpoint(fused, out_ckpt, meta)
+    return summary

@@ -1,0 +1,194 @@
+"""Fuzz the compiled record walk with random and mutated captures read from memory.
+
+Every case must either read (possibly with errors in the reader's report) or be refused with NotACapture; any
+other exception is a failure, and every record handed out must lie inside its buffer. A subset also checks that
+tiny windows give exactly the results of one big window, and a smaller run repeats the fuzz in a subprocess
+with numba's bounds checking on, so that a read past the window would raise instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pcapgen import pcap_bytes, pcapng_bytes
+from pktnin.kernels.capture import MAX_RECORD_LEN, CaptureError, CaptureReader
+
+N_CASES = 100_000
+INTERESTING_U32 = [0, 1, 3, 4, 11, 12, 13, 15, 16, 20, 27, 28, 31, 32, 33, 0xFF, 0xFFFF, 0x10000,
+                   MAX_RECORD_LEN - 1, MAX_RECORD_LEN, MAX_RECORD_LEN + 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
+WINDOWS = [1, 7, 13, 64, 100, 512, 1 << 20]
+
+
+def _pcap_fields(data: bytes, big: bool) -> list[int]:
+    """Offsets of the length fields (caplen, wirelen) of each record of a valid classic pcap."""
+    e = ">" if big else "<"
+    out, pos = [20], 24
+    while pos + 16 <= len(data):
+        out += [pos + 8, pos + 12]
+        pos += 16 + struct.unpack_from(e + "I", data, pos + 8)[0]
+    return out
+
+
+def _pcapng_fields(data: bytes) -> list[int]:
+    """Offsets of block lengths, trailers, interface ids and captured lengths of a valid pcapng."""
+    out, pos, e = [], 0, "<"
+    while pos + 12 <= len(data):
+        if data[pos : pos + 4] == b"\x0a\x0d\x0d\x0a":
+            e = "<" if data[pos + 8 : pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            out.append(pos + 8)
+        btype, blen = struct.unpack_from(e + "II", data, pos)
+        out += [pos, pos + 4, pos + blen - 4]
+        if btype in (2, 6):
+            out += [pos + 8, pos + 20, pos + 24]
+        elif btype == 3:
+            out.append(pos + 8)
+        elif btype == 1:
+            out += [pos + 8, pos + 16, pos + 18, pos + 20]  # link type, first option code/length/value
+        pos += blen
+    return out
+
+
+def make_bases(rng) -> list[tuple[bytes, list[int]]]:
+    bases = []
+    for nano in (False, True):
+        for big in (False, True):
+            for n in (0, 1, 5, 40):
+                pkts = [(int(rng.integers(0, 2**32 * 10**9)), rng.bytes(int(rng.integers(0, 120)))) for _ in range(n)]
+                data = pcap_bytes(pkts, nanosecond=nano, big_endian=big, linktype=int(rng.integers(0, 300)))
+                bases.append((data, _pcap_fields(data, big)))
+    kinds = ("epb", "opb", "spb", "unknown", "idb")
+    for big1 in (False, True):
+        for n in (1, 4, 30):
+            sections = []
+            for s in range(1 + n // 10):
+                recs = []
+                for _ in range(n):
+                    kind = kinds[int(rng.integers(0, len(kinds)))]
+                    payload = rng.bytes(int(rng.integers(0, 100)))
+                    if kind in ("epb", "opb"):
+                        recs.append((kind, int(rng.integers(0, 3)), int(rng.integers(0, 2**60)), payload))
+                    elif kind == "spb":
+                        recs.append(("spb", payload))
+                    elif kind == "unknown":
+                        recs.append(("unknown", int(rng.integers(7, 2**31)), payload))
+                    else:
+                        recs.append(("idb", int(rng.integers(0, 300)), int(rng.choice([6, 9, 0x80 | 24]))))
+                sections.append({"big_endian": big1 ^ bool(s % 2), "interfaces": [(1, None), (113, 9), (101, 3)],
+                                 "records": recs})
+            data = pcapng_bytes(sections)
+            bases.append((data, _pcapng_fields(data)))
+    return bases
+
+
+def mutate(rng, data: bytes, fields: list[int]) -> bytes:
+    arr = np.frombuffer(data, dtype=np.uint8).copy()
+    how = int(rng.integers(0, 7))
+    if how == 0 or how == 6:  # bit flips (anywhere, or in the headers part)
+        k = int(rng.integers(1, 9))
+        pos = rng.integers(0, len(arr), k) if how == 0 else rng.integers(0, min(len(arr), 64), k)
+        arr[pos] ^= (np.uint8(1) << rng.integers(0, 8, k).astype(np.uint8))
+    if how == 1 or how == 5:  # truncation
+        arr = arr[: int(rng.integers(0, len(arr) + 1))]
+    if (how == 2 or how == 5) and fields:  # length-field corruption
+        for _ in range(int(rng.integers(1, 3))):
+            off = int(fields[int(rng.integers(0, len(fields)))])
+            if rng.random() < 0.7:
+                val = INTERESTING_U32[int(rng.integers(0, len(INTERESTING_U32)))]
+            else:
+                val = int(rng.integers(0, 2**32))
+            raw = np.array([val], dtype="<u4" if rng.random() < 0.5 else ">u4").view(np.uint8)
+            end = min(off + 4, len(arr))
+            if off < end:
+                arr[off:end] = raw[: end - off]
+    if how == 3:  # random bytes over a random region after the file header
+        start = int(rng.integers(0, len(arr) + 1))
+        stop = min(len(arr), start + int(rng.integers(1, 64)))
+        arr[start:stop] = rng.integers(0, 256, stop - start, dtype=np.uint8)
+    if how == 4:  # a valid file header followed by random bytes
+        head = 24 if data[:4] != b"\x0a\x0d\x0d\x0a" else 28
+        arr = np.concatenate([arr[:head], rng.integers(0, 256, int(rng.integers(0, 400)), dtype=np.uint8)])
+    return arr.tobytes()
+
+
+def read_checked(data: bytes, window: int, max_records: int, table: int):
+    """Read data from memory and check every output against its bounds; returns a comparable summary."""
+    try:
+        reader = CaptureReader(data, window_bytes=window, max_records=max_records)
+    except CaptureError as e:  # NotACapture and friends: allowed
+        assert e.offset == 0
+        return ("refused",)
+    reader.interface_capacity = table
+    records = []
+    last_frame = -1
+    for raw in reader:
+        n = raw.n
+        assert 1 <= n <= max_records
+        size = raw.buf.shape[0]
+        off, cl = raw.pkt_off, raw.caplen.astype(np.int64)
+        assert off.min() >= 0 and cl.min() >= 1 and cl.max() <= MAX_RECORD_LEN
+        assert (off + cl).max() <= size
+        assert raw.wirelen.min() >= 0
+        assert raw.linktype.min() >= 0 and raw.linktype.max() <= 0xFFFF
+        fr = raw.frame
+        assert fr[0] > last_frame and (n == 1 or np.all(np.diff(fr) > 0))
+        last_frame = int(fr[-1])
+        for i in range(n):
+            records.append((int(fr[i]), int(raw.linktype[i]), int(raw.ts_ns[i]), int(raw.wirelen[i]),
+                            raw.buf[off[i] : off[i] + cl[i]].tobytes()))
+    assert reader.records == len(records)
+    assert reader.frames == reader.records + reader.corrupt_records
+    for err in reader.errors:
+        assert isinstance(err, CaptureError) and 0 <= err.offset < len(data)
+    fatal = None if reader.fatal is None else str(reader.fatal)
+    return records, fatal, [str(e) for e in reader.errors], reader.corrupt_records
+
+
+def run_fuzz(n_cases: int, seed: int) -> int:
+    rng = np.random.default_rng(seed)
+    bases = make_bases(rng)
+    outcomes = {"refused": 0, "fatal": 0, "clean": 0}
+    for case in range(n_cases):
+        if case % 50 == 0:  # pure noise, sometimes behind a valid magic
+            data = rng.bytes(int(rng.integers(0, 200)))
+            if rng.random() < 0.5:
+                data = bases[int(rng.integers(0, len(bases)))][0][:28] + data
+        else:
+            base, fields = bases[int(rng.integers(0, len(bases)))]
+            data = mutate(rng, base, fields)
+        window = WINDOWS[int(rng.integers(0, len(WINDOWS)))]
+        max_records = int(rng.choice([1, 3, 65536]))
+        table = int(rng.choice([1, 2, 65536]))
+        try:
+            got = read_checked(data, window, max_records, table)
+        except AssertionError as e:
+            raise AssertionError(f"case {case}: {data.hex()} window={window} max={max_records}: {e}") from e
+        if got[0] == "refused":
+            outcomes["refused"] += 1
+            continue
+        outcomes["fatal" if got[1] else "clean"] += 1
+        if case % 20 == 0:  # window independence
+            assert read_checked(data, 1 << 20, 65536, table) == read_checked(data, 5, 2, table), data.hex()
+    # the mutations reach every outcome: refused files, fatal errors and clean reads
+    assert min(outcomes.values()) > n_cases // 100, outcomes
+    return n_cases
+
+
+def test_fuzz_record_walk():
+    assert run_fuzz(N_CASES, seed=12345) == N_CASES
+
+
+def test_fuzz_with_bounds_checking(tmp_path):
+    # A fresh process compiles the walk with bounds checks (its own cache dir keeps them out of the normal cache).
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    here = Path(__file__).parent
+    code = ("import sys, numba; assert numba.config.BOUNDSCHECK; sys.path.insert(0, sys.argv[1]); "
+            "import test_capture_fuzz as t; t.run_fuzz(3000, seed=7)")
+    proc = subprocess.run([sys.executable, "-c", code, str(here)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=here.parent)
+    assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,0 +1,450 @@
+"""`pktnin score`: per-packet and per-flow outputs, bad input files, resume after a kill, error propagation."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from onnx_fixtures import reference_probs, tiny_model
+from packetgen import ethernet, ipv4, ipv6, tcp, udp
+from pcapgen import write_pcap, write_pcapng
+
+from pktnin.cli import app
+from pktnin.packets import PacketBatch, find_captures, iter_packets
+from pktnin.score import ScoreOptions, score_files
+from pktnin.score import flows as flows_mod
+from pktnin.score.flows import FlowAccumulator, flow_schema
+from pktnin.score.writers import format_addresses
+
+CLASSES = ["Web", "VoIP", "Chat", "Video"]
+TESTS = Path(__file__).resolve().parent
+
+
+# -- inputs ------------------------------------------------------------------------------------------------
+def _capture_packets(seed: int, n: int) -> list[tuple[int, bytes]]:
+    """A mix of IPv4 TCP/UDP, IPv6, VLAN-tagged, DNS (skipped) and empty-payload (skipped) packets."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        payload = rng.integers(0, 256, size=int(rng.integers(1, 300)), dtype=np.uint8).tobytes()
+        flow = int(rng.integers(0, 6))
+        client, server = f"10.0.{seed}.{flow + 1}", "192.0.2.80"
+        sport, dport = 40000 + flow, 443
+        if rng.random() < 0.5:  # server -> client: same flow, other direction
+            client, server, sport, dport = server, client, dport, sport
+        kind = i % 10
+        if kind == 7:
+            ip = ipv6(udp(sport, dport, payload), next_header=17, src="2001:db8::1", dst=f"2001:db8::{seed + 2:x}")
+            pkt = ethernet(ip)
+        elif kind == 8:
+            pkt = ethernet(ipv4(udp(5353 + flow, 53, payload), proto=17, src=client, dst=server))  # DNS
+        elif kind == 9:
+            pkt = ethernet(ipv4(tcp(sport, dport, b""), src=client, dst=server))  # no payload
+        elif kind == 6:
+            pkt = ethernet(ipv4(udp(sport, dport, payload), proto=17, src=client, dst=server), vlans=[(0x8100, 7)])
+        else:
+            pkt = ethernet(ipv4(tcp(sport, dport, payload), src=client, dst=server))
+        out.append((1_600_000_000_000_000_000 + seed * 10**9 + i * 1000, pkt))
+    return out
+
+
+def make_inputs(root: Path, n_good: int = 3, packets: int = 120) -> Path:
+    """Good captures (pcap and pcapng) plus a text file, an empty file and a truncated capture."""
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(n_good):
+        pkts = _capture_packets(k, packets)
+        if k % 2:
+            records = [("epb", 0, ts, data) for ts, data in pkts]
+            write_pcapng(root / f"good{k}.pcapng", [{"interfaces": [(1, 9)], "records": records}])
+        else:
+            write_pcap(root / f"good{k}.pcap", pkts, nanosecond=True)
+    (root / "notes.txt").write_text("not a capture\n" * 20)
+    (root / "empty.pcap").write_bytes(b"")
+    whole = write_pcap(root / "cut.pcap", _capture_packets(9, 40), nanosecond=True).read_bytes()
+    (root / "cut.pcap").write_bytes(whole[: len(whole) - 25])  # the last record is cut short
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", CLASSES, seed=3)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    return make_inputs(tmp_path_factory.mktemp("caps") / "in")
+
+
+@pytest.fixture(scope="module")
+def expected(inputs, model) -> dict:
+    """The oracle: packets via packets.iter_packets, probabilities via ONNX Runtime on the model directly."""
+    files = find_captures([inputs])
+    rows, metas, names, reports = [], [], [], []
+    for b in iter_packets(files, reports=reports):
+        rows.append(b.rows)
+        metas.append(b.meta)
+        names += [str(b.path)] * len(b)
+    probs = reference_probs(model, np.concatenate(rows))
+    meta = {k: np.concatenate([m[k] for m in metas]) for k in metas[0]}
+    return {"files": files, "names": names, "probs": probs, "meta": meta, "reports": reports}
+
+
+def run_cli(*args) -> object:
+    result = CliRunner().invoke(app, ["score", *map(str, args), "--no-progress"])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def read_any(path: Path) -> pa.Table:
+    return pcsv.read_csv(path) if path.suffix == ".csv" else pq.read_table(path)
+
+
+def sort_packets(t: pa.Table) -> pa.Table:
+    return t.sort_by([("file", "ascending"), ("frame", "ascending")])
+
+
+# -- the command -------------------------------------------------------------------------------------------
+def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
+    out, flows_out = tmp_path / "p.parquet", tmp_path / "f.parquet"
+    result = run_cli(inputs, "--model", model, "--out", out, "--flows", flows_out, "--probs")
+    assert result.exit_code == 0, result.output
+    t = pq.read_table(out)
+    assert t.column_names[:10] == [
+        "file", "frame", "timestamp", "src_addr", "src_port", "dst_addr", "dst_port", "proto", "label", "prob"
+    ]
+    assert t.column_names[10:] == [f"p_{c}" for c in CLASSES]
+
+    # Every kept packet exactly once, in input order, with the oracle's metadata.
+    assert t.num_rows == len(expected["names"])
+    assert t["file"].to_pylist() == expected["names"]
+    np.testing.assert_array_equal(t["frame"].to_numpy(), expected["meta"]["frame"])
+    np.testing.assert_array_equal(t["timestamp"].cast(pa.int64()).to_numpy(), expected["meta"]["ts_ns"])
+    np.testing.assert_array_equal(t["src_port"].to_numpy(), expected["meta"]["src_port"])
+
+    # Probabilities equal the model's; label and prob are the argmax and its probability.
+    probs = np.stack([t[f"p_{c}"].to_numpy() for c in CLASSES], axis=1)
+    np.testing.assert_allclose(probs, expected["probs"], rtol=1e-5, atol=1e-6)
+    assert t["label"].to_pylist() == [CLASSES[i] for i in probs.argmax(axis=1)]
+    np.testing.assert_array_equal(t["prob"].to_numpy(), probs.max(axis=1))
+    assert len(set(t["label"].to_pylist())) > 1  # the tiny model does discriminate
+
+    # Addresses as captured, IPv6 included.
+    src = t["src_addr"].to_pylist()
+    v = expected["meta"]["ip_version"]
+    for i in [int(np.flatnonzero(v == 4)[0]), int(np.flatnonzero(v == 6)[0])]:
+        n = 4 if v[i] == 4 else 16
+        assert src[i] == str(ipaddress.ip_address(expected["meta"]["src_addr"][i][:n].tobytes()))
+
+    # Bad files are reported and skipped; the truncated capture's complete records are scored.
+    text = " ".join(result.output.split())
+    for name in ("notes.txt", "empty.pcap", "cut.pcap"):
+        assert name in text
+    assert "Packets per label" in text and "packets/s" in text
+    names = set(t["file"].to_pylist())
+    assert str(inputs / "cut.pcap") in names
+    assert not {str(inputs / "notes.txt"), str(inputs / "empty.pcap")} & names
+
+    # Flows: counts sum to the packets, one row per (file, flow_key), label from the mean probabilities.
+    f = pq.read_table(flows_out)
+    assert f["packets"].to_numpy().sum() == t.num_rows
+    keys = {(n, k) for n, k in zip(expected["names"], expected["meta"]["flow_key"].tolist())}
+    assert f.num_rows == len(keys)
+    fprobs = np.stack([f[f"p_{c}"].to_numpy() for c in CLASSES], axis=1)
+    assert f["label"].to_pylist() == [CLASSES[i] for i in fprobs.argmax(axis=1)]
+    np.testing.assert_allclose(f["confidence"].to_numpy(), fprobs.max(axis=1))
+    # One flow checked against a direct computation: the mean of its packets' probabilities.
+    name0, key0 = expected["names"][0], expected["meta"]["flow_key"][0]
+    members = (np.array(expected["names"]) == name0) & (expected["meta"]["flow_key"] == key0)
+    row = f.filter(pa.compute.and_(pa.compute.equal(f["file"], name0),
+                                   pa.compute.equal(f["addr_a"], t["src_addr"][0]))).to_pylist()
+    row = [r for r in row if r["port_a"] == t["src_port"][0].as_py()][0]
+    assert row["packets"] == members.sum()
+    np.testing.assert_allclose([row[f"p_{c}"] for c in CLASSES], expected["probs"][members].mean(axis=0), rtol=1e-5)
+    assert row["first_ts"] == t["timestamp"][0].as_py()
+    # Parts and manifest are gone after a complete run.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.parquet", "p.parquet"]
+
+
+def test_csv_matches_parquet_without_probs(tmp_path, inputs, model):
+    result = run_cli(inputs, "--model", model, "--out", tmp_path / "p.parquet", "--flows", tmp_path / "f.parquet")
+    assert result.exit_code == 0, result.output
+    result = run_cli(inputs, "--model", model, "--out", tmp_path / "p.csv", "--flows", tmp_path / "f.csv")
+    assert result.exit_code == 0, result.output
+    pt, ct = pq.read_table(tmp_path / "p.parquet"), pcsv.read_csv(tmp_path / "p.csv")
+    assert pt.column_names == ct.column_names and not any(c.startswith("p_") for c in pt.column_names)
+    for name in ("file", "frame", "src_addr", "dst_addr", "label"):
+        assert pt[name].to_pylist() == ct[name].to_pylist()
+    assert pt["timestamp"].cast(pa.int64()).to_pylist() == ct["timestamp"].cast(pa.int64()).to_pylist()
+    np.testing.assert_allclose(pt["prob"].to_numpy(), ct["prob"].to_numpy(), rtol=1e-6)
+    pf, cf = pq.read_table(tmp_path / "f.parquet"), pcsv.read_csv(tmp_path / "f.csv")
+    assert pf["packets"].to_pylist() == cf["packets"].to_pylist()
+    assert pf["label"].to_pylist() == cf["label"].to_pylist()
+
+
+def test_argument_errors(tmp_path, inputs, model):
+    assert run_cli(inputs, "--model", model, "--format", "xlsx").exit_code == 2
+    assert run_cli(tmp_path / "missing", "--model", model).exit_code == 2
+    same = tmp_path / "a.parquet"
+    assert run_cli(inputs, "--model", model, "--out", same, "--flows", same).exit_code == 2
+    assert run_cli(inputs, "--model", tmp_path / "nope.onnx").exit_code == 2
+
+
+def test_only_bad_files_fails(tmp_path, model):
+    (tmp_path / "x.txt").write_text("hello")
+    result = run_cli(tmp_path / "x.txt", "--model", model, "--out", tmp_path / "p.parquet")
+    assert result.exit_code == 1
+    assert pq.read_table(tmp_path / "p.parquet").num_rows == 0  # a valid, empty output with the schema
+
+
+# -- resume ------------------------------------------------------------------------------------------------
+def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
+    return ScoreOptions(out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16,
+                        model_id=str(model), part_rows=1, **kw)
+
+
+def _runner(model: Path):
+    from pktnin.engine.runners import open_runner
+
+    return open_runner(model, "onnxruntime")
+
+
+def test_resume_after_sigkill(tmp_path, model):
+    """A subprocess scoring file by file is killed -9 part-way; --resume reuses what it finished."""
+    inputs = make_inputs(tmp_path / "in", n_good=5, packets=60)
+    files = find_captures([inputs])
+    out = tmp_path / "run" / "p.parquet"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(TESTS)!r})
+        from pathlib import Path
+        from test_score import _opts, _runner
+        from pktnin.packets import find_captures, iter_packets
+        from pktnin.score import score_files
+
+        def stalling(files, **kw):  # the fourth file never finishes: the run is killed in the middle of it
+            for b in iter_packets(files, **kw):
+                yield b
+                if stalling.calls == 3:
+                    print("stalled", flush=True)
+                    time.sleep(120)
+            stalling.calls += 1
+        stalling.calls = 0
+        model = Path({str(model)!r})
+        score_files(find_captures([{str(inputs)!r}]), _runner(model), _opts(Path({str(out)!r}), model), source=stalling)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "stalled", proc.stderr.read()
+        time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    manifest = json.loads((out.parent / "p.parquet.manifest.json").read_text())
+    # cut.pcap (its own part), empty.pcap + good0.pcap (the next part, closed once it had rows): good1 was
+    # being scored when the run was killed.
+    assert [Path(k).name for k in manifest["files"]] == ["cut.pcap", "empty.pcap", "good0.pcap"]
+    assert not out.exists()
+
+    resumed = score_files(files, _runner(model), _opts(out, model, resume=True))
+    assert resumed.resumed == 3
+    fresh_out = tmp_path / "fresh" / "p.parquet"
+    fresh = score_files(files, _runner(model), _opts(fresh_out, model))
+    assert fresh.resumed == 0
+    assert pq.read_table(out).equals(pq.read_table(fresh_out))
+    assert pq.read_table(out.with_name("flows.parquet")).equals(pq.read_table(fresh_out.with_name("flows.parquet")))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["flows.parquet", "p.parquet"]
+
+
+def test_resume_redoes_changed_files_and_settings(tmp_path, model):
+    inputs = make_inputs(tmp_path / "in", n_good=3, packets=40)
+    files = find_captures([inputs])
+    out = tmp_path / "p.parquet"
+
+    def fail_after_two(reports):
+        fail_after_two.saved += len(reports)
+        if fail_after_two.saved >= 3:
+            raise RuntimeError("injected fault")
+    fail_after_two.saved = 0
+    with pytest.raises(RuntimeError, match="injected fault"):
+        score_files(files, _runner(model), _opts(out, model), on_saved=fail_after_two)
+    done = json.loads((tmp_path / "p.parquet.manifest.json").read_text())["files"]
+    assert len(done) == 3
+    # A finished file changes on disk: it is scored again (its part held only it: part_rows=1).
+    changed = Path(sorted(done)[0])
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    res = score_files(files, _runner(model), _opts(out, model, resume=True))
+    assert res.resumed == 2
+    assert res.rows_written == pq.read_table(out).num_rows
+    t = pq.read_table(out)
+    keys = list(zip(t["file"].to_pylist(), t["frame"].to_pylist()))
+    assert len(keys) == len(set(keys))
+
+    # Different settings (mask): nothing is reused.
+    fail_after_two.saved = 0
+    with pytest.raises(RuntimeError):
+        score_files(files, _runner(model), _opts(out, model), on_saved=fail_after_two)
+    res = score_files(files, _runner(model), _opts(out, model, resume=True, mask="strict"))
+    assert res.resumed == 0
+
+
+# -- pipeline stages with a fake source and runner -----------------------------------------------------------
+def _fake_batch(file_index: int, start: int, n: int) -> PacketBatch:
+    rows = np.zeros((n, 1500), dtype=np.uint8)
+    rows[:, 0] = np.arange(start, start + n) % 251
+    meta = {
+        "frame": np.arange(start, start + n, dtype=np.int64),
+        "ts_ns": np.arange(start, start + n, dtype=np.int64) * 1000,
+        "ip_version": np.full(n, 4, dtype=np.uint8),
+        "proto": np.full(n, 6, dtype=np.uint8),
+        "src_addr": np.tile(np.array([10, 0, 0, 1] + [0] * 12, dtype=np.uint8), (n, 1)),
+        "dst_addr": np.tile(np.array([10, 0, 0, 2] + [0] * 12, dtype=np.uint8), (n, 1)),
+        "src_port": np.full(n, 1000, dtype=np.uint16),
+        "dst_port": np.full(n, 443, dtype=np.uint16),
+        "vlan": np.zeros(n, dtype=np.uint16),
+        "flow_key": (np.arange(start, start + n) % 3).astype(np.uint64),
+    }
+    return PacketBatch(file_index, Path(f"f{file_index}.pcap"), rows, meta)
+
+
+def fake_source(sizes: dict[int, list[int]], fail_in: int | None = None):
+    from pktnin.packets import FileReport
+
+    def source(files, mask, keep_dns, reports, max_records, first_index):
+        path = Path(files[0])
+        start = 0
+        for n in sizes[first_index]:
+            if first_index == fail_in:
+                raise OSError(f"{path}: disk read error at byte offset 1234")
+            yield _fake_batch(first_index, start, n)
+            start += n
+        reports.append(FileReport(index=first_index, path=path, records=start, kept=start))
+
+    return source
+
+
+class CountingRunner:
+    """Probabilities from the first byte of each row; records every call's size; can fail on call k."""
+
+    classes = ["a", "b", "c"]
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.fail_on = fail_on
+
+    def infer(self, rows, out):
+        self.calls.append(len(rows))
+        if self.fail_on is not None and len(self.calls) == self.fail_on:
+            raise RuntimeError("engine failure")
+        x = rows[:, 0].astype(np.float32)
+        out[: len(rows)] = np.stack([x, 250 - x, np.full_like(x, 125)], axis=1) / 375
+        return out[: len(rows)]
+
+
+def _fake_files(tmp_path: Path, n: int) -> list[Path]:
+    files = []
+    for i in range(n):
+        p = tmp_path / f"f{i}.pcap"
+        p.write_bytes(b"x")
+        files.append(p)
+    return files
+
+
+def test_engine_batches_across_file_boundaries(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = [Path(f"f{i}.pcap") for i in range(4)]
+    for p in files:
+        p.write_bytes(b"x")
+    sizes = {0: [5, 30], 1: [], 2: [7], 3: [40, 1, 13]}
+    runner = CountingRunner()
+    res = score_files(files, runner, ScoreOptions(out=tmp_path / "p.parquet", batch=16), source=fake_source(sizes))
+    total = sum(sum(v) for v in sizes.values())
+    assert sum(runner.calls) == total and runner.calls[:-1] == [16] * (len(runner.calls) - 1)
+    t = pq.read_table(tmp_path / "p.parquet")
+    assert t["file"].to_pylist() == [f"f{i}.pcap" for i in range(4) for _ in range(sum(sizes[i]))]
+    assert t["frame"].to_pylist() == [f for i in range(4) for f in range(sum(sizes[i]))]
+    x = (np.array(t["frame"].to_pylist()) % 251).astype(np.float32)
+    expected_probs = np.stack([x, 250 - x, np.full_like(x, 125)], 1)
+    assert t["label"].to_pylist() == [["a", "b", "c"][i] for i in np.argmax(expected_probs, 1)]
+    assert res.label_counts.sum() == total == res.rows_written
+
+
+@pytest.mark.parametrize("where", ["engine", "reader"])
+def test_stage_errors_stop_the_run(tmp_path, where):
+    files = _fake_files(tmp_path, 6)
+    sizes = {i: [50, 50] for i in range(6)}
+    runner = CountingRunner(fail_on=3 if where == "engine" else None)
+    source = fake_source(sizes, fail_in=4 if where == "reader" else None)
+    before = threading.active_count()
+    started = time.monotonic()
+    with pytest.raises((RuntimeError, OSError), match="engine failure" if where == "engine" else "byte offset 1234"):
+        score_files(files, runner, ScoreOptions(out=tmp_path / "p.parquet", batch=16, part_rows=1), source=source)
+    assert time.monotonic() - started < 10
+    assert threading.active_count() == before  # no stage left running
+    assert not (tmp_path / "p.parquet").exists()
+    assert (tmp_path / "p.parquet.manifest.json").exists()  # finished files stay for --resume
+    assert not [p for p in (tmp_path / "p.parquet.parts").iterdir() if p.name.endswith(".tmp")]
+
+
+# -- pieces --------------------------------------------------------------------------------------------------
+def test_flow_accumulator_merges_incrementally(monkeypatch):
+    monkeypatch.setattr(flows_mod, "MERGE_ROWS", 7)
+    rng = np.random.default_rng(0)
+    n = 500
+    whole = _fake_batch(0, 0, n).meta
+    whole["flow_key"] = rng.integers(0, 40, size=n).astype(np.uint64)
+    whole["src_port"] = (1000 + rng.integers(0, 2, size=n)).astype(np.uint16)
+    probs = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
+    acc = FlowAccumulator(3)
+    for lo in range(0, n, 13):
+        acc.add({k: v[lo : lo + 13] for k, v in whole.items()}, probs[lo : lo + 13])
+    schema = flow_schema(["a", "b", "c"], True)
+    t = acc.table("f", pa.array(["a", "b", "c"]), schema)
+    keys = np.unique(whole["flow_key"])
+    assert t.num_rows == len(keys)
+    firsts = sorted(int(np.flatnonzero(whole["flow_key"] == k)[0]) for k in keys)
+    for row, first in zip(t.to_pylist(), firsts):  # ordered by first packet; endpoint a sent it
+        members = whole["flow_key"] == whole["flow_key"][first]
+        assert row["packets"] == members.sum()
+        assert row["port_a"] == whole["src_port"][first]
+        assert row["first_ts"].timestamp() * 1e9 == pytest.approx(whole["ts_ns"][members].min(), abs=1000)
+        np.testing.assert_allclose([row["p_a"], row["p_b"], row["p_c"]],
+                                   probs[members].mean(axis=0), rtol=1e-5)
+
+
+def test_format_addresses_v4_and_v6():
+    texts = ["192.0.2.1", "2001:db8::1", "0.0.0.0", "::ffff:1.2.3.4", "255.255.255.255", "fe80::1:2"]
+    addrs = np.zeros((len(texts), 16), dtype=np.uint8)
+    versions = np.zeros(len(texts), dtype=np.uint8)
+    for i, s in enumerate(texts):
+        a = ipaddress.ip_address(s)
+        addrs[i, : len(a.packed)] = np.frombuffer(a.packed, dtype=np.uint8)
+        versions[i] = a.version
+    assert format_addresses(addrs, versions).to_pylist() == [str(ipaddress.ip_address(s)) for s in texts]
+
+
+def test_earlier_output_inside_the_input_folder_is_not_an_input(tmp_path, model):
+    inputs = make_inputs(tmp_path / "in", n_good=2, packets=30)
+    out = inputs / "p.parquet"
+    first = run_cli(inputs, "--model", model, "--out", out, "--flows", inputs / "f.parquet")
+    rows = pq.read_table(out)
+    second = run_cli(inputs, "--model", model, "--out", out, "--flows", inputs / "f.parquet")
+    assert first.exit_code == second.exit_code == 0
+    assert pq.read_table(out).equals(rows)
+    assert second.output.count("failed") == first.output.count("failed") == 2  # notes.txt, empty.pcap

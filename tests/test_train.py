@@ -1,0 +1,240 @@
+"""Training, checkpoints, alpha fusion and evaluation end to end on a small synthetic dataset.
+
+The class of a synthetic row is written into a few header bytes (plus noise); everything else is random, so a
+model that learns anything beats chance. Models are the real presets at a small width so the tests stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from onnx_fixtures import reference_probs, tiny_model  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from pktnin.trainer import checkpoint as ckpt  # noqa: E402
+from pktnin.trainer.dataset import load_dataset, write_dataset  # noqa: E402
+from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
+from pktnin.trainer.fusion import fuse  # noqa: E402
+from pktnin.trainer.train import (  # noqa: E402
+    balanced_class_weights,
+    branch_checkpoint_path,
+    logs_dir_for,
+    make_tf_dataset,
+    predict_rows,
+    select_training_rows,
+    train,
+)
+
+pytestmark = pytest.mark.tf
+
+CLASSES = ["chat", "email", "video", "voip"]
+WIDTH = 0.05  # nin1: 10 filters, dense 51 and 3 units: fast, for tests of plumbing
+LEARN_WIDTH = 0.25  # nin1: 50 filters, dense 256 and 16 units: learns the synthetic task in 2 epochs
+
+
+def synthetic_rows(n_per_class: int, seed: int):
+    """Rows whose 40 header bytes follow a per-class template plus noise; the 1460 body bytes are noise."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(CLASSES)), n_per_class)
+    rows = rng.integers(0, 256, (y.size, 1500), dtype=np.uint8)
+    templates = rng.integers(0, 200, (len(CLASSES), 40))
+    rows[:, :40] = (templates[y] + rng.integers(0, 56, (y.size, 40))).astype(np.uint8)
+    # 10-packet flows of one class each; flows never straddle splits.
+    flow = np.arange(y.size) // 10
+    flow_split = rng.choice(3, flow.max() + 1, p=[0.6, 0.2, 0.2])
+    return rows, y, flow_split[flow].astype(np.int8), flow.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    rows, y, split, flow = synthetic_rows(150, seed=3)
+    return write_dataset(tmp_path_factory.mktemp("data") / "ds", rows, y, split, flow, {"classes": CLASSES})
+
+
+@pytest.fixture(scope="module")
+def trained(dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "nin1.keras"
+    summary = train("nin1", dataset_dir, out, epochs=3, batch=16, seed=1, width=LEARN_WIDTH, progress=False)
+    return out, summary
+
+
+def test_training_beats_chance_and_keeps_the_best_epoch(trained, dataset_dir):
+    out, summary = trained
+    history = summary["history"]
+    assert summary["epochs_run"] == 3
+    assert summary["val_macro_f1"] == max(history["val_macro_f1"])
+    assert summary["best_epoch"] == int(np.argmax(history["val_macro_f1"])) + 1
+    # Chance for 4 balanced classes is 0.25 accuracy.
+    assert summary["val_macro_f1"] > 0.6
+    # Learning rate 1e-3 decays by 0.98 per epoch.
+    np.testing.assert_allclose(history["learning_rate"], [1e-3, 0.98e-3, 0.98**2 * 1e-3], rtol=1e-5)
+    assert all(rate > 0 for rate in summary["train_packets_per_s"])
+    logs = logs_dir_for(out)
+    assert any((logs / "train").iterdir()) and any((logs / "validation").iterdir())
+
+
+def test_checkpoint_round_trip(trained, dataset_dir):
+    out, summary = trained
+    model, meta = ckpt.load_checkpoint(out)
+    assert meta["preset"] == "nin1"
+    assert meta["classes"] == CLASSES
+    assert meta["layout_version"] == 1 and meta["input"] == "row1500" and meta["alpha"] is None
+    assert meta["metrics"]["macro_f1"] == pytest.approx(summary["val_macro_f1"])
+    assert meta["training"]["best_epoch"] == summary["best_epoch"]
+    assert meta["data"]["meta"]["classes"] == CLASSES
+    data = load_dataset(dataset_dir)
+    val = data.indices("val")
+    probs = predict_rows(model, data.rows, val)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    from pktnin.trainer.metrics import macro_f1
+
+    assert macro_f1(data.labels[val], probs.argmax(axis=1), len(CLASSES)) == pytest.approx(summary["val_macro_f1"])
+    # Saving again and reloading gives the same predictions (no optimizer state needed).
+    again = ckpt.save_checkpoint(model, out.with_name("copy.keras"), meta)
+    model2, meta2 = ckpt.load_checkpoint(again)
+    np.testing.assert_allclose(predict_rows(model2, data.rows, val[:32]), probs[:32], rtol=1e-5, atol=1e-6)
+    assert meta2 == meta
+    assert not list(out.parent.glob("*.tmp*"))
+    # No optimizer state in the file: scoring does not need it and it would triple the size.
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(out) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as weights:
+        names = []
+        weights.visit(names.append)
+    assert names and not [n for n in names if "optimizer" in n]
+
+
+def test_training_is_deterministic(trained, dataset_dir, tmp_path):
+    _, first = trained
+    again = train("nin1", dataset_dir, tmp_path / "again.keras", epochs=1, batch=16, seed=1, width=WIDTH,
+                  progress=False)  # fmt: skip
+    again2 = train("nin1", dataset_dir, tmp_path / "again2.keras", epochs=1, batch=16, seed=1, width=WIDTH,
+                   progress=False)  # fmt: skip
+    assert again["history"]["loss"] == again2["history"]["loss"]
+    assert again["history"]["val_macro_f1"] == again2["history"]["val_macro_f1"]
+
+
+def test_parallel_fused_checkpoint_is_alpha_mix_of_branches(dataset_dir, tmp_path):
+    out = tmp_path / "par.keras"
+    summary = train("nin_parallel", dataset_dir, out, epochs=1, batch=32, seed=2, width=WIDTH, progress=False,
+                    max_train=240)  # fmt: skip
+    alpha = summary["alpha"]
+    meta = ckpt.load_metadata(out)
+    assert meta["preset"] == "nin_parallel" and meta["alpha"] == alpha
+    curve = meta["training"]["alpha_curve"]
+    assert len(curve) == 101 and curve[0][0] == 0.0 and curve[-1][0] == 1.0
+    assert max(s for _, s in curve) == pytest.approx(meta["metrics"]["macro_f1"])
+    assert set(meta["training"]["branches"]) == {"nin1", "nin2"}
+
+    fused, _ = ckpt.load_checkpoint(out)
+    nin1, _ = ckpt.load_checkpoint(branch_checkpoint_path(out, "nin1"))
+    nin2, _ = ckpt.load_checkpoint(branch_checkpoint_path(out, "nin2"))
+    data = load_dataset(dataset_dir)
+    idx = data.indices("test")[:64]
+    p1 = predict_rows(nin1, data.rows, idx)
+    p2 = predict_rows(nin2, data.rows, idx)
+    np.testing.assert_allclose(predict_rows(fused, data.rows, idx), fuse(p1, p2, alpha), atol=1e-5)
+
+
+def test_evaluate_checkpoint_writes_json_and_plots(trained, dataset_dir, tmp_path):
+    out, _ = trained
+    result = evaluate(out, dataset_dir, split="test")
+    data = load_dataset(dataset_dir)
+    test_idx = data.indices("test")
+    assert result["rows"] == test_idx.size
+    assert result["packet"]["samples"] == test_idx.size
+    assert result["flow"]["flows"] == np.unique(data.flow[test_idx]).size
+    assert result["packet"]["macro_f1"] > 0.5
+    written = write_evaluation(result, tmp_path / "r.json", tmp_path / "plots", compare=[result])
+    names = {p.name for p in written}
+    assert {"r.json", "f1_packet.png", "f1_flow.png", "confusion_packet.png", "confusion_flow.png"} <= names
+    for p in written:
+        assert p.stat().st_size > 0
+    assert load_result(tmp_path / "r.json")["packet"] == json.loads(json.dumps(result["packet"]))
+
+
+@pytest.mark.parametrize("input_dtype", ["uint8", "float32"])
+def test_evaluate_onnx_model(dataset_dir, tmp_path, input_dtype):
+    model = tiny_model(tmp_path / "tiny.onnx", CLASSES, input_dtype=input_dtype)
+    result = evaluate(model, dataset_dir, split="val")
+    data = load_dataset(dataset_dir)
+    idx = data.indices("val")
+    rows = np.asarray(data.rows[idx])
+    probs = reference_probs(model, rows)  # converts to bytes/255 itself for a float32 input
+    from pktnin.trainer.metrics import classification_report
+
+    expected = classification_report(data.labels[idx], probs.argmax(axis=1), CLASSES)
+    assert result["packet"] == expected
+    assert result["runtime"] == "onnx"
+
+
+def test_evaluate_rejects_other_classes(dataset_dir, tmp_path):
+    model = tiny_model(tmp_path / "other.onnx", ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="classes"):
+        evaluate(model, dataset_dir)
+
+
+def test_cli_train_and_evaluate(dataset_dir, tmp_path):
+    import typer
+
+    from pktnin.cli import evaluate as evaluate_cli
+    from pktnin.cli import train as train_cli
+
+    app = typer.Typer()
+    train_cli.register(app)
+    evaluate_cli.register(app)
+    runner = CliRunner()
+    out = tmp_path / "m.keras"
+    res = runner.invoke(app, ["train", "nin1", "--data", str(dataset_dir), "--out", str(out), "--epochs", "1",
+                              "--batch", "32", "--max-train", "200", "--width", str(WIDTH), "--no-progress", "--xla"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert ckpt.load_metadata(out)["training"]["xla"] is True
+    res = runner.invoke(app, ["evaluate", str(out), "--data", str(dataset_dir), "--split", "val", "--out",
+                              str(tmp_path / "e.json"), "--plots", str(tmp_path / "p")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert load_result(tmp_path / "e.json")["split"] == "val"
+    assert (tmp_path / "p" / "confusion_packet.png").is_file()
+    res = runner.invoke(app, ["train", "nin1", "--data", str(tmp_path / "missing"), "--out", str(out)])
+    assert res.exit_code != 0 and "missing" in res.output
+
+
+def test_pipeline_rows_labels_and_weights_stay_aligned(dataset_dir):
+    data = load_dataset(dataset_dir)
+    idx = data.indices("train")[:50]
+    weights = np.array([1.0, 2.0, 3.0, 4.0])
+    ds = make_tf_dataset(data.rows, data.labels, idx, len(CLASSES), batch=16, shuffle_seed=0, class_weights=weights)
+    seen = 0
+    for x, y, w in ds:
+        x, y, w = x.numpy(), y.numpy(), w.numpy()
+        label = y.argmax(axis=1)
+        # Each row is found among the selected rows with the label and weight of that very row.
+        for row, lab, wt in zip(x, label, w):
+            match = np.flatnonzero(np.all(np.asarray(data.rows[idx]) == np.round(row * 255).astype(np.uint8), axis=1))
+            assert match.size == 1 and data.labels[idx[match[0]]] == lab and wt == weights[lab]
+        seen += x.shape[0]
+    assert seen == idx.size
+
+
+def test_training_row_selection():
+    labels = np.array([0] * 50 + [1] * 10 + [2] * 40)
+    split = np.zeros(100, np.int8)
+    split[::10] = 1
+    capped = select_training_rows(labels, split, seed=0, max_per_class=20)
+    assert np.all(split[capped] == 0)
+    np.testing.assert_array_equal(np.bincount(labels[capped]), [20, 9, 20])
+    budget = select_training_rows(labels, split, seed=0, max_train=30)
+    assert budget.size == 30 and np.all(np.diff(budget) > 0)
+    np.testing.assert_array_equal(budget, select_training_rows(labels, split, seed=0, max_train=30))
+    weights = balanced_class_weights(labels, 4)
+    assert weights[3] == 0
+    assert np.sum(weights[labels]) == pytest.approx(labels.size)  # mean weight per sample is 1
+    assert weights[1] == pytest.approx(100 / (3 * 10))

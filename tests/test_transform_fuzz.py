@@ -1,0 +1,104 @@
+"""Fuzz the CPU transform: >= 100,000 random and mutated packets in a few big batches, no crash, and the
+output agrees with the plain-Python reference on a random sample of the records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import packetgen as pg
+import reference_layout as ref
+from pktnin import layout
+from pktnin.kernels import cpu
+
+N_PER_BATCH = 60_000
+LINKS = np.array([0, 1, 12, 14, 101, 108, 113, 228, 229, 276, 105, 9, 65535], dtype=np.int32)
+SAMPLE = 1500
+
+
+def templates():
+    """Valid and near-valid packets to mutate: the catalog plus packets with random payload sizes."""
+    out = [(data, linktype) for _, data, linktype, _ in pg.catalog()]
+    rng = np.random.default_rng(1)
+    for size in rng.integers(0, 1600, 40):
+        payload = pg.payload_bytes(int(size))
+        out.append((pg.ethernet(pg.ipv4(pg.tcp(payload=payload, options=b"\x01" * int(size % 13)))), 1))
+        out.append((pg.sll(pg.ipv6(pg.udp(payload=payload), next_header=17, ext=[pg.ext_options(60, 1)])), 113))
+    return out
+
+
+def fuzz_batch(seed: int) -> dict:
+    """N_PER_BATCH records: mutated templates (bit flips, truncations, wrong link types) and random bytes."""
+    rng = np.random.default_rng(seed)
+    base = templates()
+    choice = rng.integers(0, len(base), N_PER_BATCH)
+    random_bytes = rng.random(N_PER_BATCH) < 0.1
+    parts, linktypes = [], []
+    for i, c in enumerate(choice):
+        if random_bytes[i]:
+            parts.append(rng.integers(0, 256, int(rng.integers(0, 120)), dtype=np.uint8).tobytes())
+            linktypes.append(int(rng.choice(LINKS)))
+        else:
+            parts.append(base[c][0])
+            linktypes.append(base[c][1])
+    raw = pg.batch(list(zip(parts, linktypes)), gap=4, seed=seed)
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    # Bit flips, mostly in the headers (first 96 bytes), up to 6 per packet.
+    flips = rng.integers(0, 7, N_PER_BATCH)
+    owner = np.repeat(np.arange(N_PER_BATCH), flips)
+    span = np.maximum(np.minimum(lengths[owner], 96), 1)
+    pos = raw["pkt_off"][owner] + rng.integers(0, 1 << 30, owner.size) % span
+    ok = lengths[owner] > 0
+    np.bitwise_xor.at(raw["buf"], pos[ok], (1 << rng.integers(0, 8, owner.size)).astype(np.uint8)[ok])
+    # Truncations (snaplen) for a third of the records, wrong link types for a tenth.
+    cut = rng.random(N_PER_BATCH) < 0.33
+    raw["caplen"][cut] = (rng.random(cut.sum()) * (lengths[cut] + 1)).astype(np.int32)
+    wrong = rng.random(N_PER_BATCH) < 0.1
+    raw["linktype"][wrong] = rng.choice(LINKS, wrong.sum())
+    return raw
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_fuzz_no_crash_and_matches_reference_on_sample(seed):
+    raw = fuzz_batch(seed)
+    n = raw["pkt_off"].shape[0]
+    rng = np.random.default_rng(seed + 100)
+    buf = raw["buf"].tobytes()
+    for mask, keep_dns in (("paper", False), ("strict", True)):
+        rows, meta = cpu.transform(raw, mask, keep_dns)
+        counts = meta["skip_counts"]
+        assert counts.sum() == n and counts[layout.KEPT] == rows.shape[0]
+        assert np.array_equal(np.bincount(meta["skip"], minlength=len(counts)), counts)
+        # Mutations must hit many skip reasons, and still leave plenty of rows.
+        assert (counts > 0).sum() >= 7 and rows.shape[0] > n // 10
+        position = np.full(n, -1)
+        position[meta["index"]] = np.arange(rows.shape[0])
+        for i in rng.choice(n, SAMPLE, replace=False):
+            off, caplen = int(raw["pkt_off"][i]), int(raw["caplen"][i])
+            code, row, fields = ref.reference_packet(buf[off : off + caplen], int(raw["linktype"][i]), mask, keep_dns)
+            assert meta["skip"][i] == code, f"record {i}"
+            if code == 0:
+                r = position[i]
+                assert rows[r].tobytes() == row, f"record {i}"
+                assert int(meta["flow_key"][r]) == fields["flow_key"], f"record {i}"
+                assert meta["src_addr"][r].tobytes() == fields["src_addr"], f"record {i}"
+                assert (int(meta["src_port"][r]), int(meta["dst_port"][r])) == (fields["src_port"], fields["dst_port"])
+
+
+def test_fuzz_pure_random_records():
+    """Random offsets/lengths/link types over random bytes, including records that run past the buffer."""
+    rng = np.random.default_rng(5)
+    n = 20_000
+    raw = {
+        "buf": rng.integers(0, 256, 200_000, dtype=np.uint8),
+        "pkt_off": rng.integers(-100, 200_100, n),
+        "caplen": rng.integers(-10, 2000, n).astype(np.int32),
+        "linktype": rng.choice(LINKS, n),
+        "ts_ns": np.arange(n),
+        "frame": np.arange(n),
+    }
+    raw["buf"][::7] = 0x45  # make IPv4-looking starts common
+    rows, meta = cpu.transform(raw, "paper", True)
+    assert meta["skip_counts"].sum() == n
+    outside = (raw["pkt_off"] < 0) | (raw["caplen"] < 0) | (raw["pkt_off"] + raw["caplen"] > raw["buf"].shape[0])
+    assert (meta["skip"][outside] == layout.SKIP_MALFORMED).all()
