@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pktnin.layout import MASK_PROFILES, SKIP_REASONS
+from pktnin.layout import SKIP_REASONS, mask_code
 
 META_COLUMNS = (
     "frame",
@@ -89,13 +89,6 @@ def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 seen.add(key)
                 found.append(q)
     return found
-
-
-def mask_code(mask: str) -> int:
-    try:
-        return MASK_PROFILES[mask]
-    except KeyError:
-        raise ValueError(f"unknown mask profile {mask!r}; choose from {', '.join(MASK_PROFILES)}") from None
 
 
 def iter_packets(

@@ -55,7 +55,9 @@ def evaluate(
         f"{packet['macro_f1']:.4f}", f"{flow['macro_f1']:.4f}", style="bold",
     )  # fmt: skip
     console.print(table)
-    console.print(f"accuracy {packet['accuracy']:.4f} (flows {flow['accuracy']:.4f}); {result['packets_per_s']:,.0f} pkts/s")
+    console.print(
+        f"accuracy {packet['accuracy']:.4f} (flows {flow['accuracy']:.4f}); {result['packets_per_s']:,.0f} pkts/s"
+    )
     for path in written:
         console.print(f"wrote {path}")
     if as_json:

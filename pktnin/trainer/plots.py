@@ -55,7 +55,7 @@ def plot_f1_bars(results: Sequence[dict], out_png: str | Path, level: str = "pac
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
     ax.set_title(f"Per-class F1, {level} level, split {results[0].get('split', '?')}")
-    ax.legend(fontsize="small", loc="lower left")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     try:
         return _save(fig, out_png)

@@ -14,6 +14,7 @@ without. Measure again (`pktnin train ... --xla`) on another build before turnin
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -150,7 +151,7 @@ def _callbacks_module():
             probs = predict_rows(self.model, self.rows, self.val_idx, self.batch)
             report = classification_report(self.y_val, probs.argmax(axis=1), self.classes)
             picked = probs[np.arange(self.y_val.size), self.y_val]
-            logs["val_loss"] = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+            logs["val_loss"] = float(np.mean(-np.log(np.clip(picked, 1e-7, 1.0)))) + 0.0  # + 0.0: no "-0.0000"
             logs["val_accuracy"] = report["accuracy"]
             logs["val_macro_f1"] = report["macro_f1"]
             if report["macro_f1"] > self.best_f1:
@@ -277,6 +278,31 @@ def _open_dataset(data_dir: str | Path):
     return load_dataset(data_dir)
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that shapes one training run (stored in the checkpoint metadata)."""
+
+    epochs: int = 10
+    batch: int = 128
+    seed: int = 0
+    xla: bool = False
+    max_train: int | None = None
+    max_val: int | None = None
+    max_per_class: int | None = None
+    class_weighting: str = "none"
+    patience: int = 3
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.98
+    dropout: float = 0.1
+    width: float = 1.0
+
+    def check(self) -> None:
+        if self.class_weighting not in CLASS_WEIGHTING:
+            raise ValueError(f"class weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
+        if self.epochs < 1 or self.batch < 1 or self.patience < 1:
+            raise ValueError("epochs, batch and patience must be >= 1")
+
+
 def train(
     preset: str,
     data_dir: str | Path,
@@ -299,105 +325,91 @@ def train(
 ) -> dict:
     """Train `preset` on the dataset in `data_dir`; the best epoch (validation macro-F1) goes to `out_ckpt`.
 
-    Returns a summary dict (also stored in the checkpoint metadata under "training"). `build` replaces
-    trainer.models.build_model (same signature) for experiments and tests.
+    Returns a summary dict (its settings and history are also stored in the checkpoint metadata under
+    "training"). `build` replaces trainer.models.build_model (same signature) for experiments.
     """
-    if preset == PARALLEL_PRESET:
-        return train_parallel(
-            data_dir, out_ckpt, epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train,
-            max_val=max_val, max_per_class=max_per_class, class_weighting=class_weighting, patience=patience,
-            learning_rate=learning_rate, lr_decay=lr_decay, dropout=dropout, width=width, progress=progress,
-            build=build,
-        )  # fmt: skip
-    data = _open_dataset(data_dir)
-    result = _train_single(
-        preset, data, data_dir, out_ckpt, epochs, batch, seed, xla, max_train, max_val, max_per_class,
-        class_weighting, patience, learning_rate, lr_decay, dropout, width, progress, build,
-        logs_dir_for(out_ckpt),
+    settings = TrainSettings(
+        epochs, batch, seed, xla, max_train, max_val, max_per_class, class_weighting, patience, learning_rate,
+        lr_decay, dropout, width,
     )  # fmt: skip
+    settings.check()
+    if preset == PARALLEL_PRESET:
+        return train_parallel(data_dir, out_ckpt, settings, progress=progress, build=build)
+    data = _open_dataset(data_dir)
+    result = _train_single(preset, data, out_ckpt, settings, progress, build, logs_dir_for(out_ckpt))
     return result["summary"]
 
 
-def _train_single(
-    preset, data, data_dir, out_ckpt, epochs, batch, seed, xla, max_train, max_val, max_per_class,
-    class_weighting, patience, learning_rate, lr_decay, dropout, width, progress, build, log_dir,
-) -> dict:  # fmt: skip
+def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, build, log_dir) -> dict:
     """Train one Keras model; returns {"model": best model, "summary": dict, "val_idx": validation indices}."""
     import keras
 
-    if class_weighting not in CLASS_WEIGHTING:
-        raise ValueError(f"class weighting must be one of {CLASS_WEIGHTING}, got {class_weighting!r}")
-    if epochs < 1 or batch < 1:
-        raise ValueError("epochs and batch must be >= 1")
     if build is None:
         from pktnin.trainer.models import build_model as build
 
+    s = settings
     rows, labels, split = data.rows, data.labels, data.split
     classes = list(data.meta["classes"])
     num_classes = len(classes)
-    train_idx = select_training_rows(labels, split, seed, max_train, max_per_class)
-    val_idx = select_split_rows(split, SPLIT_VAL, seed, max_val)
+    train_idx = select_training_rows(labels, split, s.seed, s.max_train, s.max_per_class)
+    val_idx = select_split_rows(split, SPLIT_VAL, s.seed, s.max_val)
     if train_idx.size == 0:
-        raise ValueError(f"dataset {data_dir} has no training rows (split.npy == 0)")
+        raise ValueError(f"dataset {data.path} has no training rows (split.npy == 0)")
     if val_idx.size == 0:
-        raise ValueError(f"dataset {data_dir} has no validation rows (split.npy == 1): early stopping needs them")
-    weights = balanced_class_weights(labels[train_idx], num_classes) if class_weighting == "balanced" else None
+        raise ValueError(f"dataset {data.path} has no validation rows (split.npy == 1): early stopping needs them")
+    weights = balanced_class_weights(labels[train_idx], num_classes) if s.class_weighting == "balanced" else None
 
-    seed_everything(seed)
-    model = build(preset, num_classes, dropout=dropout, width=width)
+    seed_everything(s.seed)
+    model = build(preset, num_classes, dropout=s.dropout, width=s.width)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(),
-        jit_compile=xla,
+        jit_compile=s.xla,
     )
-    train_ds = make_tf_dataset(rows, labels, train_idx, num_classes, batch, shuffle_seed=seed, class_weights=weights)
-    steps = -(-train_idx.size // batch)
+    train_ds = make_tf_dataset(
+        rows, labels, train_idx, num_classes, s.batch, shuffle_seed=s.seed, class_weights=weights
+    )
+    steps = -(-train_idx.size // s.batch)
 
-    keras_path, _ = ckpt.checkpoint_paths(out_ckpt)
-    settings = {
-        "epochs": epochs, "batch": batch, "seed": seed, "xla": xla, "max_train": max_train, "max_val": max_val,
-        "max_per_class": max_per_class, "class_weighting": class_weighting, "patience": patience,
-        "learning_rate": learning_rate, "lr_decay": lr_decay, "dropout": dropout, "width": width,
-        "train_rows": int(train_idx.size), "val_rows": int(val_idx.size),
-    }  # fmt: skip
+    keras_path, json_path = ckpt.checkpoint_paths(out_ckpt)
+    training_meta = {**asdict(s), "train_rows": int(train_idx.size), "val_rows": int(val_idx.size)}
 
     def save_best(epoch: int, report: dict) -> None:
-        meta = ckpt.make_metadata(
-            preset, classes, data_dir, data.meta, report,
-            training={**settings, "best_epoch": epoch + 1},
-        )  # fmt: skip
+        training_meta["best_epoch"] = epoch + 1
+        meta = ckpt.make_metadata(preset, classes, data.path, data.meta, report, training=training_meta)
         ckpt.save_checkpoint(model, keras_path, meta)
 
     ValidationF1, RichProgress, ScalarLog = _callbacks_module()
-    val_cb = ValidationF1(rows, labels, val_idx, classes, max(batch, 256), patience, save_best)
-    bar = RichProgress(epochs, steps, train_idx.size, batch, preset, enabled=progress)
+    val_cb = ValidationF1(rows, labels, val_idx, classes, max(s.batch, 256), s.patience, save_best)
+    bar = RichProgress(s.epochs, steps, train_idx.size, s.batch, preset, enabled=progress)
     callbacks = [
-        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate * lr_decay**epoch),
+        keras.callbacks.LearningRateScheduler(lambda epoch: s.learning_rate * s.lr_decay**epoch),
         val_cb,  # before the bar and the scalar log, so that they see the validation metrics
         bar,
         ScalarLog(log_dir),
     ]
     started = time.perf_counter()
-    history = model.fit(train_ds, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)  # tf.data shuffles
+    history = model.fit(train_ds, epochs=s.epochs, verbose=0, callbacks=callbacks, shuffle=False)  # tf.data shuffles
     elapsed = time.perf_counter() - started
-
     model.set_weights(val_cb.best_weights)
-    epochs_run = len(history.history.get("loss", []))
+
     summary = {
         "preset": preset,
         "checkpoint": str(keras_path),
         "best_epoch": val_cb.best_epoch + 1,
-        "epochs_run": epochs_run,
+        "epochs_run": len(history.history.get("loss", [])),
         "val_macro_f1": val_cb.best_f1,
         "val": val_cb.best_report,
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "train_packets_per_s": bar.epoch_rates,
         "seconds": elapsed,
-        "settings": settings,
+        "settings": training_meta,
     }
+    # The checkpoint was written at its best epoch; its metadata now also gets the whole run's history.
     meta = ckpt.load_metadata(keras_path)
-    meta["training"] = {**meta["training"], **{k: summary[k] for k in ("epochs_run", "history", "train_packets_per_s", "seconds")}}
-    ckpt.write_json_atomic(ckpt.checkpoint_paths(keras_path)[1], meta)
+    for key in ("epochs_run", "history", "train_packets_per_s", "seconds"):
+        meta["training"][key] = summary[key]
+    ckpt.write_json_atomic(json_path, meta)
     return {"model": model, "summary": summary, "val_idx": val_idx}
 
 
@@ -410,25 +422,14 @@ def branch_checkpoint_path(out_ckpt: str | Path, branch: str) -> Path:
 def train_parallel(
     data_dir: str | Path,
     out_ckpt: str | Path,
-    epochs: int = 10,
-    batch: int = 128,
-    seed: int = 0,
-    xla: bool = False,
-    max_train: int | None = None,
-    max_val: int | None = None,
-    max_per_class: int | None = None,
-    class_weighting: str = "none",
-    patience: int = 3,
-    learning_rate: float = 1e-3,
-    lr_decay: float = 0.98,
-    dropout: float = 0.1,
-    width: float = 1.0,
+    settings: TrainSettings = TrainSettings(),
     progress: bool = True,
     build: Callable | None = None,
     build_parallel: Callable | None = None,
     grid: np.ndarray = DEFAULT_GRID,
 ) -> dict:
     """Train NIN1 (header) and NIN2 (body) on whole rows, pick alpha by validation macro-F1, save one model."""
+    settings.check()
     if build_parallel is None:
         from pktnin.trainer.models import build_parallel
     data = _open_dataset(data_dir)
@@ -436,14 +437,11 @@ def train_parallel(
     log_dir = logs_dir_for(out_ckpt)
     branches = {}
     for name in ("nin1", "nin2"):
-        branches[name] = _train_single(
-            name, data, data_dir, branch_checkpoint_path(out_ckpt, name), epochs, batch, seed, xla, max_train,
-            max_val, max_per_class, class_weighting, patience, learning_rate, lr_decay, dropout, width, progress,
-            build, log_dir / name,
-        )  # fmt: skip
+        branch_path = branch_checkpoint_path(out_ckpt, name)
+        branches[name] = _train_single(name, data, branch_path, settings, progress, build, log_dir / name)
 
     val_idx = branches["nin1"]["val_idx"]
-    y_val = np.asarray(data.labels)[np.sort(val_idx)].astype(np.int64)
+    y_val = np.asarray(data.labels)[val_idx].astype(np.int64)  # val_idx is sorted, like predict_rows's output
     p1 = predict_rows(branches["nin1"]["model"], data.rows, val_idx)
     p2 = predict_rows(branches["nin2"]["model"], data.rows, val_idx)
     alpha, curve = search_alpha(p1, p2, y_val, grid)
@@ -454,7 +452,7 @@ def train_parallel(
         ckpt.uncompiled_copy(branches["nin1"]["model"]), ckpt.uncompiled_copy(branches["nin2"]["model"]), alpha
     )
     # The saved graph must compute exactly Eq. 3 with the chosen alpha.
-    check = np.sort(val_idx)[:256]
+    check = val_idx[:256]
     got = predict_rows(fused, data.rows, check)
     if not np.allclose(got, fused_probs[: check.size], atol=1e-5):
         raise RuntimeError("fused model output differs from alpha * p1 + (1 - alpha) * p2")
@@ -469,7 +467,7 @@ def train_parallel(
         "branches": {name: b["summary"] for name, b in branches.items()},
     }
     meta = ckpt.make_metadata(
-        PARALLEL_PRESET, classes, data_dir, data.meta, report, alpha=alpha,
+        PARALLEL_PRESET, classes, data.path, data.meta, report, alpha=alpha,
         training={
             "alpha_curve": summary["alpha_curve"],
             "branches": {
