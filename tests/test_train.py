@@ -16,6 +16,7 @@ pytest.importorskip("tensorflow")
 from onnx_fixtures import reference_probs, tiny_model  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from pktnin.cli import app  # noqa: E402
 from pktnin.trainer import checkpoint as ckpt  # noqa: E402
 from pktnin.trainer.dataset import load_dataset, write_dataset  # noqa: E402
 from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
@@ -146,6 +147,22 @@ def test_parallel_fused_checkpoint_is_alpha_mix_of_branches(dataset_dir, tmp_pat
     p2 = predict_rows(nin2, data.rows, idx)
     np.testing.assert_allclose(predict_rows(fused, data.rows, idx), fuse(p1, p2, alpha), atol=1e-5)
 
+    # `pktnin fuse` rebuilds the same model from the kept branches, without training.
+    refused = tmp_path / "refused.keras"
+    result = CliRunner().invoke(
+        app, ["fuse", str(branch_checkpoint_path(out, "nin1")), str(branch_checkpoint_path(out, "nin2")),
+              "--data", str(dataset_dir), "--out", str(refused)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert ckpt.load_metadata(refused)["alpha"] == alpha
+    again, _ = ckpt.load_checkpoint(refused)
+    np.testing.assert_allclose(predict_rows(again, data.rows, idx), fuse(p1, p2, alpha), atol=1e-5)
+    swapped = CliRunner().invoke(
+        app, ["fuse", str(branch_checkpoint_path(out, "nin2")), str(branch_checkpoint_path(out, "nin1")),
+              "--data", str(dataset_dir), "--out", str(tmp_path / "bad.keras")],
+    )  # fmt: skip
+    assert swapped.exit_code != 0 and "expected a nin1 checkpoint" in " ".join(swapped.output.split())
+
 
 def test_evaluate_checkpoint_writes_json_and_plots(trained, dataset_dir, tmp_path):
     out, _ = trained
@@ -242,3 +259,18 @@ def test_training_row_selection():
     assert weights[3] == 0
     assert np.sum(weights[labels]) == pytest.approx(labels.size)  # mean weight per sample is 1
     assert weights[1] == pytest.approx(100 / (3 * 10))
+
+
+def test_training_rows_capped_per_flow():
+    flow = np.repeat([7, 3, 9, 5], [30, 2, 12, 6])  # flow ids in no particular order
+    labels = np.zeros(flow.size, np.int64)
+    split = np.zeros(flow.size, np.int8)
+    split[-1] = 1  # one validation row of flow 5 is never selected
+    idx = select_training_rows(labels, split, seed=1, flow=flow, max_per_flow=5)
+    assert np.all(split[idx] == 0) and np.all(np.diff(idx) > 0)
+    kept = dict(zip(*np.unique(flow[idx], return_counts=True)))
+    assert kept == {7: 5, 3: 2, 9: 5, 5: 5}
+    other = select_training_rows(labels, split, seed=2, flow=flow, max_per_flow=5)
+    assert not np.array_equal(idx, other)  # a seeded sample, not the first rows of each flow
+    with pytest.raises(ValueError):
+        select_training_rows(labels, split, seed=0, max_per_flow=5)

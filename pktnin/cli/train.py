@@ -26,6 +26,10 @@ def train(
     max_per_class: Annotated[
         Optional[int], typer.Option("--max-per-class", min=1, help="Cap the training rows of each class.")
     ] = None,
+    max_per_flow: Annotated[
+        Optional[int],
+        typer.Option("--max-per-flow", min=1, help="Use at most N training rows of each flow (seeded sample)."),
+    ] = None,
     class_weighting: Annotated[
         str, typer.Option("--class-weighting", help="none, or balanced (inverse class frequency).")
     ] = "none",
@@ -53,7 +57,7 @@ def train(
         summary = run_training(
             model, data, out, epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train,
             max_val=max_val, max_per_class=max_per_class, class_weighting=class_weighting, patience=patience,
-            dropout=dropout, width=width, progress=progress,
+            dropout=dropout, width=width, max_per_flow=max_per_flow, progress=progress,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None

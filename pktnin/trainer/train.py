@@ -40,10 +40,26 @@ def select_training_rows(
     seed: int,
     max_train: int | None = None,
     max_per_class: int | None = None,
+    flow: np.ndarray | None = None,
+    max_per_flow: int | None = None,
 ) -> np.ndarray:
-    """Sorted indices of the training rows, optionally capped per class and then in total (seeded)."""
+    """Sorted indices of the training rows, optionally capped per flow, per class and then in total (seeded).
+
+    The flow cap comes first: a few long flows (one bulk download, one call) otherwise make up most of a
+    class, and a model that memorizes them learns little that carries over to other captures.
+    """
     rng = np.random.default_rng(seed)
     idx = np.flatnonzero(np.asarray(split) == SPLIT_TRAIN)
+    if max_per_flow is not None:
+        if flow is None:
+            raise ValueError("max_per_flow needs the flow ids")
+        shuffled = rng.permutation(idx)
+        flows = np.asarray(flow)[shuffled]
+        order = np.argsort(flows, kind="stable")  # rows grouped by flow, shuffled order kept inside a flow
+        group_start = np.searchsorted(flows[order], flows[order], side="left")
+        rank = np.empty(order.size, dtype=np.int64)  # position of each row among its flow's rows
+        rank[order] = np.arange(order.size) - group_start
+        idx = np.sort(shuffled[rank < max_per_flow])
     if max_per_class is not None:
         kept = []
         for c in np.unique(labels[idx]):
@@ -295,6 +311,7 @@ class TrainSettings:
     lr_decay: float = 0.98
     dropout: float = 0.1
     width: float = 1.0
+    max_per_flow: int | None = None
 
     def check(self) -> None:
         if self.class_weighting not in CLASS_WEIGHTING:
@@ -320,6 +337,7 @@ def train(
     lr_decay: float = 0.98,
     dropout: float = 0.1,
     width: float = 1.0,
+    max_per_flow: int | None = None,
     progress: bool = True,
     build: Callable | None = None,
 ) -> dict:
@@ -330,7 +348,7 @@ def train(
     """
     settings = TrainSettings(
         epochs, batch, seed, xla, max_train, max_val, max_per_class, class_weighting, patience, learning_rate,
-        lr_decay, dropout, width,
+        lr_decay, dropout, width, max_per_flow,
     )  # fmt: skip
     settings.check()
     if preset == PARALLEL_PRESET:
@@ -351,7 +369,9 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     rows, labels, split = data.rows, data.labels, data.split
     classes = list(data.meta["classes"])
     num_classes = len(classes)
-    train_idx = select_training_rows(labels, split, s.seed, s.max_train, s.max_per_class)
+    train_idx = select_training_rows(
+        labels, split, s.seed, s.max_train, s.max_per_class, flow=data.flow, max_per_flow=s.max_per_flow
+    )
     val_idx = select_split_rows(split, SPLIT_VAL, s.seed, s.max_val)
     if train_idx.size == 0:
         raise ValueError(f"dataset {data.path} has no training rows (split.npy == 0)")
@@ -440,17 +460,53 @@ def train_parallel(
         branch_path = branch_checkpoint_path(out_ckpt, name)
         branches[name] = _train_single(name, data, branch_path, settings, progress, build, log_dir / name)
 
-    val_idx = branches["nin1"]["val_idx"]
+    models = {name: b["model"] for name, b in branches.items()}
+    summaries = {n: b["summary"] for n, b in branches.items()}
+    return _fuse_and_save(data, out_ckpt, models, summaries, branches["nin1"]["val_idx"], build_parallel, grid)
+
+
+def fuse_checkpoints(
+    nin1_ckpt: str | Path,
+    nin2_ckpt: str | Path,
+    data_dir: str | Path,
+    out_ckpt: str | Path,
+    grid: np.ndarray = DEFAULT_GRID,
+) -> dict:
+    """Fuse two trained branch checkpoints: alpha by validation macro-F1, one model saved (no retraining)."""
+    from pktnin.trainer.models import build_parallel
+
+    data = _open_dataset(data_dir)
+    models, summaries = {}, {}
+    for name, path in (("nin1", nin1_ckpt), ("nin2", nin2_ckpt)):
+        model, meta = ckpt.load_checkpoint(path)
+        if meta.get("preset") != name:
+            raise ValueError(f"{path}: expected a {name} checkpoint, found preset {meta.get('preset')!r}")
+        if list(meta.get("classes", [])) != list(data.meta["classes"]):
+            raise ValueError(f"{path}: its classes differ from the dataset's")
+        training = meta.get("training", {})
+        models[name] = model
+        summaries[name] = {
+            "checkpoint": str(ckpt.checkpoint_paths(path)[0]),
+            "val": meta.get("metrics", {}),
+            "val_macro_f1": meta.get("metrics", {}).get("macro_f1"),
+            "best_epoch": training.get("best_epoch"),
+            "settings": training,
+        }
+    val_idx = select_split_rows(data.split, SPLIT_VAL, 0)
+    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid)
+
+
+def _fuse_and_save(data, out_ckpt, models: dict, summaries: dict, val_idx, build_parallel: Callable, grid) -> dict:
+    """Alpha search on the validation rows `val_idx` (Eq. 3), then the fused model saved as one checkpoint."""
+    classes = list(data.meta["classes"])
     y_val = np.asarray(data.labels)[val_idx].astype(np.int64)  # val_idx is sorted, like predict_rows's output
-    p1 = predict_rows(branches["nin1"]["model"], data.rows, val_idx)
-    p2 = predict_rows(branches["nin2"]["model"], data.rows, val_idx)
+    p1 = predict_rows(models["nin1"], data.rows, val_idx)
+    p2 = predict_rows(models["nin2"], data.rows, val_idx)
     alpha, curve = search_alpha(p1, p2, y_val, grid)
     fused_probs = fuse(p1, p2, alpha)
     report = classification_report(y_val, fused_probs.argmax(axis=1), classes)
 
-    fused = build_parallel(
-        ckpt.uncompiled_copy(branches["nin1"]["model"]), ckpt.uncompiled_copy(branches["nin2"]["model"]), alpha
-    )
+    fused = build_parallel(ckpt.uncompiled_copy(models["nin1"]), ckpt.uncompiled_copy(models["nin2"]), alpha)
     # The saved graph must compute exactly Eq. 3 with the chosen alpha.
     check = val_idx[:256]
     got = predict_rows(fused, data.rows, check)
@@ -464,7 +520,7 @@ def train_parallel(
         "val_macro_f1": report["macro_f1"],
         "val": report,
         "alpha_curve": [[float(a), float(s)] for a, s in zip(np.asarray(grid), curve)],
-        "branches": {name: b["summary"] for name, b in branches.items()},
+        "branches": summaries,
     }
     meta = ckpt.make_metadata(
         PARALLEL_PRESET, classes, data.path, data.meta, report, alpha=alpha,
@@ -472,12 +528,12 @@ def train_parallel(
             "alpha_curve": summary["alpha_curve"],
             "branches": {
                 name: {
-                    "checkpoint": b["summary"]["checkpoint"],
-                    "val_metrics": b["summary"]["val"],
-                    "best_epoch": b["summary"]["best_epoch"],
-                    "settings": b["summary"]["settings"],
+                    "checkpoint": b["checkpoint"],
+                    "val_metrics": b["val"],
+                    "best_epoch": b["best_epoch"],
+                    "settings": b["settings"],
                 }
-                for name, b in branches.items()
+                for name, b in summaries.items()
             },
         },
     )  # fmt: skip

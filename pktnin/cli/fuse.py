@@ -1,0 +1,37 @@
+"""`pktnin fuse`: NIN_parallel from two trained branch checkpoints, alpha picked on validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def fuse(
+    nin1: Annotated[Path, typer.Argument(help="Trained nin1 (header) checkpoint.")],
+    nin2: Annotated[Path, typer.Argument(help="Trained nin2 (body) checkpoint.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset directory whose validation split picks alpha.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Fused checkpoint NAME.keras (NAME.json beside).")],
+) -> None:
+    """Search alpha on 0.00..1.00 (step 0.01) by validation macro-F1 and save y = alpha*y1 + (1-alpha)*y2 as one model.
+
+    `pktnin train nin_parallel` does the same after training both branches; this reuses branches already trained.
+    """
+    from rich.console import Console
+
+    from pktnin.trainer.train import fuse_checkpoints
+
+    try:
+        summary = fuse_checkpoints(nin1, nin2, data, out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    branches = "; ".join(f"{n} {b['val_macro_f1']:.4f}" for n, b in summary["branches"].items())
+    Console(stderr=True).print(
+        f"nin_parallel: validation macro-F1 {summary['val_macro_f1']:.4f} with alpha {summary['alpha']:.2f} "
+        f"({branches}) -> {summary['checkpoint']}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fuse")(fuse)
