@@ -144,6 +144,7 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
     p = off
     version = 0
     vlan = 0
+    ethertype = -1  # stays -1 for the link types that announce the IP version without an EtherType
     if linktype == LINK_ETHERNET:
         if p + ETH_HEADER_LEN > end:
             return SKIP_MALFORMED
@@ -158,12 +159,6 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
                 first_tag = False
             ethertype = (int(buf[p + 2]) << 8) | int(buf[p + 3])
             p += VLAN_TAG_LEN
-        if ethertype == ETHERTYPE_IPV4:
-            version = 4
-        elif ethertype == ETHERTYPE_IPV6:
-            version = 6
-        else:
-            return SKIP_NON_IP
     elif linktype == LINK_SLL or linktype == LINK_SLL2:
         header_len = SLL_HEADER_LEN
         proto_at = SLL_PROTOCOL_AT
@@ -174,12 +169,6 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
             return SKIP_MALFORMED
         ethertype = (int(buf[p + proto_at]) << 8) | int(buf[p + proto_at + 1])
         p += header_len
-        if ethertype == ETHERTYPE_IPV4:
-            version = 4
-        elif ethertype == ETHERTYPE_IPV6:
-            version = 6
-        else:
-            return SKIP_NON_IP
     elif (
         linktype == LINK_RAW
         or linktype == LINK_RAW_12
@@ -217,6 +206,12 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
             return SKIP_NON_IP
     else:
         return SKIP_UNSUPPORTED_LINK
+    if ethertype == ETHERTYPE_IPV4:
+        version = 4
+    elif ethertype == ETHERTYPE_IPV6:
+        version = 6
+    elif ethertype != -1:
+        return SKIP_NON_IP
 
     # 2. Network layer -> transport header start, protocol, end of the IP packet.
     net = p

@@ -11,11 +11,14 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
 from pktnin.layout import SKIP_REASONS, mask_code
+
+if TYPE_CHECKING:
+    from pktnin.kernels.capture import RawBatch
 
 META_COLUMNS = (
     "frame",
@@ -91,6 +94,38 @@ def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def iter_raw_batches(
+    files: Iterable[str | os.PathLike], max_records: int = 65536, first_index: int = 0
+) -> Iterator[tuple[FileReport, "RawBatch | None"]]:
+    """The record walk over each file in turn, with the per-file error handling every consumer shares.
+
+    Yields (report, raw) for each chunk of records, then (report, None) once the file is finished; the report
+    then holds the format, records, corrupt records and errors (a consumer that transforms adds kept and skips).
+    """
+    from pktnin.kernels.capture import CaptureError, CaptureReader
+
+    for index, path in enumerate(files, start=first_index):
+        path = Path(path)
+        report = FileReport(index=index, path=path)
+        try:
+            reader = CaptureReader(path, max_records=max_records)
+            report.format = reader.format
+            for raw in reader:
+                report.records += raw.n
+                yield report, raw
+            report.corrupt_records = reader.corrupt_records
+            report.errors = [str(e) for e in reader.errors]
+            report.stopped_early = reader.fatal is not None
+        except CaptureError as exc:  # includes NotACapture: the whole file is skipped
+            report.failed = report.records == 0
+            report.stopped_early = not report.failed
+            report.errors.append(str(exc))
+        except OSError as exc:
+            report.failed = True
+            report.errors.append(f"{path}: {exc.strerror or exc}")
+        yield report, None
+
+
 def iter_packets(
     files: Iterable[str | os.PathLike],
     mask: str = "paper",
@@ -104,38 +139,23 @@ def iter_packets(
     `reports`, when given, receives one FileReport per file as soon as that file is finished.
     File indexes count from `first_index` in the order of `files`.
     """
-    from pktnin.kernels.capture import CaptureError, CaptureReader
     from pktnin.kernels.cpu import transform
 
     code = mask_code(mask)
-    for index, path in enumerate(files, start=first_index):
-        path = Path(path)
-        report = FileReport(index=index, path=path)
-        counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
-        try:
-            reader = CaptureReader(path, max_records=max_records)
-            report.format = reader.format
-            for raw in reader:
-                rows, meta = transform(raw, mask=code, keep_dns=keep_dns)
-                counts += meta.pop("skip_counts")
-                meta.pop("skip", None)
-                report.records += raw.n
-                report.kept += rows.shape[0]
-                if rows.shape[0]:
-                    yield PacketBatch(index, path, rows, meta)
-            report.corrupt_records = reader.corrupt_records
-            report.errors = [str(e) for e in reader.errors]
-            report.stopped_early = reader.fatal is not None
-        except CaptureError as exc:  # includes NotACapture: the whole file is skipped
-            report.failed = report.records == 0
-            report.stopped_early = not report.failed
-            report.errors.append(str(exc))
-        except OSError as exc:
-            report.failed = True
-            report.errors.append(f"{path}: {exc.strerror or exc}")
-        report.skip_counts = {SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
-        if reports is not None:
-            reports.append(report)
+    counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
+    for report, raw in iter_raw_batches(files, max_records, first_index):
+        if raw is None:
+            report.skip_counts = {SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
+            counts[:] = 0
+            if reports is not None:
+                reports.append(report)
+            continue
+        rows, meta = transform(raw, mask=code, keep_dns=keep_dns)
+        counts += meta.pop("skip_counts")
+        meta.pop("skip", None)
+        report.kept += rows.shape[0]
+        if rows.shape[0]:
+            yield PacketBatch(report.index, report.path, rows, meta)
 
 
 def format_addr(addr16: np.ndarray, ip_version: int) -> str:

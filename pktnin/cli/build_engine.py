@@ -8,20 +8,23 @@ from typing import Annotated, Optional
 import typer
 
 from pktnin.cli._console import console
+from pktnin.engine.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB
 
 
 def build_engine(
     model: Annotated[Path, typer.Argument(help="A NAME.keras checkpoint or an .onnx model.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .plan file; MODEL.plan.json is written beside it.")],
     precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16.")] = "fp32",
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine accepts.")] = 4096,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine accepts.")] = DEFAULT_MAX_BATCH,
     opt_batch: Annotated[
         Optional[int], typer.Option("--opt-batch", help="Batch size TensorRT tunes for (default: min(max batch, 1024)).")
     ] = None,
     timing_cache: Annotated[
         Optional[Path], typer.Option("--timing-cache", help="Timing cache file, read if present and updated.")
     ] = None,
-    workspace_mb: Annotated[int, typer.Option("--workspace-mb", help="Builder workspace limit in MiB.")] = 1024,
+    workspace_mb: Annotated[
+        int, typer.Option("--workspace-mb", help="Builder workspace limit in MiB.")
+    ] = DEFAULT_WORKSPACE_MB,
 ) -> None:
     """Build a TensorRT engine (one optimization profile: batch 1 .. max batch) for this GPU and TensorRT."""
     from pktnin.engine.runner_base import EngineUnavailableError, ModelMismatchError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +12,8 @@ from rich.table import Table
 from pktnin.cli._console import console, file_progress, skip_table
 
 dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
+
+_COUNT_COLUMNS = ("train", "val", "test", "total")  # the splits of meta["counts"], then all of them
 
 
 @dataset_app.command("build")
@@ -72,9 +75,8 @@ def build(
     except (ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
-    common = dict(
-        seed=seed, max_per_class=max_per_class, mask=mask, keep_dns=keep_dns, split=split or "random"
-    )
+    default_split = "by-file" if kind == "csv" else "random"
+    common = dict(seed=seed, max_per_class=max_per_class, mask=mask, keep_dns=keep_dns, split=split or default_split)
     with file_progress(n_files, f"dataset ({kind})", enabled=progress) as bar:
 
         def on_progress(files_done: int, packets: int) -> None:
@@ -84,7 +86,6 @@ def build(
 
         try:
             if kind == "csv":
-                common["split"] = split or "by-file"
                 report = ds.build_from_csv(
                     source, out, pcaps=pcaps, label_column=label_column, progress=on_progress, **common
                 )
@@ -97,14 +98,10 @@ def build(
 
     console.print(counts_table(report.meta))
     if report.skipped_files:
-        console.print(skipped_table(report.skipped_files))
+        console.print(_file_table(f"Files left out ({len(report.skipped_files)})", "reason", report.skipped_files))
     if report.file_errors:
-        errors = Table(title="Files read in part (records after an error were skipped)")
-        errors.add_column("file")
-        errors.add_column("errors")
-        for name, text in report.file_errors:
-            errors.add_row(name, text)
-        console.print(errors)
+        title = "Files read in part (records after an error were skipped)"
+        console.print(_file_table(title, "errors", report.file_errors))
     if report.packet_skips:
         console.print(skip_table(report.packet_skips, title="Packets that did not become rows"))
     empty = [c for c, n in report.meta["counts"]["total"].items() if n == 0]
@@ -125,8 +122,6 @@ def _count_files(kind: str, source: Path, pcaps: Optional[Path], label_column: s
     if kind == "csv":
         if not source.is_file():
             raise FileNotFoundError(f"{source}: no such file")
-        import csv
-
         folder = pcaps if pcaps is not None else source.parent / "pcaps"
         with open(source, newline="") as f:
             names = {rec.get("file", "") for rec in csv.DictReader(f) if (rec.get(label_column) or "").strip()}
@@ -138,22 +133,21 @@ def counts_table(meta: dict) -> Table:
     counts = meta["counts"]
     table = Table(title=f"Packets per class and split ({meta.get('split_mode')})")
     table.add_column("class")
-    for name in ("train", "val", "test", "total"):
+    for name in _COUNT_COLUMNS:
         table.add_column(name, justify="right")
     for cls in meta["classes"]:
-        table.add_row(cls, *(f"{counts[name][cls]:,}" for name in ("train", "val", "test", "total")))
-    table.add_row(
-        "[bold]all", *(f"[bold]{sum(counts[name].values()):,}" for name in ("train", "val", "test", "total"))
-    )
+        table.add_row(cls, *(f"{counts[name][cls]:,}" for name in _COUNT_COLUMNS))
+    table.add_row("[bold]all", *(f"[bold]{sum(counts[name].values()):,}" for name in _COUNT_COLUMNS))
     return table
 
 
-def skipped_table(skipped: list[tuple[str, str]]) -> Table:
-    table = Table(title=f"Files left out ({len(skipped)})")
+def _file_table(title: str, what: str, rows: list[tuple[str, str]]) -> Table:
+    """A table of (file, `what`) pairs."""
+    table = Table(title=title)
     table.add_column("file")
-    table.add_column("reason")
-    for name, reason in skipped:
-        table.add_row(name, reason)
+    table.add_column(what)
+    for name, text in rows:
+        table.add_row(name, text)
     return table
 
 

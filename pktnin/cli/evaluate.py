@@ -8,6 +8,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from pktnin.cli._console import console
+
 
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Checkpoint NAME.keras (with NAME.json) or an exported .onnx.")],
@@ -27,13 +29,11 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result JSON on stdout.")] = False,
 ) -> None:
     """Per-class and macro precision/recall/F1, confusion matrix, and the same per flow (mean probabilities)."""
-    from rich.console import Console
     from rich.table import Table
 
     from pktnin.trainer.evaluate import evaluate as run_evaluation
     from pktnin.trainer.evaluate import load_result, write_evaluation
 
-    console = Console(stderr=True)
     try:
         others = [load_result(p) for p in compare or []]
         result = run_evaluation(model, data, split=split, batch=batch, max_rows=max_rows)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pktnin.cli._console import console
+from pktnin.engine.export import DEFAULT_OPSET, MAX_OPSET
 
 
 def export_onnx(
@@ -16,7 +17,7 @@ def export_onnx(
     input_dtype: Annotated[
         str, typer.Option("--input-dtype", help="uint8: raw bytes, /255 inside the graph (the CPU default); float32: bytes/255 (TensorRT plans).")
     ] = "uint8",
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 13..18.")] = 17,
+    opset: Annotated[int, typer.Option("--opset", help=f"ONNX opset, 13..{MAX_OPSET}.")] = DEFAULT_OPSET,
 ) -> None:
     """Export a checkpoint to ONNX: input `row` (batch x 1500), output `probs` (batch x classes), dynamic batch."""
     from pktnin.engine.export import check_export_args, read_model_info

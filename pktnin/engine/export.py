@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pktnin.atomic import atomic_path
 from pktnin.engine.runner_base import INPUT_DTYPES, INPUT_NAME, OUTPUT_NAME, ModelInfo
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
 
@@ -51,16 +52,18 @@ def model_info_from_checkpoint_meta(meta: dict, input_dtype: str, source: str) -
 
 def export_keras_model(model, out_path: str | os.PathLike, info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
     """Convert an in-memory Keras model (input float32 [batch,1500] = bytes/255, output probabilities)."""
-    import onnx
-
-    from pktnin.atomic import atomic_path
-
-    check_export_args(info.input_dtype, opset)
     proto = keras_to_onnx(model, info.input_dtype, opset)
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if num_classes != len(info.classes):
         raise ValueError(f"the model outputs {num_classes} classes but its metadata lists {len(info.classes)}")
     set_metadata(proto, info)
+    return save_onnx(proto, out_path)
+
+
+def save_onnx(proto, out_path: str | os.PathLike) -> Path:
+    """Check an ONNX ModelProto (with shape inference) and write it to out_path atomically; returns out_path."""
+    import onnx
+
     onnx.checker.check_model(proto, full_check=True)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
@@ -70,10 +73,10 @@ def export_keras_model(model, out_path: str | os.PathLike, info: ModelInfo, opse
 
 def keras_to_onnx(model, input_dtype: str = "float32", opset: int = DEFAULT_OPSET):
     """The ONNX ModelProto of `model` with the pktnin input/output names and a symbolic batch dimension."""
+    check_export_args(input_dtype, opset)
     import tensorflow as tf
     import tf2onnx
 
-    check_export_args(input_dtype, opset)
     dtype = tf.uint8 if input_dtype == "uint8" else tf.float32
     spec = tf.TensorSpec([None, ROW_LEN], dtype, name=INPUT_NAME)
 

@@ -59,11 +59,6 @@ def convert_onnx_to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path
     """Write the float16 version of the ONNX file src to dst (atomically); returns dst."""
     import onnx
 
-    from pktnin.atomic import atomic_path
+    from pktnin.engine.export import save_onnx
 
-    converted = convert_model_to_fp16(onnx.load_model(str(src)))
-    onnx.checker.check_model(converted, full_check=True)
-    dst = Path(dst)
-    with atomic_path(dst) as tmp:
-        onnx.save_model(converted, str(tmp))
-    return dst
+    return save_onnx(convert_model_to_fp16(onnx.load_model(str(src))), dst)

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from pktnin.atomic import atomic_path
 from pktnin.engine import cache
 from pktnin.engine.fp16 import FP16_STRATEGY_FLAG, FP16_STRATEGY_ONNX, convert_onnx_to_fp16, fp16_strategy
 from pktnin.engine.gpu_env import context_current, gpu_identity, require_pycuda, require_tensorrt
@@ -62,7 +63,6 @@ def build_engine(
     device: int = 0,
 ) -> Path:
     """Build MODEL.plan and MODEL.plan.json from a checkpoint or ONNX file; returns the plan path."""
-    from pktnin.atomic import atomic_path
     from pktnin.engine.export import read_model_info
 
     opt = check_build_args(precision, max_batch, opt_batch, workspace_mb)
@@ -116,8 +116,6 @@ def _build_serialized(trt, onnx_path: Path, strategy, max_batch: int, opt_batch:
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT could not build an engine (try a larger --workspace-mb)")
     if cache_file is not None:
-        from pktnin.atomic import atomic_path
-
         with atomic_path(cache_file) as tmp:
             tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(plan))
@@ -126,8 +124,7 @@ def _build_serialized(trt, onnx_path: Path, strategy, max_batch: int, opt_batch:
 def cached_plan(onnx_path: str | os.PathLike, precision: str = "fp32", max_batch: int = DEFAULT_MAX_BATCH, device: int = 0) -> Path:
     """The plan for onnx_path on this GPU and TensorRT, built once and then reused from the cache."""
     trt = require_tensorrt()
-    require_pycuda()
-    with context_current(device):
+    with context_current(device):  # raises EngineUnavailableError without pycuda or a GPU
         gpu_name, cc = gpu_identity(device)
     target = cache.plan_cache_path(
         onnx_path,

@@ -58,6 +58,7 @@ class TensorRTRunner(Runner):
         self._runtime = None
         self._stream = None
         self._numba_stream = None
+        self._prep_stream = None
         self._slots: list[_Slot] = []
         self._in_dtype: np.dtype | None = None
 
@@ -115,6 +116,22 @@ class TensorRTRunner(Runner):
             with context_current(self.device):
                 self._numba_stream = ncuda.external_stream(self._stream.handle)
         return self._numba_stream
+
+    @property
+    def prep_stream(self):
+        """A second numba-CUDA stream in the runner's context, for the prep kernel: transform_to_device's host
+        syncs on it wait for the prep only, not for the engine batch queued on the runner's stream."""
+        if self._prep_stream is None:
+            from numba import cuda as ncuda
+
+            with context_current(self.device):
+                self._prep_stream = ncuda.stream()
+        return self._prep_stream
+
+    def device_context(self):
+        """Context manager making the runner's device context current: launch the prep kernel inside it."""
+        self._info()
+        return context_current(self.device)
 
     def device_input(self, slot: int):
         """The slot's device input buffer [max_batch,1500] as a numba device array (zero copy, no sync)."""
@@ -202,6 +219,7 @@ class TensorRTRunner(Runner):
                 s.free()
             self._slots = []
             self._numba_stream = None
+            self._prep_stream = None
             self._context = None
             self._engine = None
             self._runtime = None

@@ -136,8 +136,11 @@ class RawBatch(NamedTuple):
 # Format detection
 
 
+_IN_MEMORY_TYPES = (bytes, bytearray, memoryview, np.ndarray)
+
+
 def _head_bytes(path_or_bytes, n: int) -> bytes:
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview, np.ndarray)):
+    if isinstance(path_or_bytes, _IN_MEMORY_TYPES):
         return bytes(memoryview(path_or_bytes).cast("B")[:n])
     with open(path_or_bytes, "rb") as f:
         return f.read(n)
@@ -457,43 +460,34 @@ def _walk_pcapng(buf, pos, file_off, file_size, ifs,
 # Messages
 
 
+_FATAL_REASONS = {
+    E_TRUNC_HEADER: "truncated record header: only {v1} bytes left in the file",
+    E_TRUNC_RECORD: "truncated record: record length {v1} but only {v2} bytes left in the file",
+    E_RECORD_TOO_LONG: "record length {v1} exceeds {v2}",
+    E_BLOCK_TRUNC_HEADER: "truncated block header: only {v1} bytes left in the file",
+    E_BLOCK_SHORT: "block length {v1} is less than {v2}",
+    E_BLOCK_ALIGN: "block length {v1} is not a multiple of 4",
+    E_BLOCK_BEYOND: "block length {v1} goes beyond the end of the file ({v2} bytes left)",
+    E_BLOCK_TRAILER: "trailing block length {v1} does not match the block length {v2}",
+    E_BAD_BOM: "bad byte-order magic 0x{v1:08x} in section header",
+}
+
+_WARN_REASONS = {
+    W_ZERO_LEN: "zero-length record",
+    W_CAPLEN_BLOCK: "captured length {value} exceeds its block",
+    W_BAD_IFACE: "record references undefined interface {value}",
+    W_SHORT_PACKET_BLOCK: "packet block length {value} is too short for its fields",
+    W_SHORT_IDB: "interface description block length {value} is too short",
+    W_TOO_LONG: "record length {value} exceeds " + str(MAX_RECORD_LEN),
+}
+
+
 def _fatal_reason(code: int, v1: int, v2: int) -> str:
-    if code == E_TRUNC_HEADER:
-        return f"truncated record header: only {v1} bytes left in the file"
-    if code == E_TRUNC_RECORD:
-        return f"truncated record: record length {v1} but only {v2} bytes left in the file"
-    if code == E_RECORD_TOO_LONG:
-        return f"record length {v1} exceeds {v2}"
-    if code == E_BLOCK_TRUNC_HEADER:
-        return f"truncated block header: only {v1} bytes left in the file"
-    if code == E_BLOCK_SHORT:
-        return f"block length {v1} is less than {v2}"
-    if code == E_BLOCK_ALIGN:
-        return f"block length {v1} is not a multiple of 4"
-    if code == E_BLOCK_BEYOND:
-        return f"block length {v1} goes beyond the end of the file ({v2} bytes left)"
-    if code == E_BLOCK_TRAILER:
-        return f"trailing block length {v1} does not match the block length {v2}"
-    if code == E_BAD_BOM:
-        return f"bad byte-order magic 0x{v1:08x} in section header"
-    return f"fatal error {code}"
+    return _FATAL_REASONS.get(code, "fatal error {code}").format(code=code, v1=v1, v2=v2)
 
 
 def _warn_reason(kind: int, value: int, count: int) -> str:
-    if kind == W_ZERO_LEN:
-        what = "zero-length record"
-    elif kind == W_CAPLEN_BLOCK:
-        what = f"captured length {value} exceeds its block"
-    elif kind == W_BAD_IFACE:
-        what = f"record references undefined interface {value}"
-    elif kind == W_SHORT_PACKET_BLOCK:
-        what = f"packet block length {value} is too short for its fields"
-    elif kind == W_SHORT_IDB:
-        what = f"interface description block length {value} is too short"
-    elif kind == W_TOO_LONG:
-        what = f"record length {value} exceeds {MAX_RECORD_LEN}"
-    else:
-        what = f"corrupt record (kind {kind})"
+    what = _WARN_REASONS.get(kind, "corrupt record (kind {kind})").format(kind=kind, value=value)
     return f"{what} (first of {count} in this file, skipped)"
 
 
@@ -564,7 +558,7 @@ class CaptureReader:
     def __init__(self, path, window_bytes: int = 64 << 20, max_records: int = 65536):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
-        self._in_memory = isinstance(path, (bytes, bytearray, memoryview, np.ndarray))
+        self._in_memory = isinstance(path, _IN_MEMORY_TYPES)
         self._data = path if self._in_memory else None
         self.path = "<memory>" if self._in_memory else os.fspath(path)
         self.window_bytes = int(window_bytes)
@@ -578,6 +572,7 @@ class CaptureReader:
         self.format = _format_of_head(head)
         if self.format is None:
             raise NotACapture(self.path, 0, f"not a pcap or pcapng file (starts with {head[:4].hex()})")
+        self._head = head  # the classic pcap file header, parsed again at each iteration
         self._reset()
 
     def _reset(self):
@@ -633,12 +628,10 @@ class CaptureReader:
         st = self._st
         size = source.size
         if self.format == "pcap":
-            window, handle = source.window(0, min(size, _PCAP_HEADER_LEN))
-            hdr = window.tobytes()
-            del window
-            source.release(handle)
+            hdr = self._head
             if len(hdr) < _PCAP_HEADER_LEN:
-                self.fatal = CaptureError(self.path, 0, f"truncated file header: {len(hdr)} of 24 bytes")
+                reason = f"truncated file header: {len(hdr)} of {_PCAP_HEADER_LEN} bytes"
+                self.fatal = CaptureError(self.path, 0, reason)
                 return
             big, nanosecond = _PCAP_MAGICS[int.from_bytes(hdr[:4], "little")]
             link = int.from_bytes(hdr[20:24], "big" if big else "little") & 0xFFFF  # drop FCS and reserved bits

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
 from pktnin import layout
+
 
 def _layout_digest() -> str:
     with open(layout.__file__, "rb") as fh:
@@ -64,7 +66,6 @@ _copy_addresses = njit(nogil=True)(layout.copy_addresses)
 _flow_key = njit(nogil=True)(layout.flow_key)
 
 _N_REASONS = len(layout.SKIP_REASONS)
-RAW_FIELDS = ("buf", "pkt_off", "caplen", "linktype", "ts_ns", "frame")
 RAW_DTYPES = {
     "buf": np.uint8,
     "pkt_off": np.int64,
@@ -73,6 +74,7 @@ RAW_DTYPES = {
     "ts_ns": np.int64,
     "frame": np.int64,
 }
+RAW_FIELDS = tuple(RAW_DTYPES)
 
 
 def raw_arrays(raw) -> dict[str, np.ndarray]:
@@ -84,11 +86,16 @@ def raw_arrays(raw) -> dict[str, np.ndarray]:
     for name in RAW_FIELDS:
         value = raw[name] if isinstance(raw, Mapping) else getattr(raw, name)
         out[name] = np.ascontiguousarray(value, dtype=RAW_DTYPES[name]).reshape(-1)
-    n = out["pkt_off"].shape[0]
-    for name in RAW_FIELDS[2:]:
-        if out[name].shape[0] != n:
-            raise ValueError(f"RawBatch field {name} has {out[name].shape[0]} entries, pkt_off has {n}")
+    check_raw_lengths(out)
     return out
+
+
+def check_raw_lengths(fields: Mapping) -> None:
+    """Every per-record field of a RawBatch (all but buf) has as many entries as pkt_off."""
+    n = fields["pkt_off"].shape[0]
+    for name in RAW_FIELDS:
+        if name != "buf" and fields[name].shape[0] != n:
+            raise ValueError(f"RawBatch field {name} has {fields[name].shape[0]} entries, pkt_off has {n}")
 
 
 @_cached
@@ -135,8 +142,18 @@ def _write_all(
         flow_key[r] = _flow_key(buf, d)
 
 
-def parse(raw, keep_dns: bool = False):
-    """Parse pass only: (arrays, desc int64[n,DESC_LEN], skip uint8[n], kept int64[k], skip_counts)."""
+class Parsed(NamedTuple):
+    """The parse pass of one batch."""
+
+    arrays: dict  # raw_arrays(raw)
+    desc: np.ndarray  # int64 [n, DESC_LEN]
+    skip: np.ndarray  # uint8 [n]
+    kept: np.ndarray  # int64 [k], batch positions of the kept records
+    skip_counts: np.ndarray  # int64 [len(SKIP_REASONS)]
+
+
+def parse(raw, keep_dns: bool = False) -> Parsed:
+    """Parse pass only."""
     arrays = raw_arrays(raw)
     n = arrays["pkt_off"].shape[0]
     desc = np.empty((n, layout.DESC_LEN), dtype=np.int64)
@@ -147,10 +164,12 @@ def parse(raw, keep_dns: bool = False):
         )
     skip_counts = np.zeros(_N_REASONS, dtype=np.int64)
     kept = _kept_index(skip, skip_counts)
-    return arrays, desc, skip, kept, skip_counts
+    return Parsed(arrays, desc, skip, kept, skip_counts)
 
 
-def _write_kept(arrays, desc, kept, mask, rows_out) -> dict:
+def _write_kept(parsed: Parsed, mask, rows_out) -> dict:
+    """Write the kept rows into rows_out[:k]; returns the metadata dict."""
+    arrays, desc, kept = parsed.arrays, parsed.desc, parsed.kept
     k = kept.shape[0]
     meta = {
         "index": kept,
@@ -171,6 +190,8 @@ def _write_kept(arrays, desc, kept, mask, rows_out) -> dict:
             rows_out, meta["frame"], meta["ts_ns"], meta["ip_version"], meta["proto"],
             meta["src_addr"], meta["dst_addr"], meta["src_port"], meta["dst_port"], meta["vlan"], meta["flow_key"],
         )  # fmt: skip
+    meta["skip"] = parsed.skip
+    meta["skip_counts"] = parsed.skip_counts
     return meta
 
 
@@ -185,21 +206,16 @@ def transform_into(raw, rows_out: np.ndarray, mask=layout.MASK_PAPER, keep_dns: 
         raise ValueError(f"rows_out must be uint8 [rows, {layout.ROW_LEN}], got {rows_out.dtype} {rows_out.shape}")
     if not rows_out.flags.c_contiguous:
         raise ValueError("rows_out must be C-contiguous")
-    arrays, desc, skip, kept, skip_counts = parse(raw, keep_dns)
-    if rows_out.shape[0] < kept.shape[0]:
-        raise ValueError(f"rows_out has {rows_out.shape[0]} rows, the batch keeps {kept.shape[0]} packets")
-    meta = _write_kept(arrays, desc, kept, mask, rows_out)
-    meta["skip"] = skip
-    meta["skip_counts"] = skip_counts
-    return meta
+    parsed = parse(raw, keep_dns)
+    k = parsed.kept.shape[0]
+    if rows_out.shape[0] < k:
+        raise ValueError(f"rows_out has {rows_out.shape[0]} rows, the batch keeps {k} packets")
+    return _write_kept(parsed, mask, rows_out)
 
 
 def transform(raw, mask=layout.MASK_PAPER, keep_dns: bool = False) -> tuple[np.ndarray, dict]:
     """Transform a batch: (rows uint8[k, ROW_LEN], metadata dict) for its k kept packets."""
     mask = layout.mask_code(mask)
-    arrays, desc, skip, kept, skip_counts = parse(raw, keep_dns)
-    rows = np.empty((kept.shape[0], layout.ROW_LEN), dtype=np.uint8)
-    meta = _write_kept(arrays, desc, kept, mask, rows)
-    meta["skip"] = skip
-    meta["skip_counts"] = skip_counts
-    return rows, meta
+    parsed = parse(raw, keep_dns)
+    rows = np.empty((parsed.kept.shape[0], layout.ROW_LEN), dtype=np.uint8)
+    return rows, _write_kept(parsed, mask, rows)

@@ -1,5 +1,8 @@
 """The scoring pipeline: read+prep thread -> engine thread -> writer (calling thread), bounded queues between.
 
+With a TensorRT runner, read and prep are split differently (raw records to the GPU, the CUDA kernel writing
+the engine's input): see pktnin.score.gpu_stage. Everything after the engine is shared.
+
 read+prep   packets.iter_packets, one file at a time (numba kernels release the GIL): PacketBatch chunks,
             then a FileEnd marker carrying the file's report.
 engine      copies rows into a fixed [batch, 1500] input buffer across file boundaries, runs the model when
@@ -372,6 +375,11 @@ class _Writer:
             self.part = None
 
 
+def is_device_runner(runner) -> bool:
+    """True for runners whose prep can write straight into their device input (TensorRTRunner)."""
+    return callable(getattr(runner, "device_input", None))
+
+
 def score_files(
     files: list[Path],
     runner: ModelRunner,
@@ -382,6 +390,8 @@ def score_files(
 ) -> ScoreResult:
     """Score `files` (already expanded) with `runner`; write the outputs named in `opts`.
 
+    With a runner that has device_input() (TensorRT), packets are prepared on the GPU straight into the
+    engine's input (pktnin.score.gpu_stage) and `source` is not used; otherwise on the CPU.
     `progress` (optional) has add_packets(n) and file_done(); `source` stands in for packets.iter_packets;
     `on_saved` is called with the reports of the files of each part once the part and the manifest are saved.
     """
@@ -418,12 +428,25 @@ def score_files(
     read_q: queue.Queue = queue.Queue(maxsize=READ_QUEUE)
     scored_q: queue.Queue = queue.Queue(maxsize=SCORED_QUEUE)
     started = time.perf_counter()
-    threads = [
-        stages.thread(
-            "pktnin-read", read_stage, stages, todo, read_q, opts.mask, opts.keep_dns, opts.prep_threads, source
-        ),
-        stages.thread("pktnin-engine", engine_stage, stages, runner, opts.batch, read_q, scored_q),
-    ]
+    if is_device_runner(runner):
+        # GPU: raw records go to the device; the CUDA prep kernel writes the engine's input (see gpu_stage).
+        from pktnin.score import gpu_stage
+
+        batch = gpu_stage.device_batch_size(runner, opts.batch)
+        threads = [
+            stages.thread("pktnin-read", gpu_stage.read_raw_stage, stages, todo, read_q, batch),
+            stages.thread(
+                "pktnin-engine", gpu_stage.device_engine_stage, stages, runner, batch, opts.mask, opts.keep_dns,
+                read_q, scored_q,
+            ),
+        ]
+    else:
+        threads = [
+            stages.thread(
+                "pktnin-read", read_stage, stages, todo, read_q, opts.mask, opts.keep_dns, opts.prep_threads, source
+            ),
+            stages.thread("pktnin-engine", engine_stage, stages, runner, opts.batch, read_q, scored_q),
+        ]
     try:
         while True:
             item = stages.get(scored_q)

@@ -114,7 +114,9 @@ def load_metadata(path: str | os.PathLike) -> dict:
         with open(json_path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint metadata {json_path} not found (expected beside the .keras file)")
+        raise FileNotFoundError(
+            f"checkpoint metadata {json_path} not found (expected beside the .keras file)"
+        ) from None
 
 
 def load_checkpoint(path: str | os.PathLike):

@@ -380,10 +380,7 @@ def _collect(
         progress(len(reports), read)
 
     parts = [r.result() for r in reservoirs]
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, ROW_LEN), np.uint8)
-    file_idx = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    flow_key = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.uint64)
-    seq = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
+    rows, file_idx, flow_key, seq = (np.concatenate(column) for column in zip(*parts))
     labels = np.concatenate([np.full(len(p[0]), group_class[g], np.int64) for g, p in enumerate(parts)])
     order = np.argsort(seq, kind="stable")
     del parts, reservoirs
@@ -427,13 +424,12 @@ def _finish(
         raise ValueError(f"{root}: no packet got a label; nothing to write")
     skipped = skipped + _failed_files(got.reports, root)
     flow = dense_flow_ids(got.file_idx, got.flow_key)
-    used = sorted(set(got.file_idx.tolist()))
     full_meta = dict(meta)
     full_meta.update(
         classes=classes,
         source=str(root.resolve()),
-        sources=[_rel(files[i], root) for i in range(len(files))],
-        files_with_rows=len(used),
+        sources=[_rel(f, root) for f in files],
+        files_with_rows=len(np.unique(got.file_idx)),
         skipped_files=[{"file": f, "reason": r} for f, r in skipped],
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
@@ -458,6 +454,25 @@ def _check_common(split: str, max_per_class: int | None, mask: str) -> None:
     from pktnin.packets import mask_code
 
     mask_code(mask)
+
+
+def _label_by_file(file_class: Sequence[int], file_group: Sequence[int]) -> LabelFn:
+    """A LabelFn for sources that label whole files: every packet takes its file's class and sampling group."""
+    class_of_file = np.array(file_class, np.int64)
+    group_of_file = np.array(file_group, np.int64)
+
+    def label_batch(batch) -> tuple[np.ndarray, np.ndarray]:
+        n = len(batch)
+        return np.full(n, class_of_file[batch.file_index]), np.full(n, group_of_file[batch.file_index])
+
+    return label_batch
+
+
+def _source_dir(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    return root
 
 
 def _file_split(got: _Collected, split: str, seed: int) -> np.ndarray:
@@ -537,12 +552,11 @@ def iscx_label(file_name: str) -> IscxLabel | None:
     if vpn:
         stem = stem[4:]
     for app, prefix, traffic in ISCX_APPS:
-        if not re.match(prefix, stem):
-            continue
-        if app == "Tor" and stem.startswith("torrent"):
+        matched = re.match(prefix, stem)
+        if matched is None:
             continue
         if app in _ISCX_ACTIVITY_APPS:
-            rest = stem[re.match(prefix, stem).end() :]
+            rest = stem[matched.end() :]
             traffic = next((t for word, t in _ISCX_ACTIVITIES if word in rest), None)
             if traffic is None:
                 return None  # the activity cannot be told from the name
@@ -569,9 +583,7 @@ def build_from_iscx(
     if task not in ISCX_TASKS:
         raise ValueError(f"unknown ISCX task {task!r}; choose A (applications) or B (traffic types)")
     task = ISCX_TASKS[task]
-    root = Path(root)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a directory")
+    root = _source_dir(root)
     classes = list(ISCX_TASK_A if task == "A" else ISCX_TASK_B)
     cap = max_per_class or (ISCX_TASK_A_CAP if task == "A" else ISCX_TASK_B_CAP)
 
@@ -600,13 +612,7 @@ def build_from_iscx(
         caps = [cap] * len(classes)
         group_class = list(range(len(classes)))
 
-    class_of_file = np.array(file_class, np.int64)
-    group_of_file = np.array(file_group, np.int64)
-
-    def label_batch(batch) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
-        return np.full(n, class_of_file[batch.file_index]), np.full(n, group_of_file[batch.file_index])
-
+    label_batch = _label_by_file(file_class, file_group)
     got = _collect(files, label_batch, caps, group_class, seed, mask, keep_dns, progress)
     meta = dict(
         source_kind="iscx",
@@ -641,9 +647,7 @@ def build_from_class_dirs(
 
     started = time.perf_counter()
     _check_common(split, max_per_class, mask)
-    root = Path(root)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a directory")
+    root = _source_dir(root)
     skipped: list[tuple[str, str]] = []
     class_dirs = []
     for entry in sorted(root.iterdir()):
@@ -666,12 +670,7 @@ def build_from_class_dirs(
         file_class.extend([len(classes) - 1] * len(found))
     if not classes:
         raise ValueError(f"{root}: no class sub-directory holds any file")
-    class_of_file = np.array(file_class, np.int64)
-
-    def label_batch(batch) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.full(len(batch), class_of_file[batch.file_index])
-        return labels, labels
-
+    label_batch = _label_by_file(file_class, file_class)  # one sampling group per class
     caps = [max_per_class] * len(classes)
     got = _collect(files, label_batch, caps, list(range(len(classes))), seed, mask, keep_dns, progress)
     meta = dict(

@@ -127,7 +127,6 @@ def write_evaluation(
     written = []
     if out_json is not None:
         out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_json, result)
         written.append(out_json)
     if plots_dir is not None:

@@ -47,11 +47,19 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted}
 
 
+def _present(scores: dict[str, np.ndarray]) -> np.ndarray:
+    """The classes a macro average runs over: those that are true or predicted at least once."""
+    return (scores["support"] > 0) | (scores["predicted"] > 0)
+
+
+def _macro(scores: dict[str, np.ndarray], key: str) -> float:
+    present = _present(scores)
+    return float(scores[key][present].mean()) if present.any() else 0.0
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     """Macro-averaged F1 over the classes present in y_true or y_pred (see the module docstring)."""
-    scores = per_class_scores(confusion_matrix(y_true, y_pred, num_classes))
-    present = (scores["support"] > 0) | (scores["predicted"] > 0)
-    return float(scores["f1"][present].mean()) if present.any() else 0.0
+    return _macro(per_class_scores(confusion_matrix(y_true, y_pred, num_classes)), "f1")
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict:
@@ -59,19 +67,14 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Seque
     num_classes = len(classes)
     cm = confusion_matrix(y_true, y_pred, num_classes)
     scores = per_class_scores(cm)
-    present = (scores["support"] > 0) | (scores["predicted"] > 0)
     total = int(cm.sum())
-
-    def macro(key: str) -> float:
-        return float(scores[key][present].mean()) if present.any() else 0.0
-
     return {
         "samples": total,
         "accuracy": float(np.trace(cm) / total) if total else 0.0,
-        "macro_precision": macro("precision"),
-        "macro_recall": macro("recall"),
-        "macro_f1": macro("f1"),
-        "macro_classes": int(present.sum()),
+        "macro_precision": _macro(scores, "precision"),
+        "macro_recall": _macro(scores, "recall"),
+        "macro_f1": _macro(scores, "f1"),
+        "macro_classes": int(_present(scores).sum()),
         "per_class": [
             {
                 "class": str(classes[i]),

@@ -20,12 +20,17 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out_png: Path) -> Path:
+def _save_and_close(fig, out_png: str | Path) -> Path:
+    """Write the figure as a PNG (atomically) and free it: pyplot keeps every open figure alive."""
+    import matplotlib.pyplot as plt
+
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+            os.chmod(tmp, 0o644)
+    finally:
+        plt.close(fig)
     return out_png
 
 
@@ -57,10 +62,7 @@ def plot_f1_bars(results: Sequence[dict], out_png: str | Path, level: str = "pac
     ax.set_title(f"Per-class F1, {level} level, split {results[0].get('split', '?')}")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    try:
-        return _save(fig, out_png)
-    finally:
-        plt.close(fig)
+    return _save_and_close(fig, out_png)
 
 
 def plot_confusion(result: dict, out_png: str | Path, level: str = "packet") -> Path:
@@ -88,7 +90,4 @@ def plot_confusion(result: dict, out_png: str | Path, level: str = "packet") -> 
                 if cm[t, p]:
                     color = "white" if normalized[t, p] > 0.5 else "black"
                     ax.text(p, t, f"{int(cm[t, p])}", ha="center", va="center", fontsize=7, color=color)
-    try:
-        return _save(fig, out_png)
-    finally:
-        plt.close(fig)
+    return _save_and_close(fig, out_png)

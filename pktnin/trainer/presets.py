@@ -113,15 +113,20 @@ def scaled(n: int, width: float) -> int:
 MODULE_KERNELS = ((7, 3), (5, 1), (3, 1), (3, 1), (3, 1))
 
 
+def _dense_head(units: tuple[int, ...], num_classes: int, width: float, dropout: float) -> list:
+    """Flatten, hidden Dense layers (each followed by Dropout), then the class layer and softmax."""
+    out: list = [Flatten()]
+    for n in units:
+        out += [Dense(scaled(n, width)), Dropout(dropout)]
+    return out + [Dense(num_classes, relu=False), Softmax()]
+
+
 def _cnn(filters: tuple[int, ...], dense: tuple[int, ...]):
     def layers(num_classes: int, width: float, dropout: float) -> list:
         out: list = []
         for (kernel, stride), n in zip(MODULE_KERNELS, filters):
             out += [Conv(scaled(n, width), kernel, stride), MaxPool(3, 3)]
-        out.append(Flatten())
-        for units in dense:
-            out += [Dense(scaled(units, width)), Dropout(dropout)]
-        return out + [Dense(num_classes, relu=False), Softmax()]
+        return out + _dense_head(dense, num_classes, width, dropout)
 
     return layers
 
@@ -131,8 +136,8 @@ def _nin(filters: tuple[int, ...], last_1x1: tuple[int, ...]):
 
     def layers(num_classes: int, width: float, dropout: float) -> list:
         out: list = []
-        for (kernel, stride), n in zip(MODULE_KERNELS[:4], filters[:4]):
-            n = scaled(n, width)
+        for (kernel, stride), paper_n in zip(MODULE_KERNELS[:4], filters[:4]):
+            n = scaled(paper_n, width)
             out += [Conv(n, kernel, stride), Conv(n, 1), Conv(n, 1), MaxPool(3, 3), Dropout(dropout)]
         kernel, stride = MODULE_KERNELS[4]
         out.append(Conv(scaled(filters[4], width), kernel, stride))
@@ -151,10 +156,7 @@ def _nin1(num_classes: int, width: float, dropout: float) -> list:
         if module == 2:
             out.append(MaxPool(3, 2))
         out.append(Dropout(dropout))
-    out.append(Flatten())
-    for units in (1024, 64):
-        out += [Dense(scaled(units, width)), Dropout(dropout)]
-    return out + [Dense(num_classes, relu=False), Softmax()]
+    return out + _dense_head((1024, 64), num_classes, width, dropout)
 
 
 # CNN_DeepPacket: the paper's text (two convolutions of 200 filters, kernels 5 and 4, both stride 5; Dense 1024,
@@ -174,16 +176,14 @@ def deeppacket_layers(strides, pools, num_classes: int, width: float, dropout: f
         out.append(Conv(scaled(DEEPPACKET_FILTERS, width), kernel, stride))
         if pool is not None:
             out.append(MaxPool(*pool))
-    out.append(Flatten())
-    for units in DEEPPACKET_DENSE:
-        out += [Dense(scaled(units, width)), Dropout(dropout)]
-    return out + [Dense(num_classes, relu=False), Softmax()]
+    return out + _dense_head(DEEPPACKET_DENSE, num_classes, width, dropout)
 
 
 def _deeppacket(num_classes: int, width: float, dropout: float) -> list:
     return deeppacket_layers(DEEPPACKET_READING["strides"], DEEPPACKET_READING["pools"], num_classes, width, dropout)
 
 
+# fmt: off
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -204,8 +204,9 @@ PRESETS: dict[str, Preset] = {
                PaperFigures(4.034e6, 2.144e8, "Tables 7-8", 0.585, 0.673), _nin((64, 256, 384, 512, 1024), (512,))),
         Preset("nin_parallel", "NIN_parallel", 0, ROW_LEN,
                PaperFigures(4.237e6, 2.238e8, "Tables 7-8", 0.985, 0.983), None, branches=("nin1", "nin2")),
-    )  # fmt: skip
+    )
 }
+# fmt: on
 
 PARALLEL_PRESET = "nin_parallel"
 

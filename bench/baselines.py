@@ -1,0 +1,78 @@
+"""Simple baselines on a pktnin dataset's test split: a port lookup and a random forest on the row bytes.
+
+Port lookup: the training split's majority class for each (protocol, port) pair, taking the lower of the two ports
+of a packet (usually the server's); unseen ports get the training split's most common class. Random forest: 100
+trees (scikit-learn) on the 1500 uint8 bytes, on the header bytes 0..39 and on the body bytes 40..1499.
+Macro-F1 as in the paper (pktnin.trainer.metrics).
+
+    python bench/baselines.py DATASET_DIR [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pktnin.trainer.dataset import load_dataset  # noqa: E402
+from pktnin.trainer.metrics import classification_report  # noqa: E402
+
+
+def port_keys(rows: np.ndarray) -> np.ndarray:
+    """(protocol, lower port) from the rows themselves: IPv4 protocol byte 9 / IPv6 next header byte 6, ports 20..23."""
+    version = rows[:, 0] >> 4
+    proto = np.where(version == 4, rows[:, 9], rows[:, 6]).astype(np.int64)
+    sport = rows[:, 20].astype(np.int64) << 8 | rows[:, 21]
+    dport = rows[:, 22].astype(np.int64) << 8 | rows[:, 23]
+    return proto << 16 | np.minimum(sport, dport)
+
+
+def port_lookup(rows_train, y_train, rows_test, num_classes: int) -> np.ndarray:
+    keys = port_keys(rows_train)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    counts = np.zeros((uniq.size, num_classes), dtype=np.int64)
+    np.add.at(counts, (inverse, y_train), 1)
+    table = dict(zip(uniq.tolist(), counts.argmax(axis=1).tolist()))
+    fallback = int(np.bincount(y_train, minlength=num_classes).argmax())
+    return np.array([table.get(k, fallback) for k in port_keys(rows_test).tolist()], dtype=np.int64)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--trees", type=int, default=100)
+    args = ap.parse_args()
+    from sklearn.ensemble import RandomForestClassifier
+
+    data = load_dataset(args.data)
+    rows = np.asarray(data.rows)
+    tr, te = data.indices("train"), data.indices("test")
+    y_tr, y_te = data.labels[tr].astype(np.int64), data.labels[te].astype(np.int64)
+    results = {}
+
+    start = time.perf_counter()
+    pred = port_lookup(rows[tr], y_tr, rows[te], data.num_classes)
+    results["port lookup"] = {"report": classification_report(y_te, pred, data.classes), "seconds": time.perf_counter() - start}
+    for name, cols in (("RF, 1500 bytes", slice(0, 1500)), ("RF, header 0..39", slice(0, 40)), ("RF, body 40..1499", slice(40, 1500))):
+        start = time.perf_counter()
+        forest = RandomForestClassifier(n_estimators=args.trees, min_samples_leaf=2, n_jobs=-1, random_state=0)
+        forest.fit(rows[tr][:, cols], y_tr)
+        pred = forest.predict(rows[te][:, cols])
+        results[name] = {"report": classification_report(y_te, pred, data.classes), "seconds": time.perf_counter() - start}
+
+    for name, r in results.items():
+        rep = r["report"]
+        print(f"{name:20s} macro P {rep['macro_precision']:.4f}  R {rep['macro_recall']:.4f}  F1 {rep['macro_f1']:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps({"data": str(args.data), "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduce docs/results.md: datasets from the shared corpus, every model trained within a CPU budget, each
+# evaluated on the test split. Usage: bench/train_corpus.sh RUNS_DIR [MODEL...]
+#   CORPUS (default ../shared/corpus) and SPLITS ("by-file random") can be set in the environment.
+set -euo pipefail
+runs=${1:?usage: bench/train_corpus.sh RUNS_DIR [MODEL...]}
+shift
+models=("$@")
+[ ${#models[@]} -gt 0 ] || models=(nin1 nin2 nin_parallel nin_small cnn_small cnn_large nin_large cnn_deeppacket)
+corpus=${CORPUS:-$(dirname "$0")/../../shared/corpus}
+mkdir -p "$runs"
+
+# Budgets (this 2-core CPU): the cheap models see every training row; the expensive ones (several hundred
+# packets/s at best) a per-class sample and fewer epochs. Early stopping on validation macro-F1 throughout.
+budget() {
+  case $1 in
+    nin1) echo "--epochs 30 --patience 6" ;;
+    nin2|nin_small|cnn_small) echo "--epochs 15 --patience 4" ;;
+    *) echo "--epochs 8 --patience 3 --max-per-class 800" ;;
+  esac
+}
+
+for split in ${SPLITS:-by-file random}; do
+  data="$runs/data-$split"
+  [ -d "$data" ] || pktnin dataset build "$corpus/labels.csv" --out "$data" --label-column task_category \
+    --split "$split" --no-progress
+  for model in "${models[@]}"; do
+    ckpt="$runs/$split-$model.keras"
+    if [ "$model" = nin_parallel ]; then
+      [ -f "$ckpt" ] || pktnin fuse "$runs/$split-nin1.keras" "$runs/$split-nin2.keras" --data "$data" --out "$ckpt"
+    else
+      # shellcheck disable=SC2046
+      [ -f "$ckpt" ] || pktnin train "$model" --data "$data" --out "$ckpt" --class-weighting balanced \
+        --seed 0 --no-progress $(budget "$model") ${TRAIN_ARGS:-}
+    fi
+    [ -f "$runs/$split-$model.test.json" ] || pktnin evaluate "$ckpt" --data "$data" --split test \
+      --out "$runs/$split-$model.test.json" > "$runs/$split-$model.test.txt"
+  done
+done
