@@ -49,9 +49,12 @@ def synthetic_packets(packets: int, seed: int = 0) -> list[tuple[float, bytes]]:
     """`packets` Ethernet frames (timestamp, bytes) from interleaved flows of every kind."""
     rng = np.random.default_rng(seed)
     flows = []
-    for _ in range(max(8, packets // 40)):
-        name, transport, port, v6_share, sizes = FLOW_KINDS[int(rng.integers(len(FLOW_KINDS)))]
-        v6 = bool(rng.random() < v6_share)
+    for i in range(max(2 * len(FLOW_KINDS), packets // 40)):
+        # Every kind appears; each kind's IPv6 share is met over the rounds rather than drawn, so that even a
+        # small capture has both IP versions.
+        name, transport, port, v6_share, sizes = FLOW_KINDS[i % len(FLOW_KINDS)]
+        round_ = i // len(FLOW_KINDS)
+        v6 = int((round_ + 1) * v6_share) > int(round_ * v6_share) or (round_ == 1 and v6_share > 0)
         flows.append((name, transport, port, v6, sizes, _addr(rng, v6), _addr(rng, v6), int(rng.integers(32768, 61000))))
     out = []
     ts = 1_700_000_000.0
@@ -93,3 +96,18 @@ def write_synthetic_capture(path: str | os.PathLike, packets: int = 20000, seed:
             writer.writepkt(frame, ts=ts)
     return path
 
+
+
+EXAMPLES = (("office-mix.pcap", 600, 1), ("branch-site.pcap", 400, 2), ("night-batch.pcap", 250, 3))
+
+
+def write_examples(folder: str | os.PathLike) -> list[Path]:
+    """The quick-start captures committed under examples/ (regenerate with `python -m pktnin.synth examples`)."""
+    return [write_synthetic_capture(Path(folder) / name, packets=n, seed=seed) for name, n, seed in EXAMPLES]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for written in write_examples(sys.argv[1] if len(sys.argv) > 1 else "examples"):
+        print(written)

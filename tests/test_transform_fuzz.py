@@ -98,7 +98,7 @@ def test_fuzz_pure_random_records():
         "frame": np.arange(n),
     }
     raw["buf"][::7] = 0x45  # make IPv4-looking starts common
-    rows, meta = cpu.transform(raw, "paper", True)
+    _, meta = cpu.transform(raw, "paper", True)
     assert meta["skip_counts"].sum() == n
     outside = (raw["pkt_off"] < 0) | (raw["caplen"] < 0) | (raw["pkt_off"] + raw["caplen"] > raw["buf"].shape[0])
     assert (meta["skip"][outside] == layout.SKIP_MALFORMED).all()

@@ -8,6 +8,7 @@ TensorFlow, tf2onnx and onnx are imported inside the functions: they are the `tr
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,7 +33,25 @@ def export_onnx(
     check_export_args(input_dtype, opset)
     model, meta = load_checkpoint(ckpt_path)
     info = model_info_from_checkpoint_meta(meta, input_dtype, source=str(ckpt_path))
-    return export_keras_model(model, out_path, info, opset=opset)
+    return export_keras_model(model, out_path, info, opset=opset, provenance=provenance(meta))
+
+
+def provenance(meta: dict) -> dict:
+    """What trained a checkpoint, compactly (no per-file tables): travels inside the ONNX as pktnin.provenance."""
+    data = meta.get("data") or {}
+    dmeta = data.get("meta") or {}
+    keep = ("source_kind", "labels_csv", "label_column", "split_mode", "seed", "mask", "keep_dns", "n_rows", "counts")
+    training = meta.get("training") or {}
+    return {
+        "git_commit": meta.get("git_commit"),
+        "created": meta.get("created"),
+        "data": {"dir": data.get("dir"), **{k: dmeta[k] for k in keep if k in dmeta}},
+        "validation_macro_f1": (meta.get("metrics") or {}).get("macro_f1"),
+        "branches": {
+            name: {"checkpoint": b.get("checkpoint"), "validation_macro_f1": (b.get("val_metrics") or {}).get("macro_f1")}
+            for name, b in (training.get("branches") or {}).items()
+        },
+    }
 
 
 def model_info_from_checkpoint_meta(meta: dict, input_dtype: str, source: str) -> ModelInfo:
@@ -50,13 +69,18 @@ def model_info_from_checkpoint_meta(meta: dict, input_dtype: str, source: str) -
     return info
 
 
-def export_keras_model(model, out_path: str | os.PathLike, info: ModelInfo, opset: int = DEFAULT_OPSET) -> Path:
+def export_keras_model(
+    model, out_path: str | os.PathLike, info: ModelInfo, opset: int = DEFAULT_OPSET, provenance: dict | None = None
+) -> Path:
     """Convert an in-memory Keras model (input float32 [batch,1500] = bytes/255, output probabilities)."""
     proto = keras_to_onnx(model, info.input_dtype, opset)
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if num_classes != len(info.classes):
         raise ValueError(f"the model outputs {num_classes} classes but its metadata lists {len(info.classes)}")
     set_metadata(proto, info)
+    if provenance is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "pktnin.provenance", json.dumps(provenance, sort_keys=True)
     return save_onnx(proto, out_path)
 
 

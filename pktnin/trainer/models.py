@@ -16,9 +16,8 @@ from pktnin.trainer.layers import AlphaFusion, ByteSlice
 
 def _keras_layer(spec: P.Layer, name: str):
     if isinstance(spec, P.Conv):
-        activation = "relu" if spec.relu else None
         return keras.layers.Conv1D(spec.filters, spec.kernel, strides=spec.stride, padding="same",
-                                   activation=activation, name=name)  # fmt: skip
+                                   activation="relu" if spec.relu else None, name=name)  # fmt: skip
     if isinstance(spec, P.MaxPool):
         return keras.layers.MaxPooling1D(spec.size, strides=spec.stride, padding="same", name=name)
     if isinstance(spec, P.Flatten):
@@ -34,11 +33,15 @@ def _keras_layer(spec: P.Layer, name: str):
     raise TypeError(f"unknown layer spec {spec!r}")
 
 
+_LAYER_KINDS = {
+    P.Conv: "conv", P.MaxPool: "pool", P.Flatten: "flatten", P.Dense: "dense",
+    P.GlobalAvgPool: "gap", P.Dropout: "dropout", P.Softmax: "softmax",
+}  # fmt: skip
+
+
 def _layer_name(spec: P.Layer, counters: dict) -> str:
-    kind = {
-        P.Conv: "conv", P.MaxPool: "pool", P.Flatten: "flatten", P.Dense: "dense",
-        P.GlobalAvgPool: "gap", P.Dropout: "dropout", P.Softmax: "softmax",
-    }[type(spec)]  # fmt: skip
+    """conv1, conv2, pool1, ...: numbered per kind, in graph order."""
+    kind = _LAYER_KINDS[type(spec)]
     counters[kind] = counters.get(kind, 0) + 1
     return f"{kind}{counters[kind]}"
 
