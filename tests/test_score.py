@@ -111,14 +111,6 @@ def run_cli(*args) -> object:
     return result
 
 
-def read_any(path: Path) -> pa.Table:
-    return pcsv.read_csv(path) if path.suffix == ".csv" else pq.read_table(path)
-
-
-def sort_packets(t: pa.Table) -> pa.Table:
-    return t.sort_by([("file", "ascending"), ("frame", "ascending")])
-
-
 # -- the command -------------------------------------------------------------------------------------------
 def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
     out, flows_out = tmp_path / "p.parquet", tmp_path / "f.parquet"

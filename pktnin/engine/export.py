@@ -33,10 +33,10 @@ def export_onnx(
     check_export_args(input_dtype, opset)
     model, meta = load_checkpoint(ckpt_path)
     info = model_info_from_checkpoint_meta(meta, input_dtype, source=str(ckpt_path))
-    return export_keras_model(model, out_path, info, opset=opset, provenance=provenance(meta))
+    return export_keras_model(model, out_path, info, opset=opset, provenance=checkpoint_provenance(meta))
 
 
-def provenance(meta: dict) -> dict:
+def checkpoint_provenance(meta: dict) -> dict:
     """What trained a checkpoint, compactly (no per-file tables): travels inside the ONNX as pktnin.provenance."""
     data = meta.get("data") or {}
     dmeta = data.get("meta") or {}

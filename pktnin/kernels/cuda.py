@@ -221,7 +221,6 @@ def transform_to_device(raw, out_rows, mask=layout.MASK_PAPER, keep_dns: bool = 
     Returns the metadata dict of pktnin.kernels.cpu (host arrays; k = len(meta["index"])) once the stream
     has finished writing the rows. A buffer of len(batch) rows never runs out of space.
     """
-    cuda = _cuda()
     mask = layout.mask_code(mask)
     stream = _stream(stream)
     device_rows = _device_array_or_none(out_rows)

@@ -453,7 +453,6 @@ def train_parallel(
     if build_parallel is None:
         from pktnin.trainer.models import build_parallel
     data = _open_dataset(data_dir)
-    classes = list(data.meta["classes"])
     log_dir = logs_dir_for(out_ckpt)
     branches = {}
     for name in ("nin1", "nin2"):
