@@ -25,6 +25,7 @@ class OnnxRuntimeRunner(Runner):
         graph_opt: str = "all",
         max_batch: int = DEFAULT_MAX_BATCH,
         providers: list | None = None,
+        spin: bool = False,
     ) -> None:
         super().__init__()
         if graph_opt not in GRAPH_OPT_LEVELS:
@@ -38,6 +39,7 @@ class OnnxRuntimeRunner(Runner):
         self.intra_threads = intra_threads
         self.inter_threads = inter_threads
         self.graph_opt = graph_opt
+        self.spin = spin
         self.providers = providers or ["CPUExecutionProvider"]
         self._max_batch = int(max_batch)
         self._session = None
@@ -60,6 +62,10 @@ class OnnxRuntimeRunner(Runner):
         }[self.graph_opt]
         if self.intra_threads:
             options.intra_op_num_threads = self.intra_threads
+        if not self.spin:
+            # Idle intra-op threads otherwise spin between runs, taking the cores the pipeline's read, prep and
+            # writer threads need (measured in docs/engine.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.inter_threads:
             options.inter_op_num_threads = self.inter_threads
             if self.inter_threads > 1:  # inter-op threads only matter when independent nodes may run in parallel
