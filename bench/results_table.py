@@ -1,0 +1,77 @@
+"""Table 6/7-style comparison from a runs folder made by bench/train_corpus.sh.
+
+For each split (by-file, random) and model: test macro precision / recall / F1 (packet level, and F1 at flow
+level), validation macro-F1, parameters and FLOPs per packet (analytic, pktnin.trainer.presets), and CPU packets/s
+(ONNX Runtime, model only, from a bench/bench_engine.py JSON when given). Baselines from bench/baselines.py JSONs.
+
+    python bench/results_table.py RUNS_DIR [--engine bench/results/engine-*.json] [--baselines-dir RUNS_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pktnin.trainer.presets import count  # noqa: E402
+
+MODELS = ("cnn_large", "cnn_small", "nin_large", "nin_small", "cnn_deeppacket", "nin1", "nin2", "nin_parallel")
+
+
+def engine_rates(paths: list[Path]) -> dict[str, float]:
+    """Model -> packets/s of the default ONNX Runtime variant (the largest batch measured)."""
+    rates: dict[str, tuple[int, float]] = {}
+    for path in paths:
+        for r in json.loads(path.read_text())["results"]:
+            if r.get("variant") == "default" and r.get("backend") == "onnxruntime":
+                best = rates.get(r["model"])
+                if best is None or r["batch"] >= best[0]:
+                    rates[r["model"]] = (r["batch"], r["packets_per_s"])
+    return {k: v for k, (_, v) in rates.items()}
+
+
+def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | None) -> str:
+    lines = [
+        "| model | test P | test R | test F1 | flow F1 | val F1 | parameters | FLOPs/packet | CPU packets/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in MODELS:
+        result_path = runs / f"{split}-{model}.test.json"
+        if not result_path.exists():
+            continue
+        result = json.loads(result_path.read_text())
+        meta = json.loads((runs / f"{split}-{model}.json").read_text())
+        p, f = result["packet"], result["flow"]
+        c = count(model, len(result["classes"]))
+        rate = f"{rates[model]:,.0f}" if model in rates else "-"
+        lines.append(
+            f"| {model} | {p['macro_precision']:.3f} | {p['macro_recall']:.3f} | {p['macro_f1']:.3f} | "
+            f"{f['macro_f1']:.3f} | {meta['metrics']['macro_f1']:.3f} | {c.params:,} | {c.flops:.3g} | {rate} |"
+        )
+    base_path = baselines / f"baselines-{split}.json" if baselines else None
+    if base_path and base_path.exists():
+        for name, b in json.loads(base_path.read_text())["results"].items():
+            r = b["report"]
+            lines.append(
+                f"| *{name}* | {r['macro_precision']:.3f} | {r['macro_recall']:.3f} | {r['macro_f1']:.3f} | - | - | - | - | - |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--engine", type=Path, nargs="*", default=[])
+    ap.add_argument("--baselines-dir", type=Path)
+    args = ap.parse_args()
+    rates = engine_rates(args.engine)
+    for split in ("by-file", "random"):
+        print(f"\n### Split: {split}\n")
+        print(table(args.runs, split, rates, args.baselines_dir or args.runs))
+
+
+if __name__ == "__main__":
+    main()
