@@ -33,10 +33,19 @@ def engine_rates(paths: list[Path]) -> dict[str, float]:
     return {k: v for k, (_, v) in rates.items()}
 
 
+def budget(meta: dict) -> str:
+    """Training rows, epochs (best/run) and minutes, from a checkpoint's metadata (branches for fused models)."""
+    t = meta.get("training") or {}
+    if "branches" in t:
+        return "fused: alpha %.2f" % meta["alpha"]
+    minutes = t.get("seconds", 0) / 60
+    return f"{t.get('train_rows', 0):,} rows, {t.get('best_epoch')}/{t.get('epochs_run')} ep, {minutes:.0f} min"
+
+
 def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | None) -> str:
     lines = [
-        "| model | test P | test R | test F1 | flow F1 | val F1 | parameters | FLOPs/packet | CPU packets/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | test P | test R | test F1 | flow F1 | val F1 | parameters | FLOPs/packet | CPU packets/s | training |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model in MODELS:
         result_path = runs / f"{split}-{model}.test.json"
@@ -49,14 +58,14 @@ def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | Non
         rate = f"{rates[model]:,.0f}" if model in rates else "-"
         lines.append(
             f"| {model} | {p['macro_precision']:.3f} | {p['macro_recall']:.3f} | {p['macro_f1']:.3f} | "
-            f"{f['macro_f1']:.3f} | {meta['metrics']['macro_f1']:.3f} | {c.params:,} | {c.flops:.3g} | {rate} |"
+            f"{f['macro_f1']:.3f} | {meta['metrics']['macro_f1']:.3f} | {c.params:,} | {c.flops:.3g} | {rate} | {budget(meta)} |"
         )
     base_path = baselines / f"baselines-{split}.json" if baselines else None
     if base_path and base_path.exists():
         for name, b in json.loads(base_path.read_text())["results"].items():
             r = b["report"]
             lines.append(
-                f"| *{name}* | {r['macro_precision']:.3f} | {r['macro_recall']:.3f} | {r['macro_f1']:.3f} | - | - | - | - | - |"
+                f"| *{name}* | {r['macro_precision']:.3f} | {r['macro_recall']:.3f} | {r['macro_f1']:.3f} | - | - | - | - | - | - |"
             )
     return "\n".join(lines)
 

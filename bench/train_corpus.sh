@@ -27,14 +27,16 @@ for split in ${SPLITS:-by-file random}; do
     --split "$split" --no-progress
   for model in "${models[@]}"; do
     ckpt="$runs/$split-$model.keras"
+    result="$runs/$split-$model.test.json"
+    # The test result marks a finished model (a checkpoint alone may be a run still in progress).
+    [ -f "$result" ] && continue
     if [ "$model" = nin_parallel ]; then
-      [ -f "$ckpt" ] || pktnin fuse "$runs/$split-nin1.keras" "$runs/$split-nin2.keras" --data "$data" --out "$ckpt"
+      pktnin fuse "$runs/$split-nin1.keras" "$runs/$split-nin2.keras" --data "$data" --out "$ckpt"
     else
       # shellcheck disable=SC2046
-      [ -f "$ckpt" ] || pktnin train "$model" --data "$data" --out "$ckpt" --class-weighting balanced \
+      pktnin train "$model" --data "$data" --out "$ckpt" --class-weighting balanced \
         --seed 0 --no-progress $(budget "$model") ${TRAIN_ARGS:-}
     fi
-    [ -f "$runs/$split-$model.test.json" ] || pktnin evaluate "$ckpt" --data "$data" --split test \
-      --out "$runs/$split-$model.test.json" > "$runs/$split-$model.test.txt"
+    pktnin evaluate "$ckpt" --data "$data" --split test --out "$result" > "$runs/$split-$model.test.txt"
   done
 done

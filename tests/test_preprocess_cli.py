@@ -93,3 +93,13 @@ def test_bench_prep_json(tmp_path):
     assert report["packets"] == 6 + 1 + 2  # every record read, kept or skipped
     assert report["rows"] == 8
     assert report["seconds"] > 0 and report["packets_per_s"] == report["packets"] / report["seconds"]
+
+
+def test_file_names_with_brackets_are_printed_as_text(tmp_path):
+    root = tmp_path / "caps"
+    root.mkdir()
+    (root / "[bold]notes.txt").write_text("not a capture\n")
+    pcapgen.write_pcap(root / "ok.pcap", [_tls_like(1)])
+    result = runner.invoke(app, ["preprocess", str(root), "--out", str(tmp_path / "r.npz"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "[bold]notes.txt" in "".join(result.output.split())

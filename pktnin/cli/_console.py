@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 from rich.console import Console
+from rich.markup import escape  # file names and error text may hold [brackets]: print them as text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -78,5 +79,6 @@ def failed_files_table(reports: Iterable) -> Table | None:
     table.add_column("status")
     table.add_column("error")
     for r in rows:
-        table.add_row(str(r.path), r.status, "; ".join(r.errors[:3]) + (" ..." if len(r.errors) > 3 else ""))
+        errors = "; ".join(r.errors[:3]) + (" ..." if len(r.errors) > 3 else "")
+        table.add_row(escape(str(r.path)), r.status, escape(errors))
     return table

@@ -13,7 +13,7 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
-from pktnin.cli._console import console, file_progress
+from pktnin.cli._console import console, escape, file_progress
 
 
 class _DefaultToRun(TyperGroup):
@@ -122,7 +122,7 @@ def run(
             model_path = model if model is not None else default_model_path()
             runner = open_runner(model_path, backend, max_batch=batch)
         except (FileNotFoundError, ValueError, EngineUnavailableError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         try:
             rows = [b.rows for b in iter_packets(files, mask=mask, keep_dns=keep_dns)]

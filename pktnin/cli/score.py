@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from pktnin.cli._console import console, failed_files_table, file_progress, skip_table
+from pktnin.cli._console import console, escape, failed_files_table, file_progress, skip_table
 
 DEFAULT_BATCH = 512
 
@@ -83,7 +83,7 @@ def score(
         model_path = model if model is not None else default_model_path()
         runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
     except (EngineUnavailableError, ModelMismatchError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     opts = ScoreOptions(
@@ -105,7 +105,7 @@ def score(
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}")
         console.print("finished files are kept: fix the cause and rerun with --resume to continue")
         raise typer.Exit(1) from None
     finally:
