@@ -7,7 +7,6 @@ paths -> capture files (recursive, sorted) -> RawBatch chunks (compiled record w
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,26 +155,6 @@ def iter_packets(
         report.kept += rows.shape[0]
         if rows.shape[0]:
             yield PacketBatch(report.index, report.path, rows, meta)
-
-
-def format_addr(addr16: np.ndarray, ip_version: int) -> str:
-    """Text form of an address as stored in the metadata (IPv4 in the first 4 of 16 bytes)."""
-    raw = bytes(addr16[:4] if ip_version == 4 else addr16[:16])
-    return str(ipaddress.ip_address(raw))
-
-
-def format_addrs(addrs: np.ndarray, ip_version: np.ndarray) -> list[str]:
-    """Vectorised-enough text form for a batch: IPv4 through numpy, IPv6 through ipaddress."""
-    out: list[str] = []
-    v4 = ip_version == 4
-    octets = addrs[:, :4].astype(np.uint32)
-    for i in range(addrs.shape[0]):
-        if v4[i]:
-            a, b, c, d = octets[i]
-            out.append(f"{a}.{b}.{c}.{d}")
-        else:
-            out.append(str(ipaddress.IPv6Address(bytes(addrs[i]))))
-    return out
 
 
 def total_skips(reports: Iterable[FileReport]) -> dict[str, int]:
