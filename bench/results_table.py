@@ -21,16 +21,14 @@ from pktnin.trainer.presets import count  # noqa: E402
 MODELS = ("cnn_large", "cnn_small", "nin_large", "nin_small", "cnn_deeppacket", "nin1", "nin2", "nin_parallel")
 
 
-def engine_rates(paths: list[Path]) -> dict[str, float]:
-    """Model -> packets/s of the default ONNX Runtime variant (the largest batch measured)."""
-    rates: dict[str, tuple[int, float]] = {}
+def engine_rates(paths: list[Path], batch: int = 256) -> dict[str, float]:
+    """Model -> packets/s of the default ONNX Runtime variant at `batch`."""
+    rates: dict[str, float] = {}
     for path in paths:
         for r in json.loads(path.read_text())["results"]:
-            if r.get("variant") == "default" and r.get("backend") == "onnxruntime":
-                best = rates.get(r["model"])
-                if best is None or r["batch"] >= best[0]:
-                    rates[r["model"]] = (r["batch"], r["packets_per_s"])
-    return {k: v for k, (_, v) in rates.items()}
+            if r.get("variant") == "default" and r.get("backend") == "onnxruntime" and r["batch"] == batch:
+                rates[r["model"]] = r["packets_per_s"]
+    return rates
 
 
 def budget(meta: dict) -> str:
