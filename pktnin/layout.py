@@ -115,6 +115,29 @@ D_DST_PORT = 8
 D_IP_END = 9  # end of the IP packet: min(captured end, end given by the IP length field)
 DESC_LEN = 10
 
+# Which of the 40 header bytes of a row are copied from the packet (1) or written as zero (0), by IP version,
+# transport and masking profile: the one statement of the header masking rules. Row bytes 0..19 come from the IP
+# header, 20..39 from the transport header at the same offset. Row index: 4 * IPv6 + 2 * UDP + strict.
+def _header_keep(ip_version: int, tcp: bool, strict: bool) -> list:
+    keep = [0] * HEADER_LEN
+    for j in range(12 if ip_version == 4 else 8):  # IPv4: up to the addresses; IPv6: the 8 fixed bytes
+        keep[j] = 1
+    for k in range(TCP_MIN_HEADER if tcp else UDP_HEADER_LEN):  # UDP: 8 header bytes, then 12 zero bytes
+        keep[NET_LEN + k] = 1
+    if strict:  # identification, TTL, checksum / hop limit; ports, seq, ack and checksums
+        for j in ((4, 5, 8, 10, 11) if ip_version == 4 else (7,)):
+            keep[j] = 0
+        for k in (tuple(range(12)) + (16, 17) if tcp else (0, 1, 2, 3, 6, 7)):
+            keep[NET_LEN + k] = 0
+    return keep
+
+
+HEADER_KEEP = numpy.array(
+    [_header_keep(v, tcp, strict) for v in (4, 6) for tcp in (True, False) for strict in (False, True)],
+    dtype=numpy.uint8,
+)
+
+
 # FNV-1a 64-bit, for the bidirectional flow key.
 FNV64_OFFSET = 0xCBF29CE484222325
 FNV64_PRIME = 0x100000001B3
@@ -312,36 +335,19 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
 
 def row_byte(buf, desc, j, mask):
     """Value (0..255) of row position j (0 <= j < ROW_LEN) of a kept packet described by desc."""
-    strict = mask == MASK_STRICT
-    if j < NET_LEN:
-        net = desc[D_NET_OFF]
-        if desc[D_IP_VERSION] == 4:
-            # IPv4: first 20 header bytes; addresses (12..19) zeroed; strict also id (4,5), TTL (8), checksum.
-            if j >= 12:
-                return 0
-            if strict and (j == 4 or j == 5 or j == 8 or j == 10 or j == 11):
-                return 0
-            return buf[net + j]
-        # IPv6: the 8 bytes before the addresses, then 12 zero bytes; strict also hop limit (7).
-        if j >= 8:
-            return 0
-        if strict and j == 7:
-            return 0
-        return buf[net + j]
     if j < HEADER_LEN:
-        k = j - NET_LEN
-        trans = desc[D_TRANS_OFF]
-        if desc[D_PROTO] == IPPROTO_TCP:
-            # TCP: first 20 header bytes; strict zeroes ports, seq, ack (0..11) and checksum (16,17).
-            if strict and (k < 12 or k == 16 or k == 17):
-                return 0
-            return buf[trans + k]
-        # UDP: 8 header bytes then 12 zero bytes; strict zeroes ports (0..3) and checksum (6,7).
-        if k >= UDP_HEADER_LEN:
+        t = 0  # 4 * IPv6 + 2 * UDP + strict: the HEADER_KEEP row (these functions call no other)
+        if desc[D_IP_VERSION] != 4:
+            t += 4
+        if desc[D_PROTO] != IPPROTO_TCP:
+            t += 2
+        if mask == MASK_STRICT:
+            t += 1
+        if HEADER_KEEP[t, j] == 0:
             return 0
-        if strict and (k < 4 or k == 6 or k == 7):
-            return 0
-        return buf[trans + k]
+        if j < NET_LEN:
+            return buf[desc[D_NET_OFF] + j]
+        return buf[desc[D_TRANS_OFF] + j - NET_LEN]
     k = j - HEADER_LEN
     if k < desc[D_PAYLOAD_LEN]:
         return buf[desc[D_PAYLOAD_OFF] + k]
@@ -350,41 +356,19 @@ def row_byte(buf, desc, j, mask):
 
 def write_row(buf, desc, mask, row):
     """Write the uint8 row (length ROW_LEN) of a kept packet; the same bytes as row_byte, faster on the CPU."""
-    strict = mask == MASK_STRICT
+    t = 0
+    if desc[D_IP_VERSION] != 4:
+        t += 4
+    if desc[D_PROTO] != IPPROTO_TCP:
+        t += 2
+    if mask == MASK_STRICT:
+        t += 1
     net = desc[D_NET_OFF]
-    trans = desc[D_TRANS_OFF]
-    for j in range(HEADER_LEN):
-        row[j] = 0
-    if desc[D_IP_VERSION] == 4:
-        for j in range(12):
-            row[j] = buf[net + j]
-        if strict:
-            row[4] = 0
-            row[5] = 0
-            row[8] = 0
-            row[10] = 0
-            row[11] = 0
-    else:
-        for j in range(8):
-            row[j] = buf[net + j]
-        if strict:
-            row[7] = 0
-    if desc[D_PROTO] == IPPROTO_TCP:
-        for k in range(TCP_MIN_HEADER):
-            row[NET_LEN + k] = buf[trans + k]
-        if strict:
-            for k in range(12):
-                row[NET_LEN + k] = 0
-            row[NET_LEN + 16] = 0
-            row[NET_LEN + 17] = 0
-    else:
-        for k in range(UDP_HEADER_LEN):
-            row[NET_LEN + k] = buf[trans + k]
-        if strict:
-            for k in range(4):
-                row[NET_LEN + k] = 0
-            row[NET_LEN + 6] = 0
-            row[NET_LEN + 7] = 0
+    trans = desc[D_TRANS_OFF] - NET_LEN
+    for j in range(NET_LEN):
+        row[j] = buf[net + j] if HEADER_KEEP[t, j] else 0
+    for j in range(NET_LEN, HEADER_LEN):
+        row[j] = buf[trans + j] if HEADER_KEEP[t, j] else 0
     # Unsigned indices: numba then drops its negative-index handling and the two loops become plain
     # copy/fill code (several times faster than int64-indexed loops or slice assignments here).
     payload_off = numpy.uint64(desc[D_PAYLOAD_OFF])
