@@ -40,6 +40,11 @@ def budget(meta: dict) -> str:
     return f"{t.get('train_rows', 0):,} rows, {t.get('best_epoch')}/{t.get('epochs_run')} ep, {minutes:.0f} min"
 
 
+def val_f1(meta: dict) -> str:
+    """Validation macro-F1, or "refit" for models trained on train+val (validation was training data)."""
+    return "refit" if meta.get("metrics") is None else f"{meta['metrics']['macro_f1']:.3f}"
+
+
 def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | None) -> str:
     lines = [
         "| model | test P | test R | test F1 | flow F1 | val F1 | parameters | FLOPs/packet | CPU packets/s | training |",
@@ -56,14 +61,15 @@ def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | Non
         rate = f"{rates[model]:,.0f}" if model in rates else "-"
         lines.append(
             f"| {model} | {p['macro_precision']:.3f} | {p['macro_recall']:.3f} | {p['macro_f1']:.3f} | "
-            f"{f['macro_f1']:.3f} | {meta['metrics']['macro_f1']:.3f} | {c.params:,} | {c.flops:.3g} | {rate} | {budget(meta)} |"
+            f"{f['macro_f1']:.3f} | {val_f1(meta)} | {c.params:,} | {c.flops:.3g} | {rate} | {budget(meta)} |"
         )
     base_path = baselines / f"baselines-{split}.json" if baselines else None
     if base_path and base_path.exists():
         for name, b in json.loads(base_path.read_text())["results"].items():
             r = b["report"]
+            flow = f"{b['flow']['macro_f1']:.3f}" if b.get("flow") else "-"
             lines.append(
-                f"| *{name}* | {r['macro_precision']:.3f} | {r['macro_recall']:.3f} | {r['macro_f1']:.3f} | - | - | - | - | - | - |"
+                f"| *{name}* | {r['macro_precision']:.3f} | {r['macro_recall']:.3f} | {r['macro_f1']:.3f} | {flow} | - | - | - | - | - |"
             )
     return "\n".join(lines)
 

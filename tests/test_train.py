@@ -23,6 +23,7 @@ from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # n
 from pktnin.trainer.fusion import fuse  # noqa: E402
 from pktnin.trainer.train import (  # noqa: E402
     balanced_class_weights,
+    training_sample_weights,
     branch_checkpoint_path,
     logs_dir_for,
     make_tf_dataset,
@@ -164,6 +165,44 @@ def test_parallel_fused_checkpoint_is_alpha_mix_of_branches(dataset_dir, tmp_pat
     assert swapped.exit_code != 0 and "expected a nin1 checkpoint" in " ".join(swapped.output.split())
 
 
+def test_refit_on_train_and_val_runs_the_given_epochs_and_claims_no_validation_score(dataset_dir, tmp_path):
+    data = load_dataset(dataset_dir)
+    rows_both = data.indices("train").size + data.indices("val").size
+    out = tmp_path / "refit.keras"
+    summary = train("nin1", dataset_dir, out, epochs=2, batch=32, seed=1, width=WIDTH, progress=False, fit="train+val",
+                    patience=1)  # fmt: skip
+    meta = ckpt.load_metadata(out)
+    assert meta["metrics"] is None and summary["val_macro_f1"] is None
+    assert meta["training"]["fit"] == "train+val" and meta["training"]["train_rows"] == rows_both
+    assert summary["epochs_run"] == 2 and meta["training"]["best_epoch"] == 2  # no early stop, last epoch kept
+    with pytest.raises(ValueError, match="alpha"):
+        train("nin_parallel", dataset_dir, tmp_path / "p.keras", epochs=1, width=WIDTH, progress=False, fit="train+val")
+    fused = tmp_path / "fixed.keras"
+    result = CliRunner().invoke(
+        app, ["fuse", str(out), str(out), "--data", str(dataset_dir), "--out", str(fused), "--alpha", "0.3"]
+    )
+    assert result.exit_code != 0 and "expected a nin2 checkpoint" in " ".join(result.output.split())
+
+
+def test_fuse_with_a_given_alpha_skips_the_search(dataset_dir, tmp_path):
+    nin1, nin2 = tmp_path / "n1.keras", tmp_path / "n2.keras"
+    for name, path in (("nin1", nin1), ("nin2", nin2)):
+        train(name, dataset_dir, path, epochs=1, batch=32, seed=1, width=WIDTH, progress=False, max_train=64,
+              fit="train+val")  # fmt: skip
+    out = tmp_path / "fixed.keras"
+    result = CliRunner().invoke(
+        app, ["fuse", str(nin1), str(nin2), "--data", str(dataset_dir), "--out", str(out), "--alpha", "0.3"]
+    )
+    assert result.exit_code == 0, result.output
+    meta = ckpt.load_metadata(out)
+    assert meta["alpha"] == 0.3 and meta["metrics"] is None and meta["training"]["alpha_curve"] is None
+    data = load_dataset(dataset_dir)
+    idx = data.indices("test")[:32]
+    p1 = predict_rows(ckpt.load_checkpoint(nin1)[0], data.rows, idx)
+    p2 = predict_rows(ckpt.load_checkpoint(nin2)[0], data.rows, idx)
+    np.testing.assert_allclose(predict_rows(ckpt.load_checkpoint(out)[0], data.rows, idx), fuse(p1, p2, 0.3), atol=1e-5)
+
+
 def test_evaluate_checkpoint_writes_json_and_plots(trained, dataset_dir, tmp_path):
     out, _ = trained
     result = evaluate(out, dataset_dir, split="test")
@@ -231,8 +270,8 @@ def test_cli_train_and_evaluate(dataset_dir, tmp_path):
 def test_pipeline_rows_labels_and_weights_stay_aligned(dataset_dir):
     data = load_dataset(dataset_dir)
     idx = data.indices("train")[:50]
-    weights = np.array([1.0, 2.0, 3.0, 4.0])
-    ds = make_tf_dataset(data.rows, data.labels, idx, len(CLASSES), batch=16, shuffle_seed=0, class_weights=weights)
+    weights = np.arange(1, idx.size + 1, dtype=np.float32)  # a distinct weight per row
+    ds = make_tf_dataset(data.rows, data.labels, idx, len(CLASSES), batch=16, shuffle_seed=0, sample_weights=weights)
     seen = 0
     for x, y, w in ds:
         x, y, w = x.numpy(), y.numpy(), w.numpy()
@@ -240,7 +279,7 @@ def test_pipeline_rows_labels_and_weights_stay_aligned(dataset_dir):
         # Each row is found among the selected rows with the label and weight of that very row.
         for row, lab, wt in zip(x, label, w):
             match = np.flatnonzero(np.all(np.asarray(data.rows[idx]) == np.round(row * 255).astype(np.uint8), axis=1))
-            assert match.size == 1 and data.labels[idx[match[0]]] == lab and wt == weights[lab]
+            assert match.size == 1 and data.labels[idx[match[0]]] == lab and wt == weights[match[0]]
         seen += x.shape[0]
     assert seen == idx.size
 
@@ -259,6 +298,24 @@ def test_training_row_selection():
     assert weights[3] == 0
     assert np.sum(weights[labels]) == pytest.approx(labels.size)  # mean weight per sample is 1
     assert weights[1] == pytest.approx(100 / (3 * 10))
+
+
+def test_file_weighting_gives_each_class_and_each_of_its_files_an_equal_share():
+    # Class 0: file 0 has 6 rows, file 1 has 2; class 1: file 2 has 4 rows. 12 rows, 2 classes.
+    labels = np.array([0] * 8 + [1] * 4)
+    file = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    idx = np.arange(12)
+    w = training_sample_weights(labels, idx, "file", 3, file)
+    # Each class 12/2 = 6 in total; class 0 splits it 3 + 3 over its files: 0.5 a row in file 0, 1.5 in file 1.
+    np.testing.assert_allclose(w, [0.5] * 6 + [1.5] * 2 + [1.5] * 4)
+    assert w.sum() == pytest.approx(12)
+    np.testing.assert_allclose(training_sample_weights(labels, idx, "balanced", 3), [0.75] * 8 + [1.5] * 4)
+    assert training_sample_weights(labels, idx, "none", 3) is None
+    # Only the selected rows count: drop file 1 and class 0 is file 0 alone.
+    sub = np.array([0, 1, 2, 8, 9])
+    np.testing.assert_allclose(training_sample_weights(labels, sub, "file", 3, file), [5 / 6] * 3 + [1.25] * 2)
+    with pytest.raises(ValueError, match="file"):
+        training_sample_weights(labels, idx, "file", 3, None)
 
 
 def test_training_rows_capped_per_flow():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,6 +13,10 @@ def fuse(
     nin2: Annotated[Path, typer.Argument(help="Trained nin2 (body) checkpoint.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory whose validation split picks alpha.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Fused checkpoint NAME.keras (NAME.json beside).")],
+    alpha: Annotated[
+        Optional[float],
+        typer.Option("--alpha", min=0.0, max=1.0, help="Use this alpha instead of searching (branches refit on train+val)."),
+    ] = None,
 ) -> None:
     """Search alpha on 0.00..1.00 (step 0.01) by validation macro-F1 and save y = alpha*y1 + (1-alpha)*y2 as one model.
 
@@ -23,9 +27,14 @@ def fuse(
     from pktnin.trainer.train import fuse_checkpoints
 
     try:
-        summary = fuse_checkpoints(nin1, nin2, data, out)
+        summary = fuse_checkpoints(nin1, nin2, data, out, alpha=alpha)
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    if summary["val_macro_f1"] is None:
+        Console(stderr=True).print(
+            f"nin_parallel: branches refit on train+val, alpha {summary['alpha']:.2f} -> {summary['checkpoint']}"
+        )
+        return
     branches = "; ".join(f"{n} {b['val_macro_f1']:.4f}" for n, b in summary["branches"].items())
     Console(stderr=True).print(
         f"nin_parallel: validation macro-F1 {summary['val_macro_f1']:.4f} with alpha {summary['alpha']:.2f} "

@@ -31,7 +31,7 @@ def train(
         typer.Option("--max-per-flow", min=1, help="Use at most N training rows of each flow (seeded sample)."),
     ] = None,
     class_weighting: Annotated[
-        str, typer.Option("--class-weighting", help="none, or balanced (inverse class frequency).")
+        str, typer.Option("--class-weighting", help="none; balanced (inverse class frequency); file (balanced, and capture files equal within a class).")
     ] = "none",
     patience: Annotated[
         int, typer.Option("--patience", min=1, help="Stop after N epochs without a better validation macro-F1.")
@@ -41,6 +41,17 @@ def train(
     ] = False,
     width: Annotated[float, typer.Option("--width", min=0.01, help="Scale every layer's width (tests).")] = 1.0,
     dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout rate.")] = 0.1,
+    fit: Annotated[
+        str,
+        typer.Option(
+            "--fit",
+            help="train; or train+val: refit on both splits for exactly --epochs epochs (no early stopping; take "
+            "the epochs, and for nin_parallel --alpha, from a run on train).",
+        ),
+    ] = "train",
+    alpha: Annotated[
+        Optional[float], typer.Option("--alpha", min=0.0, max=1.0, help="nin_parallel: use this alpha (no search).")
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train MODEL; the epoch with the best validation macro-F1 is kept in OUT (+ JSON metadata).
@@ -57,15 +68,20 @@ def train(
         summary = run_training(
             model, data, out, epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train,
             max_val=max_val, max_per_class=max_per_class, class_weighting=class_weighting, patience=patience,
-            dropout=dropout, width=width, max_per_flow=max_per_flow, progress=progress,
+            dropout=dropout, width=width, max_per_flow=max_per_flow, fit=fit, alpha=alpha,
+            progress=progress,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    line = f"{summary['preset']}: best validation macro-F1 {summary['val_macro_f1']:.4f}"
+    if summary["val_macro_f1"] is None:
+        line = f"{summary['preset']}: refit on train+val"
+    else:
+        line = f"{summary['preset']}: best validation macro-F1 {summary['val_macro_f1']:.4f}"
     if "alpha" in summary:
         line += f" with alpha {summary['alpha']:.2f}"
         for name, branch in summary["branches"].items():
-            line += f"; {name} {branch['val_macro_f1']:.4f}"
+            if branch["val_macro_f1"] is not None:
+                line += f"; {name} {branch['val_macro_f1']:.4f}"
     else:
         line += f" at epoch {summary['best_epoch']}/{summary['epochs_run']}"
         if summary["train_packets_per_s"]:

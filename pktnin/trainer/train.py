@@ -27,7 +27,8 @@ from pktnin.trainer.metrics import classification_report
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
 PARALLEL_PRESET = "nin_parallel"
-CLASS_WEIGHTING = ("none", "balanced")
+CLASS_WEIGHTING = ("none", "balanced", "file")
+FIT_SPLITS = {"train": (SPLIT_TRAIN,), "train+val": (SPLIT_TRAIN, SPLIT_VAL)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -42,14 +43,16 @@ def select_training_rows(
     max_per_class: int | None = None,
     flow: np.ndarray | None = None,
     max_per_flow: int | None = None,
+    splits: tuple[int, ...] = (SPLIT_TRAIN,),
 ) -> np.ndarray:
-    """Sorted indices of the training rows, optionally capped per flow, per class and then in total (seeded).
+    """Sorted indices of the training rows (rows of `splits`), optionally capped per flow, per class and then in
+    total (seeded).
 
     The flow cap comes first: a few long flows (one bulk download, one call) otherwise make up most of a
     class, and a model that memorizes them learns little that carries over to other captures.
     """
     rng = np.random.default_rng(seed)
-    idx = np.flatnonzero(np.asarray(split) == SPLIT_TRAIN)
+    idx = np.flatnonzero(np.isin(np.asarray(split), splits))
     if max_per_flow is not None:
         if flow is None:
             raise ValueError("max_per_flow needs the flow ids")
@@ -87,6 +90,32 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return weights
 
 
+def training_sample_weights(
+    labels: np.ndarray, indices: np.ndarray, weighting: str, num_classes: int, file: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Weight of each row in `indices` (mean 1), or None for "none".
+
+    "balanced": every class weighs the same in total. "file": the same, and inside a class every capture file
+    weighs the same: a class seen in one long capture and a few short ones is otherwise learned as that long
+    capture, which does not carry over to held-out files (measured on the corpus: docs/results.md).
+    """
+    if weighting == "none":
+        return None
+    y = np.asarray(labels)[indices].astype(np.int64)
+    if weighting == "balanced":
+        return balanced_class_weights(y, num_classes)[y]
+    if weighting != "file":
+        raise ValueError(f"class weighting must be one of {CLASS_WEIGHTING}, got {weighting!r}")
+    if file is None:
+        raise ValueError("file weighting needs the rows' capture files (file.npy in the dataset)")
+    groups = np.asarray(file)[indices].astype(np.int64)
+    pairs, inverse, rows_per_pair = np.unique(y * (groups.max() + 1) + groups, return_inverse=True, return_counts=True)
+    files_per_class = np.bincount(pairs // (groups.max() + 1), minlength=num_classes)
+    classes_present = np.count_nonzero(files_per_class)
+    weights = y.size / (classes_present * files_per_class[y] * rows_per_pair[inverse])
+    return weights
+
+
 # ---------------------------------------------------------------------------------------------------------
 # tf.data pipeline
 
@@ -98,9 +127,11 @@ def make_tf_dataset(
     num_classes: int,
     batch: int,
     shuffle_seed: int | None = None,
-    class_weights: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
 ):
     """Batches of (row/255 float32 [b,1500], one-hot [b,C][, sample weight]) gathered from the uint8 rows.
+
+    sample_weights, when given, holds one weight per entry of `indices`.
 
     The rows may be a read-only memory map: each batch is gathered with sorted indices (sequential reads),
     and only that batch is ever copied into memory. shuffle_seed None keeps the order (for prediction);
@@ -110,12 +141,20 @@ def make_tf_dataset(
 
     indices = np.asarray(indices, dtype=np.int64)
     labels = None if labels is None else np.asarray(labels)
+    if sample_weights is not None:
+        if len(sample_weights) != indices.size:
+            raise ValueError("sample_weights needs one weight per index")
+        row_weight = np.zeros(len(rows), np.float32)  # looked up by row index, so shuffling keeps them aligned
+        row_weight[indices] = sample_weights
 
     def gather_rows(batch_idx: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rows[np.sort(batch_idx)])
 
     def gather_labels(batch_idx: np.ndarray) -> np.ndarray:
         return labels[np.sort(batch_idx)].astype(np.int32)
+
+    def gather_weights(batch_idx: np.ndarray) -> np.ndarray:
+        return row_weight[np.sort(batch_idx)]
 
     def load(batch_idx):
         x = tf.numpy_function(gather_rows, [batch_idx], tf.uint8, stateful=False)
@@ -124,9 +163,10 @@ def make_tf_dataset(
             return x
         y = tf.ensure_shape(tf.numpy_function(gather_labels, [batch_idx], tf.int32, stateful=False), [None])
         y_onehot = tf.one_hot(y, num_classes, dtype=tf.float32)
-        if class_weights is None:
+        if sample_weights is None:
             return x, y_onehot
-        return x, y_onehot, tf.gather(tf.constant(class_weights, tf.float32), y)
+        w = tf.ensure_shape(tf.numpy_function(gather_weights, [batch_idx], tf.float32, stateful=False), [None])
+        return x, y_onehot, w
 
     ds = tf.data.Dataset.from_tensor_slices(indices)
     if shuffle_seed is not None:
@@ -312,8 +352,11 @@ class TrainSettings:
     dropout: float = 0.1
     width: float = 1.0
     max_per_flow: int | None = None
+    fit: str = "train"  # "train+val": refit on both splits for a fixed number of epochs (no early stopping)
 
     def check(self) -> None:
+        if self.fit not in FIT_SPLITS:
+            raise ValueError(f"fit must be one of {tuple(FIT_SPLITS)}, got {self.fit!r}")
         if self.class_weighting not in CLASS_WEIGHTING:
             raise ValueError(f"class weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
         if self.epochs < 1 or self.batch < 1 or self.patience < 1:
@@ -338,21 +381,27 @@ def train(
     dropout: float = 0.1,
     width: float = 1.0,
     max_per_flow: int | None = None,
+    fit: str = "train",
+    alpha: float | None = None,
     progress: bool = True,
     build: Callable | None = None,
 ) -> dict:
     """Train `preset` on the dataset in `data_dir`; the best epoch (validation macro-F1) goes to `out_ckpt`.
+
+    fit="train+val" trains on the training and validation rows for exactly `epochs` epochs and keeps the last
+    one (take the epoch count, and for nin_parallel `alpha`, from a run with fit="train"): the validation split
+    then no longer measures anything, and the checkpoint's metrics say so.
 
     Returns a summary dict (its settings and history are also stored in the checkpoint metadata under
     "training"). `build` replaces trainer.models.build_model (same signature) for experiments.
     """
     settings = TrainSettings(
         epochs, batch, seed, xla, max_train, max_val, max_per_class, class_weighting, patience, learning_rate,
-        lr_decay, dropout, width, max_per_flow,
+        lr_decay, dropout, width, max_per_flow, fit,
     )  # fmt: skip
     settings.check()
     if preset == PARALLEL_PRESET:
-        return train_parallel(data_dir, out_ckpt, settings, progress=progress, build=build)
+        return train_parallel(data_dir, out_ckpt, settings, progress=progress, build=build, alpha=alpha)
     data = _open_dataset(data_dir)
     result = _train_single(preset, data, out_ckpt, settings, progress, build, logs_dir_for(out_ckpt))
     return result["summary"]
@@ -369,15 +418,17 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     rows, labels, split = data.rows, data.labels, data.split
     classes = list(data.meta["classes"])
     num_classes = len(classes)
+    refit = s.fit != "train"
     train_idx = select_training_rows(
-        labels, split, s.seed, s.max_train, s.max_per_class, flow=data.flow, max_per_flow=s.max_per_flow
-    )
+        labels, split, s.seed, s.max_train, s.max_per_class, flow=data.flow, max_per_flow=s.max_per_flow,
+        splits=FIT_SPLITS[s.fit],
+    )  # fmt: skip
     val_idx = select_split_rows(split, SPLIT_VAL, s.seed, s.max_val)
     if train_idx.size == 0:
         raise ValueError(f"dataset {data.path} has no training rows (split.npy == 0)")
-    if val_idx.size == 0:
+    if val_idx.size == 0 and not refit:
         raise ValueError(f"dataset {data.path} has no validation rows (split.npy == 1): early stopping needs them")
-    weights = balanced_class_weights(labels[train_idx], num_classes) if s.class_weighting == "balanced" else None
+    weights = training_sample_weights(labels, train_idx, s.class_weighting, num_classes, data.file)
 
     seed_everything(s.seed)
     model = build(preset, num_classes, dropout=s.dropout, width=s.width)
@@ -387,7 +438,7 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
         jit_compile=s.xla,
     )
     train_ds = make_tf_dataset(
-        rows, labels, train_idx, num_classes, s.batch, shuffle_seed=s.seed, class_weights=weights
+        rows, labels, train_idx, num_classes, s.batch, shuffle_seed=s.seed, sample_weights=weights
     )
     steps = -(-train_idx.size // s.batch)
 
@@ -404,22 +455,25 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     bar = RichProgress(s.epochs, steps, train_idx.size, s.batch, preset, enabled=progress)
     callbacks = [
         keras.callbacks.LearningRateScheduler(lambda epoch: s.learning_rate * s.lr_decay**epoch),
-        val_cb,  # before the bar and the scalar log, so that they see the validation metrics
+        *([] if refit else [val_cb]),  # before the bar and the scalar log, so that they see the validation metrics
         bar,
         ScalarLog(log_dir),
     ]
     started = time.perf_counter()
     history = model.fit(train_ds, epochs=s.epochs, verbose=0, callbacks=callbacks, shuffle=False)  # tf.data shuffles
     elapsed = time.perf_counter() - started
-    model.set_weights(val_cb.best_weights)
+    if refit:  # the last epoch is the model; there is no held-out split left to report on
+        save_best(s.epochs - 1, None)
+    else:
+        model.set_weights(val_cb.best_weights)
 
     summary = {
         "preset": preset,
         "checkpoint": str(keras_path),
-        "best_epoch": val_cb.best_epoch + 1,
+        "best_epoch": s.epochs if refit else val_cb.best_epoch + 1,
         "epochs_run": len(history.history.get("loss", [])),
-        "val_macro_f1": val_cb.best_f1,
-        "val": val_cb.best_report,
+        "val_macro_f1": None if refit else val_cb.best_f1,
+        "val": None if refit else val_cb.best_report,
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "train_packets_per_s": bar.epoch_rates,
         "seconds": elapsed,
@@ -447,9 +501,15 @@ def train_parallel(
     build: Callable | None = None,
     build_parallel: Callable | None = None,
     grid: np.ndarray = DEFAULT_GRID,
+    alpha: float | None = None,
 ) -> dict:
-    """Train NIN1 (header) and NIN2 (body) on whole rows, pick alpha by validation macro-F1, save one model."""
+    """Train NIN1 (header) and NIN2 (body) on whole rows, pick alpha by validation macro-F1, save one model.
+
+    A refit (settings.fit "train+val") needs `alpha` given: the validation rows were trained on.
+    """
     settings.check()
+    if settings.fit != "train" and alpha is None:
+        raise ValueError("a nin_parallel refit on train+val needs alpha from a run that kept validation apart")
     if build_parallel is None:
         from pktnin.trainer.models import build_parallel
     data = _open_dataset(data_dir)
@@ -461,7 +521,8 @@ def train_parallel(
 
     models = {name: b["model"] for name, b in branches.items()}
     summaries = {n: b["summary"] for n, b in branches.items()}
-    return _fuse_and_save(data, out_ckpt, models, summaries, branches["nin1"]["val_idx"], build_parallel, grid)
+    val_idx = select_split_rows(data.split, SPLIT_VAL, 0)
+    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid, alpha)
 
 
 def fuse_checkpoints(
@@ -470,8 +531,9 @@ def fuse_checkpoints(
     data_dir: str | Path,
     out_ckpt: str | Path,
     grid: np.ndarray = DEFAULT_GRID,
+    alpha: float | None = None,
 ) -> dict:
-    """Fuse two trained branch checkpoints: alpha by validation macro-F1, one model saved (no retraining)."""
+    """Fuse two trained branch checkpoints: alpha by validation macro-F1 (or the given one), one model saved."""
     from pktnin.trainer.models import build_parallel
 
     data = _open_dataset(data_dir)
@@ -486,24 +548,34 @@ def fuse_checkpoints(
         models[name] = model
         summaries[name] = {
             "checkpoint": str(ckpt.checkpoint_paths(path)[0]),
-            "val": meta.get("metrics", {}),
-            "val_macro_f1": meta.get("metrics", {}).get("macro_f1"),
+            "val": meta.get("metrics"),
+            "val_macro_f1": (meta.get("metrics") or {}).get("macro_f1"),
             "best_epoch": training.get("best_epoch"),
             "settings": training,
         }
     val_idx = select_split_rows(data.split, SPLIT_VAL, 0)
-    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid)
+    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid, alpha)
 
 
-def _fuse_and_save(data, out_ckpt, models: dict, summaries: dict, val_idx, build_parallel: Callable, grid) -> dict:
-    """Alpha search on the validation rows `val_idx` (Eq. 3), then the fused model saved as one checkpoint."""
+def _fuse_and_save(
+    data, out_ckpt, models: dict, summaries: dict, val_idx, build_parallel: Callable, grid, alpha: float | None = None
+) -> dict:
+    """Alpha search on the validation rows `val_idx` (Eq. 3) unless `alpha` is given, then the fused model saved
+    as one checkpoint."""
     classes = list(data.meta["classes"])
     y_val = np.asarray(data.labels)[val_idx].astype(np.int64)  # val_idx is sorted, like predict_rows's output
     p1 = predict_rows(models["nin1"], data.rows, val_idx)
     p2 = predict_rows(models["nin2"], data.rows, val_idx)
-    alpha, curve = search_alpha(p1, p2, y_val, grid)
+    if alpha is None:
+        alpha, curve = search_alpha(p1, p2, y_val, grid)
+    elif not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+    else:
+        curve = None
     fused_probs = fuse(p1, p2, alpha)
     report = classification_report(y_val, fused_probs.argmax(axis=1), classes)
+    if any((b.get("settings") or {}).get("fit", "train") != "train" for b in summaries.values()):
+        report = None  # branches refit on train+val: their validation score measures nothing
 
     fused = build_parallel(ckpt.uncompiled_copy(models["nin1"]), ckpt.uncompiled_copy(models["nin2"]), alpha)
     # The saved graph must compute exactly Eq. 3 with the chosen alpha.
@@ -516,9 +588,9 @@ def _fuse_and_save(data, out_ckpt, models: dict, summaries: dict, val_idx, build
         "preset": PARALLEL_PRESET,
         "checkpoint": str(ckpt.checkpoint_paths(out_ckpt)[0]),
         "alpha": alpha,
-        "val_macro_f1": report["macro_f1"],
+        "val_macro_f1": None if report is None else report["macro_f1"],
         "val": report,
-        "alpha_curve": [[float(a), float(s)] for a, s in zip(np.asarray(grid), curve)],
+        "alpha_curve": None if curve is None else [[float(a), float(s)] for a, s in zip(np.asarray(grid), curve)],
         "branches": summaries,
     }
     meta = ckpt.make_metadata(
