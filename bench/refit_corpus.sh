@@ -40,10 +40,15 @@ for model in "${models[@]}"; do
   if [ "$model" = nin_parallel ]; then
     fused_json="$runs/$split-nin_parallel.json"
     read -r alpha nin1 nin2 < <(python -c "import json, sys; m = json.load(open(sys.argv[1])); b = m['training']['branches']; print(m['alpha'], b['nin1']['checkpoint'], b['nin2']['checkpoint'])" "$fused_json")
-    refit_one nin1 "$nin1" "$runs/$split-nin_parallel-refit-nin1.keras"
-    refit_one nin2 "$nin2" "$runs/$split-nin_parallel-refit-nin2.keras"
-    pktnin fuse "$runs/$split-nin_parallel-refit-nin1.keras" "$runs/$split-nin_parallel-refit-nin2.keras" \
-      --data "$data" --out "$out" --alpha "$alpha"
+    for branch in nin1 nin2; do  # each branch is evaluated too, as $split-nin1-refit / $split-nin2-refit
+      [ -f "$runs/$split-$branch-refit.test.json" ] && continue
+      [ "$branch" = nin1 ] && src=$nin1 || src=$nin2
+      refit_one "$branch" "$src" "$runs/$split-$branch-refit.keras"
+      pktnin evaluate "$runs/$split-$branch-refit.keras" --data "$data" --split test \
+        --out "$runs/$split-$branch-refit.test.json" > "$runs/$split-$branch-refit.test.txt"
+    done
+    pktnin fuse "$runs/$split-nin1-refit.keras" "$runs/$split-nin2-refit.keras" --data "$data" --out "$out" \
+      --alpha "$alpha"
   else
     refit_one "$model" "$runs/$split-$model.keras" "$out"
   fi

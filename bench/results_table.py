@@ -35,7 +35,9 @@ def budget(meta: dict) -> str:
     """Training rows, epochs (best/run) and minutes, from a checkpoint's metadata (branches for fused models)."""
     t = meta.get("training") or {}
     if "branches" in t:
-        return "fused: alpha %.2f" % meta["alpha"]
+        return "fused: alpha %.2f" % meta["alpha"] + (" (given)" if t.get("alpha_curve") is None else "")
+    if t.get("fit", "train") != "train":
+        return f"{t.get('train_rows', 0):,} rows, {t.get('epochs_run')} ep, {t.get('seconds', 0) / 60:.0f} min"
     minutes = t.get("seconds", 0) / 60
     return f"{t.get('train_rows', 0):,} rows, {t.get('best_epoch')}/{t.get('epochs_run')} ep, {minutes:.0f} min"
 
@@ -50,22 +52,26 @@ def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | Non
         "| model | test P | test R | test F1 | flow F1 | val F1 | parameters | FLOPs/packet | CPU packets/s | training |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for model in MODELS:
-        result_path = runs / f"{split}-{model}.test.json"
+    # A model refit on train+val (bench/refit_corpus.sh) follows its train-only run.
+    for model, name in [(m, n) for m in MODELS for n in (m, f"{m}-refit")]:
+        result_path = runs / f"{split}-{name}.test.json"
         if not result_path.exists():
             continue
         result = json.loads(result_path.read_text())
-        meta = json.loads((runs / f"{split}-{model}.json").read_text())
+        meta = json.loads((runs / f"{split}-{name}.json").read_text())
         p, f = result["packet"], result["flow"]
         c = count(model, len(result["classes"]))
         rate = f"{rates[model]:,.0f}" if model in rates else "-"
         lines.append(
-            f"| {model} | {p['macro_precision']:.3f} | {p['macro_recall']:.3f} | {p['macro_f1']:.3f} | "
+            f"| {name.replace('-refit', ', refit train+val')} | {p['macro_precision']:.3f} | {p['macro_recall']:.3f} | {p['macro_f1']:.3f} | "
             f"{f['macro_f1']:.3f} | {val_f1(meta)} | {c.params:,} | {c.flops:.3g} | {rate} | {budget(meta)} |"
         )
-    base_path = baselines / f"baselines-{split}.json" if baselines else None
-    if base_path and base_path.exists():
+    for suffix, note in (("", ""), ("-trainval", ", fit train+val")):
+        base_path = baselines / f"baselines-{split}{suffix}.json" if baselines else None
+        if not (base_path and base_path.exists()):
+            continue
         for name, b in json.loads(base_path.read_text())["results"].items():
+            name += note
             r = b["report"]
             flow = f"{b['flow']['macro_f1']:.3f}" if b.get("flow") else "-"
             lines.append(

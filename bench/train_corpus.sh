@@ -15,7 +15,7 @@ mkdir -p "$runs"
 budget() {
   case $1 in
     nin1) echo "--epochs 30 --patience 6" ;;
-    nin2) echo "--epochs 20 --patience 5 --max-per-flow 50" ;;
+    nin2) echo "--epochs 15 --patience 5" ;;
     nin_small|cnn_small) echo "--epochs 15 --patience 4" ;;
     *) echo "--epochs 8 --patience 3 --max-per-class 800" ;;
   esac

@@ -17,6 +17,7 @@ from onnx_fixtures import reference_probs, tiny_model  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from pktnin.cli import app  # noqa: E402
+from pktnin.engine.export import checkpoint_provenance  # noqa: E402
 from pktnin.trainer import checkpoint as ckpt  # noqa: E402
 from pktnin.trainer.dataset import load_dataset, write_dataset  # noqa: E402
 from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
@@ -196,6 +197,10 @@ def test_fuse_with_a_given_alpha_skips_the_search(dataset_dir, tmp_path):
     assert result.exit_code == 0, result.output
     meta = ckpt.load_metadata(out)
     assert meta["alpha"] == 0.3 and meta["metrics"] is None and meta["training"]["alpha_curve"] is None
+    assert meta["training"]["fit"] == "train+val"
+    provenance = checkpoint_provenance(meta)
+    assert provenance["fit"] == "train+val" and provenance["validation_macro_f1"] is None
+    assert {b["fit"] for b in provenance["branches"].values()} == {"train+val"}
     data = load_dataset(dataset_dir)
     idx = data.indices("test")[:32]
     p1 = predict_rows(ckpt.load_checkpoint(nin1)[0], data.rows, idx)

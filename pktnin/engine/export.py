@@ -46,9 +46,15 @@ def checkpoint_provenance(meta: dict) -> dict:
         "git_commit": meta.get("git_commit"),
         "created": meta.get("created"),
         "data": {"dir": data.get("dir"), **{k: dmeta[k] for k in keep if k in dmeta}},
+        "fit": training.get("fit", "train"),  # "train+val": refit, so no validation score is claimed
         "validation_macro_f1": (meta.get("metrics") or {}).get("macro_f1"),
         "branches": {
-            name: {"checkpoint": b.get("checkpoint"), "validation_macro_f1": (b.get("val_metrics") or {}).get("macro_f1")}
+            name: {
+                "checkpoint": b.get("checkpoint"),
+                "fit": (b.get("settings") or {}).get("fit", "train"),
+                "epochs": (b.get("settings") or {}).get("best_epoch"),
+                "validation_macro_f1": (b.get("val_metrics") or {}).get("macro_f1"),
+            }
             for name, b in (training.get("branches") or {}).items()
         },
     }

@@ -263,10 +263,15 @@ def _callbacks_module():
             self.progress.remove_task(self.task)
             logs = logs or {}
             if self.enabled:
+                val = ""  # no validation pass in a refit on train+val
+                if "val_macro_f1" in logs:
+                    val = (
+                        f"val loss {logs['val_loss']:.4f}  val acc {logs['val_accuracy']:.4f}  "
+                        f"val macro-F1 {logs['val_macro_f1']:.4f}  "
+                    )
                 self.console.print(
                     f"{self.title} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}  "
-                    f"val loss {logs.get('val_loss', float('nan')):.4f}  val acc {logs.get('val_accuracy', 0):.4f}  "
-                    f"val macro-F1 {logs.get('val_macro_f1', 0):.4f}  {rate:,.0f} pkts/s"
+                    f"{val}{rate:,.0f} pkts/s"
                 )
 
         def on_train_end(self, logs=None):
@@ -574,7 +579,8 @@ def _fuse_and_save(
         curve = None
     fused_probs = fuse(p1, p2, alpha)
     report = classification_report(y_val, fused_probs.argmax(axis=1), classes)
-    if any((b.get("settings") or {}).get("fit", "train") != "train" for b in summaries.values()):
+    refit = any((b.get("settings") or {}).get("fit", "train") != "train" for b in summaries.values())
+    if refit:
         report = None  # branches refit on train+val: their validation score measures nothing
 
     fused = build_parallel(ckpt.uncompiled_copy(models["nin1"]), ckpt.uncompiled_copy(models["nin2"]), alpha)
@@ -596,6 +602,7 @@ def _fuse_and_save(
     meta = ckpt.make_metadata(
         PARALLEL_PRESET, classes, data.path, data.meta, report, alpha=alpha,
         training={
+            "fit": "train+val" if refit else "train",
             "alpha_curve": summary["alpha_curve"],
             "branches": {
                 name: {
