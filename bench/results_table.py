@@ -1,4 +1,4 @@
-"""Table 6/7-style comparison from a runs folder made by bench/train_corpus.sh.
+"""Table 6/7-style comparison from a runs folder made by bench/train_corpus.sh (and bench/refit_corpus.sh).
 
 For each split (by-file, random) and model: test macro precision / recall / F1 (packet level, and F1 at flow
 level), validation macro-F1, parameters and FLOPs per packet (analytic, pktnin.trainer.presets), and CPU packets/s
@@ -47,13 +47,16 @@ def val_f1(meta: dict) -> str:
     return "refit" if meta.get("metrics") is None else f"{meta['metrics']['macro_f1']:.3f}"
 
 
-def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | None) -> str:
+def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | None, refit: bool = False) -> str:
+    """Models trained on the training split and the baselines fit on it; or (refit) the models refit on
+    train+val by bench/refit_corpus.sh and the baselines fit on train+val."""
     lines = [
         "| model | test P | test R | test F1 | flow F1 | val F1 | parameters | FLOPs/packet | CPU packets/s | training |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    # A model refit on train+val (bench/refit_corpus.sh) follows its train-only run.
-    for model, name in [(m, n) for m in MODELS for n in (m, f"{m}-refit")]:
+    suffix = "-refit" if refit else ""
+    for model in MODELS:
+        name = model + suffix
         result_path = runs / f"{split}-{name}.test.json"
         if not result_path.exists():
             continue
@@ -63,15 +66,12 @@ def table(runs: Path, split: str, rates: dict[str, float], baselines: Path | Non
         c = count(model, len(result["classes"]))
         rate = f"{rates[model]:,.0f}" if model in rates else "-"
         lines.append(
-            f"| {name.replace('-refit', ', refit train+val')} | {p['macro_precision']:.3f} | {p['macro_recall']:.3f} | {p['macro_f1']:.3f} | "
+            f"| {model} | {p['macro_precision']:.3f} | {p['macro_recall']:.3f} | {p['macro_f1']:.3f} | "
             f"{f['macro_f1']:.3f} | {val_f1(meta)} | {c.params:,} | {c.flops:.3g} | {rate} | {budget(meta)} |"
         )
-    for suffix, note in (("", ""), ("-trainval", ", fit train+val")):
-        base_path = baselines / f"baselines-{split}{suffix}.json" if baselines else None
-        if not (base_path and base_path.exists()):
-            continue
+    base_path = baselines / f"baselines-{split}{'-trainval' if refit else ''}.json" if baselines else None
+    if base_path and base_path.exists():
         for name, b in json.loads(base_path.read_text())["results"].items():
-            name += note
             r = b["report"]
             flow = f"{b['flow']['macro_f1']:.3f}" if b.get("flow") else "-"
             lines.append(
@@ -90,6 +90,10 @@ def main() -> None:
     for split in ("by-file", "random"):
         print(f"\n### Split: {split}\n")
         print(table(args.runs, split, rates, args.baselines_dir or args.runs))
+        refit = table(args.runs, split, rates, args.baselines_dir or args.runs, refit=True)
+        if refit.count("\n") > 1:
+            print(f"\n### Split: {split}, refit on train+val\n")
+            print(refit)
 
 
 if __name__ == "__main__":

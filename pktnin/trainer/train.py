@@ -112,8 +112,7 @@ def training_sample_weights(
     pairs, inverse, rows_per_pair = np.unique(y * (groups.max() + 1) + groups, return_inverse=True, return_counts=True)
     files_per_class = np.bincount(pairs // (groups.max() + 1), minlength=num_classes)
     classes_present = np.count_nonzero(files_per_class)
-    weights = y.size / (classes_present * files_per_class[y] * rows_per_pair[inverse])
-    return weights
+    return y.size / (classes_present * files_per_class[y] * rows_per_pair[inverse])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -526,7 +525,7 @@ def train_parallel(
 
     models = {name: b["model"] for name, b in branches.items()}
     summaries = {n: b["summary"] for n, b in branches.items()}
-    val_idx = select_split_rows(data.split, SPLIT_VAL, 0)
+    val_idx = branches["nin1"]["val_idx"]
     return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid, alpha)
 
 
@@ -578,10 +577,9 @@ def _fuse_and_save(
     else:
         curve = None
     fused_probs = fuse(p1, p2, alpha)
-    report = classification_report(y_val, fused_probs.argmax(axis=1), classes)
     refit = any((b.get("settings") or {}).get("fit", "train") != "train" for b in summaries.values())
-    if refit:
-        report = None  # branches refit on train+val: their validation score measures nothing
+    # Branches refit on train+val: their validation score would measure nothing.
+    report = None if refit else classification_report(y_val, fused_probs.argmax(axis=1), classes)
 
     fused = build_parallel(ckpt.uncompiled_copy(models["nin1"]), ckpt.uncompiled_copy(models["nin2"]), alpha)
     # The saved graph must compute exactly Eq. 3 with the chosen alpha.
