@@ -113,7 +113,8 @@ D_VLAN = 6  # outermost VLAN id, 0 if untagged
 D_SRC_PORT = 7
 D_DST_PORT = 8
 D_IP_END = 9  # end of the IP packet: min(captured end, end given by the IP length field)
-DESC_LEN = 10
+D_KEEP_ROW = 10  # 4 * IPv6 + 2 * UDP: this packet's HEADER_KEEP row under the paper profile (+ 1 for strict)
+DESC_LEN = 11
 
 # Which of the 40 header bytes of a row are copied from the packet (1) or written as zero (0), by IP version,
 # transport and masking profile: the one statement of the header masking rules. Row bytes 0..19 come from the IP
@@ -330,19 +331,14 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
     desc[D_SRC_PORT] = src_port
     desc[D_DST_PORT] = dst_port
     desc[D_IP_END] = ip_end
+    desc[D_KEEP_ROW] = (4 if version != 4 else 0) + (2 if proto != IPPROTO_TCP else 0)
     return KEPT
 
 
 def row_byte(buf, desc, j, mask):
     """Value (0..255) of row position j (0 <= j < ROW_LEN) of a kept packet described by desc."""
     if j < HEADER_LEN:
-        t = 0  # 4 * IPv6 + 2 * UDP + strict: the HEADER_KEEP row (these functions call no other)
-        if desc[D_IP_VERSION] != 4:
-            t += 4
-        if desc[D_PROTO] != IPPROTO_TCP:
-            t += 2
-        if mask == MASK_STRICT:
-            t += 1
+        t = desc[D_KEEP_ROW] + (1 if mask == MASK_STRICT else 0)
         if HEADER_KEEP[t, j] == 0:
             return 0
         if j < NET_LEN:
@@ -356,13 +352,7 @@ def row_byte(buf, desc, j, mask):
 
 def write_row(buf, desc, mask, row):
     """Write the uint8 row (length ROW_LEN) of a kept packet; the same bytes as row_byte, faster on the CPU."""
-    t = 0
-    if desc[D_IP_VERSION] != 4:
-        t += 4
-    if desc[D_PROTO] != IPPROTO_TCP:
-        t += 2
-    if mask == MASK_STRICT:
-        t += 1
+    t = desc[D_KEEP_ROW] + (1 if mask == MASK_STRICT else 0)
     net = desc[D_NET_OFF]
     trans = desc[D_TRANS_OFF] - NET_LEN
     for j in range(NET_LEN):

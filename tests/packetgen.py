@@ -316,3 +316,30 @@ def catalog() -> list[tuple[str, bytes, int, int]]:
         ("caplen-zero", ethernet(v4), 1, 0),
     ]
     return [(c[0], c[1], c[2], c[3] if len(c) > 3 else len(c[1])) for c in cases]
+
+
+def mixed_traffic(seed: int, n: int, flows: int = 6, max_payload: int = 300) -> list[tuple[int, bytes]]:
+    """(timestamp ns, Ethernet frame) x n: a few bidirectional flows of IPv4 TCP, with IPv4 UDP behind a VLAN
+    tag, IPv6 UDP, DNS (skipped unless DNS is kept) and an empty TCP segment (skipped) in every 10 packets."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        payload = rng.integers(0, 256, size=int(rng.integers(1, max_payload)), dtype=np.uint8).tobytes()
+        flow = int(rng.integers(0, flows))
+        client, server = f"10.0.{seed}.{flow + 1}", "192.0.2.80"
+        sport, dport = 40000 + flow, 443
+        if rng.random() < 0.5:  # server -> client: same flow, other direction
+            client, server, sport, dport = server, client, dport, sport
+        kind = i % 10
+        if kind == 6:
+            pkt = ethernet(ipv4(udp(sport, dport, payload), proto=17, src=client, dst=server), vlans=[(0x8100, 7)])
+        elif kind == 7:
+            pkt = ethernet(ipv6(udp(sport, dport, payload), next_header=17, src="2001:db8::1", dst=f"2001:db8::{seed + 2:x}"))
+        elif kind == 8:
+            pkt = ethernet(ipv4(udp(5353 + flow, 53, payload), proto=17, src=client, dst=server))
+        elif kind == 9:
+            pkt = ethernet(ipv4(tcp(sport, dport, b""), src=client, dst=server))
+        else:
+            pkt = ethernet(ipv4(tcp(sport, dport, payload), src=client, dst=server))
+        out.append((1_600_000_000_000_000_000 + seed * 10**9 + i * 1000, pkt))
+    return out

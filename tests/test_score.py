@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from onnx_fixtures import reference_probs, tiny_model
-from packetgen import ethernet, ipv4, ipv6, tcp, udp
+from packetgen import mixed_traffic
 from pcapgen import write_pcap, write_pcapng
 
 from pktnin.cli import app
@@ -36,38 +36,11 @@ TESTS = Path(__file__).resolve().parent
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
-def _capture_packets(seed: int, n: int) -> list[tuple[int, bytes]]:
-    """A mix of IPv4 TCP/UDP, IPv6, VLAN-tagged, DNS (skipped) and empty-payload (skipped) packets."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        payload = rng.integers(0, 256, size=int(rng.integers(1, 300)), dtype=np.uint8).tobytes()
-        flow = int(rng.integers(0, 6))
-        client, server = f"10.0.{seed}.{flow + 1}", "192.0.2.80"
-        sport, dport = 40000 + flow, 443
-        if rng.random() < 0.5:  # server -> client: same flow, other direction
-            client, server, sport, dport = server, client, dport, sport
-        kind = i % 10
-        if kind == 7:
-            ip = ipv6(udp(sport, dport, payload), next_header=17, src="2001:db8::1", dst=f"2001:db8::{seed + 2:x}")
-            pkt = ethernet(ip)
-        elif kind == 8:
-            pkt = ethernet(ipv4(udp(5353 + flow, 53, payload), proto=17, src=client, dst=server))  # DNS
-        elif kind == 9:
-            pkt = ethernet(ipv4(tcp(sport, dport, b""), src=client, dst=server))  # no payload
-        elif kind == 6:
-            pkt = ethernet(ipv4(udp(sport, dport, payload), proto=17, src=client, dst=server), vlans=[(0x8100, 7)])
-        else:
-            pkt = ethernet(ipv4(tcp(sport, dport, payload), src=client, dst=server))
-        out.append((1_600_000_000_000_000_000 + seed * 10**9 + i * 1000, pkt))
-    return out
-
-
 def make_inputs(root: Path, n_good: int = 3, packets: int = 120) -> Path:
     """Good captures (pcap and pcapng) plus a text file, an empty file and a truncated capture."""
     root.mkdir(parents=True, exist_ok=True)
     for k in range(n_good):
-        pkts = _capture_packets(k, packets)
+        pkts = mixed_traffic(k, packets)
         if k % 2:
             records = [("epb", 0, ts, data) for ts, data in pkts]
             write_pcapng(root / f"good{k}.pcapng", [{"interfaces": [(1, 9)], "records": records}])
@@ -75,7 +48,7 @@ def make_inputs(root: Path, n_good: int = 3, packets: int = 120) -> Path:
             write_pcap(root / f"good{k}.pcap", pkts, nanosecond=True)
     (root / "notes.txt").write_text("not a capture\n" * 20)
     (root / "empty.pcap").write_bytes(b"")
-    whole = write_pcap(root / "cut.pcap", _capture_packets(9, 40), nanosecond=True).read_bytes()
+    whole = write_pcap(root / "cut.pcap", mixed_traffic(9, 40), nanosecond=True).read_bytes()
     (root / "cut.pcap").write_bytes(whole[: len(whole) - 25])  # the last record is cut short
     return root
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from onnx_fixtures import tiny_model
-from packetgen import ethernet, ipv4, ipv6, tcp, udp
+from packetgen import mixed_traffic
 from pcapgen import write_pcap, write_pcapng
 
 from pktnin.layout import ROW_LEN
@@ -37,39 +37,14 @@ CASES = {"f32": ("float32", "paper", False), "u8": ("uint8", "strict", True)}
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
-def _packets(seed: int, n: int) -> list[tuple[int, bytes]]:
-    """IPv4 TCP/UDP in both directions, IPv6, VLAN, DNS (skipped unless keep_dns) and empty TCP (skipped)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        payload = rng.integers(0, 256, size=int(rng.integers(1, 200)), dtype=np.uint8).tobytes()
-        flow = int(rng.integers(0, 3))
-        client, server, sport, dport = f"10.1.{seed}.{flow + 1}", "192.0.2.9", 41000 + flow, 443
-        if rng.random() < 0.5:
-            client, server, sport, dport = server, client, dport, sport
-        kind = i % 7
-        if kind == 3:
-            pkt = ethernet(ipv6(udp(sport, dport, payload), next_header=17, src="2001:db8::1", dst="2001:db8::2"))
-        elif kind == 4:
-            pkt = ethernet(ipv4(udp(5353, 53, payload), proto=17, src=client, dst=server))
-        elif kind == 5:
-            pkt = ethernet(ipv4(tcp(sport, dport, b""), src=client, dst=server))
-        elif kind == 6:
-            pkt = ethernet(ipv4(udp(sport, dport, payload), proto=17, src=client, dst=server), vlans=[(0x8100, 5)])
-        else:
-            pkt = ethernet(ipv4(tcp(sport, dport, payload), src=client, dst=server))
-        out.append((1_700_000_000_000_000_000 + seed * 10**9 + i * 1000, pkt))
-    return out
-
-
 def make_captures(root: Path) -> Path:
     """Five captures (pcap and pcapng, one of 3 packets, one cut short) and a text file: 62 records."""
     root.mkdir(parents=True, exist_ok=True)
-    write_pcap(root / "a.pcap", _packets(1, 20), nanosecond=True)
-    write_pcapng(root / "b.pcapng", [{"interfaces": [(1, 9)], "records": [("epb", 0, ts, d) for ts, d in _packets(2, 13)]}])
-    write_pcap(root / "c_tiny.pcap", _packets(3, 3), nanosecond=True)
-    write_pcap(root / "d.pcap", _packets(4, 17), nanosecond=True)
-    whole = write_pcap(root / "e_cut.pcap", _packets(5, 9), nanosecond=True).read_bytes()
+    write_pcap(root / "a.pcap", mixed_traffic(1, 20), nanosecond=True)
+    write_pcapng(root / "b.pcapng", [{"interfaces": [(1, 9)], "records": [("epb", 0, ts, d) for ts, d in mixed_traffic(2, 13)]}])
+    write_pcap(root / "c_tiny.pcap", mixed_traffic(3, 3), nanosecond=True)
+    write_pcap(root / "d.pcap", mixed_traffic(4, 17), nanosecond=True)
+    whole = write_pcap(root / "e_cut.pcap", mixed_traffic(5, 9), nanosecond=True).read_bytes()
     (root / "e_cut.pcap").write_bytes(whole[:-20])  # the last record is cut short
     (root / "notes.txt").write_text("not a capture\n")
     return root
