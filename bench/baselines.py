@@ -57,6 +57,18 @@ def port_lookup(rows_train, y_train, rows_test, num_classes: int) -> np.ndarray:
     return np.array([table.get(k, fallback) for k in port_keys(rows_test).tolist()], dtype=np.int64)
 
 
+def forest_probabilities(data, rows, fit_idx, eval_idx, cols, weighting: str, trees: int = 100) -> np.ndarray:
+    """Class probabilities [len(eval_idx), C] of a random forest fit on rows[fit_idx][:, cols]."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    weights = training_sample_weights(data.labels, fit_idx, weighting, data.num_classes, data.file)
+    forest = RandomForestClassifier(n_estimators=trees, min_samples_leaf=2, n_jobs=-1, random_state=0)
+    forest.fit(rows[fit_idx][:, cols], data.labels[fit_idx].astype(np.int64), sample_weight=weights)
+    probs = np.zeros((len(eval_idx), data.num_classes))
+    probs[:, forest.classes_] = forest.predict_proba(rows[eval_idx][:, cols])
+    return probs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
@@ -64,8 +76,6 @@ def main() -> None:
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--fit", default="train", help="splits to fit on, comma-separated (train, val)")
     args = ap.parse_args()
-    from sklearn.ensemble import RandomForestClassifier
-
     data = load_dataset(args.data)
     rows = np.asarray(data.rows)
     tr = np.sort(np.concatenate([data.indices(part) for part in args.fit.split(",")]))
@@ -78,11 +88,7 @@ def main() -> None:
     results["port lookup"] = {"report": classification_report(y_te, pred, data.classes), "seconds": time.perf_counter() - start}
     for name, cols, weighting in FORESTS:
         start = time.perf_counter()
-        weights = training_sample_weights(data.labels, tr, weighting, data.num_classes, data.file)
-        forest = RandomForestClassifier(n_estimators=args.trees, min_samples_leaf=2, n_jobs=-1, random_state=0)
-        forest.fit(rows[tr][:, cols], y_tr, sample_weight=weights)
-        probs = np.zeros((te.size, data.num_classes))
-        probs[:, forest.classes_] = forest.predict_proba(rows[te][:, cols])
+        probs = forest_probabilities(data, rows, tr, te, cols, weighting, args.trees)
         flows = None if data.flow is None else np.asarray(data.flow)[te]
         report = evaluation_report(probs, y_te, data.classes, flows)
         results[name] = {"report": report["packet"], "flow": report.get("flow"), "seconds": time.perf_counter() - start}

@@ -18,7 +18,7 @@ refit_args() {
 import json, sys
 t = json.load(open(sys.argv[1]))["training"]
 args = ["--epochs", t["best_epoch"], "--seed", t["seed"], "--batch", t["batch"], "--dropout", t["dropout"],
-        "--class-weighting", t["class_weighting"]]
+        "--class-weighting", t["class_weighting"], "--augment", t.get("augment", "none")]
 for key in ("max_per_class", "max_per_flow", "max_train"):
     if t.get(key) is not None:
         args += ["--" + key.replace("_", "-"), t[key]]

@@ -138,6 +138,12 @@ HEADER_KEEP = numpy.array(
     dtype=numpy.uint8,
 )
 
+# Header bytes that tell captures apart rather than applications: IPv4 identification, TTL and checksum, IPv6 hop
+# limit, TCP sequence and acknowledgement numbers and checksum, UDP checksum (the strict profile's extra zeros,
+# less the ports). Training can fill them with random bytes (pktnin.trainer.augment). Row index: 2 * IPv6 + UDP.
+CAPTURE_FIELDS = numpy.array([HEADER_KEEP[2 * kind] & (1 - HEADER_KEEP[2 * kind + MASK_STRICT]) for kind in range(4)])
+CAPTURE_FIELDS[:, NET_LEN : NET_LEN + 4] = 0
+CAPTURE_FIELDS = CAPTURE_FIELDS.astype(numpy.uint8)
 
 # FNV-1a 64-bit, for the bidirectional flow key.
 FNV64_OFFSET = 0xCBF29CE484222325

@@ -9,7 +9,9 @@ from pktnin.trainer.metrics import (
     confusion_matrix,
     evaluation_report,
     flow_probabilities,
+    group_bootstrap_macro_f1,
     macro_f1,
+    macro_f1_of_confusions,
 )
 
 CLASSES = ["a", "b", "c", "d"]
@@ -194,3 +196,66 @@ def test_search_alpha_rejects_mismatched_input():
         search_alpha(p, p, np.array([0, 1]))
     with pytest.raises(ValueError):
         search_alpha(p, p, np.array([0, 1, 0]), grid=np.array([1.5]))
+
+
+def test_macro_f1_of_a_stack_of_confusions_matches_macro_f1():
+    rng = np.random.default_rng(3)
+    cases = [(rng.integers(0, 5, 200), rng.integers(0, 5, 200)) for _ in range(4)] + [(Y_TRUE, Y_PRED)]
+    stack = np.stack([confusion_matrix(t, p, 5) for t, p in cases])
+    expected = [macro_f1(t, p, 5) for t, p in cases]
+    np.testing.assert_allclose(macro_f1_of_confusions(stack), expected, rtol=1e-12)
+
+
+def test_group_bootstrap_draws_whole_groups():
+    # Two groups (capture files): A holds samples 0..4, B samples 5..9. A resample of two groups is AA, AB or BB.
+    groups = np.array(["A"] * 5 + ["B"] * 5)
+    y_true = np.array([0, 0, 1, 1, 2, 2, 2, 1, 0, 0])
+    y_pred = np.array([0, 1, 1, 1, 2, 0, 2, 2, 0, 1])
+    a, b = slice(0, 5), slice(5, 10)
+
+    def doubled(part):
+        return macro_f1(np.r_[y_true[part], y_true[part]], np.r_[y_pred[part], y_pred[part]], 3)
+
+    possible = {"AA": doubled(a), "AB": macro_f1(y_true, y_pred, 3), "BB": doubled(b)}
+    assert len(set(np.round(list(possible.values()), 12))) == 3  # the three resamples are distinguishable
+    got = group_bootstrap_macro_f1(y_true, {"m": y_pred}, groups, 3, replicates=4000, seed=1, stratify=False)["m"]
+    share = {k: np.mean(np.isclose(got, v)) for k, v in possible.items()}
+    assert sum(share.values()) == pytest.approx(1.0)
+    assert share["AA"] == pytest.approx(0.25, abs=0.03)
+    assert share["AB"] == pytest.approx(0.5, abs=0.03)
+    assert share["BB"] == pytest.approx(0.25, abs=0.03)
+
+
+def test_stratified_group_bootstrap_draws_within_majority_labels():
+    # Groups A, B hold mostly class 0, group C mostly class 1. Stratified: C is in every resample exactly once,
+    # A and B share two draws; unstratified, C is missing from (2/3)^3 of the resamples.
+    groups = np.array(list("AAABBBCCC"))
+    y_true = np.array([0, 0, 1, 0, 0, 0, 1, 1, 0])
+    y_pred = np.array([0, 1, 1, 0, 0, 1, 1, 0, 0])
+    stratified = group_bootstrap_macro_f1(y_true, {"m": y_pred}, groups, 2, replicates=3000, seed=2)["m"]
+    c = slice(6, 9)
+    possible = [
+        macro_f1(np.r_[y_true[x], y_true[z], y_true[c]], np.r_[y_pred[x], y_pred[z], y_pred[c]], 2)
+        for x, z in ((slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 6)), (slice(3, 6), slice(3, 6)))
+    ]
+    assert np.all(np.isclose(stratified[:, None], possible).any(axis=1))
+    plain = group_bootstrap_macro_f1(y_true, {"m": y_pred}, groups, 2, replicates=3000, seed=2, stratify=False)["m"]
+    assert not np.all(np.isclose(plain[:, None], possible).any(axis=1))
+
+
+def test_group_bootstrap_is_paired_across_models():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, 300)
+    groups = rng.integers(0, 12, 300)
+    noisy = np.where(rng.random(300) < 0.5, y_true, rng.integers(0, 4, 300))
+    got = group_bootstrap_macro_f1(y_true, {"perfect": y_true, "noisy": noisy, "copy": noisy.copy()}, groups, 4, 500)
+    assert np.all(got["perfect"] == 1.0)
+    np.testing.assert_array_equal(got["noisy"], got["copy"])  # same resamples for every model
+    assert got["noisy"].std() > 0  # resampling groups moves the score
+    one_group = group_bootstrap_macro_f1(y_true, {"noisy": noisy}, np.zeros(300), 4, 50)["noisy"]
+    np.testing.assert_allclose(one_group, macro_f1(y_true, noisy, 4))  # a single group is always drawn whole
+
+
+def test_group_bootstrap_rejects_mismatched_groups():
+    with pytest.raises(ValueError, match="groups"):
+        group_bootstrap_macro_f1(Y_TRUE, {"m": Y_PRED}, np.zeros(3), 4)

@@ -18,6 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from pktnin.cli import app  # noqa: E402
 from pktnin.engine.export import checkpoint_provenance  # noqa: E402
+from pktnin.layout import CAPTURE_FIELDS  # noqa: E402
 from pktnin.trainer import checkpoint as ckpt  # noqa: E402
 from pktnin.trainer.dataset import load_dataset, write_dataset  # noqa: E402
 from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
@@ -336,3 +337,38 @@ def test_training_rows_capped_per_flow():
     assert not np.array_equal(idx, other)  # a seeded sample, not the first rows of each flow
     with pytest.raises(ValueError):
         select_training_rows(labels, split, seed=0, max_per_flow=5)
+
+
+def test_header_jitter_changes_only_capture_fields_in_the_pipeline(tmp_path):
+    rows, y, split, flow = synthetic_rows(16, seed=5)
+    rows[::2, 0], rows[::2, 9] = 0x45, 6  # every other row reads as IPv4 + TCP
+    rows[1::4, 0], rows[1::4, 6] = 0x60, 17  # some as IPv6 + UDP; the rest keep random version bytes
+    data = load_dataset(write_dataset(tmp_path / "ds", rows, y, np.zeros_like(split), flow, {"classes": CLASSES}))
+    idx = data.indices("train")
+    source = np.asarray(data.rows[idx])
+    ds = make_tf_dataset(data.rows, data.labels, idx, len(CLASSES), batch=32, shuffle_seed=0, jitter_seed=5)
+    may_change = CAPTURE_FIELDS.any(axis=0)
+    changed_any = False
+    for x, y in ds:
+        for row, onehot in zip(np.round(x.numpy() * 255).astype(np.uint8), y.numpy()):
+            match = np.flatnonzero(np.all(source[:, 40:] == row[40:], axis=1))  # bodies are random: unique
+            assert match.size == 1 and data.labels[idx[match[0]]] == onehot.argmax()
+            diff = np.flatnonzero(source[match[0]] != row)
+            assert np.all(may_change[diff])
+            changed_any |= diff.size > 0
+    assert changed_any
+
+
+def test_header_jitter_is_recorded_and_refused_for_strict_rows(dataset_dir, tmp_path):
+    out = tmp_path / "jit.keras"
+    train("nin1", dataset_dir, out, epochs=1, batch=32, seed=1, width=WIDTH, progress=False, augment="header-jitter")
+    assert ckpt.load_metadata(out)["training"]["augment"] == "header-jitter"
+    assert checkpoint_provenance(ckpt.load_metadata(out))["augment"] == "header-jitter"
+    rows, y, split, flow = synthetic_rows(10, seed=4)
+    strict = write_dataset(tmp_path / "strict", rows, y, split, flow, {"classes": CLASSES, "mask": "strict"})
+    with pytest.raises(ValueError, match="paper mask"):
+        train("nin1", strict, tmp_path / "s.keras", epochs=1, width=WIDTH, progress=False, augment="header-jitter")
+    result = CliRunner().invoke(
+        app, ["train", "nin1", "--data", str(dataset_dir), "--out", str(tmp_path / "x.keras"), "--augment", "noise"]
+    )
+    assert result.exit_code != 0 and "augment must be one of" in " ".join(result.output.split())

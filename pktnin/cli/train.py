@@ -52,6 +52,14 @@ def train(
     alpha: Annotated[
         Optional[float], typer.Option("--alpha", min=0.0, max=1.0, help="nin_parallel: use this alpha (no search).")
     ] = None,
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            help="none; or header-jitter: random bytes in the header fields that identify a capture (IP id, TTL, "
+            "checksums, TCP seq/ack) of training rows (beyond the paper).",
+        ),
+    ] = "none",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train MODEL; the epoch with the best validation macro-F1 is kept in OUT (+ JSON metadata).
@@ -68,7 +76,7 @@ def train(
         summary = run_training(
             model, data, out, epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train,
             max_val=max_val, max_per_class=max_per_class, class_weighting=class_weighting, patience=patience,
-            dropout=dropout, width=width, max_per_flow=max_per_flow, fit=fit, alpha=alpha,
+            dropout=dropout, width=width, max_per_flow=max_per_flow, fit=fit, alpha=alpha, augment=augment,
             progress=progress,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:

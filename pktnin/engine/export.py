@@ -47,12 +47,14 @@ def checkpoint_provenance(meta: dict) -> dict:
         "created": meta.get("created"),
         "data": {"dir": data.get("dir"), **{k: dmeta[k] for k in keep if k in dmeta}},
         "fit": training.get("fit", "train"),  # "train+val": refit, so no validation score is claimed
+        "augment": training.get("augment", "none"),
         "validation_macro_f1": (meta.get("metrics") or {}).get("macro_f1"),
         "branches": {
             name: {
                 "checkpoint": b.get("checkpoint"),
                 "fit": (b.get("settings") or {}).get("fit", "train"),
                 "epochs": (b.get("settings") or {}).get("best_epoch"),
+                "augment": (b.get("settings") or {}).get("augment", "none"),
                 "validation_macro_f1": (b.get("val_metrics") or {}).get("macro_f1"),
             }
             for name, b in (training.get("branches") or {}).items()

@@ -139,3 +139,61 @@ def evaluation_report(
         flow["packets_per_flow_median"] = float(np.median(counts)) if counts.size else 0.0
         report["flow"] = flow
     return report
+
+
+def macro_f1_of_confusions(cms: np.ndarray) -> np.ndarray:
+    """Macro-F1 of each confusion matrix in a stack [..., C, C] (same conventions as macro_f1)."""
+    cms = np.asarray(cms, dtype=np.float64)
+    tp = np.diagonal(cms, axis1=-2, axis2=-1)
+    support, predicted = cms.sum(axis=-1), cms.sum(axis=-2)
+    precision = _safe_divide(tp, predicted)
+    recall = _safe_divide(tp, support)
+    f1 = _safe_divide(2.0 * precision * recall, precision + recall)
+    present = (support > 0) | (predicted > 0)
+    count = present.sum(axis=-1)
+    return _safe_divide((f1 * present).sum(axis=-1), count.astype(np.float64))
+
+
+def group_bootstrap_macro_f1(
+    y_true: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray, num_classes: int,
+    replicates: int = 2000, seed: int = 0, stratify: bool = True,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Macro-F1 of each prediction set on `replicates` resamples of whole groups drawn with replacement.
+
+    Groups are the units the test set was drawn in (capture files for a by-file split): resampling packets
+    instead would treat thousands of packets of one capture as independent evidence and give intervals far
+    too narrow. Every prediction set sees the same resamples, so differences between them are paired.
+    stratify: groups are drawn within strata of the same majority true label, as many as the stratum holds, so
+    that a class of one or two test files is not simply missing from a third of the resamples (a class left out
+    would change what the macro average runs over, and pull every interval down).
+    Returns {name: macro-F1 per replicate [replicates]}.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    _, group_ids = np.unique(np.asarray(groups).ravel(), return_inverse=True)
+    if group_ids.size != y_true.size:
+        raise ValueError(f"groups has {group_ids.size} entries for {y_true.size} labels")
+    n_groups = int(group_ids.max()) + 1 if group_ids.size else 0
+    if n_groups == 0 or replicates < 1:
+        raise ValueError("the bootstrap needs at least one group and one replicate")
+    if stratify:  # majority true label of each group (ties: the smallest label)
+        label_counts = np.zeros((n_groups, num_classes), np.int64)
+        np.add.at(label_counts, (group_ids, y_true), 1)
+        stratum = label_counts.argmax(axis=1)
+    else:
+        stratum = np.zeros(n_groups, np.int64)
+    rng = np.random.default_rng(seed)
+    times_drawn = np.zeros((replicates, n_groups))  # how often each group is in each replicate
+    for s in np.unique(stratum):
+        members = np.flatnonzero(stratum == s)
+        draws = members[rng.integers(0, members.size, size=(replicates, members.size))]
+        np.add.at(times_drawn, (np.repeat(np.arange(replicates), members.size), draws.ravel()), 1.0)
+    out = {}
+    for name, y_pred in predictions.items():
+        y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+        confusion_matrix(y_true, y_pred, num_classes)  # validates shapes and label ranges
+        cell = (group_ids * num_classes + y_true) * num_classes + y_pred
+        per_group = np.bincount(cell, minlength=n_groups * num_classes * num_classes)
+        per_group = per_group.reshape(n_groups, num_classes * num_classes).astype(np.float64)
+        cms = (times_drawn @ per_group).reshape(replicates, num_classes, num_classes)
+        out[name] = macro_f1_of_confusions(cms)
+    return out

@@ -22,6 +22,7 @@ import numpy as np
 
 from pktnin.layout import ROW_LEN
 from pktnin.trainer import checkpoint as ckpt
+from pktnin.trainer.augment import AUGMENTATIONS, jitter_capture_fields
 from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha
 from pktnin.trainer.metrics import classification_report
 
@@ -127,10 +128,12 @@ def make_tf_dataset(
     batch: int,
     shuffle_seed: int | None = None,
     sample_weights: np.ndarray | None = None,
+    jitter_seed: int | None = None,
 ):
     """Batches of (row/255 float32 [b,1500], one-hot [b,C][, sample weight]) gathered from the uint8 rows.
 
-    sample_weights, when given, holds one weight per entry of `indices`.
+    sample_weights, when given, holds one weight per entry of `indices`. jitter_seed, when given, fills each
+    batch's capture fields with random bytes (pktnin.trainer.augment, header-jitter) from a generator so seeded.
 
     The rows may be a read-only memory map: each batch is gathered with sorted indices (sequential reads),
     and only that batch is ever copied into memory. shuffle_seed None keeps the order (for prediction);
@@ -146,8 +149,11 @@ def make_tf_dataset(
         row_weight = np.zeros(len(rows), np.float32)  # looked up by row index, so shuffling keeps them aligned
         row_weight[indices] = sample_weights
 
+    jitter_rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
+
     def gather_rows(batch_idx: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(rows[np.sort(batch_idx)])
+        batch = np.ascontiguousarray(rows[np.sort(batch_idx)])
+        return batch if jitter_rng is None else jitter_capture_fields(batch, jitter_rng)
 
     def gather_labels(batch_idx: np.ndarray) -> np.ndarray:
         return labels[np.sort(batch_idx)].astype(np.int32)
@@ -357,12 +363,15 @@ class TrainSettings:
     width: float = 1.0
     max_per_flow: int | None = None
     fit: str = "train"  # "train+val": refit on both splits for a fixed number of epochs (no early stopping)
+    augment: str = "none"  # "header-jitter": random bytes in the capture fields of training rows
 
     def check(self) -> None:
         if self.fit not in FIT_SPLITS:
             raise ValueError(f"fit must be one of {tuple(FIT_SPLITS)}, got {self.fit!r}")
         if self.class_weighting not in CLASS_WEIGHTING:
             raise ValueError(f"class weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.epochs < 1 or self.batch < 1 or self.patience < 1:
             raise ValueError("epochs, batch and patience must be >= 1")
 
@@ -387,6 +396,7 @@ def train(
     max_per_flow: int | None = None,
     fit: str = "train",
     alpha: float | None = None,
+    augment: str = "none",
     progress: bool = True,
     build: Callable | None = None,
 ) -> dict:
@@ -401,7 +411,7 @@ def train(
     """
     settings = TrainSettings(
         epochs, batch, seed, xla, max_train, max_val, max_per_class, class_weighting, patience, learning_rate,
-        lr_decay, dropout, width, max_per_flow, fit,
+        lr_decay, dropout, width, max_per_flow, fit, augment,
     )  # fmt: skip
     settings.check()
     if preset == PARALLEL_PRESET:
@@ -433,6 +443,8 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     if val_idx.size == 0 and not refit:
         raise ValueError(f"dataset {data.path} has no validation rows (split.npy == 1): early stopping needs them")
     weights = training_sample_weights(labels, train_idx, s.class_weighting, num_classes, data.file)
+    if s.augment == "header-jitter" and data.meta.get("mask", "paper") != "paper":
+        raise ValueError(f"header-jitter needs rows of the paper mask profile; {data.path} has {data.meta['mask']!r}")
 
     seed_everything(s.seed)
     model = build(preset, num_classes, dropout=s.dropout, width=s.width)
@@ -442,8 +454,9 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
         jit_compile=s.xla,
     )
     train_ds = make_tf_dataset(
-        rows, labels, train_idx, num_classes, s.batch, shuffle_seed=s.seed, sample_weights=weights
-    )
+        rows, labels, train_idx, num_classes, s.batch, shuffle_seed=s.seed, sample_weights=weights,
+        jitter_seed=s.seed if s.augment == "header-jitter" else None,
+    )  # fmt: skip
     steps = -(-train_idx.size // s.batch)
 
     keras_path, json_path = ckpt.checkpoint_paths(out_ckpt)

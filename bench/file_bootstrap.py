@@ -1,0 +1,101 @@
+"""How far apart are two models on the test split, given how few capture files it holds?
+
+Resamples the test split's capture files with replacement (pktnin.trainer.metrics.group_bootstrap_macro_f1) and
+reports, for each model, its macro-F1 with a 95% interval and, against a reference model, the paired difference
+with its interval and the share of resamples in which the model is ahead. A by-file test split with one or two
+files for some classes moves macro-F1 a lot when different files are drawn; this says by how much.
+
+Models are checkpoints or ONNX files (`--model NAME=PATH`, scored with pktnin.trainer.evaluate.Predictor) and
+random forests fit here exactly as bench/baselines.py fits them (`--forests`, on `--fit` splits).
+
+    python bench/file_bootstrap.py DATASET_DIR --model nin_parallel=RUNS/by-file-nin_parallel-refit.keras \
+        --forests --fit train,val [--reference "RF, 1500 bytes, balanced"] [--replicates 2000] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baselines import forest_probabilities  # noqa: E402
+
+from pktnin.trainer.dataset import load_dataset  # noqa: E402
+from pktnin.trainer.evaluate import Predictor  # noqa: E402
+from pktnin.trainer.metrics import group_bootstrap_macro_f1, macro_f1  # noqa: E402
+
+FORESTS = (("RF, 1500 bytes", "none"), ("RF, 1500 bytes, balanced", "balanced"))
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a checkpoint or ONNX model")
+    ap.add_argument("--forests", action="store_true", help="also fit the 1500-byte forests (unweighted, balanced)")
+    ap.add_argument("--fit", default="train", help="splits the forests fit on, comma-separated (train, val)")
+    ap.add_argument("--reference", default="RF, 1500 bytes, balanced", help="the model the others are compared with")
+    ap.add_argument("--replicates", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    data = load_dataset(args.data)
+    rows = np.asarray(data.rows)
+    te = data.indices("test")
+    y_te = data.labels[te].astype(np.int64)
+    files = np.asarray(data.file)[te]
+    predictions = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--model wants NAME=PATH, got {spec!r}")
+        predictor = Predictor(path)
+        if predictor.classes != data.classes:
+            ap.error(f"{path} was trained for classes {predictor.classes}, the dataset has {data.classes}")
+        predictions[name] = predictor.predict(rows, te).argmax(axis=1)
+    if args.forests:
+        fit_idx = np.sort(np.concatenate([data.indices(part) for part in args.fit.split(",")]))
+        for name, weighting in FORESTS:
+            predictions[name] = forest_probabilities(data, rows, fit_idx, te, slice(0, 1500), weighting).argmax(axis=1)
+    if args.reference not in predictions:
+        ap.error(f"reference {args.reference!r} is not among the models: {sorted(predictions)}")
+
+    boot = group_bootstrap_macro_f1(y_te, predictions, files, data.num_classes, args.replicates, args.seed)
+    ref = boot[args.reference]
+    results = {}
+    print(f"test split: {te.size} packets in {np.unique(files).size} capture files; {args.replicates} resamples of files")
+    print(f"{'model':28s} {'macro-F1':>8s} {'95% interval':>15s}   {'- reference':>11s} {'95% interval':>15s} {'ahead':>6s}")
+    for name, values in boot.items():
+        point = macro_f1(y_te, predictions[name], data.num_classes)
+        diff = values - ref
+        diff_point = point - macro_f1(y_te, predictions[args.reference], data.num_classes)
+        results[name] = {
+            "macro_f1": point, "interval": interval(values),
+            "minus_reference": diff_point, "minus_reference_interval": interval(diff),
+            "share_ahead": float(np.mean(diff > 0)),
+        }  # fmt: skip
+        low, high = results[name]["interval"]
+        dlow, dhigh = results[name]["minus_reference_interval"]
+        print(
+            f"{name:28s} {point:8.3f} [{low:6.3f}, {high:6.3f}]   {diff_point:+11.3f} [{dlow:+6.3f}, {dhigh:+6.3f}]"
+            f" {results[name]['share_ahead']:6.1%}"
+        )
+    if args.json:
+        meta = {"data": str(args.data), "fit": args.fit, "reference": args.reference, "replicates": args.replicates,
+                "seed": args.seed, "test_packets": int(te.size), "test_files": int(np.unique(files).size)}  # fmt: skip
+        args.json.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
