@@ -51,6 +51,8 @@ def main() -> None:
     args = ap.parse_args()
 
     data = load_dataset(args.data)
+    if data.file is None:
+        ap.error(f"{args.data} records no capture file per row (file.npy): the resamples draw whole files")
     rows = np.asarray(data.rows)
     te = data.indices("test")
     y_te = data.labels[te].astype(np.int64)
