@@ -31,7 +31,6 @@ from pktnin.trainer import models as M  # noqa: E402
 from pktnin.trainer import presets as P  # noqa: E402
 from pktnin.trainer.checkpoint import load_checkpoint  # noqa: E402
 from pktnin.trainer.dataset import load_dataset  # noqa: E402
-from pktnin.trainer.layers import ByteSlice  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.train import predict_rows, train  # noqa: E402
 
@@ -58,19 +57,15 @@ class ByteEmbedding(keras.layers.Layer):
         return {**super().get_config(), "start": self.start, "stop": self.stop, "dim": self.dim}
 
 
-def variant_builder(embed: bool):
-    """A build function for pktnin.trainer.train.train(build=...): the preset's layers behind the variant input."""
-
-    def build(preset: str, num_classes: int, dropout: float = 0.1, width: float = 1.0) -> keras.Model:
-        spec = P.get_preset(preset)
-        rows = keras.Input(shape=(ROW_LEN,), dtype="float32", name="row")
-        x = (ByteEmbedding if embed else ByteSlice)(spec.start, spec.stop, name="bytes")(rows)
-        counters: dict = {}
-        for layer in P.preset_layers(preset, num_classes, width, dropout):
-            x = M._keras_layer(layer, M._layer_name(layer, counters))(x)
-        return keras.Model(rows, x, name=preset)
-
-    return build
+def embedding_builder(preset: str, num_classes: int, dropout: float = 0.1, width: float = 1.0) -> keras.Model:
+    """pktnin.trainer.models.build_model with ByteEmbedding in place of ByteSlice (for train(build=...))."""
+    spec = P.get_preset(preset)
+    rows = keras.Input(shape=(ROW_LEN,), dtype="float32", name="row")
+    x = ByteEmbedding(spec.start, spec.stop, name="bytes")(rows)
+    counters: dict = {}
+    for layer in P.preset_layers(preset, num_classes, width, dropout):
+        x = M._keras_layer(layer, M._layer_name(layer, counters))(x)
+    return keras.Model(rows, x, name=preset)
 
 
 def main() -> None:
@@ -94,7 +89,7 @@ def main() -> None:
         args.preset, args.data, out, epochs=args.epochs, batch=128, seed=args.seed, xla=args.xla,
         class_weighting="balanced",
         patience=4, dropout=0.5 if "dropout5" in parts else 0.1, progress=False,
-        augment="header-jitter" if "jitter" in parts else "none", build=variant_builder("embed" in parts),
+        augment="header-jitter" if "jitter" in parts else "none", build=embedding_builder if "embed" in parts else None,
     )  # fmt: skip
     data = load_dataset(args.data)
     test = data.indices("test")

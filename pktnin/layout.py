@@ -144,6 +144,10 @@ HEADER_KEEP = numpy.array(
 CAPTURE_FIELDS = numpy.array([HEADER_KEEP[2 * kind] & (1 - HEADER_KEEP[2 * kind + MASK_STRICT]) for kind in range(4)])
 CAPTURE_FIELDS[:, NET_LEN : NET_LEN + 4] = 0
 CAPTURE_FIELDS = CAPTURE_FIELDS.astype(numpy.uint8)
+# Where a row keeps what picks its CAPTURE_FIELDS row (both mask profiles copy these bytes).
+ROW_VERSION_BYTE = 0  # high nibble: 4 or 6
+ROW_IPV4_PROTOCOL_BYTE = 9
+ROW_IPV6_NEXT_HEADER_BYTE = 6  # the transport only when no extension header comes first
 
 # FNV-1a 64-bit, for the bidirectional flow key.
 FNV64_OFFSET = 0xCBF29CE484222325

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from pktnin.layout import CAPTURE_FIELDS, HEADER_LEN
+from pktnin.layout import (
+    CAPTURE_FIELDS,
+    HEADER_LEN,
+    ROW_IPV4_PROTOCOL_BYTE,
+    ROW_IPV6_NEXT_HEADER_BYTE,
+    ROW_VERSION_BYTE,
+)
 
 AUGMENTATIONS = ("none", "header-jitter")
-
-# Where a row keeps its IP version and transport protocol (the paper and strict profiles both copy these bytes).
-VERSION_BYTE = 0  # high nibble: 4 or 6
-IPV4_PROTOCOL_BYTE = 9
-IPV6_NEXT_HEADER_BYTE = 6
 
 
 def jitter_capture_fields(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -27,8 +28,8 @@ def jitter_capture_fields(rows: np.ndarray, rng: np.random.Generator) -> np.ndar
     """
     rows = np.array(rows, dtype=np.uint8, copy=True)
     header = rows[:, :HEADER_LEN]
-    ipv6 = (header[:, VERSION_BYTE] >> 4) == 6
-    proto = np.where(ipv6, header[:, IPV6_NEXT_HEADER_BYTE], header[:, IPV4_PROTOCOL_BYTE])
+    ipv6 = (header[:, ROW_VERSION_BYTE] >> 4) == 6
+    proto = np.where(ipv6, header[:, ROW_IPV6_NEXT_HEADER_BYTE], header[:, ROW_IPV4_PROTOCOL_BYTE])
     known = (proto == 6) | (proto == 17)
     fields = CAPTURE_FIELDS[2 * ipv6.astype(np.int64) + (proto == 17)].astype(bool) & known[:, None]
     noise = rng.integers(0, 256, size=header.shape, dtype=np.uint8)
