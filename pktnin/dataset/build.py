@@ -103,9 +103,7 @@ def collect(source: Source, options: BuildOptions, progress: ProgressFn | None =
     labels = np.concatenate([np.full(len(p[0]), source.group_class[g], np.int64) for g, p in enumerate(parts)])
     order = np.argsort(seq, kind="stable")
     del parts, reservoirs
-    return Collected(
-        rows[order], labels[order], file_idx[order], flow_key[order], reports, unlabeled, labeled_per_file
-    )
+    return Collected(rows[order], labels[order], file_idx[order], flow_key[order], reports, unlabeled, labeled_per_file)
 
 
 def assign_splits(got: Collected, source: Source, options: BuildOptions) -> np.ndarray:

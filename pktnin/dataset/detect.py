@@ -11,8 +11,8 @@ SOURCE_KINDS = ("auto", "iscx", "class-dirs", "csv")
 
 
 def detect_source(source: str | os.PathLike) -> str:
-    """"csv" for a .csv file (or a folder holding labels.csv), "iscx" when most captures in the tree are named
-    like ISCX VPN-nonVPN files, else "class-dirs"."""
+    """The kind of a source: "csv" for a .csv file (or a folder holding labels.csv), "iscx" when most captures in
+    the tree are named like ISCX VPN-nonVPN files, else "class-dirs"."""
     p = Path(source)
     if p.is_file():
         if p.suffix.lower() == ".csv":

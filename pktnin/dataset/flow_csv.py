@@ -175,9 +175,7 @@ def read_flow_labels(csv_path: str | os.PathLike, label_column: str = "task_cate
                 cls = _NO_LABEL  # the same flow listed twice with different labels: trust neither
                 leave_out("conflicting labels")
             ff.by_tuple_vlan[key] = cls
-        n_labeled = sum(1 for v in ff.by_tuple.values() if v >= 0) + sum(
-            1 for v in ff.by_tuple_vlan.values() if v >= 0
-        )
+        n_labeled = sum(1 for v in ff.by_tuple.values() if v >= 0) + sum(1 for v in ff.by_tuple_vlan.values() if v >= 0)
         if n_labeled:
             files[name] = ff
             labeled_flows += n_labeled
