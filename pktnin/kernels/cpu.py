@@ -11,11 +11,8 @@ normalization byte/255 happens in the engine: inside the ONNX graph on the CPU, 
 
 Metadata (a dict of numpy arrays; k = number of kept packets, n = number of records in the batch):
   index int64[k]        position of the kept record in the batch
-  frame int64[k], ts_ns int64[k]   copied from the batch
-  ip_version uint8[k], proto uint8[k]
-  src_addr, dst_addr uint8[k,16]   unmasked, as captured; IPv4 in the first 4 bytes, the rest zero
-  src_port, dst_port uint16[k], vlan uint16[k] (outermost VLAN id, 0 if untagged)
-  flow_key uint64[k]    bidirectional (see pktnin.layout.flow_key)
+  frame, ts_ns, ip_version, proto, src_addr, dst_addr, src_port, dst_port, vlan, flow_key
+                        [k, ...] in the dtypes of pktnin.schema.PACKET_META
   skip uint8[n]         per record: 0 kept, else the layout.SKIP_* reason
   skip_counts int64[len(SKIP_REASONS)]   records per reason (index 0: kept)
 """
@@ -30,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from pktnin import layout
+from pktnin.schema import empty_meta
 
 
 def _layout_digest() -> str:
@@ -171,19 +169,7 @@ def _write_kept(parsed: Parsed, mask, rows_out) -> dict:
     """Write the kept rows into rows_out[:k]; returns the metadata dict."""
     arrays, desc, kept = parsed.arrays, parsed.desc, parsed.kept
     k = kept.shape[0]
-    meta = {
-        "index": kept,
-        "frame": np.empty(k, dtype=np.int64),
-        "ts_ns": np.empty(k, dtype=np.int64),
-        "ip_version": np.empty(k, dtype=np.uint8),
-        "proto": np.empty(k, dtype=np.uint8),
-        "src_addr": np.empty((k, 16), dtype=np.uint8),
-        "dst_addr": np.empty((k, 16), dtype=np.uint8),
-        "src_port": np.empty(k, dtype=np.uint16),
-        "dst_port": np.empty(k, dtype=np.uint16),
-        "vlan": np.empty(k, dtype=np.uint16),
-        "flow_key": np.empty(k, dtype=np.uint64),
-    }
+    meta = {"index": kept, **empty_meta(k)}
     if k:
         _write_all(
             arrays["buf"], desc, kept, mask, arrays["frame"], arrays["ts_ns"],
