@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from pktnin.cli._console import console, file_progress, skip_table
+from pktnin.cli.console import console, file_progress, skip_table
+from pktnin.cli.errors import exit_codes, usage
 
 dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
 
@@ -60,20 +61,18 @@ def build(
     """Build a dataset of 1500-byte rows with labels, a train/val/test split and flow ids."""
     from pktnin.trainer import dataset as ds
 
-    try:
+    with exit_codes():
         if kind not in ds.SOURCE_KINDS:
-            raise ValueError(f"unknown source kind {kind!r}; choose from {', '.join(ds.SOURCE_KINDS)}")
+            usage(f"unknown source kind {kind!r}; choose from {', '.join(ds.SOURCE_KINDS)}")
         if kind == "auto":
             kind = ds.detect_source(source)
         if kind == "csv" and source.is_dir():
             source = source / "labels.csv"
         if task is not None and kind != "iscx":
-            raise ValueError("--task applies to an ISCX source only")
+            usage("--task applies to an ISCX source only")
         if pcaps is not None and kind != "csv":
-            raise ValueError("--pcaps applies to a CSV source only")
+            usage("--pcaps applies to a CSV source only")
         n_files = _count_files(kind, source, pcaps, label_column)
-    except (ValueError, OSError) as exc:
-        raise typer.BadParameter(str(exc)) from None
 
     default_split = "by-file" if kind == "csv" else "random"
     common = dict(seed=seed, max_per_class=max_per_class, mask=mask, keep_dns=keep_dns, split=split or default_split)
@@ -84,7 +83,7 @@ def build(
                 bar.file_done(files_done - bar.files)
             bar.add_packets(packets - bar.packets)
 
-        try:
+        with exit_codes():
             if kind == "csv":
                 report = ds.build_from_csv(
                     source, out, pcaps=pcaps, label_column=label_column, progress=on_progress, **common
@@ -93,8 +92,6 @@ def build(
                 report = ds.build_from_iscx(source, out, task=task or "B", progress=on_progress, **common)
             else:
                 report = ds.build_from_class_dirs(source, out, progress=on_progress, **common)
-        except (ValueError, OSError) as exc:
-            raise typer.BadParameter(str(exc)) from None
 
     console.print(counts_table(report.meta))
     if report.skipped_files:

@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import pyarrow as pa
 
+from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 from pktnin.packets import FileReport, PacketBatch, iter_packets, mask_code
 from pktnin.score import manifest as mf
@@ -65,6 +66,20 @@ class ScoreOptions:
     # a kill loses at most that much work, and many small files do not cost a rename each.
     part_rows: int = 262144
     part_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise OptionError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
+        if self.batch < 1:
+            raise OptionError(f"batch must be at least 1, got {self.batch}")
+        if self.prep_threads is not None and self.prep_threads < 1:
+            raise OptionError(f"prep threads must be at least 1, got {self.prep_threads}")
+        try:
+            mask_code(self.mask)
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+        if self.flows_out is not None and Path(self.flows_out).resolve() == Path(self.out).resolve():
+            raise OptionError("the flows output must be a different file than the packet output")
 
     def settings(self, classes: list[str]) -> dict:
         """What makes two runs' parts interchangeable."""
@@ -395,11 +410,6 @@ def score_files(
     `progress` (optional) has add_packets(n) and file_done(); `source` stands in for packets.iter_packets;
     `on_saved` is called with the reports of the files of each part once the part and the manifest are saved.
     """
-    if opts.fmt not in FORMATS:
-        raise ValueError(f"unknown output format {opts.fmt!r}; choose from {', '.join(FORMATS)}")
-    if opts.batch < 1:
-        raise ValueError(f"batch must be at least 1, got {opts.batch}")
-    mask_code(opts.mask)
     out = Path(opts.out)
     classes = list(runner.classes)
     settings = opts.settings(classes)

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
+from pktnin.errors import OptionError
 from pktnin.layout import BODY_LEN, HEADER_LEN, ROW_LEN
 
 PAPER_CLASSES = 12  # Table 5 and Tables 7-8 count the 12-class traffic task (Task B)
@@ -215,7 +216,7 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise OptionError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
 def check_build_args(num_classes: int, width: float, dropout: float) -> None:
