@@ -164,7 +164,7 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
     """Parse the packet buf[off : off + caplen] captured with `linktype`; fill desc (int64[DESC_LEN]).
 
     Returns KEPT or the SKIP_* reason. desc is fully meaningful only for kept packets.
-    Choices where the issue text is silent: the IP version nibble must match what the link layer announced
+    Choices the paper leaves open: the IP version nibble must match what the link layer announced
     (else malformed); raw-IP link types with a nibble other than 4/6 are non-ip; a 9th IPv6 extension
     header is malformed; VLAN tags are only unwrapped on Ethernet.
     """
