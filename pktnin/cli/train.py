@@ -9,8 +9,9 @@ import typer
 
 from pktnin.cli.console import console
 from pktnin.cli.errors import exit_codes
+from pktnin.trainer.presets import PRESETS
 
-PRESETS_HELP = "cnn_large, cnn_small, nin_large, nin_small, cnn_deeppacket, nin1, nin2 or nin_parallel"
+PRESETS_HELP = ", ".join(PRESETS)
 
 
 def train(
