@@ -31,7 +31,7 @@ def files(tmp_path_factory):
     }
 
 
-def invoke(*args) -> "CliRunner.invoke":
+def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
