@@ -149,3 +149,16 @@ def test_success_exits_0(files, tmp_path):
     assert result.exit_code == EXIT_OK, result.output
     result = invoke("preprocess", files["capture"], "--out", tmp_path / "r.npz", "--no-progress")
     assert result.exit_code == EXIT_OK, result.output
+
+
+def test_a_file_missing_once_the_run_is_under_way_is_a_failed_run(files, tmp_path, monkeypatch):
+    import pktnin.score
+
+    def vanished(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone.pcap"))
+
+    monkeypatch.setattr(pktnin.score, "score_files", vanished)
+    result = invoke("score", files["capture"], "--model", files["model"], "--out", tmp_path / "p.parquet",
+                    "--no-progress")  # fmt: skip
+    assert result.exit_code == EXIT_FAILED, result.output
+    assert "gone.pcap" in one_line_error(result)

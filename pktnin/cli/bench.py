@@ -59,7 +59,7 @@ def run(
             model_path = model if model is not None else default_model_path()
             runner = open_runner(model_path, backend, max_batch=batch)
         try:
-            with exit_codes():
+            with exit_codes(setup=False):
                 result = {"model": str(model_path), **stage_throughput(files, runner, batch, runs, workdir, opts)}
         finally:
             runner.close()
@@ -97,6 +97,7 @@ def prep(
     with exit_codes():
         opts = PrepOptions(mask=mask, keep_dns=keep_dns)
         files = find_captures(paths)
+    with exit_codes(setup=False):
         with file_progress(len(files), "bench prep", enabled=not as_json) as bar:
             result = prep_throughput(files, opts, progress=bar)
     if as_json:

@@ -35,20 +35,25 @@ def usage(message: str) -> NoReturn:
 
 
 @contextmanager
-def exit_codes(hint: str | None = None) -> Iterator[None]:
+def exit_codes(hint: str | None = None, setup: bool = True) -> Iterator[None]:
     """Run a command's body under the convention.
 
-    UsageError (options objects, model checks) and a missing file or folder given by the user exit 2; any other
-    error is a failed run: one line naming its type, exit 1. A ValueError from deep inside the library is such a
-    failure, not a usage message.
+    While setting up (`setup`: checking options, opening what the user named), a UsageError (options objects,
+    model checks) or a missing file or folder exits 2. Any other error, and every error once the run is under way
+    (setup False), is a failed run: one line naming its type, exit 1. A ValueError from deep inside the library
+    is such a failure, not a usage message.
     """
     try:
         yield
     except (typer.Exit, typer.Abort, typer.exceptions.TyperException, KeyboardInterrupt):
         raise
     except UsageError as exc:
+        if not setup:
+            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
         usage(str(exc))
     except FileNotFoundError as exc:
+        if not setup:
+            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
         usage(str(exc) if exc.filename is None else f"{exc.filename}: {exc.strerror or 'not found'}")
     except Exception as exc:  # noqa: BLE001 - one clear line, then the failure exit code
         fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)

@@ -29,6 +29,7 @@ def preprocess(
     with exit_codes():
         opts = PrepOptions(mask=mask, keep_dns=keep_dns)
         files = find_captures(paths)
+    with exit_codes(setup=False):
         with file_progress(len(files), "preprocess", enabled=progress) as bar:
             result = write_row_file(files, out, opts, progress=bar)
 

@@ -76,7 +76,7 @@ def score(
         model_id=f"{file_sha256(model_path)}:{runner.backend}",
     )
     try:
-        with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue"):
+        with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
             with file_progress(len(files), "score", enabled=progress) as bar:
                 result = score_files(files, runner, opts, progress=bar)
     except KeyboardInterrupt:
