@@ -8,6 +8,8 @@ same logic for the CPU (njit) and for the GPU (cuda.jit device functions); see p
 
 import numpy
 
+from pktnin.errors import OptionError
+
 LAYOUT_VERSION = 1
 
 NET_LEN = 20
@@ -46,11 +48,11 @@ def mask_code(mask) -> int:
     """Masking profile as its integer code; accepts a code (0/1) or a name ("paper"/"strict")."""
     if isinstance(mask, str):
         if mask not in MASK_PROFILES:
-            raise ValueError(f"unknown mask profile {mask!r}; expected one of {sorted(MASK_PROFILES)}")
+            raise OptionError(f"unknown mask profile {mask!r}; expected one of {sorted(MASK_PROFILES)}")
         return MASK_PROFILES[mask]
     code = int(mask)
     if code not in MASK_PROFILES.values():
-        raise ValueError(f"unknown mask profile code {mask!r}; expected one of {sorted(MASK_PROFILES.values())}")
+        raise OptionError(f"unknown mask profile code {mask!r}; expected one of {sorted(MASK_PROFILES.values())}")
     return code
 
 

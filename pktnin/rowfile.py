@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 
 from pktnin.atomic import atomic_path
-from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN, mask_code
 from pktnin.packets import META_COLUMNS, FileReport, iter_packets
 
@@ -27,10 +26,7 @@ class PrepOptions:
     keep_dns: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            mask_code(self.mask)
-        except ValueError as exc:
-            raise OptionError(str(exc)) from None
+        mask_code(self.mask)  # raises OptionError
 
 
 @dataclass

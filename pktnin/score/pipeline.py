@@ -74,10 +74,7 @@ class ScoreOptions:
             raise OptionError(f"batch must be at least 1, got {self.batch}")
         if self.prep_threads is not None and self.prep_threads < 1:
             raise OptionError(f"prep threads must be at least 1, got {self.prep_threads}")
-        try:
-            mask_code(self.mask)
-        except ValueError as exc:
-            raise OptionError(str(exc)) from None
+        mask_code(self.mask)  # raises OptionError
         if self.flows_out is not None and Path(self.flows_out).resolve() == Path(self.out).resolve():
             raise OptionError("the flows output must be a different file than the packet output")
 
