@@ -84,9 +84,12 @@ def median_run(runs: list[dict]) -> dict:
     }
 
 
-def stage_throughput(files: Sequence[Path], runner, batch: int, runs: int, workdir: Path, opts: PrepOptions) -> dict:
+def stage_throughput(
+    files: Sequence[Path], runner, batch: int, runs: int, workdir: Path, opts: PrepOptions, progress=None
+) -> dict:
     """Medians over `runs` of read+prep, the engine alone and end to end, and end-to-end / engine.
 
+    `progress` (optional) has stage(name, runs) called before each stage and run_done() after each run.
     Raises ValueError when no packet of the input becomes a row (the engine would have nothing to run on).
     """
     rows = [b.rows for b in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns)]
@@ -95,17 +98,42 @@ def stage_throughput(files: Sequence[Path], runner, batch: int, runs: int, workd
     rows = np.concatenate(rows)
     if runner.input_dtype != "uint8":
         rows = rows.astype(np.float32) / np.float32(255.0)
-    prep = median_run([prep_throughput(files, opts) for _ in range(runs)])
-    engine = median_run([engine_throughput(runner, rows, batch) for _ in range(runs)])
-    e2e = median_run([pipeline_throughput(files, runner, batch, workdir, opts) for _ in range(runs)])
+    stages = {
+        "read_prep": lambda: prep_throughput(files, opts),
+        "engine": lambda: engine_throughput(runner, rows, batch),
+        "end_to_end": lambda: pipeline_throughput(files, runner, batch, workdir, opts),
+    }
+    measured = {}
+    for name, measure in stages.items():
+        if progress is not None:
+            progress.stage(name, runs)
+        done = []
+        for _ in range(runs):
+            done.append(measure())
+            if progress is not None:
+                progress.run_done()
+        measured[name] = median_run(done)
+    engine, e2e = measured["engine"], measured["end_to_end"]
+    ratio = e2e["packets_per_s"] / engine["packets_per_s"]
     return {
         "backend": runner.backend,
         "batch": batch,
         "files": len(files),
         "rows": int(rows.shape[0]),
-        "read_prep": prep,
-        "engine": engine,
-        "end_to_end": e2e,
+        **measured,
         # Prep and the engine count differently (records read vs rows scored), so compare rows/s.
-        "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
+        "end_to_end_over_engine": ratio,
+        "ratio_is_noise": ratio_is_noise(e2e, engine),
     }
+
+
+def spread(run: dict) -> tuple[float, float]:
+    """The lowest and highest packets/s of a measurement's runs."""
+    rates = run["runs_packets_per_s"]
+    return min(rates), max(rates)
+
+
+def ratio_is_noise(e2e: dict, engine: dict) -> bool:
+    """End to end includes the engine's work, so it cannot truly be faster than the engine alone: a median ratio
+    above 1 is the machine's noise (other load, frequency changes), and the figures of that run say little."""
+    return e2e["packets_per_s"] > engine["packets_per_s"]

@@ -7,44 +7,93 @@ from __future__ import annotations
 
 import json
 import tempfile
+import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from pktnin.cli.console import console, file_progress
+from pktnin.cli.console import console, file_progress, warn
 from pktnin.cli.errors import exit_codes
+from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 from pktnin.cli.score import DEFAULT_BATCH
 
 
 class _DefaultToRun(TyperGroup):
-    """`pktnin bench [PATH...]` runs the `run` command; `pktnin bench prep ...` the prep one."""
+    """`pktnin bench [PATH...]` runs the `run` command; `pktnin bench prep ...` the prep one. `pktnin bench --help`
+    shows the run command's options (what `pktnin bench` takes) followed by the other command."""
 
     def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+        if not args or (args[0] not in self.commands and args[0] != "--help"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def get_help(self, ctx) -> str:
+        run_command = self.commands["run"]
+        with run_command.make_context(ctx.info_name, [], parent=ctx.parent, resilient_parsing=True) as run_ctx:
+            text = run_command.get_help(run_ctx)
+        prep_command = self.commands["prep"]
+        first = " ".join((prep_command.help or "").split("\n\n")[0].split())
+        about = textwrap.fill(first, width=76, initial_indent="    ", subsequent_indent="    ")
+        return f"{text}\n\nOther command:\n  {ctx.command_path} prep PATH...\n{about}\n"
 
 
 bench_app = typer.Typer(cls=_DefaultToRun, help="Measure packets per second (default: every stage and end to end).")
 
+# The generated capture's default size: with the bundled nin_parallel on this project's 2-core CPU (about 1,300
+# packets/s end to end) three runs of each stage, the kernels' first compile and the model load take about a
+# minute together.
+DEFAULT_PACKETS = 4000
+STAGE_TITLES = {"read_prep": "read + prep", "engine": "engine alone", "end_to_end": "end to end"}
+
+
+class StageBars:
+    """One progress bar per stage, advanced per run (pktnin.measure.stage_throughput's `progress`)."""
+
+    def __init__(self, progress) -> None:
+        self._progress = progress
+        self._task = None
+
+    def stage(self, name: str, runs: int) -> None:
+        self._task = self._progress.add_task(STAGE_TITLES.get(name, name), total=runs)
+
+    def run_done(self) -> None:
+        self._progress.advance(self._task, 1)
+
 
 @bench_app.command("run", hidden=True)
 def run(
-    paths: Annotated[Optional[List[Path]], typer.Argument(help="Captures (default: a generated realistic capture).")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file (default: bundled).")] = None,
+    paths: Annotated[
+        Optional[List[Path]],
+        typer.Argument(metavar="PATH", help="Captures (default: a generated realistic capture).", show_default=False),
+    ] = None,
+    model: ModelOption = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Runs per stage; medians are reported.")] = 3,
-    packets: Annotated[int, typer.Option("--packets", min=100, help="Size of the generated capture.")] = 20000,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    mask: Annotated[str, typer.Option("--mask")] = "paper",
-    keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,
+    packets: Annotated[
+        int, typer.Option("--packets", min=100, help="Packets in the generated capture (without PATH).")
+    ] = DEFAULT_PACKETS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Keep the medians for `pktnin models` to show.")
+    ] = True,
+    quiet: QuietOption = False,
+    summary: SummaryOption = None,
 ) -> None:
-    """Packets/s of read+prep alone, of the engine alone and end to end, and end-to-end / engine-only."""
-    from pktnin.engine.runners import default_model_path, open_runner
-    from pktnin.measure import stage_throughput
+    """Packets/s of read+prep alone, of the engine alone and end to end, and end-to-end / engine-only.
+
+    The default (a generated capture, three runs per stage) takes about a minute with the bundled model on a
+    2-core CPU; pass captures and --runs for steadier figures. End to end includes the engine, so a ratio above
+    1 is noise of the machine: the run's spread is shown instead of trusting it.
+    """
+    from pktnin.engine.catalog import mask_warning, record_speed, resolve_model
+    from pktnin.engine.runners import open_runner
+    from pktnin.measure import spread, stage_throughput
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
     from pktnin.synth import write_synthetic_capture
@@ -53,35 +102,74 @@ def run(
         workdir = Path(tmp)
         with exit_codes():
             opts = PrepOptions(mask=mask, keep_dns=keep_dns)
+            check_summary_path(summary)
             if not paths:
                 paths = [write_synthetic_capture(workdir / "synthetic.pcap", packets=packets)]
             files = find_captures(paths)
-            model_path = model if model is not None else default_model_path()
+            model_path = resolve_model(model)
             runner = open_runner(model_path, backend, max_batch=batch)
+        warning = mask_warning(model_path, mask)
+        if warning:
+            warn(warning)
         try:
             with exit_codes(setup=False):
-                result = {"model": str(model_path), **stage_throughput(files, runner, batch, runs, workdir, opts)}
+                with _stage_progress(enabled=not (quiet or as_json)) as bars:
+                    measured = stage_throughput(files, runner, batch, runs, workdir, opts, progress=bars)
+                result = {"model": str(model_path), **measured}
         finally:
             runner.close()
+    if record:
+        record_speed(model_path, result)
+    write_summary(summary, result)
     prep, engine, e2e = result["read_prep"], result["engine"], result["end_to_end"]
+    noise = None
+    if result["ratio_is_noise"]:
+        (e_lo, e_hi), (x_lo, x_hi) = spread(engine), spread(e2e)
+        noise = (
+            f"end to end / engine = {result['end_to_end_over_engine']:.2f} is above 1, which only noise can cause "
+            f"(end to end runs the engine too): engine runs {e_lo:,.0f}..{e_hi:,.0f}, end-to-end runs "
+            f"{x_lo:,.0f}..{x_hi:,.0f} packets/s; rerun with more --runs on a quieter machine"
+        )
+        warn(noise)
     if as_json:
         typer.echo(json.dumps(result))
+        return
+    if quiet:
         return
     from rich.table import Table
 
     table = Table(title=f"pktnin bench: {Path(result['model']).name} on {result['backend']}, batch {batch}")
     table.add_column("stage")
     table.add_column("packets/s (median)", justify="right")
-    table.add_row("read + prep (records)", f"{prep['packets_per_s']:,.0f}")
-    table.add_row("engine only (rows)", f"{engine['packets_per_s']:,.0f}")
-    table.add_row("end to end (rows)", f"{e2e['packets_per_s']:,.0f}")
-    table.add_row("end to end / engine", f"{result['end_to_end_over_engine']:.2f}")
+    table.add_column(f"runs (min..max of {runs})", justify="right")
+    for label, stage in (("read + prep (records)", prep), ("engine only (rows)", engine), ("end to end (rows)", e2e)):
+        lo, hi = spread(stage)
+        table.add_row(label, f"{stage['packets_per_s']:,.0f}", f"{lo:,.0f}..{hi:,.0f}")
+    ratio = f"{result['end_to_end_over_engine']:.2f}" + (" (noise)" if noise else "")
+    table.add_row("end to end / engine", ratio, "")
     console.print(table)
+
+
+@contextmanager
+def _stage_progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description:<13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    )
+    with progress:
+        yield StageBars(progress)
 
 
 @bench_app.command("prep")
 def prep(
-    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories.")],
+    paths: Annotated[List[Path], typer.Argument(metavar="PATH", help="Capture files and/or directories.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,
