@@ -42,10 +42,11 @@ class _DefaultToRun(TyperGroup):
 
 bench_app = typer.Typer(cls=_DefaultToRun, help="Measure packets per second (default: every stage and end to end).")
 
-# The generated capture's default size: with the bundled nin_parallel on this project's 2-core CPU (about 1,300
-# packets/s end to end) three runs of each stage, the kernels' first compile and the model load take about a
-# minute together.
-DEFAULT_PACKETS = 4000
+# The generated capture's default size. About 71% of its packets become rows (5,700 of 8,000); with the bundled
+# nin_parallel at about 1,300 rows/s on this project's 2-core CPU (bench/results/e2e-nin_parallel.json) each
+# engine and end-to-end run takes about 4.4 s, so three runs of each, the kernels' first compile (about 10 s) and
+# the model load come to about 40 s on a quiet machine.
+DEFAULT_PACKETS = 8000
 STAGE_TITLES = {"read_prep": "read + prep", "engine": "engine alone", "end_to_end": "end to end"}
 
 

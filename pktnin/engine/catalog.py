@@ -31,14 +31,14 @@ def bundled_names() -> list[str]:
 
 def resolve_model(spec: str | os.PathLike | None) -> Path:
     """The model file for a model option: None -> the default bundled model; an existing path -> itself; a bare
-    name (no folder, no suffix or .onnx) -> the bundled model of that name.
+    name (no folder, no suffix or .onnx) -> the bundled model of that name, unless a file of that name is here.
 
     Raises UsageError naming the bundled models when a bare name matches neither a file nor a bundled model.
     """
     if spec is None:
         return default_model_path()
     path = Path(spec)
-    if path.exists():
+    if path.is_file():
         return path
     bare = str(spec) == path.name and path.suffix in ("", ".onnx")
     if bare and (MODELS_DIR / f"{path.stem}.onnx").is_file():
