@@ -114,7 +114,7 @@ def test_models_lists_the_bundled_models_with_their_provenance():
     assert table.exit_code == 0 and "Bundled models" in table.output and "nin1_header" in table.output
 
 
-def test_bench_records_a_speed_that_models_shows(capture, bundled_dir):
+def test_bench_records_a_speed_that_models_shows(capture, bundled_dir, tmp_path):
     assert catalog.recorded_speed(bundled_dir / "tiny.onnx") is None
     result = invoke(["bench", capture, "--model", "tiny", "--runs", "1", "--batch", "64", "--json"])
     assert result.exit_code == 0, result.output
@@ -124,6 +124,9 @@ def test_bench_records_a_speed_that_models_shows(capture, bundled_dir):
     listed = json.loads(invoke(["models", "--json"]).stdout)["bundled"]
     assert [m["name"] for m in listed] == ["tiny"] and listed[0]["speed"]["onnxruntime"] == speed
     assert listed[0]["trained"]["rows"] == 123
+    elsewhere = tiny_model(tmp_path / "elsewhere.onnx", ["a", "b"])  # not bundled: nothing recorded
+    assert invoke(["bench", capture, "--model", elsewhere, "--runs", "1", "--json"]).exit_code == 0
+    assert catalog.recorded_speed(elsewhere) is None
 
 
 # ------------------------------------------------------------------------------------------- bench

@@ -81,7 +81,8 @@ def run(
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     record: Annotated[
-        bool, typer.Option("--record/--no-record", help="Keep the medians for `pktnin models` to show.")
+        bool,
+        typer.Option("--record/--no-record", help="Keep a bundled model's medians for `pktnin models` to show."),
     ] = True,
     quiet: QuietOption = False,
     summary: SummaryOption = None,
@@ -92,7 +93,7 @@ def run(
     2-core CPU; pass captures and --runs for steadier figures. End to end includes the engine, so a ratio above
     1 is noise of the machine: the run's spread is shown instead of trusting it.
     """
-    from pktnin.engine.catalog import mask_warning, record_speed, resolve_model
+    from pktnin.engine.catalog import is_bundled, mask_warning, record_speed, resolve_model
     from pktnin.engine.runners import open_runner
     from pktnin.measure import spread, stage_throughput
     from pktnin.packets import find_captures
@@ -119,7 +120,7 @@ def run(
                 result = {"model": str(model_path), **measured}
         finally:
             runner.close()
-    if record:
+    if record and is_bundled(model_path):
         record_speed(model_path, result)
     write_summary(summary, result)
     prep, engine, e2e = result["read_prep"], result["engine"], result["end_to_end"]

@@ -29,6 +29,10 @@ def bundled_names() -> list[str]:
     return [p.stem for p in bundled_models()]
 
 
+def is_bundled(path: str | os.PathLike) -> bool:
+    return Path(path).resolve().parent == MODELS_DIR.resolve()
+
+
 def resolve_model(spec: str | os.PathLike | None) -> Path:
     """The model file for a model option: None -> the default bundled model; an existing path -> itself; a bare
     name (no folder, no suffix or .onnx) -> the bundled model of that name, unless a file of that name is here.
