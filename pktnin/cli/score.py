@@ -46,6 +46,7 @@ def score(
     """Classify every packet of the captures and write one row per packet: file, frame, timestamp, addresses
     and ports (as captured), protocol, predicted label and its probability.
 
+    The first run compiles the packet kernels (about 10 s on a 2-core CPU); later runs reuse them.
     Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
     OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
     """
