@@ -171,7 +171,9 @@ def _stage_progress(enabled: bool):
 
 @bench_app.command("prep")
 def prep(
-    paths: Annotated[List[Path], typer.Argument(metavar="PATH", help="Capture files and/or directories.", show_default=False)],
+    paths: Annotated[
+        List[Path], typer.Argument(metavar="PATH", help="Capture files and/or directories.", show_default=False)
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,

@@ -14,7 +14,14 @@ from pktnin.engine.trt_build import DEFAULT_WORKSPACE_MB
 
 
 def build_engine(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="A bundled model by name, a NAME.keras checkpoint or an .onnx model.", show_default=False)],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A bundled model by name, a NAME.keras checkpoint or an .onnx model.",
+            show_default=False,
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .plan file; MODEL.plan.json is written beside it.")],
     precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16.")] = "fp32",
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine accepts.")] = DEFAULT_MAX_BATCH,

@@ -14,7 +14,14 @@ from pktnin.cli.options import QuietOption, VerboseOption, silence_tensorflow
 
 
 def evaluate(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="A bundled model by name, a checkpoint NAME.keras (with NAME.json) or an .onnx model.", show_default=False)],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A bundled model by name, a checkpoint NAME.keras (with NAME.json) or an .onnx model.",
+            show_default=False,
+        ),
+    ],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory (pktnin dataset build).")],
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result JSON here.")] = None,

@@ -14,7 +14,10 @@ from pktnin.engine.export import DEFAULT_OPSET, MAX_OPSET
 
 
 def export_onnx(
-    ckpt: Annotated[Path, typer.Argument(metavar="CKPT", help="Checkpoint: NAME.keras with NAME.json beside it.", show_default=False)],
+    ckpt: Annotated[
+        Path,
+        typer.Argument(metavar="CKPT", help="Checkpoint: NAME.keras with NAME.json beside it.", show_default=False),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file (written atomically).")],
     input_dtype: Annotated[
         str, typer.Option("--input-dtype", help="uint8: raw bytes, /255 inside the graph (the CPU default); float32: bytes/255 (TensorRT plans).")

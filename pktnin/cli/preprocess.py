@@ -13,7 +13,12 @@ from pktnin.cli.options import QuietOption, SummaryOption, check_summary_path, w
 
 
 def preprocess(
-    paths: Annotated[List[Path], typer.Argument(metavar="PATH", help="Capture files and/or directories (walked recursively).", show_default=False)],
+    paths: Annotated[
+        List[Path],
+        typer.Argument(
+            metavar="PATH", help="Capture files and/or directories (walked recursively).", show_default=False
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz file (written atomically).")],
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",

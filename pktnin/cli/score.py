@@ -15,7 +15,12 @@ DEFAULT_BATCH = 512
 
 
 def score(
-    paths: Annotated[List[Path], typer.Argument(metavar="PATH", help="Capture files and/or directories (walked recursively).", show_default=False)],
+    paths: Annotated[
+        List[Path],
+        typer.Argument(
+            metavar="PATH", help="Capture files and/or directories (walked recursively).", show_default=False
+        ),
+    ],
     model: ModelOption = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,

@@ -16,7 +16,9 @@ PRESETS_HELP = ", ".join(PRESETS)
 
 
 def train(
-    model: Annotated[str, typer.Argument(metavar="PRESET", help=f"Model preset: {PRESETS_HELP}.", show_default=False)],
+    model: Annotated[
+        str, typer.Argument(metavar="PRESET", help=f"Model preset: {PRESETS_HELP}.", show_default=False)
+    ],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory (pktnin dataset build).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint NAME.keras (NAME.json is written beside).")],
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum number of epochs.")] = 10,

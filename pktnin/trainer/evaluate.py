@@ -140,7 +140,8 @@ def mask_warnings(model_path, data_meta: dict, data_dir) -> list[str]:
 
     trained, used = trained_mask(model_path), data_meta.get("mask")
     if trained and used and trained != used:
-        return [f"{data_dir} was built with --mask {used} but {Path(model_path).name} was trained on --mask {trained} rows"]
+        name = Path(model_path).name
+        return [f"{data_dir} was built with --mask {used} but {name} was trained on --mask {trained} rows"]
     return []
 
 
