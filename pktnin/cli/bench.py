@@ -99,7 +99,14 @@ def _median(runs: list[dict]) -> dict:
 def run(
     paths: Annotated[Optional[List[Path]], typer.Argument(help="Captures (default: a generated realistic capture).")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file (default: bundled).")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto, fp32, bf16 or int8; several comma-separated are measured "
+                          "interleaved in one run and compared with the first.")
+    ] = "auto",
+    engine_workers: Annotated[
+        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one session, N = N single-thread sessions, 0 = measure.")
+    ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = 512,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Runs per stage; medians are reported.")] = 3,
     packets: Annotated[int, typer.Option("--packets", min=100, help="Size of the generated capture.")] = 20000,
@@ -107,21 +114,33 @@ def run(
     mask: Annotated[str, typer.Option("--mask")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,
 ) -> None:
-    """Packets/s of read+prep alone, of the engine alone and end to end, and end-to-end / engine-only."""
-    from pktnin.engine.runner_base import EngineUnavailableError
+    """Packets/s of read+prep alone, of the engine alone and end to end, and end-to-end / engine-only.
+
+    With several precisions (e.g. --precision fp32,int8) each stage alternates between the engines run by run,
+    so a busy machine slows them alike, and the report gives each engine's median and its ratio to the first.
+    """
+    from pktnin.engine.runner_base import EngineUnavailableError, ModelMismatchError
     from pktnin.engine.runners import default_model_path, open_runner
     from pktnin.packets import find_captures, iter_packets
     from pktnin.synth import write_synthetic_capture
 
+    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    if not precisions or len(set(precisions)) != len(precisions):
+        raise typer.BadParameter("give one or more distinct precisions", param_hint="--precision")
     with tempfile.TemporaryDirectory(prefix="pktnin-bench-") as tmp:
         workdir = Path(tmp)
         if not paths:
             paths = [write_synthetic_capture(workdir / "synthetic.pcap", packets=packets)]
+        runners = []
         try:
             files = find_captures(paths)
             model_path = model if model is not None else default_model_path()
-            runner = open_runner(model_path, backend, max_batch=batch)
-        except (FileNotFoundError, ValueError, EngineUnavailableError) as exc:
+            for p in precisions:
+                runners.append(open_runner(model_path, backend, max_batch=batch, precision=p,
+                                           engine_workers=engine_workers or None))
+        except (FileNotFoundError, ValueError, EngineUnavailableError, ModelMismatchError) as exc:
+            for r in runners:
+                r.close()
             console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         try:
@@ -130,38 +149,75 @@ def run(
                 console.print("[red]error:[/red] no packet of the input became a row")
                 raise typer.Exit(2)
             rows = np.concatenate(rows)
-            if runner.input_dtype != "uint8":
-                rows = rows.astype(np.float32) / np.float32(255.0)
             prep = _median([prep_throughput(files, mask, keep_dns) for _ in range(runs)])
-            engine = _median([engine_throughput(runner, rows, batch) for _ in range(runs)])
-            e2e = _median([pipeline_throughput(files, runner, batch, workdir, mask, keep_dns) for _ in range(runs)])
+            engine_runs: list[list[dict]] = [[] for _ in runners]
+            e2e_runs: list[list[dict]] = [[] for _ in runners]
+            for _ in range(runs):  # interleaved: run k of every engine before run k+1 of any
+                for k, r in enumerate(runners):
+                    engine_runs[k].append(engine_throughput(r, rows, batch))
+            for _ in range(runs):
+                for k, r in enumerate(runners):
+                    e2e_runs[k].append(pipeline_throughput(files, r, batch, workdir, mask, keep_dns))
         finally:
-            runner.close()
+            for r in runners:
+                r.close()
+    engines = []
+    for k, (p, r) in enumerate(zip(precisions, runners)):
+        engine, e2e = _median(engine_runs[k]), _median(e2e_runs[k])
+        entry = {
+            "precision": p,
+            "backend": r.backend,
+            "engine_precision": r.precision,
+            "engine_label": r.engine_label or f"{r.backend} {r.precision}",
+            "engine_reason": r.engine_reason,
+            "engine": engine,
+            "end_to_end": e2e,
+            "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
+        }
+        if k:
+            # Per-run ratios against the first engine's run of the same round, then their median.
+            entry["vs_first"] = {
+                "engine": statistics.median(a["packets_per_s"] / b["packets_per_s"]
+                                            for a, b in zip(engine_runs[k], engine_runs[0])),
+                "end_to_end": statistics.median(a["packets_per_s"] / b["packets_per_s"]
+                                                for a, b in zip(e2e_runs[k], e2e_runs[0])),
+            }
+        engines.append(entry)
+    first = engines[0]
     result = {
         "model": str(model_path),
-        "backend": runner.backend,
+        "backend": first["backend"],
+        "precision": first["engine_precision"],
+        "engine_label": first["engine_label"],
         "batch": batch,
         "files": len(files),
         "rows": int(rows.shape[0]),
         "read_prep": prep,
-        "engine": engine,
-        "end_to_end": e2e,
+        "engine": first["engine"],
+        "end_to_end": first["end_to_end"],
         # Prep and the engine count differently (records read vs rows scored), so compare rows/s.
-        "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
+        "end_to_end_over_engine": first["end_to_end_over_engine"],
+        "engines": engines,
     }
     if as_json:
         typer.echo(json.dumps(result))
         return
     from rich.table import Table
 
-    table = Table(title=f"pktnin bench: {Path(result['model']).name} on {result['backend']}, batch {batch}")
+    table = Table(title=f"pktnin bench: {Path(result['model']).name}, batch {batch}, medians of {runs} runs")
     table.add_column("stage")
-    table.add_column("packets/s (median)", justify="right")
-    table.add_row("read + prep (records)", f"{prep['packets_per_s']:,.0f}")
-    table.add_row("engine only (rows)", f"{engine['packets_per_s']:,.0f}")
-    table.add_row("end to end (rows)", f"{e2e['packets_per_s']:,.0f}")
-    table.add_row("end to end / engine", f"{result['end_to_end_over_engine']:.2f}")
+    for e in engines:
+        table.add_column(f"{e['engine_label']}\npackets/s", justify="right")
+    table.add_row("read + prep (records)", f"{prep['packets_per_s']:,.0f}", *[""] * (len(engines) - 1))
+    table.add_row("engine only (rows)", *[f"{e['engine']['packets_per_s']:,.0f}" for e in engines])
+    table.add_row("end to end (rows)", *[f"{e['end_to_end']['packets_per_s']:,.0f}" for e in engines])
+    table.add_row("end to end / engine", *[f"{e['end_to_end_over_engine']:.2f}" for e in engines])
+    if len(engines) > 1:
+        table.add_row("end to end vs first", "1.00", *[f"{e['vs_first']['end_to_end']:.2f}x" for e in engines[1:]])
     console.print(table)
+    for e in engines:
+        if e["engine_reason"]:
+            console.print(f"{escape(e['engine_label'])}: {escape(e['engine_reason'])}", highlight=False)
 
 
 @bench_app.command("prep")

@@ -18,7 +18,14 @@ def score(
         Optional[Path],
         typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
     ] = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
+    ] = "auto",
+    engine_workers: Annotated[
+        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one multi-thread session, N = N single-thread "
+                          "sessions, 0 = measure and use the faster.")
+    ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
@@ -81,7 +88,8 @@ def score(
 
     try:
         model_path = model if model is not None else default_model_path()
-        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
+        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
+                             engine_workers=engine_workers or None)
     except (EngineUnavailableError, ModelMismatchError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -95,8 +103,8 @@ def score(
         keep_dns=keep_dns,
         mask=mask,
         batch=batch,
-        prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
-        model_id=f"{file_sha256(model_path)}:{runner.backend}",
+        prep_threads=prep_threads or (1 if runner.backend in ("onnxruntime", "openvino") else None),
+        model_id=f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}",
     )
     try:
         with file_progress(len(files), "score", enabled=progress) as bar:
@@ -112,6 +120,8 @@ def score(
         runner.close()
 
     _print_summary(result)
+    if runner.engine_label:
+        console.print(f"engine: {escape(runner.engine_label)} ({escape(runner.engine_reason)})", highlight=False)
     if all(r.failed for r in result.reports):
         raise typer.Exit(1)
 
