@@ -127,7 +127,7 @@ def quantized(trained):
 
     path, rows, labels, held_rows, _ = trained
     result = quantize_model(path, path.with_name("conv_mlp.int8.onnx"), rows[:256], held_rows[:600],
-                            methods=("minmax",))
+                            methods=("minmax",), exclude_levels=("none", "edges"), max_extra_excluded=1)
     return result
 
 
@@ -273,6 +273,7 @@ def test_int8_without_a_quantized_model_says_how_to_make_one(trained, tmp_path):
         fixed_engine(model, "onnxruntime", "int8", None)
     with pytest.raises(ValueError, match="openvino"):
         fixed_engine(model, "onnxruntime", "bf16", None)
+    assert fixed_engine(model, "auto", "bf16", None).backend == "openvino"
 
 
 def test_session_pool_matches_one_session(trained):
@@ -368,3 +369,28 @@ def write_dataset_dir(out: Path, rows, labels, held_rows, held_labels) -> Path:
     meta = {"classes": sorted(set(KINDS.values())), "source_kind": "tests"}
     write_dataset(out, all_rows, all_labels, split, flow, meta)
     return out
+
+
+def test_engine_bench_rooflines(trained, quantized):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_engine
+
+    path = trained[0]
+    # Conv: 8 filters x 24 positions x 4 taps; dense1: 192 x 32; dense2: 32 x 5 classes.
+    assert bench_engine.model_macs(path) == 8 * 24 * 4 + 192 * 32 + 32 * 5
+    entry = {"packets_per_s": 1000.0, "precision": "int8"}
+    line = bench_engine.roofline(entry, 7072, {"fp32": 1e11, "int8": 4e11})
+    assert line["achieved_gops"] == pytest.approx(1000 * 2 * 7072 / 1e9)
+    assert line["peak_fraction"] == pytest.approx(1000 * 2 * 7072 / 4e11)
+    args = bench_engine.parse_args(["--model", str(path), "--int8", str(quantized.path), "--engines",
+                                    "ort-fp32,ort-int8-sessions", "--runs", "2", "--seconds", "0.1",
+                                    "--gemm-size", "128"])
+    report = bench_engine.bench_engines(args)
+    rows = {r["engine"]: r for r in report["results"]}
+    assert set(rows) == {"ort-fp32", "ort-int8-sessions"}
+    assert rows["ort-fp32"]["vs_first"] == 1.0 and rows["ort-int8-sessions"]["argmax_agreement"] >= 0.98
+    assert set(report["gemm_peak_gops"]) >= {"fp32", "int8"}
+    for r in rows.values():
+        assert 0 < r["roofline"]["peak_fraction"] and len(r["runs"]) == 2

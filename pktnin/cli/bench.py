@@ -102,7 +102,8 @@ def run(
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
     precision: Annotated[
         str, typer.Option("--precision", help="auto, fp32, bf16 or int8; several comma-separated are measured "
-                          "interleaved in one run and compared with the first.")
+                          "interleaved in one run and compared with the first; PRECISION@N fixes that engine's "
+                          "sessions (fp32@1: one session, as the scorer ran before).")
     ] = "auto",
     engine_workers: Annotated[
         int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one session, N = N single-thread sessions, 0 = measure.")
@@ -127,6 +128,12 @@ def run(
     precisions = [p.strip() for p in precision.split(",") if p.strip()]
     if not precisions or len(set(precisions)) != len(precisions):
         raise typer.BadParameter("give one or more distinct precisions", param_hint="--precision")
+    layouts = []
+    for p in precisions:
+        name, _, sessions = p.partition("@")
+        if sessions and not (sessions.isdigit() and int(sessions) >= 1):
+            raise typer.BadParameter(f"{p}: sessions after @ must be a number >= 1", param_hint="--precision")
+        layouts.append((name, int(sessions) if sessions else (engine_workers or None)))
     with tempfile.TemporaryDirectory(prefix="pktnin-bench-") as tmp:
         workdir = Path(tmp)
         if not paths:
@@ -135,9 +142,9 @@ def run(
         try:
             files = find_captures(paths)
             model_path = model if model is not None else default_model_path()
-            for p in precisions:
-                runners.append(open_runner(model_path, backend, max_batch=batch, precision=p,
-                                           engine_workers=engine_workers or None))
+            for name, sessions in layouts:
+                runners.append(open_runner(model_path, backend, max_batch=batch, precision=name,
+                                           engine_workers=sessions))
         except (FileNotFoundError, ValueError, EngineUnavailableError, ModelMismatchError) as exc:
             for r in runners:
                 r.close()

@@ -1,8 +1,8 @@
 """OpenVINO runner on the CPU (optional extra `pktnin[openvino]`, imported only when this runner is opened).
 
-The model is compiled once with the THROUGHPUT hint; infer() splits a batch across OpenVINO's asynchronous
-infer requests (as many as the compiled model asks for), so the requests run side by side on the cores while
-the caller's other threads (read, prep, write) keep going. Precision: fp32; bf16 (inference precision hint,
+The model is compiled once with the THROUGHPUT hint; infer() splits a batch across asynchronous infer requests
+(as many as the compiled model asks for) that run side by side on the cores, with the GIL released, while the
+caller's other threads (read, prep, write) keep going. Precision: fp32; bf16 (inference precision hint,
 where the CPU has AVX-512 BF16 or AMX); int8 means a QDQ model from `pktnin quantize`, which OpenVINO runs with
 int8 kernels as it stands.
 """
@@ -63,8 +63,7 @@ class OpenVinoRunner(Runner):
         self.requests = requests
         self._max_batch = int(max_batch)
         self._compiled = None
-        self._queue = None
-        self._pieces: dict[int, np.ndarray] = {}
+        self._requests: list = []
 
     def load(self) -> "OpenVinoRunner":
         if self._compiled is not None:
@@ -98,16 +97,12 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         compiled = core.compile_model(model, "CPU", config)
         nreq = self.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        queue = ov.AsyncInferQueue(compiled, max(1, nreq))
-        queue.set_callback(self._collect)
-        self._compiled, self._queue = compiled, queue
+        # Plain requests waited on in turn, no completion callbacks: a Python callback needs the GIL in an
+        # OpenVINO thread while the caller may hold it waiting for a free request.
+        self._requests = [compiled.create_infer_request() for _ in range(max(1, nreq))]
+        self._compiled = compiled
         self.info = info
         return self
-
-    def _collect(self, request, piece: int) -> None:
-        # Runs in an OpenVINO thread when a request finishes: copy its output into the caller's slice.
-        target = self._pieces[piece]
-        target[...] = request.get_output_tensor(0).data[: target.shape[0]]
 
     def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         n = self._check_io(rows, out)
@@ -117,24 +112,25 @@ class OpenVinoRunner(Runner):
             raise ValueError("this model takes uint8 rows (bytes)")
         if rows.dtype == np.uint8 and self.input_dtype == "float32":
             rows = rows.astype(np.float32) * np.float32(1.0 / 255.0)
-        nreq = len(self._queue)
+        nreq = len(self._requests)
         for start in range(0, n, self._max_batch):
             stop = min(n, start + self._max_batch)
             size = max(MIN_ROWS_PER_REQUEST, -(-(stop - start) // nreq))
-            self._pieces.clear()
-            for k, lo in enumerate(range(start, stop, size)):
+            running = []
+            for request, lo in zip(self._requests, range(start, stop, size)):
                 hi = min(stop, lo + size)
-                self._pieces[k] = out[lo:hi]
-                self._queue.start_async({0: np.ascontiguousarray(rows[lo:hi])}, k)
-            self._queue.wait_all()
+                request.start_async({0: np.ascontiguousarray(rows[lo:hi])})
+                running.append((request, lo, hi))
+            for request, lo, hi in running:
+                request.wait()
+                out[lo:hi] = request.get_output_tensor(0).data[: hi - lo]
         return out[:n]
 
     def close(self) -> None:
-        if self._queue is not None:
-            self._queue.wait_all()
-        self._queue = None
+        for request in self._requests:
+            request.wait()
+        self._requests = []
         self._compiled = None
-        self._pieces.clear()
         self.info = None
 
 

@@ -33,6 +33,7 @@ AUTO_MIN_AGREEMENT = 0.995
 INT8_SUFFIX = ".int8.onnx"
 TIMING_SECONDS = 0.25  # per engine and repeat when auto measures (at least one batch)
 TIMING_REPEATS = 3
+TIMING_BATCH = 128  # rows per timed call: enough to rank engines, small enough to time a large model quickly
 TIMING_CODE_VERSION = 1
 
 
@@ -176,7 +177,8 @@ def _with_layouts(engines: list[Engine], workers: int | None) -> list[Engine]:
 def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, workers: int | None) -> Engine:
     """The engine for an explicit precision; raises with what to do when it cannot run."""
     model_path = Path(model_path)
-    backend = "onnxruntime" if backend == "auto" else backend
+    if backend == "auto":  # bf16 exists only on OpenVINO; everything else defaults to ONNX Runtime
+        backend = "openvino" if precision == "bf16" else "onnxruntime"
     workers = workers or 1
     props = model_props(model_path)
     if model_precision(props) == "int8":
@@ -236,7 +238,7 @@ def timing_rows(n: int, seed: int = 0) -> np.ndarray:
 def measure(runners: dict[str, Runner], batch: int, seconds: float = TIMING_SECONDS,
             repeats: int = TIMING_REPEATS) -> dict[str, float]:
     """rows/s of each runner, interleaved (one timed slice of each in turn, `repeats` times); medians."""
-    rows = timing_rows(max(batch, 64))[:batch] if batch >= 64 else timing_rows(64)[:batch]
+    rows = timing_rows(batch)
     outs = {k: r.new_output(batch) for k, r in runners.items()}
     for k, r in runners.items():
         r.infer(rows, outs[k])  # warm-up: first-call allocations and kernel selection
@@ -345,7 +347,7 @@ def timed(engines: list[Engine], batch: int, threads: int | None, use_cache: boo
                 runners[e.label()] = open_engine(e, max_batch=batch, threads=threads)
             except EngineUnavailableError:
                 continue
-        timings = measure(runners, batch)
+        timings = measure(runners, min(batch, TIMING_BATCH))
     finally:
         for r in runners.values():
             r.close()

@@ -372,8 +372,12 @@ def quantize_model(
     with tempfile.TemporaryDirectory(prefix="pktnin-quantize-") as tmp:
         prepared = preprocess(src, Path(tmp) / "prepared.onnx")
         prepared_proto = onnx.load_model(str(prepared))
+        tried: list[list[str]] = []
         for level in exclude_levels:
             excluded = nodes_to_exclude(prepared_proto, level)
+            if excluded in tried:  # e.g. edges+fusion of a model without a fusion
+                continue
+            tried.append(excluded)
             for method in methods:
                 cand = Candidate(method, level, excluded_nodes=excluded)
                 start = time.perf_counter()
