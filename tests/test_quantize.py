@@ -358,10 +358,8 @@ def test_quantize_and_score_cli(trained, tmp_path, monkeypatch):
 
 def write_dataset_dir(out: Path, rows, labels, held_rows, held_labels) -> Path:
     """A dataset directory (train = rows, val = held rows) written by the project's own writer."""
-    try:
-        from pktnin.dataset import write_dataset
-    except ImportError:
-        from pktnin.trainer.dataset import write_dataset
+    from pktnin.dataset.format import write_dataset
+
     all_rows = np.concatenate([rows, held_rows])
     all_labels = np.concatenate([labels, held_labels]).astype(np.int64)
     split = np.concatenate([np.zeros(len(rows)), np.ones(len(held_rows))]).astype(np.int8)

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from pktnin.cli._console import console, escape
+from pktnin.cli.console import console, escape
+from pktnin.cli.errors import exit_codes, usage
 
 
 def quantize(
@@ -42,28 +43,30 @@ def quantize(
     validation rows; that agreement (and OpenVINO's bf16 and int8 agreement, when OpenVINO is installed) is
     recorded in the output's metadata, where `--precision auto` reads it.
     """
+    from pktnin.dataset.format import load_dataset
     from pktnin.engine import quantize as q
     from pktnin.engine.precision import default_int8_path
-    from pktnin.engine.runner_base import ModelMismatchError
     from pktnin.engine.runners import default_model_path
 
-    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
-    bad = [m for m in method_list if m not in q.CALIBRATION_METHODS]
-    if bad or not method_list:
-        raise typer.BadParameter(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from "
-                                 f"{', '.join(q.CALIBRATION_METHODS)}", param_hint="--methods")
-    if target not in q.TARGETS:
-        raise typer.BadParameter(f"choose from {', '.join(q.TARGETS)}", param_hint="--target")
-    if not 0.0 < agreement <= 1.0:
-        raise typer.BadParameter("must be in (0, 1]", param_hint="--agreement")
-    try:
+    with exit_codes():
+        method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+        bad = [m for m in method_list if m not in q.CALIBRATION_METHODS]
+        if bad or not method_list:
+            usage(f"--methods: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(q.CALIBRATION_METHODS)}")
+        if target not in q.TARGETS:
+            usage(f"--target must be one of {', '.join(q.TARGETS)}, got {target!r}")
+        if not 0.0 < agreement <= 1.0:
+            usage(f"--agreement must be in (0, 1], got {agreement}")
         src = model if model is not None else default_model_path()
         if src.suffix != ".onnx" or not src.is_file():
-            raise FileNotFoundError(f"{src}: expected an existing .onnx model (export a checkpoint with export-onnx)")
-        dataset = _load_dataset(data)
+            usage(f"{src}: expected an existing .onnx model (export a checkpoint with export-onnx)")
+        if q.is_quantized(src):
+            usage(f"{src} is already int8; quantize its float32 model")
+        dataset = load_dataset(data)
         cal, _ = q.dataset_rows(dataset, "train", calibration_rows, seed)
         val, _ = q.dataset_rows(dataset, "val", validation_rows, seed + 1)
         target_path = out if out is not None else default_int8_path(src)
+    with exit_codes(setup=False):
         console.print(f"calibrating on {len(cal):,} train rows, checking on {len(val):,} val rows of {escape(str(data))}",
                       highlight=False)
         result = q.quantize_model(
@@ -74,9 +77,6 @@ def quantize(
         extra = q.check_openvino(src, result.path, val)
         if extra:
             q.record_agreement(result.path, extra)
-    except (FileNotFoundError, ValueError, ModelMismatchError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
     chosen = result.chosen
     console.print(
         f"{result.path}: {chosen.method} calibration, {len(chosen.excluded_nodes)} nodes kept in float32 "
@@ -87,14 +87,6 @@ def quantize(
     if not result.reached_target:
         console.print(f"[yellow]warning:[/yellow] below the {agreement:.3f} agreement asked for: "
                       "`--precision auto` will not pick it")
-
-
-def _load_dataset(path: Path):
-    try:
-        from pktnin.dataset import load_dataset
-    except ImportError:  # older layout
-        from pktnin.trainer.dataset import load_dataset
-    return load_dataset(path)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,11 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin.engine.runner_base import INPUT_NAME, META_PREFIX, EngineUnavailableError, ModelInfo, ModelMismatchError, Runner
+from pktnin.engine.runner_base import (
+    DEFAULT_MAX_BATCH,
+    INPUT_NAME,
+    META_PREFIX,
+    EngineUnavailableError,
+    ModelInfo,
+    ModelMismatchError,
+    Runner,
+)
+from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
 PRECISIONS = ("fp32", "bf16", "int8")
-DEFAULT_MAX_BATCH = 4096
 MIN_ROWS_PER_REQUEST = 16  # smaller pieces cost more in dispatch than they gain in parallelism
 
 
@@ -53,10 +61,10 @@ class OpenVinoRunner(Runner):
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
-            raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise OptionError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         for name, value in (("max_batch", max_batch), ("threads", threads), ("requests", requests)):
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise OptionError(f"{name} must be >= 1, got {value}")
         self.path = Path(onnx_path)
         self.precision = precision
         self.threads = threads
@@ -109,7 +117,7 @@ class OpenVinoRunner(Runner):
         if n == 0:
             return out[:0]
         if rows.dtype != np.uint8 and self.input_dtype == "uint8":
-            raise ValueError("this model takes uint8 rows (bytes)")
+            raise OptionError("this model takes uint8 rows (bytes)")
         if rows.dtype == np.uint8 and self.input_dtype == "float32":
             rows = rows.astype(np.float32) * np.float32(1.0 / 255.0)
         nreq = len(self._requests)

@@ -25,6 +25,7 @@ import numpy as np
 
 from pktnin.engine import cache
 from pktnin.engine.runner_base import META_PREFIX, EngineUnavailableError, ModelMismatchError, Runner
+from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -190,7 +191,7 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
         return Engine(backend, "fp32", str(model_path), workers)
     if precision == "bf16":
         if backend != "openvino":
-            raise ValueError("bf16 runs on OpenVINO: add --backend openvino")
+            raise OptionError("bf16 runs on OpenVINO: add --backend openvino")
         agree = recorded_agreement(find_int8(model_path)).get("openvino:bf16", float("nan"))
         return Engine("openvino", "bf16", str(model_path), 1, agree)
     if precision == "int8":
@@ -201,7 +202,7 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
                 f"(it is written to {default_int8_path(model_path)})"
             )
         return Engine(backend, "int8", str(int8), workers, recorded_agreement(int8).get(f"{backend}:int8", float("nan")))
-    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 # -- opening and timing --------------------------------------------------------------------------------------
@@ -305,11 +306,11 @@ def open_cpu_runner(model_path: str | os.PathLike, backend: str = "auto", precis
                     workers: int | None = None) -> tuple[Runner, Choice]:
     """A loaded CPU runner for model_path at `precision` (auto: choose_engine) and why it was chosen."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend not in ("auto",) + CPU_BACKENDS:
-        raise ValueError(f"CPU backend must be auto, onnxruntime or openvino, got {backend!r}")
+        raise OptionError(f"CPU backend must be auto, onnxruntime or openvino, got {backend!r}")
     if workers is not None and workers < 1:
-        raise ValueError(f"engine workers must be >= 1, got {workers}")
+        raise OptionError(f"engine workers must be >= 1, got {workers}")
     if precision == "auto":
         choice = choose_engine(model_path, backend, max_batch or 512, threads, workers)
     else:

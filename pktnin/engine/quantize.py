@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pktnin.engine.runner_base import INPUT_NAME, META_PREFIX
+from pktnin.errors import OptionError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 EXCLUDE_LEVELS = ("none", "edges", "edges+fusion")
@@ -92,7 +93,7 @@ def dataset_rows(dataset, split: str, n: int, seed: int = 0) -> tuple[np.ndarray
     """(rows, their dataset indices): up to n rows of `split`, stratified by class and capture file."""
     idx = dataset.indices(split)
     if idx.size == 0:
-        raise ValueError(f"{dataset.path}: the {split} split is empty")
+        raise OptionError(f"{dataset.path}: the {split} split is empty")
     chosen = stratified_indices(idx, dataset.labels, dataset.file, n, seed)
     return np.ascontiguousarray(dataset.rows[chosen]), chosen
 
@@ -110,7 +111,7 @@ def nodes_to_exclude(proto, level: str) -> list[str]:
     way to the output (the alpha-weighted sum of the branches' probabilities).
     """
     if level not in EXCLUDE_LEVELS:
-        raise ValueError(f"exclusion level must be one of {', '.join(EXCLUDE_LEVELS)}, got {level!r}")
+        raise OptionError(f"exclusion level must be one of {', '.join(EXCLUDE_LEVELS)}, got {level!r}")
     if level == "none":
         return []
     graph = proto.graph
@@ -251,11 +252,11 @@ def quantize_qdq(
     )
 
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+        raise OptionError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        raise OptionError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if calibration_rows.ndim != 2 or calibration_rows.dtype != np.uint8 or len(calibration_rows) == 0:
-        raise ValueError("calibration rows must be a non-empty uint8 [n, 1500] array")
+        raise OptionError("calibration rows must be a non-empty uint8 [n, 1500] array")
 
     class Rows(CalibrationDataReader):
         def __init__(self) -> None:
@@ -305,7 +306,7 @@ def probabilities(model_path: str | os.PathLike, rows: np.ndarray, batch: int = 
 def agreement(probs: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """(argmax agreement, largest absolute probability difference) of probs against reference."""
     if probs.shape != reference.shape:
-        raise ValueError(f"shapes differ: {probs.shape} vs {reference.shape}")
+        raise OptionError(f"shapes differ: {probs.shape} vs {reference.shape}")
     return float((probs.argmax(1) == reference.argmax(1)).mean()), float(np.abs(probs - reference).max())
 
 
@@ -365,7 +366,7 @@ def quantize_model(
         raise FileNotFoundError(f"model {src} not found")
     source_props = read_props(src)
     if source_props.get(PRECISION_KEY, "fp32") != "fp32":
-        raise ValueError(f"{src}: already quantized ({source_props[PRECISION_KEY]}); quantize the float32 model")
+        raise OptionError(f"{src}: already quantized ({source_props[PRECISION_KEY]}); quantize the float32 model")
     reference = probabilities(src, validation_rows)
     candidates: list[Candidate] = []
     best: tuple[Candidate, bytes] | None = None
@@ -497,7 +498,7 @@ def check_tensorrt_qdq(path: str | os.PathLike) -> None:
         zero = inits.get(node.input[2]) if len(node.input) > 2 else None
         # Without a zero-point initializer the quantized type is uint8 (the operator's default).
         if zero is None or zero.data_type != TensorProto.INT8 or np.any(numpy_helper.to_array(zero) != 0):
-            raise ValueError(
+            raise OptionError(
                 f"{path}: node {node.name} does not quantize to int8 with zero point 0; TensorRT takes symmetric "
                 "int8 only: make the model with `pktnin quantize --target tensorrt`"
             )

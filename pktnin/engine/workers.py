@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin.engine.ort_runner import DEFAULT_MAX_BATCH, OnnxRuntimeRunner
-from pktnin.engine.runner_base import Runner
+from pktnin.engine.ort_runner import OnnxRuntimeRunner
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH, Runner
+from pktnin.errors import OptionError
 
 MIN_ROWS_PER_WORKER = 16  # below this a slice costs more to hand out than it saves
 
@@ -28,7 +29,7 @@ class SessionPoolRunner(Runner):
                  graph_opt: str = "all") -> None:
         super().__init__()
         if workers < 2:
-            raise ValueError(f"a session pool needs at least 2 workers, got {workers}")
+            raise OptionError(f"a session pool needs at least 2 workers, got {workers}")
         self.path = Path(onnx_path)
         self.workers = int(workers)
         self.graph_opt = graph_opt
