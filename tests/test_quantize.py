@@ -125,7 +125,7 @@ def trained(tmp_path_factory):
 def quantized(trained):
     from pktnin.engine.quantize import quantize_model
 
-    path, rows, labels, held_rows, _ = trained
+    path, rows, _, held_rows, _ = trained
     result = quantize_model(path, path.with_name("conv_mlp.int8.onnx"), rows[:256], held_rows[:600],
                             methods=("minmax",), exclude_levels=("none", "edges"), max_extra_excluded=1)
     return result
@@ -237,6 +237,8 @@ def test_auto_falls_back_to_fp32_when_no_faster_engine_agrees(trained, quantized
     choice = prec.choose_engine(model, "auto", batch=64)
     assert choice.engine.precision == "fp32" and choice.engine.backend in ("onnxruntime", "openvino")
     assert "no faster engine agrees" in choice.reason
+    # Given the int8 model itself, auto runs it (ONNX Runtime), and OpenVINO's poorly agreeing run is left out.
+    assert {(e.backend, e.precision) for e in prec.candidate_engines(int8, "auto")} == {("onnxruntime", "int8")}
     runner, choice = prec.open_cpu_runner(model, "onnxruntime", "auto", max_batch=64)
     with runner:
         assert runner.precision == "fp32" and runner.backend == "onnxruntime"
@@ -288,8 +290,8 @@ def test_session_pool_matches_one_session(trained):
 
 def test_openvino_runner_matches_onnxruntime(trained, quantized):
     pytest.importorskip("openvino")
-    from pktnin.engine.ort_runner import OnnxRuntimeRunner
     from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16
+    from pktnin.engine.ort_runner import OnnxRuntimeRunner
     from pktnin.engine.runner_base import ModelMismatchError
 
     path, _, _, held_rows, _ = trained

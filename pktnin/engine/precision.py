@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from pktnin.engine import cache
-from pktnin.engine.runner_base import META_PREFIX, EngineUnavailableError, ModelMismatchError, Runner
+from pktnin.engine.runner_base import (
+    META_PREFIX,
+    EngineUnavailableError,
+    ModelMismatchError,
+    Runner,
+)
 from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
@@ -136,11 +141,13 @@ def candidate_engines(model_path: str | os.PathLike, backend: str = "auto", min_
     model_path = Path(model_path)
     props = model_props(model_path)
     if model_precision(props) == "int8":
-        # Given the int8 model itself: it was asked for explicitly.
+        # Given the int8 model itself: it runs as asked on the backend given (ONNX Runtime for auto); OpenVINO
+        # joins under auto only where its own run of the file agreed.
         agree = recorded_agreement(model_path)
-        backends = ["onnxruntime", "openvino"] if backend == "auto" else [backend]
-        engines = [Engine(b, "int8", str(model_path), agreement=agree.get(f"{b}:int8", float("nan")))
-                   for b in backends if b != "openvino" or openvino_available()]
+        own = "onnxruntime" if backend == "auto" else backend
+        engines = [Engine(own, "int8", str(model_path), agreement=agree.get(f"{own}:int8", float("nan")))]
+        if backend == "auto" and openvino_available() and agree.get("openvino:int8", 0.0) >= min_agreement:
+            engines.append(Engine("openvino", "int8", str(model_path), agreement=agree["openvino:int8"]))
         return _with_layouts(engines, workers)
     int8 = find_int8(model_path)
     agree = recorded_agreement(int8)
