@@ -49,6 +49,10 @@ def quantize(
     from pktnin.engine.runners import default_model_path
 
     with exit_codes():
+        try:
+            import onnx  # noqa: F401 - onnxruntime.quantization needs it
+        except ImportError:
+            usage("pktnin quantize needs onnx: pip install 'pktnin[quantize]'")
         method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
         bad = [m for m in method_list if m not in q.CALIBRATION_METHODS]
         if bad or not method_list:
