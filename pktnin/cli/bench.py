@@ -71,7 +71,16 @@ def run(
         typer.Argument(metavar="PATH", help="Captures (default: a generated realistic capture).", show_default=False),
     ] = None,
     model: ModelOption = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto, fp32, bf16 or int8; several comma-separated are measured "
+                          "interleaved in one run and compared with the first; PRECISION@N fixes that engine's "
+                          "sessions (fp32@1: one session, as the scorer ran before).")
+    ] = "auto",
+    engine_workers: Annotated[
+        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one session, N = N single-thread sessions, "
+                          "0 = measure.")
+    ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Runs per stage; medians are reported.")] = 3,
     packets: Annotated[
@@ -91,48 +100,56 @@ def run(
 
     The default (a generated capture, three runs per stage) takes about a minute with the bundled model on a
     2-core CPU; pass captures and --runs for steadier figures. End to end includes the engine, so a ratio above
-    1 is noise of the machine: the run's spread is shown instead of trusting it.
+    1 is noise of the machine: the run's spread is shown instead of trusting it. With several precisions (e.g.
+    --precision fp32@1,int8,auto) each stage alternates between the engines run by run, so a busy machine slows
+    them alike, and the report gives each engine's medians and its ratio to the first.
     """
     from pktnin.engine.catalog import is_bundled, mask_warning, record_speed, resolve_model
     from pktnin.engine.runners import open_runner
-    from pktnin.measure import spread, stage_throughput
+    from pktnin.errors import OptionError
+    from pktnin.measure import compare_engines, spread
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
     from pktnin.synth import write_synthetic_capture
 
     with tempfile.TemporaryDirectory(prefix="pktnin-bench-") as tmp:
         workdir = Path(tmp)
-        with exit_codes():
-            opts = PrepOptions(mask=mask, keep_dns=keep_dns)
-            check_summary_path(summary)
-            if not paths:
-                paths = [write_synthetic_capture(workdir / "synthetic.pcap", packets=packets)]
-            files = find_captures(paths)
-            model_path = resolve_model(model)
-            runner = open_runner(model_path, backend, max_batch=batch)
-        warning = mask_warning(model_path, mask)
-        if warning:
-            warn(warning)
+        runners: list = []
         try:
+            with exit_codes():
+                layouts = _precision_layouts(precision, engine_workers, OptionError)
+                opts = PrepOptions(mask=mask, keep_dns=keep_dns)
+                check_summary_path(summary)
+                if not paths:
+                    paths = [write_synthetic_capture(workdir / "synthetic.pcap", packets=packets)]
+                files = find_captures(paths)
+                model_path = resolve_model(model)
+                for name, sessions in layouts:
+                    runners.append(open_runner(model_path, backend, max_batch=batch, precision=name,
+                                               engine_workers=sessions))
+            warning = mask_warning(model_path, mask)
+            if warning:
+                warn(warning)
             with exit_codes(setup=False):
+                labels = [p.strip() for p in precision.split(",")]
                 with _stage_progress(enabled=not (quiet or as_json)) as bars:
-                    measured = stage_throughput(files, runner, batch, runs, workdir, opts, progress=bars)
+                    measured = compare_engines(files, runners, labels, batch, runs, workdir, opts, progress=bars)
                 result = {"model": str(model_path), **measured}
         finally:
-            runner.close()
+            for runner in runners:
+                runner.close()
     if record and is_bundled(model_path):
         record_speed(model_path, result)
     write_summary(summary, result)
-    prep, engine, e2e = result["read_prep"], result["engine"], result["end_to_end"]
-    noise = None
-    if result["ratio_is_noise"]:
-        (e_lo, e_hi), (x_lo, x_hi) = spread(engine), spread(e2e)
-        noise = (
-            f"end to end / engine = {result['end_to_end_over_engine']:.2f} is above 1, which only noise can cause "
-            f"(end to end runs the engine too): engine runs {e_lo:,.0f}..{e_hi:,.0f}, end-to-end runs "
-            f"{x_lo:,.0f}..{x_hi:,.0f} packets/s; rerun with more --runs on a quieter machine"
-        )
-        warn(noise)
+    prep, engines = result["read_prep"], result["engines"]
+    for e in engines:
+        if e["ratio_is_noise"]:
+            (e_lo, e_hi), (x_lo, x_hi) = spread(e["engine"]), spread(e["end_to_end"])
+            warn(
+                f"{e['engine_label']}: end to end / engine = {e['end_to_end_over_engine']:.2f} is above 1, which "
+                f"only noise can cause (end to end runs the engine too): engine runs {e_lo:,.0f}..{e_hi:,.0f}, "
+                f"end-to-end runs {x_lo:,.0f}..{x_hi:,.0f} packets/s; rerun with more --runs on a quieter machine"
+            )
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -140,16 +157,45 @@ def run(
         return
     from rich.table import Table
 
-    table = Table(title=f"pktnin bench: {Path(result['model']).name} on {result['backend']}, batch {batch}")
+    table = Table(title=f"pktnin bench: {Path(result['model']).name}, batch {batch}, packets/s, medians of {runs} runs")
     table.add_column("stage")
-    table.add_column("packets/s (median)", justify="right")
-    table.add_column(f"runs (min..max of {runs})", justify="right")
-    for label, stage in (("read + prep (records)", prep), ("engine only (rows)", engine), ("end to end (rows)", e2e)):
-        lo, hi = spread(stage)
-        table.add_row(label, f"{stage['packets_per_s']:,.0f}", f"{lo:,.0f}..{hi:,.0f}")
-    ratio = f"{result['end_to_end_over_engine']:.2f}" + (" (noise)" if noise else "")
-    table.add_row("end to end / engine", ratio, "")
+    for e in engines:
+        table.add_column(e["engine_label"], justify="right")
+    table.add_row("read + prep (records)", _with_spread(prep), *[""] * (len(engines) - 1))
+    table.add_row("engine only (rows)", *[_with_spread(e["engine"]) for e in engines])
+    table.add_row("end to end (rows)", *[_with_spread(e["end_to_end"]) for e in engines])
+    table.add_row(
+        "end to end / engine",
+        *[f"{e['end_to_end_over_engine']:.2f}" + (" (noise)" if e["ratio_is_noise"] else "") for e in engines],
+    )
+    if len(engines) > 1:
+        table.add_row("end to end vs first", "1.00", *[f"{e['vs_first']['end_to_end']:.2f}x" for e in engines[1:]])
     console.print(table)
+    for e in engines:
+        if e["engine_reason"]:
+            console.print(f"{e['engine_label']}: {e['engine_reason']}", markup=False, highlight=False)
+
+
+def _with_spread(stage: dict) -> str:
+    """The median, and the lowest..highest run beside it."""
+    from pktnin.measure import spread
+
+    lo, hi = spread(stage)
+    return f"{stage['packets_per_s']:,.0f} ({lo:,.0f}..{hi:,.0f})"
+
+
+def _precision_layouts(precision: str, engine_workers: int, error) -> list[tuple[str, int | None]]:
+    """[(precision, sessions or None)] from --precision "auto" / "fp32@1,int8" and --engine-workers."""
+    asked = [p.strip() for p in precision.split(",") if p.strip()]
+    if not asked or len(set(asked)) != len(asked):
+        raise error("--precision: give one or more distinct precisions")
+    layouts = []
+    for p in asked:
+        name, _, sessions = p.partition("@")
+        if sessions and not (sessions.isdigit() and int(sessions) >= 1):
+            raise error(f"--precision {p}: sessions after @ must be a number >= 1")
+        layouts.append((name, int(sessions) if sessions else (engine_workers or None)))
+    return layouts
 
 
 @contextmanager

@@ -23,7 +23,9 @@ def build_engine(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .plan file; MODEL.plan.json is written beside it.")],
-    precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option("--precision", help="fp32, fp16 or int8 (a QDQ model from `pktnin quantize --target tensorrt` builds int8 whatever is given).")
+    ] = "fp32",
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine accepts.")] = DEFAULT_MAX_BATCH,
     opt_batch: Annotated[
         Optional[int], typer.Option("--opt-batch", help="Batch size TensorRT tunes for (default: min(max batch, 1024)).")

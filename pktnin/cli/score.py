@@ -22,7 +22,14 @@ def score(
         ),
     ],
     model: ModelOption = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
+    ] = "auto",
+    engine_workers: Annotated[
+        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one multi-thread session, N = N single-thread "
+                          "sessions, 0 = measure and use the faster.")
+    ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
@@ -77,14 +84,15 @@ def score(
             usage("no capture files found in the given paths")
         check_summary_path(summary)
         model_path = resolve_model(model)
-        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
+        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
+                             engine_workers=engine_workers or None)
     warning = mask_warning(model_path, mask)
     if warning:
         warn(warning)
     opts = replace(
         opts,
-        prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
-        model_id=f"{file_sha256(model_path)}:{runner.backend}",
+        prep_threads=prep_threads or (1 if runner.backend in ("onnxruntime", "openvino") else None),
+        model_id=f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}",
     )
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
@@ -98,11 +106,13 @@ def score(
 
     if not quiet:
         _print_summary(result)
-    write_summary(summary, run_summary(result, model_path, runner.backend))
+        if runner.engine_label:
+            console.print(f"engine: {runner.engine_label} ({runner.engine_reason})", markup=False, highlight=False)
+    write_summary(summary, run_summary(result, model_path, runner))
     check_inputs_read(result.reports)
 
 
-def run_summary(result, model_path: Path, backend: str) -> dict:
+def run_summary(result, model_path: Path, runner) -> dict:
     """What the end-of-run tables show, as one JSON-able dict (--summary)."""
     from pktnin.packets import total_skips
 
@@ -111,7 +121,9 @@ def run_summary(result, model_path: Path, backend: str) -> dict:
     ]
     return {
         "model": str(model_path),
-        "backend": backend,
+        "backend": runner.backend,
+        "precision": runner.precision,
+        "engine": runner.engine_label,
         "files": len(result.files),
         "resumed_files": result.resumed,
         "packets": result.packets,
