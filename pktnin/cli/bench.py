@@ -51,7 +51,7 @@ STAGE_TITLES = {"read_prep": "read + prep", "engine": "engine alone", "end_to_en
 
 
 class StageBars:
-    """One progress bar per stage, advanced per run (pktnin.measure.stage_throughput's `progress`)."""
+    """One progress bar per stage, advanced per run (pktnin.measure.compare_engines' `progress`)."""
 
     def __init__(self, progress) -> None:
         self._progress = progress
