@@ -142,7 +142,7 @@ def read_checked(data: bytes, window: int, max_records: int, table: int):
             records.append((int(fr[i]), int(raw.linktype[i]), int(raw.ts_ns[i]), int(raw.wirelen[i]),
                             raw.buf[off[i] : off[i] + cl[i]].tobytes()))
     assert reader.records == len(records)
-    assert reader.frames == reader.records + reader.corrupt_records
+    assert reader.frames == reader.records + reader.corrupt_records + reader.ts_overflow
     for err in reader.errors:
         assert isinstance(err, CaptureError) and 0 <= err.offset < len(data)
     fatal = None if reader.fatal is None else str(reader.fatal)

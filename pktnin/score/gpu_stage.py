@@ -152,7 +152,7 @@ def device_engine_stage(
             counts = skips.pop(report.index, None)
             report.kept = kept.pop(report.index, 0)
             if counts is not None:
-                report.skip_counts = {SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
+                report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
             # The marker follows the file's last rows, wherever they are.
             if current is not None and current.items:
                 current.items.append(item)
