@@ -38,7 +38,9 @@ class Predictor:
         self.alpha = meta.get("alpha")
 
     def _open_onnx(self) -> None:
-        import onnxruntime as ort
+        from pktnin.engine.ort_runner import import_onnxruntime
+
+        ort = import_onnxruntime()
 
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} not found")
