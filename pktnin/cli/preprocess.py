@@ -8,7 +8,7 @@ from typing import Annotated, List
 import numpy as np
 import typer
 
-from pktnin.cli._console import console, failed_files_table, file_progress, skip_table
+from pktnin.cli._console import console, escape, failed_files_table, file_progress, skip_table
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
 
 
@@ -27,11 +27,18 @@ def preprocess(
     from pktnin.atomic import atomic_path
     from pktnin.packets import META_COLUMNS, find_captures, iter_packets, mask_code, total_skips
 
+    from pktnin.score.outdir import OutputNotWritableError, check_writable
+
     try:
         mask_code(mask)
         files = find_captures(paths)
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    try:
+        check_writable(out)  # before the work, not after it: a read-only or full disk fails now
+    except OutputNotWritableError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
     rows: list[np.ndarray] = []
     file_ids: list[np.ndarray] = []
@@ -62,8 +69,14 @@ def preprocess(
     for name in META_COLUMNS:
         empty_shape = (16,) if name.endswith("_addr") else ()
         arrays[name] = cat(columns[name], np.uint8 if name.endswith("_addr") else np.int64, empty_shape)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    try:
+        check_writable(out, need_bytes=sum(a.nbytes for a in arrays.values()))
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as exc:  # the temporary file is gone; nothing half-written is left
+        why = str(exc) if isinstance(exc, OutputNotWritableError) else f"cannot write {out}: {exc.strerror or exc}"
+        console.print(f"[red]error:[/red] {escape(why)}")
+        raise typer.Exit(1) from None
 
     skips = total_skips(reports)
     if skips:
