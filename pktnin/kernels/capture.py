@@ -37,6 +37,7 @@ from numba import njit
 
 __all__ = [
     "MAX_RECORD_LEN",
+    "WINDOW_BYTES",
     "CaptureError",
     "NotACapture",
     "RawBatch",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
+# Bytes read per window: small enough that the copy, the walk and the transform of a window mostly stay in the CPU
+# caches, large enough that the batches of a window (the transform's parallel calls) stay few.
+WINDOW_BYTES = 8 << 20
 
 _PCAP_MAGICS = {
     # magic as read little-endian -> (big_endian, nanosecond)
@@ -583,14 +587,18 @@ class _FileSource:
     def __init__(self, path):
         self._f = open(path, "rb")
         self.size = os.fstat(self._f.fileno()).st_size
-        self._buf = np.empty(0, dtype=np.uint8)
+        self._bufs: list[np.ndarray] = []
 
     def _buffer(self, length: int) -> np.ndarray:
-        # Reused while no batch still holds a view of it (then those views keep their bytes); views hold the
-        # array through .base, which shows in its reference count (the attribute and the call's argument: 2).
-        if self._buf.shape[0] < length or sys.getrefcount(self._buf) > 2:
-            self._buf = np.empty(length, dtype=np.uint8)
-        return self._buf
+        # Two buffers in turn: the consumer still holds the previous window's last batch while the next window is
+        # read. A buffer is reused only when no batch holds a view of it any more (views keep their bytes): views
+        # hold the array through .base, which shows in its reference count (the list and the call's argument: 2).
+        for i in range(len(self._bufs)):
+            if self._bufs[i].shape[0] >= length and sys.getrefcount(self._bufs[i]) == 2:
+                return self._bufs[i]
+        buf = np.empty(length, dtype=np.uint8)
+        self._bufs = [buf] + self._bufs[:1]
+        return buf
 
     def window(self, off: int, length: int):
         buf = self._buffer(length)
@@ -645,7 +653,7 @@ class CaptureReader:
 
     interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
 
-    def __init__(self, path, window_bytes: int = 64 << 20, max_records: int = 65536):
+    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
         self._in_memory = isinstance(path, _IN_MEMORY_TYPES)
@@ -725,6 +733,9 @@ class CaptureReader:
     def _walk(self, source):
         st = self._st
         size = source.size
+        if size < len(self._head):  # the file shrank since its first bytes were read (in the constructor)
+            self._cut_short(size, None)
+            return
         if self.format == "pcap":
             hdr = self._head
             big, nanosecond = _PCAP_MAGICS[int.from_bytes(hdr[:4], "little")]
@@ -776,8 +787,8 @@ class CaptureReader:
                 return
             need = int(st[_NEED])  # _NEED_MORE: the next window starts at pos and holds at least `need` bytes
 
-    def _cut_short(self, end: int, size: int) -> int:
-        """Record that the file now ends at `end` (it had `size` bytes when opened); the walk stops there."""
-        self.fatal = CaptureError(self.path, end, f"file cut short at offset {end} while being read "
-                                                  f"(it had {size} bytes when opened)")
+    def _cut_short(self, end: int, size: int | None) -> int:
+        """Record that the file's data ended at `end` (it had `size` bytes when opened); the walk stops there."""
+        had = f"it had {size} bytes when opened" if size is not None else f"{len(self._head)} bytes were read before"
+        self.fatal = CaptureError(self.path, end, f"file cut short at offset {end} while being read ({had})")
         return end
