@@ -5,7 +5,7 @@ own byte order; several interfaces per section, each with its own link type and 
 and the obsolete OPB; every other block type skipped). The format comes from the magic number, never from the
 file name.
 
-The file is read in windows of `window_bytes` into one reusable buffer (pread, never a memory map: a file cut
+The file is read in windows of `window_bytes` into reused buffers (pread, never a memory map: a file cut
 short while it is read gives a short read, reported as "cut short at offset N" with the records before it kept,
 where a map would fault with SIGBUS past the new end). A numba function walks the complete records inside a
 window and says how far it got; a record that straddles the window end is read again from the next window, so
