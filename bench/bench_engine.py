@@ -80,10 +80,11 @@ def random_model_onnx(preset: str, num_classes: int, input_dtype: str, workdir: 
     from pktnin.engine.runner_base import ModelInfo
     from pktnin.layout import LAYOUT_VERSION
     from pktnin.trainer import models
+    from pktnin.trainer.presets import PARALLEL_PRESET
 
     keras.utils.set_random_seed(0)
     alpha = None
-    if preset == "nin_parallel":
+    if preset == PARALLEL_PRESET:
         alpha = 0.5
         model = models.build_parallel(models.build_model("nin1", num_classes), models.build_model("nin2", num_classes), alpha)
     else:
@@ -145,7 +146,7 @@ def eval_rows(args, num_rows: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows to run (uint8) and, with --data, their test labels."""
     if args.data is None:
         return np.random.default_rng(1).integers(0, 256, size=(num_rows, ROW_LEN), dtype=np.uint8), None
-    from pktnin.trainer.dataset import load_dataset
+    from pktnin.dataset.format import load_dataset
 
     ds = load_dataset(args.data)
     idx = ds.indices("test")
