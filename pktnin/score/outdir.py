@@ -279,7 +279,8 @@ def check_writable(target: Path, need_bytes: int = 0) -> None:
         finally:
             os.close(fd)
             os.unlink(tmp)
-        free = os.statvfs(parent).f_bavail * os.statvfs(parent).f_frsize
+        vfs = os.statvfs(parent)
+        free = vfs.f_bavail * vfs.f_frsize
     except OSError as exc:
         raise OutputNotWritableError(f"cannot write {target}: {exc.strerror or exc}") from None
     if need_bytes > free:
