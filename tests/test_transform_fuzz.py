@@ -102,3 +102,26 @@ def test_fuzz_pure_random_records():
     assert meta["skip_counts"].sum() == n
     outside = (raw["pkt_off"] < 0) | (raw["caplen"] < 0) | (raw["pkt_off"] + raw["caplen"] > raw["buf"].shape[0])
     assert (meta["skip"][outside] == layout.SKIP_MALFORMED).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_range_prep_matches_transform_with_reused_buffers(threads):
+    """Record ranges on several threads, rows written over the rows of earlier batches (of other sizes, longer
+    payloads, another mask), flow keys on and off: the same rows and metadata as one transform of the batch."""
+    batches = [fuzz_batch(seed) for seed in (21, 22)]
+    small = {k: (v if k == "buf" else v[:5000]) for k, v in batches[1].items()}
+    for flow_keys in (True, False):
+        with cpu.RangePrep(threads=threads, reuse=True, flow_keys=flow_keys, min_range=1000) as prep:
+            for raw, mask in ((batches[0], "paper"), (small, "strict"), (batches[1], "paper"), (small, "paper")):
+                prep.mask = layout.mask_code(mask)
+                rows, meta = cpu.transform(raw, mask)
+                got = prep(raw)
+                assert len(got.parts) == min(threads, raw["pkt_off"].shape[0] // 1000)
+                assert np.array_equal(got.skip, meta["skip"]) and np.array_equal(got.skip_counts, meta["skip_counts"])
+                got_rows = np.concatenate([r for r, _ in got.parts])
+                assert np.array_equal(got_rows, rows)
+                for key in meta:
+                    if key in ("skip", "skip_counts") or (key == "flow_key" and not flow_keys):
+                        continue
+                    assert np.array_equal(np.concatenate([m[key] for _, m in got.parts]), meta[key]), key
+                assert all(("flow_key" in m) == flow_keys for _, m in got.parts)
