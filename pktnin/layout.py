@@ -152,6 +152,9 @@ ROW_IPV6_NEXT_HEADER_BYTE = 6  # the transport only when no extension header com
 # FNV-1a 64-bit, for the bidirectional flow key.
 FNV64_OFFSET = 0xCBF29CE484222325
 FNV64_PRIME = 0x100000001B3
+# Hashing a zero byte is a multiplication by the prime, so the 12 zero bytes that pad an IPv4 address in the
+# flow key are one multiplication by the prime's 12th power (mod 2**64).
+FNV64_PRIME_POW12 = pow(FNV64_PRIME, 12, 1 << 64)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,11 +456,10 @@ def flow_key(buf, desc):
         if side == 1:
             at = b_at
             port = b_port
-        for k in range(16):
-            byte = 0
-            if k < addr_len:
-                byte = buf[at + k]
-            h = (h ^ numpy.uint64(byte)) * prime
+        for k in range(addr_len):
+            h = (h ^ numpy.uint64(buf[at + k])) * prime
+        if addr_len == 4:
+            h = h * numpy.uint64(FNV64_PRIME_POW12)
         h = (h ^ numpy.uint64(port >> 8)) * prime
         h = (h ^ numpy.uint64(port & 0xFF)) * prime
     return h
