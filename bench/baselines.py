@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pktnin.trainer.dataset import load_dataset  # noqa: E402
+from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.trainer.metrics import classification_report, evaluation_report  # noqa: E402
 from pktnin.trainer.train import training_sample_weights  # noqa: E402
 

@@ -145,7 +145,7 @@ def eval_rows(args, num_rows: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows to run (uint8) and, with --data, their test labels."""
     if args.data is None:
         return np.random.default_rng(1).integers(0, 256, size=(num_rows, ROW_LEN), dtype=np.uint8), None
-    from pktnin.trainer.dataset import load_dataset
+    from pktnin.dataset.format import load_dataset
 
     ds = load_dataset(args.data)
     idx = ds.indices("test")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import forest_probabilities  # noqa: E402
 
-from pktnin.trainer.dataset import load_dataset  # noqa: E402
+from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.trainer.evaluate import Predictor  # noqa: E402
 from pktnin.trainer.metrics import group_bootstrap_macro_f1, macro_f1  # noqa: E402
 

@@ -30,7 +30,7 @@ from pktnin.layout import ROW_LEN  # noqa: E402
 from pktnin.trainer import models as M  # noqa: E402
 from pktnin.trainer import presets as P  # noqa: E402
 from pktnin.trainer.checkpoint import load_checkpoint  # noqa: E402
-from pktnin.trainer.dataset import load_dataset  # noqa: E402
+from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.train import predict_rows, train  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pktnin.trainer.dataset import write_dataset
+from pktnin.dataset.format import write_dataset
 
 pytest.importorskip("sklearn")
 BENCH = Path(__file__).resolve().parents[1] / "bench"

@@ -1,4 +1,5 @@
-"""Dataset format (write/load, atomicity) and the three builders (ISCX tree, class folders, flow-label CSV)."""
+"""Dataset format (write/load, atomicity), build options, and the build from each source (ISCX tree, class
+folders, flow-label CSV)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,13 @@ from typer.testing import CliRunner
 from packetgen import ethernet, ipv4, ipv6, tcp, udp
 from pcapgen import write_pcap, write_pcapng
 from pktnin.cli import app
+from pktnin.dataset.build import build_dataset
+from pktnin.dataset.detect import detect_source
+from pktnin.dataset.format import load_dataset, write_dataset
+from pktnin.dataset.iscx import ISCX_TASK_A, ISCX_TASK_B, iscx_label
+from pktnin.dataset.options import BuildOptions
+from pktnin.dataset.sampling import Reservoir, random_split
 from pktnin.layout import HEADER_LEN, LAYOUT_VERSION, ROW_LEN
-from pktnin.trainer import dataset as ds
-from pktnin.trainer.dataset import (
-    ISCX_TASK_A,
-    ISCX_TASK_B,
-    build_from_class_dirs,
-    build_from_csv,
-    build_from_iscx,
-    detect_source,
-    iscx_label,
-    load_dataset,
-    write_dataset,
-)
 
 CORPUS = (Path(__file__).parents[1] / ".." / "shared" / "corpus").resolve()
 
@@ -156,7 +151,7 @@ def test_reservoir_is_uniform_and_seeded():
     kept = np.zeros(40)
     trials = 400
     for t in range(trials):
-        r = ds._Reservoir(10, np.random.default_rng(t))
+        r = Reservoir(10, np.random.default_rng(t))
         for start in range(0, 40, 7):
             idx = np.arange(start, min(start + 7, 40))
             rows = np.zeros((len(idx), ROW_LEN), np.uint8)
@@ -166,19 +161,19 @@ def test_reservoir_is_uniform_and_seeded():
         kept[seq] += 1
     assert np.all(np.abs(kept / trials - 0.25) < 0.09), kept / trials
     # no cap keeps everything
-    r = ds._Reservoir(None, np.random.default_rng(0))
+    r = Reservoir(None, np.random.default_rng(0))
     r.add(np.zeros((5, ROW_LEN), np.uint8), np.arange(5), np.arange(5, dtype=np.uint64), np.arange(5))
     assert len(r.result()[0]) == 5
 
 
 def test_random_split_proportions():
     labels = np.repeat([0, 1, 2], [1000, 250, 7])
-    split = ds.random_split(labels, seed=3)
+    split = random_split(labels, seed=3)
     for cls, n in ((0, 1000), (1, 250)):
         got = np.bincount(split[labels == cls], minlength=3)
         assert got.tolist() == [round(0.68 * n), round(0.16 * n), n - round(0.68 * n) - round(0.16 * n)]
-    assert np.array_equal(split, ds.random_split(labels, seed=3))
-    assert not np.array_equal(split, ds.random_split(labels, seed=4))
+    assert np.array_equal(split, random_split(labels, seed=3))
+    assert not np.array_equal(split, random_split(labels, seed=4))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,7 +255,7 @@ def tag_counts(d) -> dict[int, int]:
 
 def test_iscx_task_a_balances_vpn(iscx_tree, tmp_path):
     assert detect_source(iscx_tree) == "iscx"
-    report = build_from_iscx(iscx_tree, tmp_path / "a", task="A", max_per_class=20, seed=1)
+    report = build_dataset(BuildOptions(iscx_tree, tmp_path / "a", kind="iscx", task="A", max_per_class=20, seed=1))
     d = load_dataset(tmp_path / "a")
     assert d.classes == list(ISCX_TASK_A) and len(d.classes) == 14
     tags = tag_counts(d)
@@ -278,14 +273,14 @@ def test_iscx_task_a_balances_vpn(iscx_tree, tmp_path):
     assert "not part of task A" in skipped[str(Path("NonVPN/scpDown1.pcap"))]
     assert d.meta["task"] == "iscx-A" and d.meta["split_mode"] == "random"
     # the same seed gives the same sample; another seed another one
-    build_from_iscx(iscx_tree, tmp_path / "a2", task="A", max_per_class=20, seed=1)
-    build_from_iscx(iscx_tree, tmp_path / "a3", task="A", max_per_class=20, seed=2)
+    build_dataset(BuildOptions(iscx_tree, tmp_path / "a2", kind="iscx", task="A", max_per_class=20, seed=1))
+    build_dataset(BuildOptions(iscx_tree, tmp_path / "a3", kind="iscx", task="A", max_per_class=20, seed=2))
     assert np.array_equal(load_dataset(tmp_path / "a2").rows, d.rows)
     assert not np.array_equal(load_dataset(tmp_path / "a3").rows, d.rows)
 
 
 def test_iscx_task_b_traffic_types_and_cap(iscx_tree, tmp_path):
-    build_from_iscx(iscx_tree, tmp_path / "b", task="B", max_per_class=15)
+    build_dataset(BuildOptions(iscx_tree, tmp_path / "b", kind="iscx", task="B", max_per_class=15))
     d = load_dataset(tmp_path / "b")
     assert d.classes == list(ISCX_TASK_B) and len(d.classes) == 12
     total = d.meta["counts"]["total"]
@@ -305,14 +300,14 @@ def test_iscx_task_b_traffic_types_and_cap(iscx_tree, tmp_path):
 
 
 def test_iscx_default_caps_and_split(iscx_tree, tmp_path):
-    build_from_iscx(iscx_tree, tmp_path / "b", task="traffic", seed=0)
+    build_dataset(BuildOptions(iscx_tree, tmp_path / "b", kind="iscx", task="traffic", seed=0))
     d = load_dataset(tmp_path / "b")
     assert d.meta["max_per_class"] == 12000
     assert d.meta["counts"]["total"]["Chat"] == 33  # everything fits under the cap
     counts = d.meta["counts"]
     assert counts["train"]["Chat"] == round(0.68 * 33) and counts["val"]["Chat"] == round(0.16 * 33)
     with pytest.raises(ValueError, match="unknown ISCX task"):
-        build_from_iscx(iscx_tree, tmp_path / "x", task="C")
+        build_dataset(BuildOptions(iscx_tree, tmp_path / "x", kind="iscx", task="C"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -330,7 +325,7 @@ def test_class_dirs(tmp_path):
     capture(root / "stray.pcap", 6, 5)
     (root / "empty").mkdir()
     assert detect_source(root) == "class-dirs"
-    report = build_from_class_dirs(root, tmp_path / "d", split="by-file", seed=0)
+    report = build_dataset(BuildOptions(root, tmp_path / "d", kind="class-dirs", split="by-file", seed=0))
     d = load_dataset(tmp_path / "d")
     assert d.classes == ["alpha", "beta"]
     for t, cls in ((1, "alpha"), (2, "alpha"), (3, "beta"), (4, "beta"), (5, "beta")):
@@ -345,7 +340,7 @@ def test_class_dirs(tmp_path):
     # flows are distinct per file
     assert len(np.unique(d.flow)) == 5
 
-    build_from_class_dirs(root, tmp_path / "capped", max_per_class=7, seed=0)
+    build_dataset(BuildOptions(root, tmp_path / "capped", kind="class-dirs", max_per_class=7, seed=0))
     c = load_dataset(tmp_path / "capped")
     assert c.meta["counts"]["total"] == {"alpha": 7, "beta": 7}
 
@@ -430,7 +425,7 @@ CSV_SPLIT = {1: 0, 2: 0, 5: 1, 6: 1, 7: 1, 8: 1, 10: 2, 11: 2}
 
 def test_csv_labels_flows_by_file(csv_corpus, tmp_path):
     assert detect_source(csv_corpus) == "csv" and detect_source(csv_corpus / "labels.csv") == "csv"
-    report = build_from_csv(csv_corpus / "labels.csv", tmp_path / "d")
+    report = build_dataset(BuildOptions(csv_corpus / "labels.csv", tmp_path / "d", kind="csv"))
     d = load_dataset(tmp_path / "d")
     assert d.classes == ["Web", "VoIP", "Chat", "Unused"]  # from classes.json, unused class kept
     tags = row_tag(d.rows)
@@ -463,7 +458,7 @@ def test_csv_split_column_and_conflicts(csv_corpus, tmp_path):
     for r in rows:
         r["split"] = splits.get(r["file"], "")
     write_csv(src / "labels.csv", CSV_FIELDS + ["split"], rows)
-    report = build_from_csv(src / "labels.csv", tmp_path / "d", label_column="task_app")
+    report = build_dataset(BuildOptions(src / "labels.csv", tmp_path / "d", kind="csv", label_column="task_app"))
     d = load_dataset(tmp_path / "d")
     assert d.classes == ["HTTP", "RTP", "TLS"]  # no classes.json here: sorted labels
     tags = row_tag(d.rows)
@@ -475,18 +470,18 @@ def test_csv_split_column_and_conflicts(csv_corpus, tmp_path):
     # a split file that disagrees with the split column is an error naming both
     write_csv(src / "file_splits.csv", ["file", "split"], [{"file": "three.pcap", "split": "train"}])
     with pytest.raises(ValueError, match="three.pcap"):
-        build_from_csv(src / "labels.csv", tmp_path / "e")
+        build_dataset(BuildOptions(src / "labels.csv", tmp_path / "e", kind="csv"))
     no_labels = [dict(r, task_category="", split="") for r in rows]
     write_csv(src / "labels.csv", CSV_FIELDS + ["split"], no_labels)
     with pytest.raises(ValueError, match="holds no label"):
-        build_from_csv(src / "labels.csv", tmp_path / "e")
+        build_dataset(BuildOptions(src / "labels.csv", tmp_path / "e", kind="csv"))
     write_csv(src / "labels.csv", ["file", "proto"], [{"file": "one.pcap", "proto": "TCP"}])
     with pytest.raises(ValueError, match="labels.csv: missing column"):
-        build_from_csv(src / "labels.csv", tmp_path / "e")
+        build_dataset(BuildOptions(src / "labels.csv", tmp_path / "e", kind="csv"))
 
 
 def test_csv_random_split(csv_corpus, tmp_path):
-    build_from_csv(csv_corpus / "labels.csv", tmp_path / "d", split="random", seed=5)
+    build_dataset(BuildOptions(csv_corpus / "labels.csv", tmp_path / "d", kind="csv", split="random", seed=5))
     d = load_dataset(tmp_path / "d")
     n = {c: d.meta["counts"]["total"][c] for c in d.classes}
     assert n == {"Web": 10 + 8 + 12, "VoIP": 10 + 12, "Chat": 8 + 8 + 8, "Unused": 0}
@@ -494,6 +489,30 @@ def test_csv_random_split(csv_corpus, tmp_path):
         assert d.meta["counts"]["train"][c] == round(0.68 * total)
         assert d.meta["counts"]["val"][c] == round(0.16 * total)
     assert d.meta["split_mode"] == "random"
+
+
+def test_build_options_resolve_and_check(csv_corpus, iscx_tree, tmp_path):
+    o = BuildOptions(csv_corpus, tmp_path / "d")
+    assert (o.kind, o.source, o.split, o.pcaps) == ("csv", csv_corpus / "labels.csv", "by-file", csv_corpus / "pcaps")
+    o = BuildOptions(iscx_tree, tmp_path / "d", task="traffic")
+    assert (o.kind, o.task, o.split, o.pcaps) == ("iscx", "B", "random", None)
+    assert BuildOptions(iscx_tree, tmp_path / "d").task == "B"
+    for bad, match in (
+        (dict(kind="sideways"), "unknown source kind"),
+        (dict(split="sideways"), "unknown split mode"),
+        (dict(max_per_class=0), "at least 1"),
+        (dict(mask="loose"), "unknown mask profile"),
+        (dict(task="A"), "ISCX source only"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            BuildOptions(csv_corpus, tmp_path / "d", **bad)
+    with pytest.raises(ValueError, match="CSV source only"):
+        BuildOptions(iscx_tree, tmp_path / "d", pcaps=csv_corpus / "pcaps")
+    with pytest.raises(ValueError, match="unknown ISCX task"):
+        BuildOptions(iscx_tree, tmp_path / "d", kind="iscx", task="C")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        BuildOptions(tmp_path / "nowhere", tmp_path / "d")
+    assert not (tmp_path / "d").exists()  # checking writes nothing
 
 
 def test_cli_build(csv_corpus, tmp_path):
@@ -524,7 +543,7 @@ def corpus():
 @pytest.mark.corpus
 def test_corpus_task_category(corpus, tmp_path):
     started = time.perf_counter()
-    report = build_from_csv(corpus / "labels.csv", tmp_path / "d", max_per_class=300, seed=0)
+    report = build_dataset(BuildOptions(corpus / "labels.csv", tmp_path / "d", kind="csv", max_per_class=300, seed=0))
     d = load_dataset(tmp_path / "d")
     assert len(d.classes) == 18
     train = d.meta["counts"]["train"]

@@ -58,26 +58,28 @@ def build(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Build a dataset of 1500-byte rows with labels, a train/val/test split and flow ids."""
-    from pktnin.trainer import dataset as ds
+    from pktnin.dataset.build import build_dataset
+    from pktnin.dataset.options import BuildOptions
 
     try:
-        if kind not in ds.SOURCE_KINDS:
-            raise ValueError(f"unknown source kind {kind!r}; choose from {', '.join(ds.SOURCE_KINDS)}")
-        if kind == "auto":
-            kind = ds.detect_source(source)
-        if kind == "csv" and source.is_dir():
-            source = source / "labels.csv"
-        if task is not None and kind != "iscx":
-            raise ValueError("--task applies to an ISCX source only")
-        if pcaps is not None and kind != "csv":
-            raise ValueError("--pcaps applies to a CSV source only")
-        n_files = _count_files(kind, source, pcaps, label_column)
+        options = BuildOptions(
+            source=source,
+            out=out,
+            kind=kind,
+            split=split,
+            seed=seed,
+            max_per_class=max_per_class,
+            mask=mask,
+            keep_dns=keep_dns,
+            task=task,
+            label_column=label_column,
+            pcaps=pcaps,
+        )
+        n_files = _count_files(options.kind, options.source, options.pcaps, label_column)
     except (ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
-    default_split = "by-file" if kind == "csv" else "random"
-    common = dict(seed=seed, max_per_class=max_per_class, mask=mask, keep_dns=keep_dns, split=split or default_split)
-    with file_progress(n_files, f"dataset ({kind})", enabled=progress) as bar:
+    with file_progress(n_files, f"dataset ({options.kind})", enabled=progress) as bar:
 
         def on_progress(files_done: int, packets: int) -> None:
             if files_done > bar.files:
@@ -85,14 +87,7 @@ def build(
             bar.add_packets(packets - bar.packets)
 
         try:
-            if kind == "csv":
-                report = ds.build_from_csv(
-                    source, out, pcaps=pcaps, label_column=label_column, progress=on_progress, **common
-                )
-            elif kind == "iscx":
-                report = ds.build_from_iscx(source, out, task=task or "B", progress=on_progress, **common)
-            else:
-                report = ds.build_from_class_dirs(source, out, progress=on_progress, **common)
+            report = build_dataset(options, progress=on_progress)
         except (ValueError, OSError) as exc:
             raise typer.BadParameter(str(exc)) from None
 

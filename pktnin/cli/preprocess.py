@@ -25,7 +25,8 @@ def preprocess(
     src_addr/dst_addr uint8 [N,16], src_port, dst_port, vlan, flow_key, layout_version.
     """
     from pktnin.atomic import atomic_path
-    from pktnin.packets import META_COLUMNS, find_captures, iter_packets, mask_code, total_skips
+    from pktnin.packets import find_captures, iter_packets, mask_code, total_skips
+    from pktnin.schema import META_COLUMNS, concat_meta
 
     try:
         mask_code(mask)
@@ -60,8 +61,7 @@ def preprocess(
         "layout_version": np.array(LAYOUT_VERSION),
     }
     for name in META_COLUMNS:
-        empty_shape = (16,) if name.endswith("_addr") else ()
-        arrays[name] = cat(columns[name], np.uint8 if name.endswith("_addr") else np.int64, empty_shape)
+        arrays[name] = concat_meta(columns[name], name)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 

@@ -80,7 +80,11 @@ class ModelInfo:
 
 
 class Runner(ABC):
-    """Base class of the ONNX Runtime and TensorRT runners. Use as a context manager or call load()/close()."""
+    """Base class of the ONNX Runtime and TensorRT runners: model metadata, buffers' checks, load/close.
+
+    What the scoring stages rely on is engine.protocols.ModelRunner (classes, infer), which every Runner
+    satisfies. Use as a context manager or call load()/close().
+    """
 
     backend: str = ""
 

@@ -12,11 +12,8 @@ normalization byte/255 happens in the engine: inside the ONNX graph on the CPU, 
 
 Metadata (a dict of numpy arrays; k = number of kept packets, n = number of records in the batch):
   index int64[k]        position of the kept record in the batch
-  frame int64[k], ts_ns int64[k]   copied from the batch
-  ip_version uint8[k], proto uint8[k]
-  src_addr, dst_addr uint8[k,16]   unmasked, as captured; IPv4 in the first 4 bytes, the rest zero
-  src_port, dst_port uint16[k], vlan uint16[k] (outermost VLAN id, 0 if untagged)
-  flow_key uint64[k]    bidirectional (see pktnin.layout.flow_key); left out by RangePrep(flow_keys=False)
+  frame, ts_ns, ip_version, proto, src_addr, dst_addr, src_port, dst_port, vlan, flow_key
+                        [k, ...] in the dtypes of pktnin.schema.PACKET_META (RangePrep(flow_keys=False): no flow_key)
   skip uint8[n]         per record: 0 kept, else the layout.SKIP_* reason
   skip_counts int64[len(SKIP_REASONS)]   records per reason (index 0: kept)
 """
@@ -31,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from pktnin import layout
+from pktnin.schema import empty_meta
 
 
 def _layout_digest() -> str:
@@ -99,22 +97,6 @@ def check_raw_lengths(fields: Mapping) -> None:
             raise ValueError(f"RawBatch field {name} has {fields[name].shape[0]} entries, pkt_off has {n}")
 
 
-_META_DTYPES = {
-    "index": np.int64,
-    "frame": np.int64,
-    "ts_ns": np.int64,
-    "ip_version": np.uint8,
-    "proto": np.uint8,
-    "src_addr": np.uint8,  # [k, 16]
-    "dst_addr": np.uint8,  # [k, 16]
-    "src_port": np.uint16,
-    "dst_port": np.uint16,
-    "vlan": np.uint16,
-    "flow_key": np.uint64,
-}
-_ADDRESS_COLUMNS = ("src_addr", "dst_addr")
-
-
 @_cached
 @njit(nogil=True)
 def _prep_range(
@@ -181,12 +163,9 @@ class RangeOutput:
         else:
             self.rows = rows
             self.row_end = np.empty(0, dtype=np.int64)
-        self.meta = {}
-        for name, dtype in _META_DTYPES.items():
-            shape = (capacity, 16) if name in _ADDRESS_COLUMNS else (capacity,)
-            if name == "flow_key" and not flow_keys:
-                shape = (0,)  # tells the kernel to skip the hash
-            self.meta[name] = np.empty(shape, dtype=dtype)
+        self.meta = {"index": np.empty(capacity, dtype=np.int64), **empty_meta(capacity)}
+        if not flow_keys:
+            self.meta["flow_key"] = self.meta["flow_key"][:0]  # tells the kernel to skip the hash
         self.flow_keys = flow_keys
 
     @property

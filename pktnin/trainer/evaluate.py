@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pktnin.trainer.dataset import SPLIT_NAMES, load_dataset
+from pktnin.dataset.format import SPLIT_NAMES, load_dataset
 from pktnin.trainer.metrics import evaluation_report
 
 

@@ -20,13 +20,13 @@ from typing import Callable
 
 import numpy as np
 
+from pktnin.dataset.format import SPLIT_TRAIN, SPLIT_VAL
 from pktnin.layout import ROW_LEN
 from pktnin.trainer import checkpoint as ckpt
 from pktnin.trainer.augment import AUGMENTATIONS, jitter_capture_fields
 from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha
 from pktnin.trainer.metrics import classification_report
 
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
 PARALLEL_PRESET = "nin_parallel"
 CLASS_WEIGHTING = ("none", "balanced", "file")
 FIT_SPLITS = {"train": (SPLIT_TRAIN,), "train+val": (SPLIT_TRAIN, SPLIT_VAL)}
@@ -339,7 +339,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _open_dataset(data_dir: str | Path):
-    from pktnin.trainer.dataset import load_dataset
+    from pktnin.dataset.format import load_dataset
 
     return load_dataset(data_dir)
 

@@ -1,0 +1,58 @@
+"""The options of a dataset build, checked when made: an invalid combination never reaches the build loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pktnin.dataset.detect import SOURCE_KINDS, detect_source
+from pktnin.dataset.iscx import ISCX_TASKS
+from pktnin.layout import mask_code
+
+SPLIT_MODES = ("random", "by-file")
+
+
+@dataclass
+class BuildOptions:
+    """What to build from where. Made with kind "auto", split None or pcaps None, it holds the resolved values:
+    the detected kind, by-file for a CSV source and random otherwise, pcaps/ beside the CSV."""
+
+    source: Path  # a flow-label CSV (or a folder holding labels.csv), an ISCX tree, or a folder of class folders
+    out: Path  # the dataset directory to write
+    kind: str = "auto"  # one of SOURCE_KINDS
+    split: str | None = None  # one of SPLIT_MODES
+    seed: int = 0  # sampling and random splits
+    max_per_class: int | None = None  # seeded sample of at most this many packets per class (ISCX: a default)
+    mask: str = "paper"
+    keep_dns: bool = False
+    task: str | None = None  # ISCX only: A (applications) or B (traffic types, the default)
+    label_column: str = "task_category"  # CSV only
+    pcaps: Path | None = None  # CSV only: the capture folder
+
+    def __post_init__(self) -> None:
+        self.source = Path(self.source)
+        self.out = Path(self.out)
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {self.kind!r}; choose from {', '.join(SOURCE_KINDS)}")
+        if self.kind == "auto":
+            self.kind = detect_source(self.source)
+        if self.kind == "csv" and self.source.is_dir():
+            self.source = self.source / "labels.csv"
+        if self.task is not None and self.kind != "iscx":
+            raise ValueError("--task applies to an ISCX source only")
+        if self.pcaps is not None and self.kind != "csv":
+            raise ValueError("--pcaps applies to a CSV source only")
+        if self.split is None:
+            self.split = "by-file" if self.kind == "csv" else "random"
+        if self.split not in SPLIT_MODES:
+            raise ValueError(f"unknown split mode {self.split!r}; choose random or by-file")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"--max-per-class must be at least 1, got {self.max_per_class}")
+        mask_code(self.mask)
+        if self.kind == "iscx":
+            task = self.task or "B"
+            if task not in ISCX_TASKS:
+                raise ValueError(f"unknown ISCX task {task!r}; choose A (applications) or B (traffic types)")
+            self.task = ISCX_TASKS[task]
+        if self.kind == "csv":
+            self.pcaps = Path(self.pcaps) if self.pcaps is not None else self.source.parent / "pcaps"
