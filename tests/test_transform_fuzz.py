@@ -125,3 +125,20 @@ def test_range_prep_matches_transform_with_reused_buffers(threads):
                         continue
                     assert np.array_equal(np.concatenate([m[key] for _, m in got.parts]), meta[key]), key
                 assert all(("flow_key" in m) == flow_keys for _, m in got.parts)
+
+
+def test_range_prep_does_a_range_itself_when_no_worker_is_free():
+    """With its only worker busy, a two-thread RangePrep still finishes the batch, on the calling thread."""
+    import threading
+
+    raw = fuzz_batch(23)
+    rows, meta = cpu.transform(raw)
+    release = threading.Event()
+    with cpu.RangePrep(threads=2, min_range=1000) as prep:
+        blocker = prep._pool.submit(release.wait, 60)
+        got = prep(raw)
+        assert not blocker.done()
+        release.set()
+    assert len(got.parts) == 2
+    assert np.array_equal(np.concatenate([r for r, _ in got.parts]), rows)
+    assert np.array_equal(np.concatenate([m["index"] for _, m in got.parts]), meta["index"])

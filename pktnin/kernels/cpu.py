@@ -279,7 +279,10 @@ class RangePrep:
             return outputs[r].fill(arrays, bounds[r], bounds[r + 1], self.mask, self.keep_dns, skip, counts[r])
 
         others = [self._pool.submit(run, r) for r in range(1, ranges)]
-        kept = [run(0)] + [f.result() for f in others]
+        kept = [run(0)]
+        for r, future in enumerate(others, start=1):
+            # A range no worker has started yet (the machine is busy) is done here rather than waited for.
+            kept.append(run(r) if future.cancel() else future.result())
         parts = [outputs[r].kept(kept[r]) for r in range(ranges)]
         return Prepared(parts, skip, counts.sum(axis=0))
 
