@@ -142,3 +142,20 @@ def test_range_prep_does_a_range_itself_when_no_worker_is_free():
     assert len(got.parts) == 2
     assert np.array_equal(np.concatenate([r for r, _ in got.parts]), rows)
     assert np.array_equal(np.concatenate([m["index"] for _, m in got.parts]), meta["index"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_range_prep_pieces_match_transform(threads):
+    """A batch in pieces, each overwriting the buffers of the one before: the same rows, metadata and skips."""
+    raw = fuzz_batch(24)
+    rows, meta = cpu.transform(raw, "strict")
+    got_rows, got_index, skips, counts = [], [], [], np.zeros_like(meta["skip_counts"])
+    with cpu.RangePrep("strict", threads=threads, reuse=True, min_range=700) as prep:
+        for piece in prep.pieces(raw, 1500 * threads):
+            got_rows += [r.copy() for r, _ in piece.parts]  # the next piece reuses the buffers
+            got_index += [m["index"].copy() for _, m in piece.parts]
+            skips.append(piece.skip.copy())
+            counts += piece.skip_counts
+    assert np.array_equal(np.concatenate(got_rows), rows)
+    assert np.array_equal(np.concatenate(got_index), meta["index"])
+    assert np.array_equal(np.concatenate(skips), meta["skip"]) and np.array_equal(counts, meta["skip_counts"])

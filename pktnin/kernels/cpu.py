@@ -21,7 +21,7 @@ Metadata (a dict of numpy arrays; k = number of kept packets, n = number of reco
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -226,7 +226,7 @@ class Prepared(NamedTuple):
     """One batch through RangePrep: the kept rows and metadata of each record range, in record order."""
 
     parts: list  # [(rows uint8[k_i, ROW_LEN], meta dict without skip/skip_counts)]
-    skip: np.ndarray  # uint8 [n]
+    skip: np.ndarray  # uint8 [n], the batch's (or the piece's) records
     skip_counts: np.ndarray  # int64 [len(SKIP_REASONS)]
 
 
@@ -267,11 +267,27 @@ class RangePrep:
         return out
 
     def __call__(self, raw) -> Prepared:
+        """The whole batch at once."""
         arrays = raw_arrays(raw)
         n = arrays["pkt_off"].shape[0]
-        ranges = max(1, min(self.threads, n // self.min_range))
-        bounds = [n * r // ranges for r in range(ranges + 1)]
         skip = np.empty(n, dtype=np.uint8)
+        return self._run(arrays, 0, n, skip)
+
+    def pieces(self, raw, records: int) -> Iterator[Prepared]:
+        """The batch `records` records at a time, each piece split over the threads; a piece's skip covers its
+        records only. With reuse=True each piece overwrites the one before, so pieces small enough for the
+        cache keep the rows there from the transform to their consumer."""
+        if records < 1:
+            raise ValueError("records must be positive")
+        arrays = raw_arrays(raw)
+        n = arrays["pkt_off"].shape[0]
+        skip = np.empty(n, dtype=np.uint8)
+        for lo in range(0, n, records):
+            yield self._run(arrays, lo, min(n, lo + records), skip)
+
+    def _run(self, arrays: dict, lo: int, hi: int, skip: np.ndarray) -> Prepared:
+        ranges = max(1, min(self.threads, (hi - lo) // self.min_range))
+        bounds = [lo + (hi - lo) * r // ranges for r in range(ranges + 1)]
         counts = np.zeros((ranges, _N_REASONS), dtype=np.int64)
         outputs = [self._output(r, bounds[r + 1] - bounds[r]) for r in range(ranges)]
 
@@ -284,7 +300,7 @@ class RangePrep:
             # A range no worker has started yet (the machine is busy) is done here rather than waited for.
             kept.append(run(r) if future.cancel() else future.result())
         parts = [outputs[r].kept(kept[r]) for r in range(ranges)]
-        return Prepared(parts, skip, counts.sum(axis=0))
+        return Prepared(parts, skip[lo:hi], counts.sum(axis=0))
 
     def close(self) -> None:
         if self._pool is not None:
