@@ -1,7 +1,8 @@
 """Where read + prep spends its time on one capture, stage by stage, against this machine's memory bandwidth.
 
-Stages, each a full pass over the file (records in chunks of --chunk, rows into reused buffers as the engine
-reads them), in this order, all in this one process:
+Stages, each a full pass over the file (records in chunks of --chunk, transformed in pieces of
+packets.REUSED_PIECE_RECORDS a thread into reused buffers, as iter_packets(reuse_rows=True) does for an engine
+that reads rows in place), in this order, all in this one process:
 
   copy        numpy copy of a 256 MiB buffer: the memory bandwidth the others are compared with
   walk        window reads and the record walk alone (pktnin.kernels.capture)
@@ -38,6 +39,7 @@ from numba import njit
 from pktnin import layout
 from pktnin.kernels import cpu
 from pktnin.kernels.capture import CaptureReader
+from pktnin.packets import REUSED_PIECE_RECORDS
 
 _parse_packet = njit(nogil=True)(layout.parse_packet)
 
@@ -66,7 +68,8 @@ def run_stage(stage: str, path: Path, chunk: int) -> dict:
     records = kept = 0
     skip = np.empty(chunk, dtype=np.uint8)
     threads = 2 if stage == "prep-2t" else 1
-    prep = cpu.RangePrep(threads=threads, reuse=True, flow_keys=stage != "prep-nofk")
+    piece = REUSED_PIECE_RECORDS * threads  # as iter_packets(reuse_rows=True) does
+    prep = cpu.RangePrep(threads=threads, reuse=True, flow_keys=stage != "prep-nofk", min_range=REUSED_PIECE_RECORDS)
     cpu_start = time.process_time()
     start = time.perf_counter()
     if stage == "cached":
@@ -76,7 +79,7 @@ def run_stage(stage: str, path: Path, chunk: int) -> dict:
         cpu_start = time.process_time()
         start = time.perf_counter()
         while records < total:
-            kept += int(prep(first).skip_counts[layout.KEPT])
+            kept += sum(int(p.skip_counts[layout.KEPT]) for p in prep.pieces(first, piece))
             records += first["pkt_off"].shape[0]
         reader = ()
     for raw in reader:
@@ -84,7 +87,7 @@ def run_stage(stage: str, path: Path, chunk: int) -> dict:
         if stage == "parse":
             _parse_only(raw.buf, raw.pkt_off, raw.caplen, raw.linktype, skip)
         elif stage != "walk":
-            kept += int(prep(raw).skip_counts[layout.KEPT])
+            kept += sum(int(p.skip_counts[layout.KEPT]) for p in prep.pieces(raw, piece))
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
     prep.close()
