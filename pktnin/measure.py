@@ -25,7 +25,7 @@ def prep_throughput(
     `progress` (optional) has add_packets(n) and file_done(n). `threads` (None: numba's thread count), `chunk`
     (records per walk) and `flow_keys` go to packets.iter_packets.
     """
-    kw = dict(mask=opts.mask, keep_dns=opts.keep_dns, threads=threads, flow_keys=flow_keys, reuse_rows=True)
+    kw = {"mask": opts.mask, "keep_dns": opts.keep_dns, "threads": threads, "flow_keys": flow_keys, "reuse_rows": True}
     # Warm up: load or compile the kernels on the first chunk of the first file (not timed).
     for _ in iter_packets(files[:1], max_records=64, **kw):
         break

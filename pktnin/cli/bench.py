@@ -85,7 +85,7 @@ def prep(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Prep threads (default: all cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Prep threads (default: all).")] = None,
     chunk: Annotated[int, typer.Option("--chunk", min=64, help="Records per chunk.")] = 8192,
     flow_keys: Annotated[bool, typer.Option("--flow-keys/--no-flow-keys", help="Compute flow keys.")] = True,
 ) -> None:

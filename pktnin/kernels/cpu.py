@@ -194,8 +194,8 @@ class RangeOutput:
         return _prep_range(
             arrays["buf"], arrays["pkt_off"], arrays["caplen"], arrays["linktype"], arrays["frame"], arrays["ts_ns"],
             lo, hi, bool(keep_dns), mask,
-            self.rows, self.row_end, m["index"], m["frame"], m["ts_ns"], m["ip_version"], m["proto"], m["src_addr"], m["dst_addr"],
-            m["src_port"], m["dst_port"], m["vlan"], m["flow_key"], skip, skip_counts,
+            self.rows, self.row_end, m["index"], m["frame"], m["ts_ns"], m["ip_version"], m["proto"],
+            m["src_addr"], m["dst_addr"], m["src_port"], m["dst_port"], m["vlan"], m["flow_key"], skip, skip_counts,
         )  # fmt: skip
 
     def kept(self, k: int) -> tuple[np.ndarray, dict]:
@@ -321,7 +321,7 @@ class RangePrep:
             self._pool.shutdown()
             self._pool = None
 
-    def __enter__(self) -> "RangePrep":
+    def __enter__(self) -> RangePrep:
         return self
 
     def __exit__(self, *exc) -> None:
