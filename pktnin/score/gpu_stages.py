@@ -68,6 +68,7 @@ def own_raw(raw):
         raw.linktype.copy(),
         raw.ts_ns.copy(),
         raw.frame.copy(),
+        raw.base + lo,
     )
 
 
