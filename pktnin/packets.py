@@ -81,12 +81,16 @@ def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def iter_raw_batches(
-    files: Iterable[str | os.PathLike], max_records: int = 65536, first_index: int = 0
+    files: Iterable[str | os.PathLike],
+    max_records: int = 65536,
+    first_index: int = 0,
+    reader_kwargs: dict | None = None,
 ) -> Iterator[tuple[FileReport, "RawBatch | None"]]:
     """The record walk over each file in turn, with the per-file error handling every consumer shares.
 
     Yields (report, raw) for each chunk of records, then (report, None) once the file is finished; the report
     then holds the format, records, corrupt records and errors (a consumer that transforms adds kept and skips).
+    `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard).
     """
     from pktnin.kernels.capture import CaptureError, CaptureReader
 
@@ -94,7 +98,7 @@ def iter_raw_batches(
         path = Path(path)
         report = FileReport(index=index, path=path)
         try:
-            reader = CaptureReader(path, max_records=max_records)
+            reader = CaptureReader(path, max_records=max_records, **(reader_kwargs or {}))
             report.format = reader.format
             for raw in reader:
                 report.records += raw.n
@@ -119,17 +123,18 @@ def iter_packets(
     reports: list[FileReport] | None = None,
     max_records: int = 65536,
     first_index: int = 0,
+    reader_kwargs: dict | None = None,
 ) -> Iterator[PacketBatch]:
     """Read each file in turn and yield its kept packets in chunks of at most `max_records` records.
 
     `reports`, when given, receives one FileReport per file as soon as that file is finished.
-    File indexes count from `first_index` in the order of `files`.
+    File indexes count from `first_index` in the order of `files`; `reader_kwargs` go to each CaptureReader.
     """
     from pktnin.kernels.cpu import transform
 
     code = mask_code(mask)
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
-    for report, raw in iter_raw_batches(files, max_records, first_index):
+    for report, raw in iter_raw_batches(files, max_records, first_index, reader_kwargs):
         if raw is None:
             report.skip_counts = {SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
             counts[:] = 0

@@ -41,12 +41,28 @@ def score(
         typer.Option("--prep-threads", help="Threads preparing packets (default: 1 with the CPU model, else all)."),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (this process) or ray (shards on a Ray cluster, extra pktnin[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)."),
+    ] = None,
+    actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring shards (each loads the model once).")] = 1,
+    split_bytes: Annotated[
+        str, typer.Option("--split-bytes", help="Ray: cut files larger than this into shards (e.g. 512M, 1G).")
+    ] = "1G",
+    keep_parts: Annotated[
+        bool,
+        typer.Option("--keep-parts", help="Ray: keep the rows as a Parquet dataset in OUT.parts/ instead of one file."),
+    ] = False,
 ) -> None:
     """Classify every packet of the captures and write one row per packet: file, frame, timestamp, addresses
     and ports (as captured), protocol, predicted label and its probability.
 
     Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
     OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
+    With `--engine ray` the files are cut into shards scored by Ray actors (same outputs, same `--resume`).
     """
     from pktnin.engine.cache import file_sha256
     from pktnin.engine.runner_base import EngineUnavailableError, ModelMismatchError
@@ -64,6 +80,16 @@ def score(
         raise typer.BadParameter("--flows must name a different file than --out", param_hint="--flows")
     if batch < 1:
         raise typer.BadParameter(f"must be at least 1, got {batch}", param_hint="--batch")
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"unknown engine {engine!r}; choose local or ray", param_hint="--engine")
+    if actors < 1:
+        raise typer.BadParameter(f"must be at least 1, got {actors}", param_hint="--actors")
+    try:
+        split = parse_size(split_bytes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--split-bytes") from None
+    if engine == "local" and (keep_parts or ray_address is not None):
+        raise typer.BadParameter("only with --engine ray", param_hint="--keep-parts/--ray-address")
     for value, hint in ((threads, "--threads"), (prep_threads, "--prep-threads")):
         if value is not None and value < 1:
             raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=hint)
@@ -79,6 +105,12 @@ def score(
     if not files:
         raise typer.BadParameter("no files found", param_hint="PATH")
 
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401 - only to say clearly that the extra is missing
+        except ImportError:
+            console.print("[red]error:[/red] --engine ray needs Ray: pip install 'pktnin[ray]'")
+            raise typer.Exit(2) from None
     try:
         model_path = model if model is not None else default_model_path()
         runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
@@ -100,7 +132,13 @@ def score(
     )
     try:
         with file_progress(len(files), "score", enabled=progress) as bar:
-            result = score_files(files, runner, opts, progress=bar)
+            if engine == "ray":
+                classes = list(runner.classes)
+                runner.close()  # the driver only needed the classes: each actor opens its own runner
+                result = _score_on_ray(files, opts, classes, model_path, backend, batch, ray_address,
+                                       actors, split, keep_parts, bar)
+            else:
+                result = score_files(files, runner, opts, progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
         raise typer.Exit(130) from None
@@ -114,6 +152,30 @@ def score(
     _print_summary(result)
     if all(r.failed for r in result.reports):
         raise typer.Exit(1)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '1G', '512M', '64k' or a plain number (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * units[unit]
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 1G)") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def _score_on_ray(files, opts, classes, model_path, backend, batch, address, actors, split, keep_parts, bar):
+    from pktnin.distributed.driver import score_sharded
+    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
+
+    spec = RunnerSpec(str(Path(model_path).resolve()), backend, batch)
+    with ray_session(address):
+        execute = ray_execute(spec, opts, actors=actors)
+        return score_sharded(files, opts, classes, execute, split_bytes=split, progress=bar, keep_parts=keep_parts)
 
 
 def _own_output(path: Path, out: Path, flows: Path | None) -> bool:

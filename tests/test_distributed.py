@@ -1,0 +1,175 @@
+"""Sharded scoring: the driver, the shard worker and the Ray engine give exactly the local engine's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from onnx_fixtures import tiny_model
+from packetgen import mixed_traffic
+from pcapgen import write_pcap, write_pcapng
+from test_score import make_inputs
+
+from pktnin.distributed.driver import local_execute, score_sharded
+from pktnin.distributed.shards import make_shards
+from pktnin.distributed.worker import score_shard, summary_path
+from pktnin.engine.runners import open_runner
+from pktnin.packets import find_captures
+from pktnin.score import ScoreOptions, score_files
+
+CLASSES = ["Web", "VoIP", "Chat", "Video"]
+TESTS = Path(__file__).resolve().parent
+SPLIT = 9000  # bytes: the big captures below become several shards each
+STEP = 7  # records per index step: cuts at odd places
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", CLASSES, seed=5)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    """The score tests' inputs (good, text, empty, truncated) plus a big pcap and a big two-section pcapng."""
+    root = make_inputs(tmp_path_factory.mktemp("caps") / "in", n_good=2, packets=60)
+    pk = mixed_traffic(7, 400, flows=4)
+    write_pcap(root / "big.pcap", pk)
+    write_pcapng(root / "big.pcapng", [
+        {"interfaces": [(1, 9)], "records": [("epb", 0, ts, d) for ts, d in pk[:150]]},
+        {"big_endian": True, "interfaces": [(1, 6)], "records": [("epb", 0, ts, d) for ts, d in pk[150:]]},
+    ])
+    return find_captures([root])
+
+
+def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
+    return ScoreOptions(out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16,
+                        model_id=str(model), **kw)
+
+
+@pytest.fixture(scope="module")
+def local_tables(files, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "p.parquet"
+    result = score_files(files, open_runner(model, "onnxruntime"), _opts(out, model))
+    return pq.read_table(out), pq.read_table(out.with_name("flows.parquet")), result
+
+
+def _same_as_local(out: Path, result, local_tables) -> None:
+    packets, flows, local = local_tables
+    assert pq.read_table(out).equals(packets)  # every column, every row, in order
+    assert pq.read_table(out.with_name("flows.parquet")).equals(flows)
+    assert result.label_counts.tolist() == local.label_counts.tolist()
+    for got, want in zip(result.reports, local.reports):
+        assert (got.records, got.kept, got.corrupt_records, got.skip_counts, got.failed, got.stopped_early) == (
+            want.records, want.kept, want.corrupt_records, want.skip_counts, want.failed, want.stopped_early)
+        assert got.errors == want.errors
+    assert sorted(p.name for p in out.parent.iterdir()) == ["flows.parquet", "p.parquet"]
+
+
+def test_shards_split_the_big_files(files):
+    shards = make_shards(files, {}, split_bytes=SPLIT, step_records=STEP)
+    per_file = {}
+    for s in shards:
+        per_file[Path(s.path).name] = per_file.get(Path(s.path).name, 0) + 1
+    assert per_file["big.pcap"] >= 4 and per_file["big.pcapng"] >= 4 and per_file["empty.pcap"] == per_file["notes.txt"] == 1
+
+
+def test_sharded_local_run_matches_score_files(files, model, local_tables, tmp_path):
+    out = tmp_path / "run" / "p.parquet"
+    opts = _opts(out, model)
+    runner = open_runner(model, "onnxruntime")
+    result = score_sharded(files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT, step_records=STEP)
+    _same_as_local(out, result, local_tables)
+
+
+def test_a_shard_whose_part_exists_is_not_scored_again(files, model, tmp_path):
+    parts = tmp_path / "parts"
+    opts = _opts(tmp_path / "p.parquet", model)
+    runner = open_runner(model, "onnxruntime")
+    shard = [s for s in make_shards(files, {}, SPLIT, STEP) if Path(s.path).name == "big.pcap"][1]
+    first = score_shard(shard, runner, opts, parts)
+    assert not first["skipped"] and first["packets"] > 0 and summary_path(parts, shard.id).is_file()
+    part = parts / first["part"]
+    mtime = part.stat().st_mtime_ns
+    again = score_shard(shard, runner, opts, parts)
+    assert again["skipped"] and again["packets"] == first["packets"] and part.stat().st_mtime_ns == mtime
+    part.unlink()  # a summary without its part is not trusted: the shard is scored again
+    assert not score_shard(shard, runner, opts, parts)["skipped"]
+
+
+# -- Ray --------------------------------------------------------------------------------------------------
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from pktnin.distributed.ray_engine import ray_session
+
+    pythonpath = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    with ray_session():  # uses the running Ray and leaves it alone
+        yield ray
+    ray.shutdown()
+
+
+def _ray_run(files, model, out, spec=None, actors=2, progress=None, **kw):
+    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute
+
+    opts = _opts(out, model, **kw)
+    spec = spec or RunnerSpec(str(model), "onnxruntime", 16)
+    execute = ray_execute(spec, opts, actors=actors, cpus_per_actor=0.5)
+    return score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP, progress=progress)
+
+
+def test_ray_matches_local(local_ray, files, model, local_tables, tmp_path):
+    out = tmp_path / "run" / "p.parquet"
+    result = _ray_run(files, model, out)
+    _same_as_local(out, result, local_tables)
+
+
+def test_ray_actor_dies_mid_shard_once(local_ray, files, model, local_tables, tmp_path):
+    from ray_helpers import DyingSpec
+
+    marker = tmp_path / "die-once"
+    marker.write_text("")
+    out = tmp_path / "run" / "p.parquet"
+    result = _ray_run(files, model, out, spec=DyingSpec(str(model), "onnxruntime", 16, marker=str(marker)))
+    assert not marker.exists()  # an actor did die
+    _same_as_local(out, result, local_tables)
+
+
+class _KillAfter:
+    """A progress object that stops the driver after `n` shards came back (as a kill would)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def add_packets(self, _n: int) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def file_done(self, n: int = 1) -> None:
+        pass
+
+
+def test_ray_driver_killed_then_resume(local_ray, files, model, local_tables, tmp_path):
+    out = tmp_path / "run" / "p.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        _ray_run(files, model, out, actors=1, progress=_KillAfter(3))
+    manifest = json.loads(out.with_name("p.parquet.manifest.json").read_text())
+    assert not out.exists() and manifest["files"]
+    done_before = {p.name.split(".")[0] for p in (out.with_name("p.parquet.parts") / "_shards").glob("*.summary.json")}
+    assert len(done_before) >= 3
+    result = _ray_run(files, model, out, resume=True)
+    _same_as_local(out, result, local_tables)
+    assert result.packets < local_tables[2].packets  # the shards finished before were not scored again
