@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
 from packetgen import mixed_traffic
 from pcapgen import pcap_record_offsets, write_pcap, write_pcapng
+
 from pktnin.distributed.shards import cached_index, index_file, make_shards
-from pktnin.kernels.capture import CaptureReader
+from pktnin.kernels.capture import CaptureReader, detect_format
 
 
 def find_corpus() -> Path | None:
@@ -172,10 +171,9 @@ def test_corpus_shards_hold_exactly_the_file_records():
     files = sorted(p for p in (find_corpus() / "pcaps").rglob("*") if p.is_file())
     assert files
     for path in files:
-        try:
-            expect, corrupt = whole(path)
-        except Exception:  # noqa: BLE001 - not a capture: nothing to shard
-            continue
+        if detect_format(path) is None:
+            continue  # not a capture: nothing to shard
+        expect, corrupt = whole(path)
         split = max(1, os.path.getsize(path) // 5 + 13)  # about five shards at odd offsets
         got, _, got_corrupt = shard_records(path, split, 97)
         assert got == expect, path.name

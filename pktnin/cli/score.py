@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
-from pktnin.cli._console import console, escape, failed_files_table, file_progress, skip_table
+from pktnin.cli._console import (
+    console,
+    escape,
+    failed_files_table,
+    file_progress,
+    skip_table,
+)
 
 DEFAULT_BATCH = 512
 
 
 def score(
-    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
+    paths: Annotated[list[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
     model: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
+        Path | None, typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
     ] = None,
-    flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
+    flows: Annotated[Path | None, typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="parquet or csv (default: from --out's suffix, else parquet).")
+        str | None, typer.Option("--format", help="parquet or csv (default: from --out's suffix, else parquet).")
     ] = None,
     probs: Annotated[bool, typer.Option("--probs", help="Add one probability column per class (p_<class>).")] = False,
     resume: Annotated[
@@ -34,10 +40,10 @@ def score(
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Threads of the CPU model (ONNX Runtime intra-op threads).")
+        int | None, typer.Option("--threads", help="Threads of the CPU model (ONNX Runtime intra-op threads).")
     ] = None,
     prep_threads: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--prep-threads", help="Threads preparing packets (default: 1 with the CPU model, else all)."),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
@@ -45,7 +51,7 @@ def score(
         str, typer.Option("--engine", help="local (this process) or ray (shards on a Ray cluster, extra pktnin[ray]).")
     ] = "local",
     ray_address: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)."),
     ] = None,
     actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring shards (each loads the model once).")] = 1,
@@ -169,13 +175,26 @@ def parse_size(text: str) -> int:
 
 
 def _score_on_ray(files, opts, classes, model_path, backend, batch, address, actors, split, keep_parts, bar):
+    import signal
+    import threading
+
     from pktnin.distributed.driver import score_sharded
     from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
 
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt  # so that Ray is shut down (ray_session) and finished shards stay recorded
+
     spec = RunnerSpec(str(Path(model_path).resolve()), backend, batch)
-    with ray_session(address):
-        execute = ray_execute(spec, opts, actors=actors)
-        return score_sharded(files, opts, classes, execute, split_bytes=split, progress=bar, keep_parts=keep_parts)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if in_main else None
+    try:
+        with ray_session(address):
+            execute = ray_execute(spec, opts, actors=actors)
+            return score_sharded(files, opts, classes, execute, split_bytes=split, progress=bar,
+                                 keep_parts=keep_parts)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _own_output(path: Path, out: Path, flows: Path | None) -> bool:

@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from pktnin.distributed.shards import DEFAULT_SPLIT_BYTES, INDEX_STEP_RECORDS, Shard, make_shards
-from pktnin.distributed.worker import STATE_DIR, load_flow_state, load_summary, merge_reports
+from pktnin.distributed.shards import (
+    DEFAULT_SPLIT_BYTES,
+    INDEX_STEP_RECORDS,
+    Shard,
+    make_shards,
+)
+from pktnin.distributed.worker import (
+    STATE_DIR,
+    load_flow_state,
+    load_summary,
+    merge_reports,
+)
 from pktnin.score import manifest as mf
 from pktnin.score.flows import FlowAccumulator, flow_schema
 from pktnin.score.options import ScoreOptions, ScoreResult

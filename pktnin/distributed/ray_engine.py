@@ -17,10 +17,10 @@ that dies and retries its shard; the shard's part is then written again under th
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from pktnin.distributed.shards import Shard
 from pktnin.score.options import ScoreOptions
@@ -41,10 +41,10 @@ class RunnerSpec:
 
 
 def warm_kernels() -> None:
-    """Compile (or load from numba's cache) the record walks and the CPU prep kernel on a tiny capture."""
+    """Compile (or load from numba's cache) the record walks and the CPU prep kernel on a tiny capture.
+    numba caches in the package's __pycache__, or in a user-wide folder when that is read-only (an image);
+    NUMBA_CACHE_DIR in the workers' environment chooses another (read when numba is first imported)."""
     import struct
-
-    import numpy as np
 
     from pktnin.kernels.capture import CaptureReader
     from pktnin.kernels.cpu import transform
@@ -55,25 +55,43 @@ def warm_kernels() -> None:
     idb = struct.pack("<IIHHI", 1, 20, 1, 0, 0) + struct.pack("<I", 20)
     body = struct.pack("<IIIII", 0, 0, 0, len(frame), len(frame)) + frame
     epb = struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
-    for data in (pcap, shb + idb + epb):
-        for raw in CaptureReader(np.frombuffer(data, dtype=np.uint8)):
+    for data in (pcap, shb + idb + epb):  # bytes: read-only buffers, like the file windows (one specialization)
+        for raw in CaptureReader(data):
             transform(raw)
+
+
+@contextmanager
+def build_lock(runner_spec):
+    """Held while an actor opens its runner when that may build a TensorRT plan: the first actor of a node
+    builds the plan into the node's cache, the others wait and load it (a plan per actor would take minutes).
+    ONNX Runtime runners open without it."""
+    if getattr(runner_spec, "backend", "auto") == "onnxruntime":
+        yield
+        return
+    import fcntl
+
+    from pktnin.engine.cache import cache_dir
+
+    path = cache_dir() / "runner-build.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class ShardScorer:
     """The Ray Data actor: one runner per actor, one shard per call."""
 
-    def __init__(self, runner_spec, options: ScoreOptions, parts_dir: str, cpus: int) -> None:
+    def __init__(self, runner_spec, options: ScoreOptions, parts_dir: str, threads: int) -> None:
         import numba
 
-        from pktnin.engine.cache import CACHE_ENV, cache_dir
-
-        cpus = max(1, int(cpus))
-        # numba's cache beside the model cache when the package folder is read-only (a container image).
-        os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
-        os.environ.setdefault(CACHE_ENV, str(cache_dir()))
+        cpus = max(1, int(threads))
         numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
-        self.runner = runner_spec(cpus)  # ONNX Runtime intra-op threads = the actor's CPUs
+        with build_lock(runner_spec):
+            self.runner = runner_spec(cpus)  # ONNX Runtime intra-op threads = the actor's CPUs
         self.options = options
         self.parts_dir = Path(parts_dir)
         warm_kernels()
@@ -88,13 +106,16 @@ class ShardScorer:
         return {"summary": summaries}
 
 
-def actor_cpus(cluster_cpus: float, actors: int, cpus_per_actor: float | None) -> tuple[int, float]:
-    """(actors, CPUs each). Unless told, the actors share all but one of the cluster's CPUs, at least one each:
-    Ray Data's own tasks (reading the shard list, moving summaries) need a free CPU, else the run hangs."""
+def actor_cpus(cluster_cpus: float, actors: int, cpus_per_actor: float | None) -> tuple[int, float, int]:
+    """(actors, CPUs each actor requests, threads each actor runs). Unless told, the actors share all but one of
+    the cluster's CPUs: Ray Data's own tasks (reading the shard list, moving summaries) need a free CPU, else the
+    run waits forever. Fewer CPUs than actors: each requests a fraction and runs one thread."""
     actors = max(1, int(actors))
     if cpus_per_actor is None:
-        cpus_per_actor = max(1.0, (cluster_cpus - 1) // actors)
-    return actors, float(cpus_per_actor)
+        cpus_per_actor = max(cluster_cpus - 1, 0.5) / actors
+        if cpus_per_actor >= 1:
+            cpus_per_actor = float(int(cpus_per_actor))
+    return actors, float(cpus_per_actor), max(1, int(cpus_per_actor))
 
 
 def ray_execute(
@@ -112,7 +133,11 @@ def ray_execute(
 
         if not todo:
             return
-        n, cpus = actor_cpus(ray.cluster_resources().get("CPU", 1), min(actors, len(todo)), cpus_per_actor)
+        resources = ray.cluster_resources()
+        n, cpus, threads = actor_cpus(resources.get("CPU", 1), min(actors, len(todo)), cpus_per_actor)
+        gpus = num_gpus
+        if gpus is None and resources.get("GPU", 0) and getattr(runner_spec, "backend", "auto") != "onnxruntime":
+            gpus = 1  # one GPU per actor: the TensorRT engine and the CUDA prep stay on it
         ds = ray.data.from_items(
             [{"shard": json.dumps(s.to_dict())} for s in todo], override_num_blocks=len(todo)
         )  # one block per shard: shards go to whichever actor is free
@@ -120,9 +145,9 @@ def ray_execute(
             ShardScorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
-            fn_constructor_args=(runner_spec, options, str(Path(parts_dir).resolve()), int(cpus)),
+            fn_constructor_args=(runner_spec, options, str(Path(parts_dir).resolve()), threads),
             num_cpus=cpus,
-            num_gpus=num_gpus,
+            num_gpus=gpus,
         )
         for row in ds.iter_rows():
             yield json.loads(row["summary"])

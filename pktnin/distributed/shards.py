@@ -62,7 +62,7 @@ class Shard:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Shard":
+    def from_dict(cls, d: dict) -> Shard:
         return cls(**d)
 
 

@@ -156,6 +156,7 @@ def score_shard(shard: Shard, runner: ModelRunner | DeviceRunner, options: Score
     done = load_summary(parts_dir, shard.id)
     if done is not None:
         return {**done, "skipped": True}
+    _check_stamp(shard)
     started, cpu_started = time.perf_counter(), time.process_time()
     writer = ShardWriter(shard, options, list(runner.classes), parts_dir)
     todo = [(shard.file_index, Path(shard.path))]
@@ -179,12 +180,28 @@ def score_shard(shard: Shard, runner: ModelRunner | DeviceRunner, options: Score
         stages.run(_write_stage, stages, writer, scored_q)
         stages.finish()
         stages.raise_error()
+        _check_stamp(shard)  # a file rewritten meanwhile would mix two versions in one output
         summary = writer.finish(time.perf_counter() - started, time.process_time() - cpu_started)
     except BaseException:
         stages.finish()
         writer.abort()
         raise
     return {**summary, "skipped": False}
+
+
+class ShardChanged(RuntimeError):
+    """The shard's file is not the one the shards were cut from."""
+
+
+def _check_stamp(shard: Shard) -> None:
+    from pktnin.distributed.shards import file_stamp
+
+    try:
+        stamp = file_stamp(shard.path)
+    except OSError:
+        return  # unreadable: the read stage reports it as a failed file
+    if stamp != shard.stamp:
+        raise ShardChanged(f"{shard.path}: changed since the run started (size or mtime); rerun to score it again")
 
 
 def merge_reports(summaries: list[dict]) -> FileReport:
