@@ -9,8 +9,8 @@ process it started: gcs, raylet, workers, actors), split into the Ray start-up (
 and the runs. Each configuration scores a small input (one file of --small packets) and the full input in the
 same cluster; CPU = fixed + per-packet * packets through those two points separates the fixed cost of a run
 (actor start, model load, kernel warm-up, Ray's own actors) from the CPU per packet, the figure to compare with
-the local engine's. CPU of a process is read from /proc before the cluster is shut down; a Ray worker that
-exited during the run (none should) would be missing from the sum. The shards' own CPU (measured inside the
+the local engine's. CPU is sampled from /proc (user + system of each process); a process that
+ended during a run counts up to its last sample (every 0.2 s). The shards' own CPU (measured inside the
 actors) is reported too: the rest of a Ray run's CPU is Ray's and the driver's.
 
 The Ray cluster is local and started with one logical CPU more than the actors take (--ray-cpus, default 3 on a
@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,30 +38,66 @@ sys.path[:0] = [str(HERE.parent)]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def process_tree_cpu(root: int) -> float:
-    """CPU seconds (user + system, with reaped children) of `root` and all its live descendants."""
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-        pid = int(entry)
-        parent[pid] = int(fields[1])
-        cpu[pid] = sum(int(v) for v in fields[11:15]) / TICK  # utime stime cutime cstime
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        total += cpu.get(pid, 0.0)
-        stack += children.get(pid, [])
-    return total
+class TreeCPU:
+    """CPU seconds (user + system) used by a process and its descendants, sampled from /proc by a thread every
+    SAMPLE_S so that processes that end during a run (Ray's actors of a finished pool) still count: each
+    process's last sample is kept. Children's CPU is not read from their parents' cutime (that would count a
+    reaped child twice)."""
+
+    SAMPLE_S = 0.2
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> CPU seconds at its last sample
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> float:
+        parent, cpu = {}, {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) onwards
+            pid = int(entry)
+            parent[pid] = int(fields[1])
+            cpu[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        tree, stack = set(), [self.root]
+        while stack:
+            pid = stack.pop()
+            tree.add(pid)
+            stack += children.get(pid, [])
+        for key, value in cpu.items():
+            if key[0] in tree:
+                self.seen[key] = value
+        return sum(self.seen.values())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            self.sample()
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+_tracker: TreeCPU | None = None
+
+
+def cpu_used() -> float:
+    """CPU seconds used so far by this process and every process it started (since main began)."""
+    return _tracker.sample()
 
 
 def run_local(inputs, opts, model, threads):
@@ -69,11 +106,11 @@ def run_local(inputs, opts, model, threads):
 
     runs = []
     for name, files in inputs:
-        cpu0, t0 = process_tree_cpu(os.getpid()), time.perf_counter()
+        cpu0, t0 = cpu_used(), time.perf_counter()
         runner = open_runner(model, "onnxruntime", intra_threads=threads, max_batch=opts(name).batch)
         result = score_files(files, runner, opts(name))
         runner.close()
-        runs.append({"run_s": time.perf_counter() - t0, "run_cpu_s": process_tree_cpu(os.getpid()) - cpu0,
+        runs.append({"run_s": time.perf_counter() - t0, "run_cpu_s": cpu_used() - cpu0,
                      "packets": result.packets, "shard_cpu_s": None})
     return {"startup_s": 0.0, "startup_cpu_s": 0.0, "runs": runs}
 
@@ -85,12 +122,12 @@ def run_ray(inputs, opts, model, actors, threads, ray_cpus):
     from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
 
     classes = _classes(model)
-    cpu0, t0 = process_tree_cpu(os.getpid()), time.perf_counter()
+    cpu0, t0 = cpu_used(), time.perf_counter()
     ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
     runs = []
     try:
         with ray_session():
-            startup_s, startup_cpu = time.perf_counter() - t0, process_tree_cpu(os.getpid()) - cpu0
+            startup_s, startup_cpu = time.perf_counter() - t0, cpu_used() - cpu0
             for name, files in inputs:
                 o = opts(name)
                 shard_cpu = []
@@ -102,9 +139,9 @@ def run_ray(inputs, opts, model, actors, threads, ray_cpus):
                         shard_cpu.append(summary["cpu_seconds"])
                         yield summary
 
-                cpu1, t1 = process_tree_cpu(os.getpid()), time.perf_counter()
+                cpu1, t1 = cpu_used(), time.perf_counter()
                 result = score_sharded(files, o, classes, execute)
-                runs.append({"run_s": time.perf_counter() - t1, "run_cpu_s": process_tree_cpu(os.getpid()) - cpu1,
+                runs.append({"run_s": time.perf_counter() - t1, "run_cpu_s": cpu_used() - cpu1,
                              "packets": result.packets, "shard_cpu_s": sum(shard_cpu)})
     finally:
         ray.shutdown()
@@ -140,7 +177,8 @@ def main() -> None:
 
     model = (args.model or default_model_path()).resolve()
     results = {}
-    with tempfile.TemporaryDirectory(prefix="pktnin-dist-") as tmp:
+    global _tracker
+    with tempfile.TemporaryDirectory(prefix="pktnin-dist-") as tmp, TreeCPU(os.getpid()) as _tracker:
         tmp = Path(tmp)
         os.environ.setdefault("PKTNIN_CACHE_DIR", str(tmp / "cache"))  # a cold shard index, like a first run
         full = [write_synthetic_capture(tmp / f"in{i}.pcap", args.packets, seed=i) for i in range(args.files)]

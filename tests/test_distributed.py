@@ -41,10 +41,13 @@ def files(tmp_path_factory) -> list[Path]:
     """The score tests' inputs (good, text, empty, truncated) plus a big pcap and a big two-section pcapng."""
     root = make_inputs(tmp_path_factory.mktemp("caps") / "in", n_good=2, packets=60)
     pk = mixed_traffic(7, 400, flows=4)
-    write_pcap(root / "big.pcap", pk)
+    # Zero-length records and packets of an undefined interface in several shards: skipped, counted, and
+    # reported once per kind with the first offset, as for the whole file.
+    write_pcap(root / "big.pcap", [p if i % 90 != 45 else (p[0], b"") for i, p in enumerate(pk)])
+    epb = [("epb", 0 if i % 110 != 60 else 7, ts, d) for i, (ts, d) in enumerate(pk)]
     write_pcapng(root / "big.pcapng", [
-        {"interfaces": [(1, 9)], "records": [("epb", 0, ts, d) for ts, d in pk[:150]]},
-        {"big_endian": True, "interfaces": [(1, 6)], "records": [("epb", 0, ts, d) for ts, d in pk[150:]]},
+        {"interfaces": [(1, 9)], "records": epb[:150]},
+        {"big_endian": True, "interfaces": [(1, 6)], "records": epb[150:]},
     ])
     return find_captures([root])
 
@@ -82,6 +85,8 @@ def test_shards_split_the_big_files(files):
 
 
 def test_sharded_local_run_matches_score_files(files, model, local_tables, tmp_path):
+    big = [r for r in local_tables[2].reports if r.path.name.startswith("big.")]
+    assert all(r.corrupt_records >= 3 and "first of" in r.errors[0] for r in big)
     out = tmp_path / "run" / "p.parquet"
     opts = _opts(out, model)
     runner = open_runner(model, "onnxruntime")
@@ -102,6 +107,36 @@ def test_a_shard_whose_part_exists_is_not_scored_again(files, model, tmp_path):
     assert again["skipped"] and again["packets"] == first["packets"] and part.stat().st_mtime_ns == mtime
     part.unlink()  # a summary without its part is not trusted: the shard is scored again
     assert not score_shard(shard, runner, opts, parts)["skipped"]
+
+
+def test_keep_parts_leaves_a_parquet_dataset(files, model, local_tables, tmp_path):
+    out = tmp_path / "run" / "p.parquet"
+    opts = _opts(out, model)
+    runner = open_runner(model, "onnxruntime")
+    result = score_sharded(files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT,
+                           step_records=STEP, keep_parts=True)
+    assert not out.exists() and result.outputs[0] == out.with_name("p.parquet.parts")
+    kept = pq.read_table(result.outputs[0])  # the shard summaries under _shards/ are not part of the dataset
+    order = {str(p): i for i, p in enumerate(files)}
+    rows = sorted(zip(kept.column("file").to_pylist(), kept.column("frame").to_pylist()),
+                  key=lambda r: (order[r[0]], r[1]))
+    local = local_tables[0]
+    assert rows == list(zip(local.column("file").to_pylist(), local.column("frame").to_pylist()))
+    assert pq.read_table(out.with_name("flows.parquet")).equals(local_tables[1])
+
+
+def test_cli_checks_engine_options(files, model, tmp_path):
+    from typer.testing import CliRunner
+
+    from pktnin.cli import app
+    from pktnin.cli.score import parse_size
+
+    assert parse_size("1G") == 1 << 30 and parse_size("512M") == 512 << 20 and parse_size("64k") == 65536
+    assert parse_size("1GiB") == 1 << 30 and parse_size("1000") == 1000
+    base = ["score", str(files[0]), "--model", str(model), "--out", str(tmp_path / "p.parquet"), "--no-progress"]
+    for extra in (["--engine", "spark"], ["--split-bytes", "lots"], ["--actors", "0"], ["--keep-parts"]):
+        result = CliRunner().invoke(app, base + extra)
+        assert result.exit_code == 2, (extra, result.output)
 
 
 def test_actor_cpu_requests_leave_room_for_ray_tasks():

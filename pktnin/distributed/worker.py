@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import queue
+import re
 import time
 from pathlib import Path
 
@@ -204,9 +205,14 @@ def _check_stamp(shard: Shard) -> None:
         raise ShardChanged(f"{shard.path}: changed since the run started (size or mtime); rerun to score it again")
 
 
+# How kernels.capture words a kind of skipped record in a file's errors (CaptureError text of _warn_reason).
+_SKIPPED_KIND = re.compile(r"^(?P<head>.*): offset (?P<offset>\d+): (?P<what>.*) \(first of (?P<count>\d+) in this file, skipped\)$")
+
+
 def merge_reports(summaries: list[dict]) -> FileReport:
-    """One FileReport for a file from the summaries of its shards (in shard order). A kind of corrupt record
-    met in several shards is reported once per shard, each with its first offset in that shard."""
+    """One FileReport for a file from the summaries of its shards (in shard order), as a walk over the whole
+    file would have made it: counts added, each kind of skipped record once (first offset, total count), then
+    the fatal error (only the last shard can meet one: the index pass never cuts after it)."""
     reports = [mf.report_from_dict(s["report"]) for s in summaries]
     merged = reports[0]
     for r in reports[1:]:
@@ -216,7 +222,22 @@ def merge_reports(summaries: list[dict]) -> FileReport:
         merged.corrupt_records += r.corrupt_records
         for k, v in r.skip_counts.items():
             merged.skip_counts[k] = merged.skip_counts.get(k, 0) + v
-        merged.errors += [e for e in r.errors if e not in merged.errors]
         merged.failed = merged.failed and r.failed
         merged.stopped_early = merged.stopped_early or r.stopped_early
+    if len(reports) > 1:
+        kinds: dict[str, list] = {}  # what -> [offset, count, head]
+        others: list[str] = []
+        for r in reports:
+            for text in r.errors:
+                m = _SKIPPED_KIND.match(text)
+                if m is None:
+                    others.append(text)
+                elif m["what"] in kinds:
+                    kinds[m["what"]][1] += int(m["count"])
+                else:
+                    kinds[m["what"]] = [int(m["offset"]), int(m["count"]), m["head"]]
+        firsts = sorted((off, what, count, head) for what, (off, count, head) in kinds.items())
+        merged.errors = [
+            f"{head}: offset {off}: {what} (first of {count} in this file, skipped)" for off, what, count, head in firsts
+        ] + others
     return merged
