@@ -132,7 +132,7 @@ def test_cli_export_onnx(checkpoint, tmp_path):
     info = read_model_info(out)
     assert info.classes == tuple(CLASSES) and info.input_dtype == "float32" and info.alpha == ALPHA
     missing = CliRunner().invoke(app, ["export-onnx", str(tmp_path / "nope.keras"), "--out", str(out)])
-    assert missing.exit_code == 1 and "not found" in missing.output
+    assert missing.exit_code == 2 and "not found" in missing.output  # a path given by the user: usage
 
 
 def test_export_real_nin_parallel(tmp_path):
@@ -236,7 +236,7 @@ def test_cli_build_engine_without_tensorrt(onnx_models, tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["build-engine", str(onnx_models["float32"]), "--out", str(tmp_path / "m.plan")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the backend asked for cannot run here, as in `score --backend tensorrt`
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == ["error: TensorRT is not installed (pip install 'pktnin[gpu]' on a machine with an NVIDIA GPU)"]
     assert not (tmp_path / "m.plan").exists()

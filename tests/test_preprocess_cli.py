@@ -110,7 +110,7 @@ def test_empty_and_full_npz_store_the_schema_dtypes(tmp_path):
 
     root = _make_tree(tmp_path)
     (tmp_path / "none").mkdir()
-    (tmp_path / "none" / "notes.txt").write_text("not a capture\n")
+    pcapgen.write_pcap(tmp_path / "none" / "empty.pcap", [])  # a readable capture without packets
     outputs = {}
     for name, src in (("full", root), ("empty", tmp_path / "none")):
         out = tmp_path / f"{name}.npz"

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from pktnin.cli._console import console, file_progress, skip_table
+from pktnin.cli.console import console, file_progress, skip_table
+from pktnin.cli.errors import exit_codes
 
 dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
 
@@ -61,7 +62,7 @@ def build(
     from pktnin.dataset.build import build_dataset
     from pktnin.dataset.options import BuildOptions
 
-    try:
+    with exit_codes():
         options = BuildOptions(
             source=source,
             out=out,
@@ -76,8 +77,6 @@ def build(
             pcaps=pcaps,
         )
         n_files = _count_files(options.kind, options.source, options.pcaps, label_column)
-    except (ValueError, OSError) as exc:
-        raise typer.BadParameter(str(exc)) from None
 
     with file_progress(n_files, f"dataset ({options.kind})", enabled=progress) as bar:
 
@@ -86,10 +85,8 @@ def build(
                 bar.file_done(files_done - bar.files)
             bar.add_packets(packets - bar.packets)
 
-        try:
+        with exit_codes():
             report = build_dataset(options, progress=on_progress)
-        except (ValueError, OSError) as exc:
-            raise typer.BadParameter(str(exc)) from None
 
     console.print(counts_table(report.meta))
     if report.skipped_files:

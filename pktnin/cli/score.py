@@ -3,35 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, List, Optional
 
 import typer
 
-from pktnin.cli._console import (
-    console,
-    escape,
-    failed_files_table,
-    file_progress,
-    skip_table,
-)
+from pktnin.cli.console import console, failed_files_table, file_progress, skip_table
+from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes, usage
 
 DEFAULT_BATCH = 512
 
 
 def score(
-    paths: Annotated[list[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
+    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
     model: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
+        Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
     ] = None,
-    flows: Annotated[Path | None, typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
+    flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="parquet or csv (default: from --out's suffix, else parquet).")
+        Optional[str], typer.Option("--format", help="parquet or csv (default: from --out's suffix, else parquet).")
     ] = None,
     probs: Annotated[bool, typer.Option("--probs", help="Add one probability column per class (p_<class>).")] = False,
     resume: Annotated[
@@ -40,10 +35,10 @@ def score(
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Threads of the CPU model (ONNX Runtime intra-op threads).")
+        Optional[int], typer.Option("--threads", help="Threads of the CPU model (ONNX Runtime intra-op threads).")
     ] = None,
     prep_threads: Annotated[
-        int | None,
+        Optional[int],
         typer.Option("--prep-threads", help="Threads preparing packets (default: 1 with the CPU model, else all)."),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
@@ -51,7 +46,7 @@ def score(
         str, typer.Option("--engine", help="local (this process) or ray (shards on a Ray cluster, extra pktnin[ray]).")
     ] = "local",
     ray_address: Annotated[
-        str | None,
+        Optional[str],
         typer.Option("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)."),
     ] = None,
     actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring shards (each loads the model once).")] = 1,
@@ -70,94 +65,71 @@ def score(
     OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
     With `--engine ray` the files are cut into shards scored by Ray actors (same outputs, same `--resume`).
     """
+    from dataclasses import replace
+
     from pktnin.engine.cache import file_sha256
-    from pktnin.engine.runner_base import EngineUnavailableError, ModelMismatchError
     from pktnin.engine.runners import default_model_path, open_runner
-    from pktnin.packets import find_captures, mask_code
+    from pktnin.packets import find_captures
     from pktnin.score import ScoreOptions, score_files
-    from pktnin.score.writers import FORMATS
 
     if fmt is None:
         fmt = "csv" if out is not None and out.suffix.lower() == ".csv" else "parquet"
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", param_hint="--format")
     out = out or Path(f"predictions.{fmt}")
-    if flows is not None and flows.resolve() == out.resolve():
-        raise typer.BadParameter("--flows must name a different file than --out", param_hint="--flows")
-    if batch < 1:
-        raise typer.BadParameter(f"must be at least 1, got {batch}", param_hint="--batch")
-    if engine not in ("local", "ray"):
-        raise typer.BadParameter(f"unknown engine {engine!r}; choose local or ray", param_hint="--engine")
-    if actors < 1:
-        raise typer.BadParameter(f"must be at least 1, got {actors}", param_hint="--actors")
-    try:
-        split = parse_size(split_bytes)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--split-bytes") from None
-    if engine == "local" and (keep_parts or ray_address is not None):
-        raise typer.BadParameter("only with --engine ray", param_hint="--keep-parts/--ray-address")
-    for value, hint in ((threads, "--threads"), (prep_threads, "--prep-threads")):
-        if value is not None and value < 1:
-            raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=hint)
-    try:
-        mask_code(mask)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--mask") from None
-    try:
+    with exit_codes():
+        opts = ScoreOptions(
+            out=out, flows_out=flows, fmt=fmt, probs=probs, resume=resume, keep_dns=keep_dns, mask=mask,
+            batch=batch, prep_threads=prep_threads,
+        )  # fmt: skip
+        split = _check_engine_options(engine, ray_address, actors, split_bytes, keep_parts)
         files = find_captures(paths)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(str(exc), param_hint="PATH") from None
-    files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
-    if not files:
-        raise typer.BadParameter("no files found", param_hint="PATH")
-
-    if engine == "ray":
-        try:
-            import ray  # noqa: F401 - only to say clearly that the extra is missing
-        except ImportError:
-            console.print("[red]error:[/red] --engine ray needs Ray: pip install 'pktnin[ray]'")
-            raise typer.Exit(2) from None
-    try:
+        files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
+        if not files:
+            usage("no capture files found in the given paths")
         model_path = model if model is not None else default_model_path()
         runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
-    except (EngineUnavailableError, ModelMismatchError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-
-    opts = ScoreOptions(
-        out=out,
-        flows_out=flows,
-        fmt=fmt,
-        probs=probs,
-        resume=resume,
-        keep_dns=keep_dns,
-        mask=mask,
-        batch=batch,
+    opts = replace(
+        opts,
         prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
         model_id=f"{file_sha256(model_path)}:{runner.backend}",
     )
     try:
-        with file_progress(len(files), "score", enabled=progress) as bar:
-            if engine == "ray":
-                classes = list(runner.classes)
-                runner.close()  # the driver only needed the classes: each actor opens its own runner
-                result = _score_on_ray(files, opts, classes, model_path, backend, batch, ray_address,
-                                       actors, split, keep_parts, bar)
-            else:
-                result = score_files(files, runner, opts, progress=bar)
+        with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
+            with file_progress(len(files), "score", enabled=progress) as bar:
+                if engine == "ray":
+                    classes = list(runner.classes)
+                    runner.close()  # the driver only needed the classes: each actor opens its own runner
+                    result = _score_on_ray(files, opts, classes, model_path, backend, batch, ray_address,
+                                           actors, split, keep_parts, bar)
+                else:
+                    result = score_files(files, runner, opts, progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
-        raise typer.Exit(130) from None
-    except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}")
-        console.print("finished files are kept: fix the cause and rerun with --resume to continue")
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         runner.close()
 
     _print_summary(result)
-    if all(r.failed for r in result.reports):
-        raise typer.Exit(1)
+    check_inputs_read(result.reports)
+
+
+def _check_engine_options(engine, ray_address, actors, split_bytes, keep_parts) -> int:
+    """The engine options checked (usage errors exit 2); returns --split-bytes in bytes."""
+    if engine not in ("local", "ray"):
+        usage(f"--engine: unknown engine {engine!r}; choose local or ray")
+    if actors < 1:
+        usage(f"--actors: must be at least 1, got {actors}")
+    try:
+        split = parse_size(split_bytes)
+    except ValueError as exc:
+        usage(f"--split-bytes: {exc}")
+    if engine == "local" and (keep_parts or ray_address is not None):
+        usage("--keep-parts and --ray-address go with --engine ray")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401 - only to say clearly that the extra is missing
+        except ImportError:
+            usage("--engine ray needs Ray: pip install 'pktnin[ray]'")
+    return split
 
 
 def parse_size(text: str) -> int:

@@ -12,19 +12,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pktnin.errors import UsageError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
 
 INPUT_NAME = "row"
 OUTPUT_NAME = "probs"
 INPUT_DTYPES = ("float32", "uint8")
 META_PREFIX = "pktnin."
+# Rows per engine call unless the caller asks otherwise (ONNX Runtime chunks, TensorRT optimization profiles).
+DEFAULT_MAX_BATCH = 4096
 
 
-class EngineUnavailableError(RuntimeError):
+class EngineUnavailableError(UsageError, RuntimeError):
     """A backend cannot run on this machine (library or GPU missing). The message is one line."""
 
 
-class ModelMismatchError(RuntimeError):
+class ModelMismatchError(UsageError, RuntimeError):
     """A model or engine file does not fit this pktnin, this TensorRT or this GPU."""
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.errors import OptionError
 from pktnin.layout import mask_code
 from pktnin.packets import FileReport
 from pktnin.score.writers import FORMATS
@@ -36,16 +37,16 @@ class ScoreOptions:
         if self.flows_out is not None:
             self.flows_out = Path(self.flows_out)
             if self.flows_out.resolve() == self.out.resolve():
-                raise ValueError(f"the flows output must differ from the packet output ({self.out})")
+                raise OptionError(f"the flows output must differ from the packet output ({self.out})")
         if self.fmt not in FORMATS:
-            raise ValueError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
-        mask_code(self.mask)
+            raise OptionError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
+        mask_code(self.mask)  # raises OptionError
         for name in ("batch", "prep_threads", "part_rows"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be at least 1, got {value!r}")
+                raise OptionError(f"{name} must be at least 1, got {value!r}")
         if self.part_seconds < 0:
-            raise ValueError(f"part_seconds must not be negative, got {self.part_seconds}")
+            raise OptionError(f"part_seconds must not be negative, got {self.part_seconds}")
 
     def settings(self, classes: list[str]) -> dict:
         """What makes two runs' parts interchangeable."""
