@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -123,6 +127,54 @@ def test_keep_parts_leaves_a_parquet_dataset(files, model, local_tables, tmp_pat
     local = local_tables[0]
     assert rows == list(zip(local.column("file").to_pylist(), local.column("frame").to_pylist()))
     assert pq.read_table(out.with_name("flows.parquet")).equals(local_tables[1])
+
+
+def test_driver_killed_9_then_resume(files, model, local_tables, tmp_path):
+    """A driver process is killed -9 after some shards finished; --resume reuses them and the output is exact."""
+    out = tmp_path / "run" / "p.parquet"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(TESTS)!r})
+        from pathlib import Path
+        from test_distributed import _opts, CLASSES, SPLIT, STEP
+        from pktnin.distributed.driver import local_execute, score_sharded
+        from pktnin.engine.runners import open_runner
+
+        model, out = Path({str(model)!r}), Path({str(out)!r})
+        files = [Path(p) for p in {[str(f) for f in files]!r}]
+        opts = _opts(out, model)
+        inner = local_execute(open_runner(model, "onnxruntime"), opts)
+
+        def execute(todo, parts):
+            for k, summary in enumerate(inner(todo, parts)):
+                yield summary
+                if k == 4:
+                    print("stalled", flush=True)
+                    time.sleep(120)
+
+        score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP)
+    """)
+    env = {**os.environ, "PKTNIN_CACHE_DIR": os.environ["PKTNIN_CACHE_DIR"]}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "stalled", proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()
+    finished = list((out.with_name("p.parquet.parts") / "_shards").glob("*.summary.json"))
+    assert len(finished) == 5
+    opts = _opts(out, model, resume=True)
+    scored = []
+
+    def execute(todo, parts):
+        scored.extend(todo)
+        yield from local_execute(open_runner(model, "onnxruntime"), opts)(todo, parts)
+
+    result = score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP)
+    _same_as_local(out, result, local_tables)
+    assert not {s.id for s in scored} & {p.name.split(".")[0] for p in finished}  # finished shards not redone
 
 
 def test_cli_checks_engine_options(files, model, tmp_path):
