@@ -167,8 +167,13 @@ class ray_session:
         import ray
 
         if not ray.is_initialized():
-            # The package's code reaches the workers from the driver's environment (same install on every node).
-            ray.init(address=self.address, log_to_driver=False, **self.init_kwargs)
+            import logging
+
+            import ray.data  # configures its logger on import: quieten it after that
+
+            # Ray's INFO lines (cluster start, dataset plans) would bury pktnin's own progress and summary.
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **self.init_kwargs)
             self.owned = True
         from ray.data import DataContext
 
