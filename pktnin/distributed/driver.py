@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +36,7 @@ from pktnin.distributed.worker import (
     merge_reports,
 )
 from pktnin.score import manifest as mf
+from pktnin.score import outdir
 from pktnin.score.flows import FlowAccumulator, flow_schema
 from pktnin.score.options import ScoreOptions, ScoreResult
 from pktnin.score.writers import assemble, packet_schema, write_batches
@@ -61,16 +63,22 @@ def score_sharded(
 ) -> ScoreResult:
     """Score `files` by shards run by `execute`; same outputs, manifest and --resume as score.score_files.
 
-    `progress` (optional) has add_packets(n) and file_done(n=1)."""
+    `progress` (optional) has add_packets(n) and file_done(n=1). The side files follow score.outdir's rules
+    (one run per output, nothing planted is used or removed)."""
+    targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
+    with outdir.output_lock(targets):
+        return _score_locked(files, opts, classes, execute, split_bytes, progress, keep_parts, step_records,
+                             targets)
+
+
+def _score_locked(files, opts, classes, execute, split_bytes, progress, keep_parts, step_records, targets):
     out = opts.out
     settings = run_settings(opts, classes)
     parts = mf.parts_dir(out)
-    mpath = mf.manifest_path(out)
-    manifest = mf.Manifest.load(mpath) if opts.resume else None
-    if manifest is None or manifest.settings != settings:
-        mf.clear_run(out)
-        manifest = mf.Manifest(mpath, settings)
-    (parts / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    manifest, _ = mf.open_run(out, settings, opts.resume, targets)
+    if not opts.resume:
+        _prune(parts, set())  # shard files of an earlier run (open_run removes only the parts it listed)
+    outdir.make_dir(parts / STATE_DIR)
 
     shards = make_shards(files, settings, split_bytes, step_records)
     ids = {s.id for s in shards}
@@ -131,7 +139,8 @@ def score_sharded(
                                 opts.flows_out, fschema, opts.fmt)
         outputs.append(opts.flows_out)
     if not keep_parts:
-        mf.clear_run(out)
+        _prune(parts, set())
+        mf.clear_run(out, manifest.part_names())
 
     label_counts = np.zeros(len(classes), dtype=np.int64)
     for s in ordered:
@@ -163,12 +172,20 @@ def _flow_batches(files, shards_of_file, finished, parts, classes, fschema, coun
         yield from table.to_batches()
 
 
-def _prune(parts: Path, ids: set[str]) -> None:
-    """Remove what no shard of this run refers to (temporaries of a killed worker, shards of other inputs)."""
-    for folder in (parts, parts / STATE_DIR):
-        for p in folder.iterdir():
-            if p.is_file() and p.name.split(".")[0] not in ids:
-                p.unlink(missing_ok=True)
+# Files a shard worker writes (and their temporaries while written): nothing else in the folder is touched.
+_SHARD_FILE = re.compile(r"(\.?)([0-9a-f]{24})\.(packets\.parquet|summary\.json|flows\.npz)(\.[A-Za-z0-9_]+\.tmp)?")
+
+
+def _prune(parts: Path, keep: set[str]) -> None:
+    """Remove shard files of ours no shard in `keep` (ids) refers to, and every temporary of a killed worker;
+    with nothing kept, the state folder too when left empty."""
+
+    def unwanted(name: str) -> bool:
+        m = _SHARD_FILE.fullmatch(name)
+        return m is not None and (bool(m[1]) or m[2] not in keep)
+
+    outdir.remove_in_dir(parts, unwanted)
+    outdir.remove_in_dir(parts / STATE_DIR, unwanted, rmdir=not keep)
 
 
 def local_execute(runner, opts: ScoreOptions) -> Execute:
