@@ -106,8 +106,8 @@ def score(
                 if engine == "ray":
                     classes = list(runner.classes)
                     runner.close()  # the driver only needed the classes: each actor opens its own runner
-                    result = _score_on_ray(files, opts, classes, model_path, backend, batch, ray_address,
-                                           actors, split, keep_parts, bar)
+                    spec = _runner_spec(model_path, runner, backend, batch)
+                    result = _score_on_ray(files, opts, classes, spec, ray_address, actors, split, keep_parts, bar)
                 else:
                     result = score_files(files, runner, opts, progress=bar)
     except KeyboardInterrupt:
@@ -156,17 +156,24 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def _score_on_ray(files, opts, classes, model_path, backend, batch, address, actors, split, keep_parts, bar):
+def _runner_spec(model_path, runner, backend, batch):
+    """How each Ray actor opens the runner the driver chose (same backend and precision)."""
+    from pktnin.distributed.ray_engine import RunnerSpec
+
+    # The backend as asked: "auto" picks TensorRT on the GPU nodes even when the driver has no GPU.
+    return RunnerSpec(str(Path(model_path).resolve()), backend, batch, runner.precision)
+
+
+def _score_on_ray(files, opts, classes, spec, address, actors, split, keep_parts, bar):
     import signal
     import threading
 
     from pktnin.distributed.driver import score_sharded
-    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
+    from pktnin.distributed.ray_engine import ray_execute, ray_session
 
     def stop(_signum, _frame):
         raise KeyboardInterrupt  # so that Ray is shut down (ray_session) and finished shards stay recorded
 
-    spec = RunnerSpec(str(Path(model_path).resolve()), backend, batch)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stop) if in_main else None
     try:

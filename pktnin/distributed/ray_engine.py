@@ -33,11 +33,13 @@ class RunnerSpec:
     model_path: str
     backend: str = "auto"
     batch: int = 512
+    precision: str = "fp32"  # the driver's resolved choice, so every actor runs the same engine
 
     def __call__(self, threads: int):
         from pktnin.engine.runners import open_runner
 
-        return open_runner(self.model_path, self.backend, intra_threads=threads, max_batch=self.batch)
+        return open_runner(self.model_path, self.backend, intra_threads=threads, max_batch=self.batch,
+                           precision=self.precision)
 
 
 def warm_kernels() -> None:

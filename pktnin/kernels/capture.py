@@ -676,7 +676,7 @@ class CaptureReader:
 
     interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
 
-    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, start: int | None = None,
+    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, *, start: int | None = None,
                  stop: int | None = None, first_frame: int = 0, state: ReaderState | None = None):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
