@@ -85,12 +85,16 @@ def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def iter_raw_batches(
-    files: Iterable[str | os.PathLike], max_records: int = 65536, first_index: int = 0
+    files: Iterable[str | os.PathLike],
+    max_records: int = 65536,
+    first_index: int = 0,
+    reader_kwargs: dict | None = None,
 ) -> Iterator[tuple[FileReport, "RawBatch | None"]]:
     """The record walk over each file in turn, with the per-file error handling every consumer shares.
 
     Yields (report, raw) for each chunk of records, then (report, None) once the file is finished; the report
     then holds the format, records, corrupt records and errors (a consumer that transforms adds kept and skips).
+    `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard).
     """
     from pktnin.kernels.capture import CaptureError, CaptureReader
 
@@ -98,7 +102,7 @@ def iter_raw_batches(
         path = Path(path)
         report = FileReport(index=index, path=path)
         try:
-            reader = CaptureReader(path, max_records=max_records)
+            reader = CaptureReader(path, max_records=max_records, **(reader_kwargs or {}))
             report.format = reader.format
             for raw in reader:
                 report.records += raw.n
@@ -129,6 +133,7 @@ def iter_packets(
     threads: int | None = None,
     reuse_rows: bool = False,
     flow_keys: bool = True,
+    reader_kwargs: dict | None = None,
 ) -> Iterator[PacketBatch]:
     """Read each file in turn and yield its kept packets in chunks of at most `max_records` records.
 
@@ -137,7 +142,7 @@ def iter_packets(
     for the calling thread) split each chunk by record ranges, one PacketBatch per range, in record order.
     reuse_rows=True writes every chunk into the same buffers: a batch's rows and metadata are then valid
     only until the next batch is requested (for a consumer that reads them in place, like the engine).
-    flow_keys=False leaves out the flow_key column.
+    flow_keys=False leaves out the flow_key column. `reader_kwargs` go to each CaptureReader.
     """
     from pktnin.kernels.cpu import RangePrep
 
@@ -148,7 +153,7 @@ def iter_packets(
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
     min_range = REUSED_PIECE_RECORDS if reuse_rows else 2048
     with RangePrep(mask_code(mask), keep_dns, threads, reuse_rows, flow_keys, min_range) as prep:
-        for report, raw in iter_raw_batches(files, max_records, first_index):
+        for report, raw in iter_raw_batches(files, max_records, first_index, reader_kwargs):
             if raw is None:
                 report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
                 counts[:] = 0

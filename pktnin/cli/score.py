@@ -54,6 +54,21 @@ def score(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     quiet: QuietOption = False,
     summary: SummaryOption = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (this process) or ray (shards on a Ray cluster, extra pktnin[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)."),
+    ] = None,
+    actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring shards (each loads the model once).")] = 1,
+    split_bytes: Annotated[
+        str, typer.Option("--split-bytes", help="Ray: cut files larger than this into shards (e.g. 512M, 1G).")
+    ] = "1G",
+    keep_parts: Annotated[
+        bool,
+        typer.Option("--keep-parts", help="Ray: keep the rows as a Parquet dataset in OUT.parts/ instead of one file."),
+    ] = False,
 ) -> None:
     """Classify every packet of the captures and write one row per packet: file, frame, timestamp, addresses
     and ports (as captured), protocol, predicted label and its probability.
@@ -61,6 +76,7 @@ def score(
     The first run compiles the packet kernels (about 10 s on a 2-core CPU); later runs reuse them.
     Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
     OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
+    With `--engine ray` the files are cut into shards scored by Ray actors (same outputs, same `--resume`).
     """
     from dataclasses import replace
 
@@ -78,6 +94,7 @@ def score(
             out=out, flows_out=flows, fmt=fmt, probs=probs, resume=resume, keep_dns=keep_dns, mask=mask,
             batch=batch, prep_threads=prep_threads,
         )  # fmt: skip
+        split = _check_engine_options(engine, ray_address, actors, split_bytes, keep_parts)
         files = find_captures(paths)
         files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
         if not files:
@@ -97,7 +114,13 @@ def score(
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
             with file_progress(len(files), "score", enabled=progress and not quiet) as bar:
-                result = score_files(files, runner, opts, progress=bar)
+                if engine == "ray":
+                    classes = list(runner.classes)
+                    runner.close()  # the driver only needed the classes: each actor opens its own runner
+                    spec = _runner_spec(model_path, runner, backend, batch)
+                    result = _score_on_ray(files, opts, classes, spec, ray_address, actors, split, keep_parts, bar)
+                else:
+                    result = score_files(files, runner, opts, progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -137,6 +160,70 @@ def run_summary(result, model_path: Path, runner) -> dict:
         "flows": result.flows_written,
         "flows_out": str(result.outputs[1]) if result.flows_written is not None else None,
     }
+
+
+def _check_engine_options(engine, ray_address, actors, split_bytes, keep_parts) -> int:
+    """The engine options checked (usage errors exit 2); returns --split-bytes in bytes."""
+    if engine not in ("local", "ray"):
+        usage(f"--engine: unknown engine {engine!r}; choose local or ray")
+    if actors < 1:
+        usage(f"--actors: must be at least 1, got {actors}")
+    try:
+        split = parse_size(split_bytes)
+    except ValueError as exc:
+        usage(f"--split-bytes: {exc}")
+    if engine == "local" and (keep_parts or ray_address is not None):
+        usage("--keep-parts and --ray-address go with --engine ray")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401 - only to say clearly that the extra is missing
+        except ImportError:
+            usage("--engine ray needs Ray: pip install 'pktnin[ray]'")
+    return split
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '1G', '512M', '64k' or a plain number (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * units[unit]
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 1G)") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def _runner_spec(model_path, runner, backend, batch):
+    """How each Ray actor opens the runner the driver chose (same backend and precision)."""
+    from pktnin.distributed.ray_engine import RunnerSpec
+
+    # The backend as asked: "auto" picks TensorRT on the GPU nodes even when the driver has no GPU.
+    return RunnerSpec(str(Path(model_path).resolve()), backend, batch, runner.precision)
+
+
+def _score_on_ray(files, opts, classes, spec, address, actors, split, keep_parts, bar):
+    import signal
+    import threading
+
+    from pktnin.distributed.driver import score_sharded
+    from pktnin.distributed.ray_engine import ray_execute, ray_session
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt  # so that Ray is shut down (ray_session) and finished shards stay recorded
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if in_main else None
+    try:
+        with ray_session(address):
+            execute = ray_execute(spec, opts, actors=actors)
+            return score_sharded(files, opts, classes, execute, split_bytes=split, progress=bar,
+                                 keep_parts=keep_parts)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _own_output(path: Path, out: Path, flows: Path | None) -> bool:

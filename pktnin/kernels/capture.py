@@ -17,6 +17,11 @@ interface table) lives in small arrays that persist across windows.
         ...
     reader.records, reader.corrupt_records, reader.ts_overflow, reader.errors, reader.fatal
 
+A reader can also walk one byte range [start, stop) of a file whose bounds are record boundaries found by an
+earlier walk: it then starts at frame number `first_frame` with the pcapng section state saved there
+(`reader.state()` after a batch, a ReaderState), and `reader.offset` says where the next record starts.
+Offsets in batches (`base + pkt_off`), errors and `offset` are absolute file offsets.
+
 Bad input never crashes the walk: a record or block whose framing is lost (truncated, beyond the file, above
 256 KiB in classic pcap, impossible pcapng block lengths) stops the file with one fatal CaptureError, keeping the
 good records before it; a damaged record whose framing is intact (zero length, a pcapng packet longer than its
@@ -41,6 +46,7 @@ __all__ = [
     "CaptureError",
     "NotACapture",
     "RawBatch",
+    "ReaderState",
     "CaptureReader",
     "detect_format",
 ]
@@ -134,10 +140,28 @@ class RawBatch(NamedTuple):
     linktype: np.ndarray  # int32, lower 16 bits of the link type field
     ts_ns: np.ndarray  # int64, ns since the epoch (0 when unknown: SPB)
     frame: np.ndarray  # int64, 0-based index of the packet record in its file
+    base: int = 0  # file offset of buf[0]: record i starts at file offset base + pkt_off[i]
 
     @property
     def n(self) -> int:
         return int(self.pkt_off.shape[0])
+
+
+class ReaderState(NamedTuple):
+    """What a pcapng walk needs to start in the middle of a section: its byte order and interface table
+    (the walk's rows: link type, timestamp mode, parameter, offset, units per second). Classic pcap needs none."""
+
+    big_endian: bool
+    n_interfaces: int  # interfaces defined so far in the section (may exceed the rows kept)
+    interfaces: tuple[tuple[int, ...], ...]
+
+    def to_json(self) -> list:
+        return [self.big_endian, self.n_interfaces, [list(row) for row in self.interfaces]]
+
+    @classmethod
+    def from_json(cls, data) -> "ReaderState":
+        big, n, rows = data
+        return cls(bool(big), int(n), tuple(tuple(int(v) for v in row) for row in rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -646,14 +670,19 @@ class CaptureReader:
     `path` is a file path, or bytes-like data read from memory (named "<memory>"). The constructor detects the
     format and raises NotACapture (offset 0) for empty and non-capture files, CaptureError for unreadable ones;
     problems inside the file never raise: they end up in `.errors` / `.fatal` after iteration. Each iteration
-    walks the file from the start.
+    walks the file from the start, or only [start, stop) from frame `first_frame` with pcapng `state` (see the
+    module docstring): both bounds must be record boundaries, else the walk stops with a framing error there.
     """
 
     interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
 
-    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536):
+    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, *, start: int | None = None,
+                 stop: int | None = None, first_frame: int = 0, state: ReaderState | None = None):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
+        if (start is not None and start < 0) or (stop is not None and stop < (start or 0)) or first_frame < 0:
+            raise ValueError(f"bad byte range [{start}, {stop}) or first frame {first_frame}")
+        self.start, self.stop, self.first_frame, self.start_state = start, stop, int(first_frame), state
         self._in_memory = isinstance(path, _IN_MEMORY_TYPES)
         self._data = path if self._in_memory else None
         self.path = "<memory>" if self._in_memory else os.fspath(path)
@@ -675,8 +704,25 @@ class CaptureReader:
 
     def _reset(self):
         self._st = np.zeros(_STATE_LEN, dtype=np.int64)
+        self._st[_FRAME] = self.first_frame
+        self._ifs = np.zeros((self.interface_capacity, 5), dtype=np.int64) if self.format == "pcapng" else None
         self.records = 0
+        self.offset = 0  # file offset of the next record to walk
         self.fatal: CaptureError | None = None
+
+    def state(self) -> ReaderState | None:
+        """The pcapng section state at `offset` (None for classic pcap), to start another reader there."""
+        if self._ifs is None:
+            return None
+        n = int(self._st[_N_IF])
+        rows = tuple(tuple(int(v) for v in row) for row in self._ifs[: min(n, self.interface_capacity)])
+        return ReaderState(bool(self._st[_BIG]), n, rows)
+
+    def _restore_state(self, state: ReaderState) -> None:
+        self._st[_BIG] = 1 if state.big_endian else 0
+        self._st[_N_IF] = state.n_interfaces
+        if state.interfaces:
+            self._ifs[: len(state.interfaces)] = np.asarray(state.interfaces, dtype=np.int64)
 
     @property
     def corrupt_records(self) -> int:
@@ -689,7 +735,8 @@ class CaptureReader:
 
     @property
     def frames(self) -> int:
-        """Packet records seen (good, corrupt and with an out-of-range time)."""
+        """Packet records seen (good, corrupt and with an out-of-range time), counted from `first_frame`: the next
+        record's frame number."""
         return int(self._st[_FRAME])
 
     @property
@@ -734,14 +781,19 @@ class CaptureReader:
         if size < len(self._head):  # the file shrank since its first bytes were read (in the constructor)
             self._cut_short(size, None)
             return
+        if self.stop is not None:
+            size = min(size, self.stop)  # a byte range: the walk ends here
         if self.format == "pcap":
             hdr = self._head
             big, nanosecond = _PCAP_MAGICS[int.from_bytes(hdr[:4], "little")]
             link = int.from_bytes(hdr[20:24], "big" if big else "little") & 0xFFFF  # drop FCS and reserved bits
-            pos = _PCAP_HEADER_LEN
+            pos = _PCAP_HEADER_LEN if self.start is None else max(self.start, _PCAP_HEADER_LEN)
         else:
-            ifs = np.zeros((self.interface_capacity, 5), dtype=np.int64)
-            pos = 0
+            ifs = self._ifs
+            pos = self.start or 0
+            if self.start_state is not None:
+                self._restore_state(self.start_state)
+        self.offset = pos
         need = 0
         gran = source.granularity
         while pos < size:
@@ -766,9 +818,11 @@ class CaptureReader:
                 else:
                     status, bpos, n = _walk_pcapng(buf, bpos, map_off, size, ifs,
                                                    pkt_off, caplen, wirelen, ltype, ts_ns, frame, st)
+                self.offset = map_off + bpos
                 if n:
                     self.records += n
-                    yield RawBatch(buf, pkt_off[:n], caplen[:n], wirelen[:n], ltype[:n], ts_ns[:n], frame[:n])
+                    yield RawBatch(buf, pkt_off[:n], caplen[:n], wirelen[:n], ltype[:n], ts_ns[:n], frame[:n],
+                                   map_off)
                 if status != _BATCH_FULL:
                     break
             pos = map_off + bpos

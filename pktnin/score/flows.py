@@ -67,6 +67,17 @@ class FlowAccumulator:
         if self._pending_rows >= max(MERGE_ROWS, state_flows):
             self._merge()
 
+    def add_partial(self, partial: dict[str, np.ndarray]) -> None:
+        """Fold in the state() of an accumulator over later packets of the same file (a later shard)."""
+        if partial and len(partial["flow_key"]):
+            self._pending.append(partial)
+            self._pending_rows += len(partial["flow_key"])
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The per-flow partial sums so far (mergeable with add_partial); empty arrays when no packet came."""
+        self._merge()
+        return self._state if self._state is not None else {}
+
     def _merge(self) -> None:
         parts = ([self._state] if self._state is not None else []) + self._pending
         self._pending, self._pending_rows = [], 0

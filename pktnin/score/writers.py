@@ -150,6 +150,13 @@ class PartWriter:
 
 def assemble(parts: Iterable[Path], target: Path, schema: pa.Schema, fmt: str) -> int:
     """Concatenate Parquet parts, in order, into `target` (Parquet or CSV), streamed; returns the row count."""
+    batches = (b for part in parts for b in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP_ROWS))
+    return write_batches(batches, target, schema, fmt)
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], target: Path, schema: pa.Schema, fmt: str) -> int:
+    """Record batches, in order, into `target` (Parquet or CSV) in row groups of ROW_GROUP_ROWS, written
+    atomically; returns the row count."""
     import pyarrow.csv as pcsv
 
     if fmt not in FORMATS:
@@ -163,14 +170,13 @@ def assemble(parts: Iterable[Path], target: Path, schema: pa.Schema, fmt: str) -
         try:
             buffer: list[pa.RecordBatch] = []
             buffered = 0
-            for part in parts:
-                for batch in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP_ROWS):
-                    buffer.append(batch)
-                    buffered += batch.num_rows
-                    if buffered >= ROW_GROUP_ROWS:
-                        writer.write_table(pa.Table.from_batches(buffer, schema=schema))
-                        rows += buffered
-                        buffer, buffered = [], 0
+            for batch in batches:
+                buffer.append(batch)
+                buffered += batch.num_rows
+                if buffered >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(buffer, schema=schema))
+                    rows += buffered
+                    buffer, buffered = [], 0
             if buffer:
                 writer.write_table(pa.Table.from_batches(buffer, schema=schema))
                 rows += buffered

@@ -1,0 +1,286 @@
+"""Sharded scoring: the driver, the shard worker and the Ray engine give exactly the local engine's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from onnx_fixtures import tiny_model
+from packetgen import mixed_traffic
+from pcapgen import write_pcap, write_pcapng
+from test_score import make_inputs
+
+from pktnin.distributed.driver import local_execute, score_sharded
+from pktnin.distributed.shards import make_shards
+from pktnin.distributed.worker import score_shard, summary_path
+from pktnin.engine.runners import open_runner
+from pktnin.packets import find_captures
+from pktnin.score import ScoreOptions, score_files
+
+CLASSES = ["Web", "VoIP", "Chat", "Video"]
+TESTS = Path(__file__).resolve().parent
+SPLIT = 25000  # bytes: the big captures below become several shards each, the others one
+STEP = 7  # records per index step: cuts at odd places
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", CLASSES, seed=5)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    """The score tests' inputs (good, text, empty, truncated) plus a big pcap and a big two-section pcapng."""
+    root = make_inputs(tmp_path_factory.mktemp("caps") / "in", n_good=2, packets=60)
+    pk = mixed_traffic(7, 400, flows=4)
+    # Zero-length records and packets of an undefined interface in several shards: skipped, counted, and
+    # reported once per kind with the first offset, as for the whole file.
+    write_pcap(root / "big.pcap", [p if i % 90 != 45 else (p[0], b"") for i, p in enumerate(pk)])
+    epb = [("epb", 0 if i % 110 != 60 else 7, ts, d) for i, (ts, d) in enumerate(pk)]
+    write_pcapng(root / "big.pcapng", [
+        {"interfaces": [(1, 9)], "records": epb[:150]},
+        {"big_endian": True, "interfaces": [(1, 6)], "records": epb[150:]},
+    ])
+    return find_captures([root])
+
+
+def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
+    return ScoreOptions(out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16,
+                        model_id=str(model), **kw)
+
+
+@pytest.fixture(scope="module")
+def local_tables(files, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "p.parquet"
+    result = score_files(files, open_runner(model, "onnxruntime"), _opts(out, model))
+    return pq.read_table(out), pq.read_table(out.with_name("flows.parquet")), result
+
+
+def _same_as_local(out: Path, result, local_tables) -> None:
+    packets, flows, local = local_tables
+    assert pq.read_table(out).equals(packets)  # every column, every row, in order
+    assert pq.read_table(out.with_name("flows.parquet")).equals(flows)
+    assert result.label_counts.tolist() == local.label_counts.tolist()
+    for got, want in zip(result.reports, local.reports):
+        assert (got.records, got.kept, got.corrupt_records, got.skip_counts, got.failed, got.stopped_early) == (
+            want.records, want.kept, want.corrupt_records, want.skip_counts, want.failed, want.stopped_early)
+        assert got.errors == want.errors
+    assert sorted(p.name for p in out.parent.iterdir()) == ["flows.parquet", "p.parquet"]
+
+
+def test_shards_split_the_big_files(files):
+    shards = make_shards(files, {}, split_bytes=SPLIT, step_records=STEP)
+    per_file = {}
+    for s in shards:
+        per_file[Path(s.path).name] = per_file.get(Path(s.path).name, 0) + 1
+    assert per_file["big.pcap"] >= 3 and per_file["big.pcapng"] >= 3 and per_file["empty.pcap"] == per_file["notes.txt"] == 1
+
+
+def test_sharded_local_run_matches_score_files(files, model, local_tables, tmp_path):
+    big = [r for r in local_tables[2].reports if r.path.name.startswith("big.")]
+    assert all(r.corrupt_records >= 3 and "first of" in r.errors[0] for r in big)
+    out = tmp_path / "run" / "p.parquet"
+    opts = _opts(out, model)
+    runner = open_runner(model, "onnxruntime")
+    result = score_sharded(files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT, step_records=STEP)
+    _same_as_local(out, result, local_tables)
+
+
+def test_a_shard_whose_part_exists_is_not_scored_again(files, model, tmp_path):
+    parts = tmp_path / "parts"
+    opts = _opts(tmp_path / "p.parquet", model)
+    runner = open_runner(model, "onnxruntime")
+    shard = [s for s in make_shards(files, {}, SPLIT, STEP) if Path(s.path).name == "big.pcap"][1]
+    first = score_shard(shard, runner, opts, parts)
+    assert not first["skipped"] and first["packets"] > 0 and summary_path(parts, shard.id).is_file()
+    part = parts / first["part"]
+    mtime = part.stat().st_mtime_ns
+    again = score_shard(shard, runner, opts, parts)
+    assert again["skipped"] and again["packets"] == first["packets"] and part.stat().st_mtime_ns == mtime
+    part.unlink()  # a summary without its part is not trusted: the shard is scored again
+    assert not score_shard(shard, runner, opts, parts)["skipped"]
+
+
+def test_keep_parts_leaves_a_parquet_dataset(files, model, local_tables, tmp_path):
+    out = tmp_path / "run" / "p.parquet"
+    opts = _opts(out, model)
+    runner = open_runner(model, "onnxruntime")
+    result = score_sharded(files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT,
+                           step_records=STEP, keep_parts=True)
+    assert not out.exists() and result.outputs[0] == out.with_name("p.parquet.parts")
+    kept = pq.read_table(result.outputs[0])  # the shard summaries under _shards/ are not part of the dataset
+    order = {str(p): i for i, p in enumerate(files)}
+    rows = sorted(zip(kept.column("file").to_pylist(), kept.column("frame").to_pylist()),
+                  key=lambda r: (order[r[0]], r[1]))
+    local = local_tables[0]
+    assert rows == list(zip(local.column("file").to_pylist(), local.column("frame").to_pylist()))
+    assert pq.read_table(out.with_name("flows.parquet")).equals(local_tables[1])
+
+
+def test_driver_killed_9_then_resume(files, model, local_tables, tmp_path):
+    """A driver process is killed -9 after some shards finished; --resume reuses them and the output is exact."""
+    out = tmp_path / "run" / "p.parquet"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(TESTS)!r})
+        from pathlib import Path
+        from test_distributed import _opts, CLASSES, SPLIT, STEP
+        from pktnin.distributed.driver import local_execute, score_sharded
+        from pktnin.engine.runners import open_runner
+
+        model, out = Path({str(model)!r}), Path({str(out)!r})
+        files = [Path(p) for p in {[str(f) for f in files]!r}]
+        opts = _opts(out, model)
+        inner = local_execute(open_runner(model, "onnxruntime"), opts)
+
+        def execute(todo, parts):
+            for k, summary in enumerate(inner(todo, parts)):
+                yield summary
+                if k == 4:
+                    print("stalled", flush=True)
+                    time.sleep(120)
+
+        score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP)
+    """)
+    env = {**os.environ, "PKTNIN_CACHE_DIR": os.environ["PKTNIN_CACHE_DIR"]}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "stalled", proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()
+    finished = list((out.with_name("p.parquet.parts") / "_shards").glob("*.summary.json"))
+    assert len(finished) == 5
+    opts = _opts(out, model, resume=True)
+    scored = []
+
+    def execute(todo, parts):
+        scored.extend(todo)
+        yield from local_execute(open_runner(model, "onnxruntime"), opts)(todo, parts)
+
+    result = score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP)
+    _same_as_local(out, result, local_tables)
+    assert not {s.id for s in scored} & {p.name.split(".")[0] for p in finished}  # finished shards not redone
+
+
+def test_cli_checks_engine_options(files, model, tmp_path):
+    from typer.testing import CliRunner
+
+    from pktnin.cli import app
+    from pktnin.cli.score import parse_size
+
+    assert parse_size("1G") == 1 << 30 and parse_size("512M") == 512 << 20 and parse_size("64k") == 65536
+    assert parse_size("1GiB") == 1 << 30 and parse_size("1000") == 1000
+    base = ["score", str(files[0]), "--model", str(model), "--out", str(tmp_path / "p.parquet"), "--no-progress"]
+    for extra in (["--engine", "spark"], ["--split-bytes", "lots"], ["--actors", "0"], ["--keep-parts"]):
+        result = CliRunner().invoke(app, base + extra)
+        assert result.exit_code == 2, (extra, result.output)
+
+
+def test_actor_cpu_requests_leave_room_for_ray_tasks():
+    from pktnin.distributed.ray_engine import actor_cpus
+
+    assert actor_cpus(2, 2, None) == (2, 0.5, 1)  # two actors on a 2-CPU node: half a CPU each, one free
+    assert actor_cpus(2, 1, None) == (1, 1.0, 1)
+    assert actor_cpus(33, 4, None) == (4, 8.0, 8)
+    assert actor_cpus(8, 2, 2) == (2, 2.0, 2)
+
+
+# -- Ray --------------------------------------------------------------------------------------------------
+try:
+    import ray
+except ImportError:  # the ray extra is not installed
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="the ray extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from pktnin.distributed.ray_engine import ray_session
+
+    pythonpath = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    with ray_session():  # uses the running Ray and leaves it alone
+        yield ray
+    ray.shutdown()
+
+
+def _ray_run(files, model, out, spec=None, actors=2, progress=None, **kw):
+    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute
+
+    opts = _opts(out, model, **kw)
+    spec = spec or RunnerSpec(str(model), "onnxruntime", 16)
+    execute = ray_execute(spec, opts, actors=actors, cpus_per_actor=0.5)
+    return score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP, progress=progress)
+
+
+@needs_ray
+def test_ray_actor_dies_mid_shard_once(local_ray, files, model, local_tables, tmp_path):
+    from ray_helpers import DyingSpec
+
+    marker = tmp_path / "die-once"
+    marker.write_text("")
+    out = tmp_path / "run" / "p.parquet"
+    result = _ray_run(files, model, out, spec=DyingSpec(str(model), "onnxruntime", 16, marker=str(marker)))
+    assert not marker.exists()  # an actor did die
+    _same_as_local(out, result, local_tables)
+
+
+class _KillAfter:
+    """A progress object that stops the driver after `n` shards came back (as a kill would)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def add_packets(self, _n: int) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def file_done(self, n: int = 1) -> None:
+        pass
+
+
+@needs_ray
+def test_ray_driver_killed_then_resume(local_ray, files, model, local_tables, tmp_path):
+    out = tmp_path / "run" / "p.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        _ray_run(files, model, out, actors=1, progress=_KillAfter(3))
+    manifest = json.loads(out.with_name("p.parquet.manifest.json").read_text())
+    assert not out.exists() and manifest["files"]
+    done_before = {p.name.split(".")[0] for p in (out.with_name("p.parquet.parts") / "_shards").glob("*.summary.json")}
+    assert len(done_before) >= 3
+    result = _ray_run(files, model, out, resume=True)
+    _same_as_local(out, result, local_tables)
+    assert result.packets < local_tables[2].packets  # the shards finished before were not scored again
+
+
+@needs_ray
+def test_cli_engine_ray_matches_local(local_ray, files, model, local_tables, tmp_path):
+    from typer.testing import CliRunner
+
+    from pktnin.cli import app
+
+    out = tmp_path / "run" / "p.parquet"
+    args = ["score", *map(str, files), "--model", str(model), "--backend", "onnxruntime", "--out", str(out),
+            "--flows", str(out.with_name("flows.parquet")), "--probs", "--batch", "16", "--no-progress",
+            "--engine", "ray", "--actors", "2", "--split-bytes", "25k"]
+    result = CliRunner().invoke(app, args)  # two actors, the big files in several shards each
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).equals(local_tables[0]) and pq.read_table(out.with_name("flows.parquet")).equals(local_tables[1])
+    assert f"{local_tables[2].packets:,} packets scored from {len(files)} files" in result.output
