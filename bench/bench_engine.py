@@ -80,10 +80,11 @@ def random_model_onnx(preset: str, num_classes: int, input_dtype: str, workdir: 
     from pktnin.engine.runner_base import ModelInfo
     from pktnin.layout import LAYOUT_VERSION
     from pktnin.trainer import models
+    from pktnin.trainer.presets import PARALLEL_PRESET
 
     keras.utils.set_random_seed(0)
     alpha = None
-    if preset == "nin_parallel":
+    if preset == PARALLEL_PRESET:
         alpha = 0.5
         model = models.build_parallel(models.build_model("nin1", num_classes), models.build_model("nin2", num_classes), alpha)
     else:

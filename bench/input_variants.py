@@ -32,7 +32,7 @@ from pktnin.trainer import presets as P  # noqa: E402
 from pktnin.trainer.checkpoint import load_checkpoint  # noqa: E402
 from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
-from pktnin.trainer.train import predict_rows, train  # noqa: E402
+from pktnin.trainer.train import TrainSettings, predict_rows, train  # noqa: E402
 
 VARIANTS = ("base", "jitter", "embed", "dropout5")
 
@@ -85,12 +85,13 @@ def main() -> None:
     out = args.out_dir / f"{args.preset}-{args.variant.replace('+', '_')}-s{args.seed}.keras"
 
     started = time.perf_counter()
-    summary = train(
-        args.preset, args.data, out, epochs=args.epochs, batch=128, seed=args.seed, xla=args.xla,
-        class_weighting="balanced",
-        patience=4, dropout=0.5 if "dropout5" in parts else 0.1, progress=False,
-        augment="header-jitter" if "jitter" in parts else "none", build=embedding_builder if "embed" in parts else None,
+    settings = TrainSettings(
+        epochs=args.epochs, batch=128, seed=args.seed, xla=args.xla, class_weighting="balanced", patience=4,
+        dropout=0.5 if "dropout5" in parts else 0.1, augment="header-jitter" if "jitter" in parts else "none",
     )  # fmt: skip
+    summary = train(
+        args.preset, args.data, out, settings, progress=False, build=embedding_builder if "embed" in parts else None
+    )
     data = load_dataset(args.data)
     test = data.indices("test")
     model, _ = load_checkpoint(out)

@@ -1,3 +1,5 @@
+"""`python -m pktnin`: the pktnin command line."""
+
 from pktnin.cli import main
 
 main()

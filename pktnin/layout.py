@@ -8,6 +8,8 @@ same logic for the CPU (njit) and for the GPU (cuda.jit device functions); see p
 
 import numpy
 
+from pktnin.errors import OptionError
+
 LAYOUT_VERSION = 1
 
 NET_LEN = 20
@@ -46,11 +48,11 @@ def mask_code(mask) -> int:
     """Masking profile as its integer code; accepts a code (0/1) or a name ("paper"/"strict")."""
     if isinstance(mask, str):
         if mask not in MASK_PROFILES:
-            raise ValueError(f"unknown mask profile {mask!r}; expected one of {sorted(MASK_PROFILES)}")
+            raise OptionError(f"unknown mask profile {mask!r}; expected one of {sorted(MASK_PROFILES)}")
         return MASK_PROFILES[mask]
     code = int(mask)
     if code not in MASK_PROFILES.values():
-        raise ValueError(f"unknown mask profile code {mask!r}; expected one of {sorted(MASK_PROFILES.values())}")
+        raise OptionError(f"unknown mask profile code {mask!r}; expected one of {sorted(MASK_PROFILES.values())}")
     return code
 
 
@@ -164,7 +166,7 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
     """Parse the packet buf[off : off + caplen] captured with `linktype`; fill desc (int64[DESC_LEN]).
 
     Returns KEPT or the SKIP_* reason. desc is fully meaningful only for kept packets.
-    Choices where the issue text is silent: the IP version nibble must match what the link layer announced
+    Choices the paper leaves open: the IP version nibble must match what the link layer announced
     (else malformed); raw-IP link types with a nibble other than 4/6 are non-ip; a 9th IPv6 extension
     header is malformed; VLAN tags are only unwrapped on Ethernet.
     """

@@ -19,19 +19,6 @@ from pktnin.layout import SKIP_REASONS, mask_code
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
 
-META_COLUMNS = (
-    "frame",
-    "ts_ns",
-    "ip_version",
-    "proto",
-    "src_addr",
-    "dst_addr",
-    "src_port",
-    "dst_port",
-    "vlan",
-    "flow_key",
-)
-
 
 @dataclass
 class FileReport:
@@ -64,7 +51,7 @@ class PacketBatch:
     file_index: int
     path: Path
     rows: np.ndarray  # uint8 [k, ROW_LEN]
-    meta: dict[str, np.ndarray]
+    meta: dict[str, np.ndarray]  # the columns of pktnin.schema.PACKET_META, [k, ...]
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])

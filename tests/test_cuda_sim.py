@@ -170,6 +170,17 @@ def test_device_resident_input(cuda_out):
     assert_meta_equal(cuda_out, "devraw_", meta)
 
 
+def test_metadata_dtypes_follow_the_schema_empty_or_not(cuda_out):
+    from pktnin.schema import PACKET_META
+
+    full_rows, full = cpu.transform(catalog_batch(), "paper", False)
+    empty_rows, empty = cpu.transform(pg.batch([]))
+    assert full_rows.shape[0] > 0 and empty_rows.shape[0] == 0
+    for name, (dtype, shape) in PACKET_META.items():
+        for got in (full[name], empty[name], cuda_out["u8_paper_0_" + name], cuda_out["empty_" + name]):
+            assert got.dtype == dtype and got.shape[1:] == shape, name
+
+
 def test_empty_batch_and_small_buffer(cuda_out):
     assert cuda_out["empty_rows"].shape == (0, layout.ROW_LEN)
     assert cuda_out["empty_skip_counts"].sum() == 0

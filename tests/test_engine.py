@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_cli_export_onnx(checkpoint, tmp_path):
     info = read_model_info(out)
     assert info.classes == tuple(CLASSES) and info.input_dtype == "float32" and info.alpha == ALPHA
     missing = CliRunner().invoke(app, ["export-onnx", str(tmp_path / "nope.keras"), "--out", str(out)])
-    assert missing.exit_code == 1 and "not found" in missing.output
+    assert missing.exit_code == 2 and "not found" in missing.output  # a path given by the user: usage
 
 
 def test_export_real_nin_parallel(tmp_path):
@@ -164,6 +165,7 @@ def test_export_real_nin_parallel(tmp_path):
 # -- runners ------------------------------------------------------------------------------------------------
 def test_runner_interface_and_preallocated_output(onnx_models, keras_probs):
     from pktnin.engine.ort_runner import OnnxRuntimeRunner
+    from pktnin.engine.protocols import DeviceRunner, ModelRunner
 
     rows, expected = keras_probs
     runner = OnnxRuntimeRunner(onnx_models["uint8"], intra_threads=1, max_batch=16)
@@ -171,6 +173,7 @@ def test_runner_interface_and_preallocated_output(onnx_models, keras_probs):
         runner.classes
     with runner:
         assert runner.classes == CLASSES and runner.alpha == ALPHA
+        assert isinstance(runner, ModelRunner) and not isinstance(runner, DeviceRunner)
         assert runner.max_batch == 16 and runner.input_dtype == "uint8" and runner.backend == "onnxruntime"
         out = np.full((80, len(CLASSES)), -7.0, dtype=np.float32)
         got = runner.infer(rows[:50], out)  # 50 rows in chunks of 16
@@ -233,7 +236,7 @@ def test_cli_build_engine_without_tensorrt(onnx_models, tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["build-engine", str(onnx_models["float32"]), "--out", str(tmp_path / "m.plan")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the backend asked for cannot run here, as in `score --backend tensorrt`
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == ["error: TensorRT is not installed (pip install 'pktnin[gpu]' on a machine with an NVIDIA GPU)"]
     assert not (tmp_path / "m.plan").exists()
@@ -434,6 +437,31 @@ def test_gpu_check_script_under_simulator(small_capture, tmp_path):
 # The stand-ins implement only the calls pktnin makes (names as in the TensorRT 10/11 and pycuda docs); "device
 # memory" is host memory found by address and the "engine" runs the parsed ONNX with ONNX Runtime. They check
 # pktnin's control flow (profile, flags, timing cache, sidecar, slots, chunking, normalization), not TensorRT.
+# The enums pktnin uses, with TensorRT 10's names and values (NvInfer.h, NvInferRuntime.h): the assertions
+# below spell the expected values on their own, so a wrong member, a missing shift or a comparison against the
+# wrong mode fails. The TensorRT 11 stand-in keeps this numbering.
+class NetworkDefinitionCreationFlag(enum.IntEnum):
+    EXPLICIT_BATCH = 0
+    STRONGLY_TYPED = 1
+    PREFER_JIT_PYTHON_PLUGINS = 2
+    PREFER_AOT_PYTHON_PLUGINS = 3
+
+
+class BuilderFlag(enum.IntEnum):
+    FP16 = 0
+    INT8 = 1
+
+
+class MemoryPoolType(enum.IntEnum):
+    WORKSPACE = 0
+
+
+class TensorIOMode(enum.IntEnum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
 class FakeGPU:
     def __init__(self, trt_version: str = "10.8.0"):
         import types
@@ -507,7 +535,6 @@ class FakeGPU:
         import onnxruntime as ort
 
         gpu = self
-        enum = types.SimpleNamespace
         dtypes = {"float32": np.float32, "uint8": np.uint8, "float16": np.float16}
 
         class Network:
@@ -599,7 +626,7 @@ class FakeGPU:
                 return ["row", "probs"][i]
 
             def get_tensor_mode(self, name):
-                return "in" if name == "row" else "out"
+                return TensorIOMode.INPUT if name == "row" else TensorIOMode.OUTPUT
 
             def dtype(self, name):
                 io = self.session.get_inputs()[0] if name == "row" else self.session.get_outputs()[0]
@@ -632,8 +659,8 @@ class FakeGPU:
         return types.SimpleNamespace(
             __version__=version, Logger=Logger, Builder=Builder, OnnxParser=Parser, Runtime=Runtime,
             nptype=lambda name: dtypes[name],
-            NetworkDefinitionCreationFlag=enum(STRONGLY_TYPED=5), BuilderFlag=enum(FP16="FP16"),
-            MemoryPoolType=enum(WORKSPACE="WORKSPACE"), TensorIOMode=enum(INPUT="in", OUTPUT="out"),
+            NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag, BuilderFlag=BuilderFlag,
+            MemoryPoolType=MemoryPoolType, TensorIOMode=TensorIOMode,
         )
 
     def install(self, monkeypatch):
@@ -649,6 +676,7 @@ class FakeGPU:
 
 
 def test_trt_build_and_run_flow_tensorrt10(onnx_models, keras_probs, tmp_path, monkeypatch):
+    from pktnin.engine.protocols import DeviceRunner, ModelRunner
     from pktnin.engine.sidecar import read_sidecar
     from pktnin.engine.trt_build import build_engine
     from pktnin.engine.trt_runner import TensorRTRunner
@@ -658,9 +686,11 @@ def test_trt_build_and_run_flow_tensorrt10(onnx_models, keras_probs, tmp_path, m
     plan = build_engine(onnx_models["float32"], tmp_path / "m.plan", precision="fp16", max_batch=24, opt_batch=8,
                         timing_cache=cache_file, workspace_mb=64)
     build = gpu.builds[-1]
-    assert build["config"].flags == ["FP16"] and build["flags"] == 0  # TensorRT 10: builder flag, weak typing
+    flags = build["config"].flags
+    assert [(f.name, int(f)) for f in flags] == [("FP16", 0)] and build["flags"] == 0  # TensorRT 10: builder flag
     assert build["config"].profiles == [{"row": ((1, 1500), (8, 1500), (24, 1500))}]
-    assert build["config"].pool == ("WORKSPACE", 64 << 20)
+    pool, size = build["config"].pool
+    assert (pool.name, int(pool), size) == ("WORKSPACE", 0, 64 << 20)
     assert build["onnx"] == onnx_models["float32"].read_bytes()
     assert cache_file.read_bytes() == b"+tuned"
     sidecar = read_sidecar(plan)
@@ -670,6 +700,7 @@ def test_trt_build_and_run_flow_tensorrt10(onnx_models, keras_probs, tmp_path, m
     rows, expected = keras_probs
     with TensorRTRunner(plan) as runner:
         assert runner.backend == "tensorrt" and runner.max_batch == 24 and runner.classes == CLASSES
+        assert isinstance(runner, DeviceRunner) and isinstance(runner, ModelRunner)
         out = np.full((70, len(CLASSES)), -3.0, dtype=np.float32)
         got = runner.infer(rows[:61], out)  # 3 chunks over 2 slots, uint8 rows normalized into pinned memory
         np.testing.assert_allclose(got, expected[:61], atol=1e-5, rtol=0)
@@ -678,7 +709,6 @@ def test_trt_build_and_run_flow_tensorrt10(onnx_models, keras_probs, tmp_path, m
         slot_input = gpu.memory[int(runner._slots[1].dev_in)]
         slot_input[: 5 * 1500 * 4] = (rows[:5].astype(np.float32) / np.float32(255.0)).reshape(-1).view(np.uint8)
         runner.submit(1, 5)
-        assert runner.pending(1)
         with pytest.raises(RuntimeError, match="in flight"):
             runner.submit(1, 5)
         np.testing.assert_allclose(runner.collect(1, np.empty((5, len(CLASSES)), np.float32)), expected[:5], atol=1e-5, rtol=0)
@@ -698,7 +728,7 @@ def test_trt_build_fp16_tensorrt11_and_open_runner_cache(onnx_models, keras_prob
     gpu = FakeGPU("11.1.0").install(monkeypatch)
     build_engine(onnx_models["float32"], tmp_path / "m16.plan", precision="fp16", max_batch=32)
     build = gpu.builds[-1]
-    assert build["config"].flags == [] and build["flags"] == 1 << 5  # no precision flag; strongly typed network
+    assert build["config"].flags == [] and build["flags"] == 0b10  # no precision flag; bit 1: STRONGLY_TYPED
     parsed = onnx.load_from_string(build["onnx"])  # the float16 graph with float32 inputs/outputs
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in parsed.graph.initializer)
     assert parsed.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

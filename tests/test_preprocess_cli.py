@@ -103,3 +103,24 @@ def test_file_names_with_brackets_are_printed_as_text(tmp_path):
     result = runner.invoke(app, ["preprocess", str(root), "--out", str(tmp_path / "r.npz"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "[bold]notes.txt" in "".join(result.output.split())
+
+
+def test_empty_and_full_npz_store_the_schema_dtypes(tmp_path):
+    from pktnin.schema import PACKET_META
+
+    root = _make_tree(tmp_path)
+    (tmp_path / "none").mkdir()
+    pcapgen.write_pcap(tmp_path / "none" / "empty.pcap", [])  # a readable capture without packets
+    outputs = {}
+    for name, src in (("full", root), ("empty", tmp_path / "none")):
+        out = tmp_path / f"{name}.npz"
+        result = runner.invoke(app, ["preprocess", str(src), "--out", str(out), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        outputs[name] = np.load(out)
+    assert len(outputs["full"]["frame"]) > 0 and len(outputs["empty"]["frame"]) == 0
+    for name, (dtype, shape) in PACKET_META.items():
+        for data in outputs.values():
+            assert data[name].dtype == dtype, name
+            assert data[name].shape[1:] == shape, name
+    for key in ("x", "file_id"):
+        assert outputs["full"][key].dtype == outputs["empty"][key].dtype

@@ -367,6 +367,90 @@ def test_stage_errors_stop_the_run(tmp_path, where):
     assert not [p for p in (tmp_path / "p.parquet.parts").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_stages_run_on_their_own(tmp_path):
+    """The read and engine stages of the CPU path, wired by hand, without score_files or a writer."""
+    import queue
+
+    from pktnin.score.cpu_stages import engine_stage, read_stage
+    from pktnin.score.stages import DONE, FileEnd, Scored, Stages
+
+    files = _fake_files(tmp_path, 2)
+    sizes = {0: [5, 30], 1: [7]}
+    stages = Stages()
+    read_q, scored_q = queue.Queue(maxsize=2), queue.Queue(maxsize=2)
+    runner = CountingRunner()
+    stages.thread("read", read_stage, stages, list(enumerate(files)), read_q, "paper", False, None,
+                  fake_source(sizes))  # fmt: skip
+    stages.thread("engine", engine_stage, stages, runner, 16, read_q, scored_q)
+    got = []
+    while (item := stages.get(scored_q)) is not DONE:
+        got.append(item)
+    stages.finish()
+    stages.raise_error()
+    ends = [i for i, item in enumerate(got) if isinstance(item, FileEnd)]
+    assert [got[i].report.index for i in ends] == [0, 1] and ends[-1] == len(got) - 1
+    scored = [item for item in got if isinstance(item, Scored)]
+    assert [len(s.probs) for s in scored] == [5, 11, 16, 3, 7]  # pieces of 16-row engine batches, per file
+    assert all(isinstance(item, Scored) for item in got[: ends[0]])
+    assert runner.calls == [16, 16, 10]
+
+
+def test_stage_error_reaches_the_caller_and_stops_the_others():
+    import queue
+
+    from pktnin.score.stages import Stages, Stopped
+
+    stages = Stages()
+    q: queue.Queue = queue.Queue(maxsize=1)
+
+    def waiting():
+        stages.get(q)  # nothing ever comes: only the stop flag ends this wait
+
+    def failing():
+        raise OSError("broken on purpose")
+
+    stages.thread("waiting", waiting)
+    stages.run(failing)
+    stages.finish()
+    assert not any(t.is_alive() for t in stages.threads)
+    with pytest.raises(OSError, match="on purpose"):
+        stages.raise_error()
+    with pytest.raises(Stopped):
+        stages.put(q, 1)
+
+
+def test_runner_faces():
+    from pktnin.engine.protocols import DeviceRunner, ModelRunner
+
+    assert isinstance(CountingRunner(), ModelRunner)
+    assert not isinstance(CountingRunner(), DeviceRunner)
+
+    class NoInfer:
+        classes = ["a"]
+
+    assert not isinstance(NoInfer(), ModelRunner)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"fmt": "json"}, "unknown output format"),
+        ({"batch": 0}, "batch must be at least 1"),
+        ({"prep_threads": 0}, "prep_threads must be at least 1"),
+        ({"part_rows": -1}, "part_rows must be at least 1"),
+        ({"part_seconds": -1.0}, "part_seconds"),
+        ({"mask": "loose"}, "mask"),
+        ({"flows_out": "p.parquet"}, "flows output must differ"),
+    ],
+)
+def test_score_options_check_themselves(tmp_path, monkeypatch, kw, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        ScoreOptions(out=Path("p.parquet"), **kw)
+    opts = ScoreOptions(out="p.parquet", flows_out="f.parquet", prep_threads=None)
+    assert opts.out == Path("p.parquet") and opts.flows_out == Path("f.parquet")
+
+
 # -- pieces --------------------------------------------------------------------------------------------------
 def test_flow_accumulator_merges_incrementally(monkeypatch):
     monkeypatch.setattr(flows_mod, "MERGE_ROWS", 7)

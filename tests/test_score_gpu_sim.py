@@ -3,7 +3,7 @@ numba's CUDA simulator, against the CPU path on the same captures.
 
 The simulator must be switched on before numba.cuda is first imported and must not leak into other tests, so
 the GPU side runs in a child process (this file run as a script with NUMBA_ENABLE_CUDASIM=1). Its runner is a
-stand-in with TensorRTRunner's device-side interface (device_input(slot) as device arrays, prep_stream,
+stand-in with TensorRTRunner's DeviceRunner face (device_input(slot) as device arrays, prep_stream(),
 submit/collect over two slots); its "engine" is ONNX Runtime on a host copy of the slot's device input.
 Rows the prep did not write are poisoned (NaN / 0xEE), so a stage submitting stale rows gives wrong output.
 The child only needs numba.cuda: run without NUMBA_ENABLE_CUDASIM on a machine with a GPU, it exercises the
@@ -78,8 +78,7 @@ class SimDeviceRunner:
         self._inputs = [cuda.device_array((max_batch, ROW_LEN), self.engine_input_dtype) for _ in range(2)]
         self._outputs = [np.empty((max_batch, len(self.classes)), np.float32) for _ in range(2)]
         self._n = [0, 0]
-        self.numba_stream = cuda.stream()
-        self.prep_stream = cuda.stream()
+        self._prep_stream = cuda.stream()
         self.fail_at_submit = fail_at_submit
         self.submits: list[tuple[int, int, int]] = []  # (slot, rows, slots in flight after this submit)
         for slot in range(2):
@@ -88,6 +87,9 @@ class SimDeviceRunner:
     def _poison(self, slot: int) -> None:
         fill = np.nan if self.engine_input_dtype == np.float32 else 0xEE
         self._inputs[slot].copy_to_device(np.full((self.max_batch, ROW_LEN), fill, self.engine_input_dtype))
+
+    def prep_stream(self):
+        return self._prep_stream
 
     def device_context(self):
         return contextlib.nullcontext()
@@ -129,6 +131,8 @@ def run_child(spec_path: str) -> None:
     from pktnin.score import manifest as mf
     from pktnin.score import score_files
 
+    from pktnin.engine.protocols import DeviceRunner
+
     spec = json.loads(Path(spec_path).read_text())
     files = find_captures([spec["captures"]])
     out_dir = Path(spec["out_dir"])
@@ -137,6 +141,7 @@ def run_child(spec_path: str) -> None:
         runner = SimDeviceRunner(Path(model), BATCH)
         result = score_files(files, runner, _options(out_dir, case))
         summary[case] = {
+            "device_runner": isinstance(runner, DeviceRunner),
             "submits": runner.submits,
             "reports": [mf.report_to_dict(r) for r in result.reports],
             "packets": result.packets,
@@ -215,6 +220,7 @@ def test_gpu_path_packets_and_flows_equal_cpu_path(runs, case):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_gpu_path_uses_both_slots_and_fills_batches(runs, case):
+    assert runs["gpu"][case]["device_runner"]  # the stand-in shows the whole DeviceRunner face
     submits = runs["gpu"][case]["submits"]
     assert sum(n for _, n, _ in submits) == runs["gpu"][case]["packets"]
     assert all(1 <= n <= BATCH for _, n, _ in submits)
@@ -232,7 +238,7 @@ def test_gpu_path_engine_error_reaches_caller(runs):
 def test_own_raw_keeps_only_the_records_and_transforms_the_same(tmp_path):
     from pktnin.kernels import cpu
     from pktnin.kernels.capture import CaptureReader
-    from pktnin.score.gpu_stage import own_raw
+    from pktnin.score.gpu_stages import own_raw
 
     path = make_captures(tmp_path / "in") / "a.pcap"
     chunks = 0
@@ -251,7 +257,7 @@ def test_own_raw_keeps_only_the_records_and_transforms_the_same(tmp_path):
 def test_device_batch_size_is_capped_by_the_engine():
     from types import SimpleNamespace
 
-    from pktnin.score.gpu_stage import device_batch_size
+    from pktnin.score.gpu_stages import device_batch_size
 
     assert device_batch_size(SimpleNamespace(max_batch=64), 512) == 64
     assert device_batch_size(SimpleNamespace(max_batch=4096), 512) == 512

@@ -18,12 +18,14 @@ from typer.testing import CliRunner  # noqa: E402
 
 from pktnin.cli import app  # noqa: E402
 from pktnin.engine.export import checkpoint_provenance  # noqa: E402
+from pktnin.errors import UsageError  # noqa: E402
 from pktnin.layout import CAPTURE_FIELDS  # noqa: E402
 from pktnin.trainer import checkpoint as ckpt  # noqa: E402
 from pktnin.dataset.format import load_dataset, write_dataset  # noqa: E402
 from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
 from pktnin.trainer.fusion import fuse  # noqa: E402
 from pktnin.trainer.train import (  # noqa: E402
+    TrainSettings,
     balanced_class_weights,
     training_sample_weights,
     branch_checkpoint_path,
@@ -63,7 +65,10 @@ def dataset_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "nin1.keras"
-    summary = train("nin1", dataset_dir, out, epochs=3, batch=16, seed=1, width=LEARN_WIDTH, progress=False)
+    summary = train(
+        "nin1", dataset_dir, out,
+        TrainSettings(epochs=3, batch=16, seed=1, width=LEARN_WIDTH), progress=False
+    )
     return out, summary
 
 
@@ -118,8 +123,10 @@ def test_checkpoint_round_trip(trained, dataset_dir):
 
 def test_training_is_deterministic(dataset_dir, tmp_path):
     runs = [
-        train("nin1", dataset_dir, tmp_path / f"again{i}.keras", epochs=1, batch=16, seed=1, width=WIDTH,
-              max_train=160, progress=False)
+        train(
+            "nin1", dataset_dir, tmp_path / f"again{i}.keras",
+            TrainSettings(epochs=1, batch=16, seed=1, width=WIDTH, max_train=160), progress=False
+        )
         for i in range(2)
     ]  # fmt: skip
     assert runs[0]["history"]["loss"] == runs[1]["history"]["loss"]
@@ -131,8 +138,10 @@ def test_training_is_deterministic(dataset_dir, tmp_path):
 
 def test_parallel_fused_checkpoint_is_alpha_mix_of_branches(dataset_dir, tmp_path):
     out = tmp_path / "par.keras"
-    summary = train("nin_parallel", dataset_dir, out, epochs=1, batch=32, seed=2, width=WIDTH, progress=False,
-                    max_train=240)  # fmt: skip
+    summary = train(
+        "nin_parallel", dataset_dir, out,
+        TrainSettings(epochs=1, batch=32, seed=2, width=WIDTH, max_train=240), progress=False
+    )
     alpha = summary["alpha"]
     meta = ckpt.load_metadata(out)
     assert meta["preset"] == "nin_parallel" and meta["alpha"] == alpha
@@ -171,14 +180,19 @@ def test_refit_on_train_and_val_runs_the_given_epochs_and_claims_no_validation_s
     data = load_dataset(dataset_dir)
     rows_both = data.indices("train").size + data.indices("val").size
     out = tmp_path / "refit.keras"
-    summary = train("nin1", dataset_dir, out, epochs=2, batch=32, seed=1, width=WIDTH, progress=False, fit="train+val",
-                    patience=1)  # fmt: skip
+    summary = train(
+        "nin1", dataset_dir, out,
+        TrainSettings(epochs=2, batch=32, seed=1, width=WIDTH, fit="train+val", patience=1), progress=False
+    )
     meta = ckpt.load_metadata(out)
     assert meta["metrics"] is None and summary["val_macro_f1"] is None
     assert meta["training"]["fit"] == "train+val" and meta["training"]["train_rows"] == rows_both
     assert summary["epochs_run"] == 2 and meta["training"]["best_epoch"] == 2  # no early stop, last epoch kept
     with pytest.raises(ValueError, match="alpha"):
-        train("nin_parallel", dataset_dir, tmp_path / "p.keras", epochs=1, width=WIDTH, progress=False, fit="train+val")
+        train(
+            "nin_parallel", dataset_dir, tmp_path / "p.keras",
+            TrainSettings(epochs=1, width=WIDTH, fit="train+val"), progress=False
+        )
     fused = tmp_path / "fixed.keras"
     result = CliRunner().invoke(
         app, ["fuse", str(out), str(out), "--data", str(dataset_dir), "--out", str(fused), "--alpha", "0.3"]
@@ -189,8 +203,10 @@ def test_refit_on_train_and_val_runs_the_given_epochs_and_claims_no_validation_s
 def test_fuse_with_a_given_alpha_skips_the_search(dataset_dir, tmp_path):
     nin1, nin2 = tmp_path / "n1.keras", tmp_path / "n2.keras"
     for name, path in (("nin1", nin1), ("nin2", nin2)):
-        train(name, dataset_dir, path, epochs=1, batch=32, seed=1, width=WIDTH, progress=False, max_train=64,
-              fit="train+val")  # fmt: skip
+        train(
+            name, dataset_dir, path,
+            TrainSettings(epochs=1, batch=32, seed=1, width=WIDTH, max_train=64, fit="train+val"), progress=False
+        )
     out = tmp_path / "fixed.keras"
     result = CliRunner().invoke(
         app, ["fuse", str(nin1), str(nin2), "--data", str(dataset_dir), "--out", str(out), "--alpha", "0.3"]
@@ -243,7 +259,7 @@ def test_evaluate_onnx_model(dataset_dir, tmp_path, input_dtype):
 
 def test_evaluate_rejects_other_classes(dataset_dir, tmp_path):
     model = tiny_model(tmp_path / "other.onnx", ["a", "b", "c", "d"])
-    with pytest.raises(ValueError, match="classes"):
+    with pytest.raises(UsageError, match="classes"):
         evaluate(model, dataset_dir)
 
 
@@ -361,13 +377,19 @@ def test_header_jitter_changes_only_capture_fields_in_the_pipeline(tmp_path):
 
 def test_header_jitter_is_recorded_and_refused_for_strict_rows(dataset_dir, tmp_path):
     out = tmp_path / "jit.keras"
-    train("nin1", dataset_dir, out, epochs=1, batch=32, seed=1, width=WIDTH, progress=False, augment="header-jitter")
+    train(
+        "nin1", dataset_dir, out,
+        TrainSettings(epochs=1, batch=32, seed=1, width=WIDTH, augment="header-jitter"), progress=False
+    )
     assert ckpt.load_metadata(out)["training"]["augment"] == "header-jitter"
     assert checkpoint_provenance(ckpt.load_metadata(out))["augment"] == "header-jitter"
     rows, y, split, flow = synthetic_rows(10, seed=4)
     strict = write_dataset(tmp_path / "strict", rows, y, split, flow, {"classes": CLASSES, "mask": "strict"})
     with pytest.raises(ValueError, match="paper mask"):
-        train("nin1", strict, tmp_path / "s.keras", epochs=1, width=WIDTH, progress=False, augment="header-jitter")
+        train(
+            "nin1", strict, tmp_path / "s.keras",
+            TrainSettings(epochs=1, width=WIDTH, augment="header-jitter"), progress=False
+        )
     result = CliRunner().invoke(
         app, ["train", "nin1", "--data", str(dataset_dir), "--out", str(tmp_path / "x.keras"), "--augment", "noise"]
     )

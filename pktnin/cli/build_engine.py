@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from pktnin.cli._console import console
-from pktnin.engine.trt_build import DEFAULT_MAX_BATCH, DEFAULT_WORKSPACE_MB
+from pktnin.cli.console import console
+from pktnin.cli.errors import exit_codes, usage
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH
+from pktnin.engine.trt_build import DEFAULT_WORKSPACE_MB
 
 
 def build_engine(
@@ -27,23 +29,16 @@ def build_engine(
     ] = DEFAULT_WORKSPACE_MB,
 ) -> None:
     """Build a TensorRT engine (one optimization profile: batch 1 .. max batch) for this GPU and TensorRT."""
-    from pktnin.engine.runner_base import EngineUnavailableError, ModelMismatchError
     from pktnin.engine.trt_build import build_engine as build, check_build_args
 
-    try:
+    with exit_codes():
         check_build_args(precision, max_batch, opt_batch, workspace_mb)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    if model.suffix not in (".keras", ".onnx"):
-        raise typer.BadParameter(f"{model}: expected a .keras checkpoint or an .onnx file")
-    if not model.is_file():
-        raise typer.BadParameter(f"{model} not found")
-    try:
+        if model.suffix not in (".keras", ".onnx"):
+            usage(f"{model}: expected a .keras checkpoint or an .onnx file")
+        if not model.is_file():
+            usage(f"{model} not found")
         plan = build(model, out, precision=precision, max_batch=max_batch, opt_batch=opt_batch,
-                     timing_cache=timing_cache, workspace_mb=workspace_mb)
-    except (EngineUnavailableError, ModelMismatchError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+                     timing_cache=timing_cache, workspace_mb=workspace_mb)  # fmt: skip
     console.print(f"{plan} ({plan.stat().st_size / 1e6:.1f} MB, {precision}, max batch {max_batch})", highlight=False)
 
 

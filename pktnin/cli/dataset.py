@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from pktnin.cli._console import console, file_progress, skip_table
+from pktnin.cli.console import console, file_progress, skip_table
+from pktnin.cli.errors import exit_codes
+from pktnin.errors import OptionError
 
 dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
 
@@ -63,10 +65,10 @@ def build(
     from pktnin.dataset.build import build_dataset
     from pktnin.dataset.options import BuildOptions
 
-    try:
+    with exit_codes():
         (source, source_pcaps), *more = [split_source(s) for s in sources]
         if pcaps is not None and (source_pcaps is not None or more):
-            raise ValueError("--pcaps applies to a single source; name each source's folder as LABELS.csv:PCAPS_DIR")
+            raise OptionError("--pcaps applies to a single source; name each source's folder as LABELS.csv:PCAPS_DIR")
         options = BuildOptions(
             source=source,
             out=out,
@@ -82,8 +84,6 @@ def build(
             more_sources=more,
         )
         n_files = sum(_count_files(o.kind, o.source, o.pcaps, label_column) for o in options.per_source())
-    except (ValueError, OSError) as exc:
-        raise typer.BadParameter(str(exc)) from None
 
     title = f"dataset ({options.kind})" if len(sources) == 1 else f"dataset ({len(sources)} sources)"
     with file_progress(n_files, title, enabled=progress) as bar:
@@ -93,10 +93,8 @@ def build(
                 bar.file_done(files_done - bar.files)
             bar.add_packets(packets - bar.packets)
 
-        try:
+        with exit_codes():
             report = build_dataset(options, progress=on_progress)
-        except (ValueError, OSError) as exc:
-            raise typer.BadParameter(str(exc)) from None
 
     console.print(counts_table(report.meta))
     for part in report.meta.get("inputs", []):

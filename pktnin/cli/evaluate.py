@@ -8,7 +8,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from pktnin.cli._console import console
+from pktnin.cli.console import console
+from pktnin.cli.errors import exit_codes
 
 
 def evaluate(
@@ -34,12 +35,10 @@ def evaluate(
     from pktnin.trainer.evaluate import evaluate as run_evaluation
     from pktnin.trainer.evaluate import load_result, write_evaluation
 
-    try:
+    with exit_codes():
         others = [load_result(p) for p in compare or []]
         result = run_evaluation(model, data, split=split, batch=batch, max_rows=max_rows)
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    written = write_evaluation(result, out, plots, others)
+        written = write_evaluation(result, out, plots, others)
 
     table = Table(title=f"{result['name']} on {split} ({result['rows']:,} packets, {result['flow']['flows']:,} flows)")
     for column in ("class", "support", "precision", "recall", "F1", "flow F1"):

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pktnin.cli._console import console
+from pktnin.cli.console import console
+from pktnin.cli.errors import exit_codes
 from pktnin.engine.export import DEFAULT_OPSET, MAX_OPSET
 
 
@@ -22,18 +23,11 @@ def export_onnx(
     """Export a checkpoint to ONNX: input `row` (batch x 1500), output `probs` (batch x classes), dynamic batch."""
     from pktnin.engine.export import check_export_args, read_model_info
     from pktnin.engine.export import export_onnx as export
-    from pktnin.engine.runner_base import ModelMismatchError
 
-    try:
+    with exit_codes():
         check_export_args(input_dtype, opset)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    try:
         path = export(ckpt, out, input_dtype=input_dtype, opset=opset)
-    except (FileNotFoundError, ValueError, ModelMismatchError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    info = read_model_info(path)
+        info = read_model_info(path)
     console.print(
         f"{path}: {info.preset}, {len(info.classes)} classes, input {info.input_dtype}, "
         f"alpha {info.alpha}, opset {opset}",

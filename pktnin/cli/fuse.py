@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from pktnin.cli.console import console
+from pktnin.cli.errors import exit_codes
+
 
 def fuse(
     nin1: Annotated[Path, typer.Argument(help="Trained nin1 (header) checkpoint.")],
@@ -22,21 +25,17 @@ def fuse(
 
     `pktnin train nin_parallel` does the same after training both branches; this reuses branches already trained.
     """
-    from rich.console import Console
-
     from pktnin.trainer.train import fuse_checkpoints
 
-    try:
+    with exit_codes():
         summary = fuse_checkpoints(nin1, nin2, data, out, alpha=alpha)
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
     if summary["val_macro_f1"] is None:
-        Console(stderr=True).print(
+        console.print(
             f"nin_parallel: branches refit on train+val, alpha {summary['alpha']:.2f} -> {summary['checkpoint']}"
         )
         return
     branches = "; ".join(f"{n} {b['val_macro_f1']:.4f}" for n, b in summary["branches"].items())
-    Console(stderr=True).print(
+    console.print(
         f"nin_parallel: validation macro-F1 {summary['val_macro_f1']:.4f} with alpha {summary['alpha']:.2f} "
         f"({branches}) -> {summary['checkpoint']}"
     )

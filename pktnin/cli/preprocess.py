@@ -1,15 +1,14 @@
-"""`pktnin preprocess`: captures -> an .npz of 1500-byte rows and their metadata."""
+"""`pktnin preprocess`: captures -> an .npz of 1500-byte rows and their metadata (pktnin.rowfile)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, List
 
-import numpy as np
 import typer
 
-from pktnin.cli._console import console, failed_files_table, file_progress, skip_table
-from pktnin.layout import LAYOUT_VERSION, ROW_LEN
+from pktnin.cli.console import console, failed_files_table, file_progress, skip_table
+from pktnin.cli.errors import check_inputs_read, exit_codes
 
 
 def preprocess(
@@ -24,54 +23,24 @@ def preprocess(
     Keys: x uint8 [N,1500], file_id int32 (index into files), files str, frame int64, ts_ns, ip_version, proto,
     src_addr/dst_addr uint8 [N,16], src_port, dst_port, vlan, flow_key, layout_version.
     """
-    from pktnin.atomic import atomic_path
-    from pktnin.packets import META_COLUMNS, find_captures, iter_packets, mask_code, total_skips
+    from pktnin.packets import find_captures, total_skips
+    from pktnin.rowfile import PrepOptions, write_row_file
 
-    try:
-        mask_code(mask)
+    with exit_codes():
+        opts = PrepOptions(mask=mask, keep_dns=keep_dns)
         files = find_captures(paths)
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    with exit_codes(setup=False):
+        with file_progress(len(files), "preprocess", enabled=progress) as bar:
+            result = write_row_file(files, out, opts, progress=bar)
 
-    rows: list[np.ndarray] = []
-    file_ids: list[np.ndarray] = []
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in META_COLUMNS}
-    reports: list = []
-    with file_progress(len(files), "preprocess", enabled=progress) as bar:
-        done = 0
-        for batch in iter_packets(files, mask=mask, keep_dns=keep_dns, reports=reports):
-            while done < len(reports):  # files finished before this batch
-                bar.file_done()
-                done += 1
-            rows.append(batch.rows)
-            file_ids.append(np.full(len(batch), batch.file_index, dtype=np.int32))
-            for name in META_COLUMNS:
-                columns[name].append(batch.meta[name])
-            bar.add_packets(len(batch))
-        bar.file_done(len(reports) - done)
-
-    def cat(parts: list[np.ndarray], dtype, shape=()) -> np.ndarray:
-        return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
-
-    arrays = {
-        "x": cat(rows, np.uint8, (ROW_LEN,)),
-        "file_id": cat(file_ids, np.int32),
-        "files": np.array([str(f) for f in files], dtype=str),
-        "layout_version": np.array(LAYOUT_VERSION),
-    }
-    for name in META_COLUMNS:
-        empty_shape = (16,) if name.endswith("_addr") else ()
-        arrays[name] = cat(columns[name], np.uint8 if name.endswith("_addr") else np.int64, empty_shape)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-
-    skips = total_skips(reports)
+    skips = total_skips(result.reports)
     if skips:
         console.print(skip_table(skips))
-    failed = failed_files_table(reports)
+    failed = failed_files_table(result.reports)
     if failed is not None:
         console.print(failed)
-    console.print(f"{arrays['x'].shape[0]:,} rows from {len(files)} files -> {out}")
+    console.print(f"{result.rows:,} rows from {len(files)} files -> {out}")
+    check_inputs_read(result.reports)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from pktnin.cli._console import console, escape, failed_files_table, file_progress, skip_table
+from pktnin.cli.console import console, failed_files_table, file_progress, skip_table
+from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes, usage
 
 DEFAULT_BATCH = 512
 
@@ -48,72 +49,44 @@ def score(
     Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
     OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
     """
+    from dataclasses import replace
+
     from pktnin.engine.cache import file_sha256
-    from pktnin.engine.runner_base import EngineUnavailableError, ModelMismatchError
     from pktnin.engine.runners import default_model_path, open_runner
-    from pktnin.packets import find_captures, mask_code
+    from pktnin.packets import find_captures
     from pktnin.score import ScoreOptions, score_files
-    from pktnin.score.writers import FORMATS
 
     if fmt is None:
         fmt = "csv" if out is not None and out.suffix.lower() == ".csv" else "parquet"
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", param_hint="--format")
     out = out or Path(f"predictions.{fmt}")
-    if flows is not None and flows.resolve() == out.resolve():
-        raise typer.BadParameter("--flows must name a different file than --out", param_hint="--flows")
-    if batch < 1:
-        raise typer.BadParameter(f"must be at least 1, got {batch}", param_hint="--batch")
-    for value, hint in ((threads, "--threads"), (prep_threads, "--prep-threads")):
-        if value is not None and value < 1:
-            raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=hint)
-    try:
-        mask_code(mask)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--mask") from None
-    try:
+    with exit_codes():
+        opts = ScoreOptions(
+            out=out, flows_out=flows, fmt=fmt, probs=probs, resume=resume, keep_dns=keep_dns, mask=mask,
+            batch=batch, prep_threads=prep_threads,
+        )  # fmt: skip
         files = find_captures(paths)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(str(exc), param_hint="PATH") from None
-    files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
-    if not files:
-        raise typer.BadParameter("no files found", param_hint="PATH")
-
-    try:
+        files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
+        if not files:
+            usage("no capture files found in the given paths")
         model_path = model if model is not None else default_model_path()
         runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
-    except (EngineUnavailableError, ModelMismatchError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-
-    opts = ScoreOptions(
-        out=out,
-        flows_out=flows,
-        fmt=fmt,
-        probs=probs,
-        resume=resume,
-        keep_dns=keep_dns,
-        mask=mask,
-        batch=batch,
+    opts = replace(
+        opts,
         prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
         model_id=f"{file_sha256(model_path)}:{runner.backend}",
     )
     try:
-        with file_progress(len(files), "score", enabled=progress) as bar:
-            result = score_files(files, runner, opts, progress=bar)
+        with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
+            with file_progress(len(files), "score", enabled=progress) as bar:
+                result = score_files(files, runner, opts, progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
-        raise typer.Exit(130) from None
-    except Exception as exc:  # noqa: BLE001 - one clear line, then a non-zero exit
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}")
-        console.print("finished files are kept: fix the cause and rerun with --resume to continue")
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         runner.close()
 
     _print_summary(result)
-    if all(r.failed for r in result.reports):
-        raise typer.Exit(1)
+    check_inputs_read(result.reports)
 
 
 def _own_output(path: Path, out: Path, flows: Path | None) -> bool:

@@ -7,7 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-PRESETS_HELP = "cnn_large, cnn_small, nin_large, nin_small, cnn_deeppacket, nin1, nin2 or nin_parallel"
+from pktnin.cli.console import console
+from pktnin.cli.errors import exit_codes
+from pktnin.trainer.presets import PRESETS
+
+PRESETS_HELP = ", ".join(PRESETS)
 
 
 def train(
@@ -67,20 +71,18 @@ def train(
     Adam, learning rate 1e-3 x 0.98 per epoch, categorical cross-entropy; TensorBoard logs in OUT.logs/.
     nin_parallel trains nin1 and nin2 (kept as OUT-nin1/-nin2), picks alpha on validation and saves one model.
     """
-    from rich.console import Console
-
+    from pktnin.trainer.presets import get_preset
+    from pktnin.trainer.train import TrainSettings
     from pktnin.trainer.train import train as run_training
 
-    console = Console(stderr=True)
-    try:
-        summary = run_training(
-            model, data, out, epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train,
-            max_val=max_val, max_per_class=max_per_class, class_weighting=class_weighting, patience=patience,
-            dropout=dropout, width=width, max_per_flow=max_per_flow, fit=fit, alpha=alpha, augment=augment,
-            progress=progress,
+    with exit_codes():
+        get_preset(model)
+        settings = TrainSettings(
+            epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train, max_val=max_val,
+            max_per_class=max_per_class, class_weighting=class_weighting, patience=patience, dropout=dropout,
+            width=width, max_per_flow=max_per_flow, fit=fit, augment=augment,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        summary = run_training(model, data, out, settings, alpha=alpha, progress=progress)
     if summary["val_macro_f1"] is None:
         line = f"{summary['preset']}: refit on train+val"
     else:

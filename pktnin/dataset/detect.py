@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from pktnin.dataset.iscx import iscx_label
+from pktnin.errors import OptionError
 
 SOURCE_KINDS = ("auto", "iscx", "class-dirs", "csv")
 
@@ -17,7 +18,7 @@ def detect_source(source: str | os.PathLike) -> str:
     if p.is_file():
         if p.suffix.lower() == ".csv":
             return "csv"
-        raise ValueError(f"{p}: a source file must be a flow-label .csv")
+        raise OptionError(f"{p}: a source file must be a flow-label .csv")
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: no such file or directory")
     if (p / "labels.csv").is_file():

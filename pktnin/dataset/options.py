@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pktnin.dataset.detect import SOURCE_KINDS, detect_source
 from pktnin.dataset.iscx import ISCX_TASKS
+from pktnin.errors import OptionError
 from pktnin.layout import mask_code
 
 SPLIT_MODES = ("random", "by-file")
@@ -38,31 +39,31 @@ class BuildOptions:
         self.source = Path(self.source)
         self.out = Path(self.out)
         if self.kind not in SOURCE_KINDS:
-            raise ValueError(f"unknown source kind {self.kind!r}; choose from {', '.join(SOURCE_KINDS)}")
+            raise OptionError(f"unknown source kind {self.kind!r}; choose from {', '.join(SOURCE_KINDS)}")
         if self.kind == "auto":
             self.kind = detect_source(self.source)
         if self.kind == "csv" and self.source.is_dir():
             self.source = self.source / "labels.csv"
         if self.task is not None and self.kind != "iscx":
-            raise ValueError("--task applies to an ISCX source only")
+            raise OptionError("--task applies to an ISCX source only")
         if self.pcaps is not None and self.kind != "csv":
-            raise ValueError("--pcaps applies to a CSV source only")
+            raise OptionError("--pcaps applies to a CSV source only")
         if self.split is None:
             self.split = "by-file" if self.kind == "csv" else "random"
         if self.split not in SPLIT_MODES:
-            raise ValueError(f"unknown split mode {self.split!r}; choose random or by-file")
+            raise OptionError(f"unknown split mode {self.split!r}; choose random or by-file")
         if self.max_per_class is not None and self.max_per_class < 1:
-            raise ValueError(f"--max-per-class must be at least 1, got {self.max_per_class}")
+            raise OptionError(f"--max-per-class must be at least 1, got {self.max_per_class}")
         mask_code(self.mask)
         if self.kind == "iscx":
             task = self.task or "B"
             if task not in ISCX_TASKS:
-                raise ValueError(f"unknown ISCX task {task!r}; choose A (applications) or B (traffic types)")
+                raise OptionError(f"unknown ISCX task {task!r}; choose A (applications) or B (traffic types)")
             self.task = ISCX_TASKS[task]
         if self.kind == "csv":
             self.pcaps = Path(self.pcaps) if self.pcaps is not None else self.source.parent / "pcaps"
         if self.classes is not None and self.kind != "csv":
-            raise ValueError("a given class list applies to a CSV source only")
+            raise OptionError("a given class list applies to a CSV source only")
         self.more_sources = tuple((Path(s), None if p is None else Path(p)) for s, p in self.more_sources)
         self.per_source()  # checks every further source now
 

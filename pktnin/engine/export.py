@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from pktnin.atomic import atomic_path
-from pktnin.engine.runner_base import INPUT_DTYPES, INPUT_NAME, OUTPUT_NAME, ModelInfo
+from pktnin.engine.runner_base import INPUT_DTYPES, INPUT_NAME, OUTPUT_NAME, ModelInfo, ModelMismatchError
+from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
 
 DEFAULT_OPSET = 17
@@ -72,7 +73,7 @@ def model_info_from_checkpoint_meta(meta: dict, input_dtype: str, source: str) -
             input_dtype=input_dtype,
         )
     except KeyError as exc:
-        raise ValueError(f"{source}: checkpoint metadata lacks {exc.args[0]!r}") from None
+        raise ModelMismatchError(f"{source}: checkpoint metadata lacks {exc.args[0]!r}") from None
     info.check(source)
     return info
 
@@ -84,7 +85,7 @@ def export_keras_model(
     proto = keras_to_onnx(model, info.input_dtype, opset)
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if num_classes != len(info.classes):
-        raise ValueError(f"the model outputs {num_classes} classes but its metadata lists {len(info.classes)}")
+        raise ModelMismatchError(f"the model outputs {num_classes} classes but its metadata lists {len(info.classes)}")
     set_metadata(proto, info)
     if provenance is not None:
         entry = proto.metadata_props.add()
@@ -157,9 +158,9 @@ def read_model_info(onnx_path: str | os.PathLike) -> ModelInfo:
 
 def check_export_args(input_dtype: str, opset: int) -> None:
     if input_dtype not in INPUT_DTYPES:
-        raise ValueError(f"input dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}")
+        raise OptionError(f"input dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}")
     if not 13 <= int(opset) <= MAX_OPSET:
-        raise ValueError(f"opset {opset} not supported: use 13..{MAX_OPSET} (tf2onnx refuses newer opsets)")
+        raise OptionError(f"opset {opset} not supported: use 13..{MAX_OPSET} (tf2onnx refuses newer opsets)")
 
 
 def _rename_value(graph, old: str, new: str) -> None:

@@ -7,11 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin.engine.runner_base import INPUT_NAME, OUTPUT_NAME, ModelInfo, ModelMismatchError, Runner
+from pktnin.engine.runner_base import (
+    DEFAULT_MAX_BATCH,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelInfo,
+    ModelMismatchError,
+    Runner,
+)
+from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
-DEFAULT_MAX_BATCH = 4096
 
 
 class OnnxRuntimeRunner(Runner):
@@ -29,12 +36,12 @@ class OnnxRuntimeRunner(Runner):
     ) -> None:
         super().__init__()
         if graph_opt not in GRAPH_OPT_LEVELS:
-            raise ValueError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}, got {graph_opt!r}")
+            raise OptionError(f"graph_opt must be one of {', '.join(GRAPH_OPT_LEVELS)}, got {graph_opt!r}")
         for name, value in (("intra_threads", intra_threads), ("inter_threads", inter_threads)):
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise OptionError(f"{name} must be >= 1, got {value}")
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise OptionError(f"max_batch must be >= 1, got {max_batch}")
         self.path = Path(onnx_path)
         self.intra_threads = intra_threads
         self.inter_threads = inter_threads

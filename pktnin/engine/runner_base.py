@@ -12,19 +12,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pktnin.errors import UsageError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
 
 INPUT_NAME = "row"
 OUTPUT_NAME = "probs"
 INPUT_DTYPES = ("float32", "uint8")
 META_PREFIX = "pktnin."
+# Rows per engine call unless the caller asks otherwise (ONNX Runtime chunks, TensorRT optimization profiles).
+DEFAULT_MAX_BATCH = 4096
 
 
-class EngineUnavailableError(RuntimeError):
+class EngineUnavailableError(UsageError, RuntimeError):
     """A backend cannot run on this machine (library or GPU missing). The message is one line."""
 
 
-class ModelMismatchError(RuntimeError):
+class ModelMismatchError(UsageError, RuntimeError):
     """A model or engine file does not fit this pktnin, this TensorRT or this GPU."""
 
 
@@ -80,7 +83,11 @@ class ModelInfo:
 
 
 class Runner(ABC):
-    """Base class of the ONNX Runtime and TensorRT runners. Use as a context manager or call load()/close()."""
+    """Base class of the ONNX Runtime and TensorRT runners: model metadata, buffers' checks, load/close.
+
+    What the scoring stages rely on is engine.protocols.ModelRunner (classes, infer), which every Runner
+    satisfies. Use as a context manager or call load()/close().
+    """
 
     backend: str = ""
 

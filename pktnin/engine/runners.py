@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pktnin.engine.gpu_env import tensorrt_unavailable_reason
 from pktnin.engine.ort_runner import OnnxRuntimeRunner
-from pktnin.engine.runner_base import EngineUnavailableError, Runner
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH, EngineUnavailableError, Runner
+from pktnin.errors import OptionError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 # The input the CPU engine gets for checkpoints: measured as fast as float32 rows normalized on the host
@@ -38,11 +39,11 @@ def default_model_path() -> Path:
 def resolve_backend(backend: str = "auto", model_path: str | os.PathLike | None = None) -> str:
     """'tensorrt' or 'onnxruntime'; raises EngineUnavailableError (one line) when tensorrt is asked for but missing."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     suffix = Path(model_path).suffix if model_path is not None else ""
     if suffix == ".plan":
         if backend == "onnxruntime":
-            raise ValueError(f"{model_path}: a TensorRT plan runs only with the tensorrt backend")
+            raise OptionError(f"{model_path}: a TensorRT plan runs only with the tensorrt backend")
         backend = "tensorrt"
     if backend == "onnxruntime":
         return backend
@@ -68,12 +69,12 @@ def open_runner(
     """A loaded runner for a .keras checkpoint, an .onnx file, a .plan file or (None) the bundled model."""
     path = Path(model_path) if model_path is not None else default_model_path()
     if path.suffix not in (".keras", ".onnx", ".plan"):
-        raise ValueError(f"{path}: expected a .keras checkpoint, an .onnx model or a .plan engine")
+        raise OptionError(f"{path}: expected a .keras checkpoint, an .onnx model or a .plan engine")
     chosen = resolve_backend(backend, path)
     if not path.is_file():
         raise FileNotFoundError(f"model {path} not found")
     if chosen == "tensorrt":
-        from pktnin.engine.trt_build import DEFAULT_MAX_BATCH, cached_plan, onnx_source
+        from pktnin.engine.trt_build import cached_plan, onnx_source
         from pktnin.engine.trt_runner import TensorRTRunner
 
         plan = path if path.suffix == ".plan" else cached_plan(

@@ -16,26 +16,26 @@ from pktnin.atomic import atomic_path
 from pktnin.engine import cache
 from pktnin.engine.fp16 import FP16_STRATEGY_FLAG, FP16_STRATEGY_ONNX, convert_onnx_to_fp16, fp16_strategy
 from pktnin.engine.gpu_env import context_current, gpu_identity, require_pycuda, require_tensorrt
-from pktnin.engine.runner_base import INPUT_NAME
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH, INPUT_NAME
 from pktnin.engine.sidecar import make_sidecar, sidecar_path, write_sidecar
+from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
 PRECISIONS = ("fp32", "fp16")
-DEFAULT_MAX_BATCH = 4096
 DEFAULT_WORKSPACE_MB = 1024
 
 
 def check_build_args(precision: str, max_batch: int, opt_batch: int | None, workspace_mb: int) -> int:
     """Validate the build settings; returns the optimization batch (default: max_batch, capped at 1024)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+        raise OptionError(f"precision must be fp32 or fp16, got {precision!r}")
     if max_batch < 1:
-        raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
+        raise OptionError(f"--max-batch must be >= 1, got {max_batch}")
     opt = min(max_batch, 1024) if opt_batch is None else opt_batch
     if not 1 <= opt <= max_batch:
-        raise ValueError(f"--opt-batch must be within 1..{max_batch} (the max batch), got {opt}")
+        raise OptionError(f"--opt-batch must be within 1..{max_batch} (the max batch), got {opt}")
     if workspace_mb < 16:
-        raise ValueError(f"--workspace-mb must be >= 16, got {workspace_mb}")
+        raise OptionError(f"--workspace-mb must be >= 16, got {workspace_mb}")
     return opt
 
 
@@ -49,7 +49,7 @@ def onnx_source(model_path: str | os.PathLike) -> Path:
         if not model_path.is_file():
             raise FileNotFoundError(f"ONNX model {model_path} not found")
         return model_path
-    raise ValueError(f"{model_path}: expected a .keras checkpoint or an .onnx file")
+    raise OptionError(f"{model_path}: expected a .keras checkpoint or an .onnx file")
 
 
 def build_engine(

@@ -1,10 +1,19 @@
-"""TensorRT runner: a deserialized plan, pinned host buffers, one CUDA stream, two buffer sets.
+"""TensorRT runner: a deserialized plan, two slots of pinned host and device buffers, one engine stream.
 
-Everything runs in the device's primary context (see gpu_env). Buffers are allocated once at the plan's max
-batch. Two slots (buffer sets) let the host fill slot k+1 (normalize or copy rows into pinned memory, or
-launch the numba-CUDA prep kernel into the slot's device input) while the GPU still runs slot k; the GPU work
-itself is ordered on the one stream (copy-in, engine, copy-out), so a prep kernel launched on
-`numba_stream` always finishes before the engine reads its rows.
+Everything runs in the device's primary context (see gpu_env), pushed around every call, so any thread can
+use the runner. Buffers are allocated once at the plan's max batch. Each slot has pinned host input/output,
+device input/output and an event marking its copy-out done; a slot is in flight from submit() to collect().
+
+Two ways to fill a slot:
+- infer(rows, out) (the Runner face): host rows are normalized or copied into the slot's pinned input and
+  copied in on the engine stream; chunks of max_batch alternate between the slots, so the host prepares
+  chunk k+1 while the GPU runs chunk k.
+- the DeviceRunner face (engine.protocols, used by score.gpu_stages): device_input(slot) is the slot's device
+  input as a numba device array (zero copy), which the CUDA prep kernel fills on prep_stream(), a second
+  stream of the same context, so its host syncs do not wait for the engine batch queued on the engine stream;
+  submit(slot, n) then queues engine + copy-out, and collect(slot, out) waits for that slot only.
+On the engine stream per batch: [copy-in] -> set_input_shape / set_tensor_address -> execute_async_v3 ->
+copy-out -> event record. Not run on a GPU here: checked against stand-ins for tensorrt and pycuda only.
 
 TensorRT calls used (TensorRT 10/11 Python API): Runtime.deserialize_cuda_engine, ICudaEngine.num_io_tensors /
 get_tensor_name / get_tensor_mode / get_tensor_dtype / get_tensor_profile_shape, create_execution_context,
@@ -57,7 +66,6 @@ class TensorRTRunner(Runner):
         self._context = None
         self._runtime = None
         self._stream = None
-        self._numba_stream = None
         self._prep_stream = None
         self._slots: list[_Slot] = []
         self._in_dtype: np.dtype | None = None
@@ -96,28 +104,11 @@ class TensorRTRunner(Runner):
         self.info = info
         return self
 
-    # -- pipelined use ---------------------------------------------------------------------------------------
+    # -- the DeviceRunner face (engine.protocols) -----------------------------------------------------------------
     @property
     def num_slots(self) -> int:
         return NUM_SLOTS
 
-    @property
-    def engine_input_dtype(self) -> np.dtype:
-        """dtype of the engine's input buffer (float32 or float16 for plans made from float32 ONNX)."""
-        self._info()
-        return self._in_dtype
-
-    @property
-    def numba_stream(self):
-        """The runner's stream as a numba-CUDA stream: launch the prep kernel on it."""
-        if self._numba_stream is None:
-            from numba import cuda as ncuda
-
-            with context_current(self.device):
-                self._numba_stream = ncuda.external_stream(self._stream.handle)
-        return self._numba_stream
-
-    @property
     def prep_stream(self):
         """A second numba-CUDA stream in the runner's context, for the prep kernel: transform_to_device's host
         syncs on it wait for the prep only, not for the engine batch queued on the runner's stream."""
@@ -149,9 +140,6 @@ class TensorRTRunner(Runner):
         }
         with context_current(self.device):
             return ncuda.from_cuda_array_interface(desc, owner=s.dev_in, sync=False)
-
-    def pending(self, slot: int) -> bool:
-        return self._slot(slot).n > 0
 
     def submit(self, slot: int, n: int, rows: np.ndarray | None = None) -> None:
         """Queue rows [n,1500] (or, with rows=None, the n rows already written to device_input(slot)) on the
@@ -218,7 +206,6 @@ class TensorRTRunner(Runner):
             for s in self._slots:
                 s.free()
             self._slots = []
-            self._numba_stream = None
             self._prep_stream = None
             self._context = None
             self._engine = None

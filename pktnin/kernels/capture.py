@@ -70,7 +70,6 @@ _ERR_V1 = 5
 _ERR_V2 = 6
 _BIG = 7  # pcapng: byte order of the current section
 _N_IF = 8  # pcapng: interfaces defined in the current section
-_SECTIONS = 9
 _WARN_BASE = 16  # per non-fatal kind k: count, first offset, first value at _WARN_BASE + 3k (+1, +2)
 
 # Fatal error codes.
@@ -404,7 +403,6 @@ def _walk_pcapng(buf, pos, file_off, file_size, ifs,
         if is_shb:  # a new section: its own byte order, an empty interface table
             st[_BIG] = 1 if big else 0
             st[_N_IF] = 0
-            st[_SECTIONS] += 1
         elif btype == 1:
             _parse_idb(buf, pos, blen, big, ifs, st, boff)
         elif btype == 6 or btype == 3 or btype == 2:  # EPB, SPB, OPB

@@ -11,11 +11,8 @@ normalization byte/255 happens in the engine: inside the ONNX graph on the CPU, 
 
 Metadata (a dict of numpy arrays; k = number of kept packets, n = number of records in the batch):
   index int64[k]        position of the kept record in the batch
-  frame int64[k], ts_ns int64[k]   copied from the batch
-  ip_version uint8[k], proto uint8[k]
-  src_addr, dst_addr uint8[k,16]   unmasked, as captured; IPv4 in the first 4 bytes, the rest zero
-  src_port, dst_port uint16[k], vlan uint16[k] (outermost VLAN id, 0 if untagged)
-  flow_key uint64[k]    bidirectional (see pktnin.layout.flow_key)
+  frame, ts_ns, ip_version, proto, src_addr, dst_addr, src_port, dst_port, vlan, flow_key
+                        [k, ...] in the dtypes of pktnin.schema.PACKET_META
   skip uint8[n]         per record: 0 kept, else the layout.SKIP_* reason
   skip_counts int64[len(SKIP_REASONS)]   records per reason (index 0: kept)
 """
@@ -30,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from pktnin import layout
+from pktnin.schema import empty_meta
 
 
 def _layout_digest() -> str:
@@ -37,26 +35,40 @@ def _layout_digest() -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-try:
-    from numba.core.caching import FunctionCache
+def layout_keyed_cache_class():
+    """numba's on-disk cache checks only the source file of the cached function (this module), so a changed
+    pktnin/layout.py would silently reuse stale machine code: a subclass of numba's FunctionCache keys the
+    entries on layout.py too. FunctionCache is numba's internal class; None when it is not there as expected."""
+    try:
+        from numba.core.caching import FunctionCache
 
-    class _LayoutKeyedCache(FunctionCache):
-        """numba's on-disk cache checks only the source file of the cached function (this module), so a
-        changed pktnin/layout.py would silently reuse stale machine code; key the entries on layout.py too."""
+        digest = _layout_digest()
+    except (ImportError, OSError):  # numba internals moved, or no layout.py on disk
+        return None
+    if not callable(getattr(FunctionCache, "_index_key", None)):
+        return None
 
-        _layout = _layout_digest()
-
+    class LayoutKeyedCache(FunctionCache):
         def _index_key(self, sig, codegen):
-            return (*super()._index_key(sig, codegen), self._layout)
+            return (*super()._index_key(sig, codegen), digest)
 
-except (ImportError, OSError):  # numba internals moved, or no layout.py on disk: compile without caching
-    _LayoutKeyedCache = None
+    return LayoutKeyedCache
 
 
-def _cached(dispatcher):
-    """Enable numba's disk cache for a kernel that compiles pktnin.layout functions in."""
-    if _LayoutKeyedCache is not None:
-        dispatcher._cache = _LayoutKeyedCache(dispatcher.py_func)
+LAYOUT_KEYED_CACHE = layout_keyed_cache_class()
+
+
+def cached(dispatcher, cache_class=LAYOUT_KEYED_CACHE):
+    """Enable the disk cache for a kernel that compiles pktnin.layout functions in: keyed on layout.py too where
+    numba's internals allow it, else numba's default cache, keyed on this module's file only (after an edit of
+    layout.py alone, clear __pycache__ or set NUMBA_CACHE_DIR to a fresh folder)."""
+    if cache_class is not None:
+        try:
+            dispatcher._cache = cache_class(dispatcher.py_func)
+            return dispatcher
+        except Exception:  # noqa: BLE001 - any failure of numba's internal class: use its public switch
+            pass
+    dispatcher.enable_caching()
     return dispatcher
 
 
@@ -98,7 +110,7 @@ def check_raw_lengths(fields: Mapping) -> None:
             raise ValueError(f"RawBatch field {name} has {fields[name].shape[0]} entries, pkt_off has {n}")
 
 
-@_cached
+@cached
 @njit(parallel=True, nogil=True)
 def _parse_all(buf, pkt_off, caplen, linktype, keep_dns, desc, skip):
     for i in prange(pkt_off.shape[0]):
@@ -121,7 +133,7 @@ def _kept_index(skip, skip_counts):
     return kept
 
 
-@_cached
+@cached
 @njit(parallel=True, nogil=True)
 def _write_all(
     buf, desc, kept, mask, frame_in, ts_in,
@@ -171,19 +183,7 @@ def _write_kept(parsed: Parsed, mask, rows_out) -> dict:
     """Write the kept rows into rows_out[:k]; returns the metadata dict."""
     arrays, desc, kept = parsed.arrays, parsed.desc, parsed.kept
     k = kept.shape[0]
-    meta = {
-        "index": kept,
-        "frame": np.empty(k, dtype=np.int64),
-        "ts_ns": np.empty(k, dtype=np.int64),
-        "ip_version": np.empty(k, dtype=np.uint8),
-        "proto": np.empty(k, dtype=np.uint8),
-        "src_addr": np.empty((k, 16), dtype=np.uint8),
-        "dst_addr": np.empty((k, 16), dtype=np.uint8),
-        "src_port": np.empty(k, dtype=np.uint16),
-        "dst_port": np.empty(k, dtype=np.uint16),
-        "vlan": np.empty(k, dtype=np.uint16),
-        "flow_key": np.empty(k, dtype=np.uint64),
-    }
+    meta = {"index": kept, **empty_meta(k)}
     if k:
         _write_all(
             arrays["buf"], desc, kept, mask, arrays["frame"], arrays["ts_ns"],

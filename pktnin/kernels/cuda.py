@@ -21,11 +21,13 @@ import numpy as np
 
 from pktnin import layout
 from pktnin.kernels.cpu import RAW_FIELDS, RAW_DTYPES
+from pktnin.schema import META_COLUMNS, empty_meta, meta_dtype
 
 _THREADS = 256
 _MAX_BLOCKS = 65535
 _SIM_THREADS = 16  # the simulator runs each thread as a Python thread: keep few and let them loop
-_META_COLUMNS = 7  # frame, ts_ns, ip_version, proto, src_port, dst_port, vlan
+# The scalar metadata the meta kernel gathers into one int64 [k, 7] array, in its column order.
+_META64 = ("frame", "ts_ns", "ip_version", "proto", "src_port", "dst_port", "vlan")
 
 _compiled = None
 cuda = None  # numba.cuda, bound on first use by _kernels()
@@ -175,16 +177,15 @@ def _write_on_device(dev, desc, kept, mask, out_rows, stream) -> dict:
     k = kept.shape[0]
     if out_rows.shape[0] < k:
         raise ValueError(f"out_rows has {out_rows.shape[0]} rows, the batch keeps {k} packets")
-    meta64 = np.zeros((k, _META_COLUMNS), dtype=np.int64)
-    src_addr = np.zeros((k, 16), dtype=np.uint8)
-    dst_addr = np.zeros((k, 16), dtype=np.uint8)
-    keys = np.zeros(k, dtype=np.uint64)
+    meta64 = np.zeros((k, len(_META64)), dtype=np.int64)
+    host = empty_meta(k, zero=True)
+    src_addr, dst_addr, keys = host["src_addr"], host["dst_addr"], host["flow_key"]
     if k:
         kept_dev = cuda.to_device(kept, stream=stream)
         table_dev = cuda.to_device(table, stream=stream)
         blocks, threads = _launch_shape(k, per_block=1)  # one row per block
         rows_kernel[blocks, threads, stream](dev["buf"], desc, kept_dev, mask, table_dev, out_rows)
-        meta64_dev = cuda.device_array((k, _META_COLUMNS), dtype=np.int64, stream=stream)
+        meta64_dev = cuda.device_array((k, len(_META64)), dtype=np.int64, stream=stream)
         src_dev = cuda.device_array((k, 16), dtype=np.uint8, stream=stream)
         dst_dev = cuda.device_array((k, 16), dtype=np.uint8, stream=stream)
         keys_dev = cuda.device_array(k, dtype=np.uint64, stream=stream)
@@ -197,19 +198,9 @@ def _write_on_device(dev, desc, kept, mask, out_rows, stream) -> dict:
         dst_dev.copy_to_host(dst_addr, stream=stream)
         keys_dev.copy_to_host(keys, stream=stream)
         _sync(stream)
-    return {
-        "index": kept,
-        "frame": meta64[:, 0].copy(),
-        "ts_ns": meta64[:, 1].copy(),
-        "ip_version": meta64[:, 2].astype(np.uint8),
-        "proto": meta64[:, 3].astype(np.uint8),
-        "src_addr": src_addr,
-        "dst_addr": dst_addr,
-        "src_port": meta64[:, 4].astype(np.uint16),
-        "dst_port": meta64[:, 5].astype(np.uint16),
-        "vlan": meta64[:, 6].astype(np.uint16),
-        "flow_key": keys,
-    }
+    columns = {name: meta64[:, c].astype(meta_dtype(name)) for c, name in enumerate(_META64)}
+    columns.update(src_addr=src_addr, dst_addr=dst_addr, flow_key=keys)
+    return {"index": kept, **{name: columns[name] for name in META_COLUMNS}}
 
 
 def transform_to_device(raw, out_rows, mask=layout.MASK_PAPER, keep_dns: bool = False, stream=0) -> dict:

@@ -1,5 +1,16 @@
-"""Scoring captures with a model: the streaming pipeline, its writers, flow aggregation and the resume manifest."""
+"""Scoring captures with a model: the streaming pipeline, its writers, flow aggregation and the resume manifest.
 
-from pktnin.score.pipeline import ScoreOptions, ScoreResult, score_files
+    options.py       ScoreOptions (checked when made), ScoreResult
+    pipeline.py      score_files: sets up a run, starts the stages, assembles the outputs
+    stages.py        the stage runtime: bounded queues, messages (FileEnd, Scored, DONE), errors, stop
+    cpu_stages.py    read+prep (numba CPU kernel) and the engine stage for any ModelRunner
+    gpu_stages.py    raw read and prep-into-the-engine's-input for a DeviceRunner (TensorRT)
+    writer_stage.py  Scored -> Parquet parts + manifest (ScoreWriter, Part)
+    writers.py       Arrow schemas and batches, part files, the final Parquet/CSV assembly
+    flows.py         per-flow aggregation; manifest.py: the resume manifest and the parts folder
+"""
+
+from pktnin.score.options import ScoreOptions, ScoreResult
+from pktnin.score.pipeline import score_files
 
 __all__ = ["ScoreOptions", "ScoreResult", "score_files"]

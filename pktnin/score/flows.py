@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pktnin.score.writers import TIMESTAMP, format_addresses, labels_of, prob_columns
+from pktnin.score.writers import TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
 
 MERGE_ROWS = 65536
 
@@ -24,12 +24,12 @@ _FIRST_FIELDS = ("ip_version", "proto", "src_addr", "dst_addr", "src_port", "dst
 def flow_schema(classes: list[str], with_probs: bool) -> pa.Schema:
     fields = [
         ("file", pa.string()),
-        ("proto", pa.uint8()),
+        ("proto", meta_type("proto")),
         ("addr_a", pa.string()),
-        ("port_a", pa.uint16()),
+        ("port_a", meta_type("src_port")),
         ("addr_b", pa.string()),
-        ("port_b", pa.uint16()),
-        ("vlan", pa.uint16()),
+        ("port_b", meta_type("dst_port")),
+        ("vlan", meta_type("vlan")),
         ("first_ts", TIMESTAMP),
         ("last_ts", TIMESTAMP),
         ("packets", pa.int64()),
@@ -108,12 +108,12 @@ class FlowAccumulator:
         n = len(order)
         columns = [
             pa.repeat(file_name, n).cast(pa.string()),
-            pa.array(s["proto"], type=pa.uint8()),
+            pa.array(s["proto"], type=meta_type("proto")),
             format_addresses(s["src_addr"], s["ip_version"]),
-            pa.array(s["src_port"], type=pa.uint16()),
+            pa.array(s["src_port"], type=meta_type("src_port")),
             format_addresses(s["dst_addr"], s["ip_version"]),
-            pa.array(s["dst_port"], type=pa.uint16()),
-            pa.array(s["vlan"], type=pa.uint16()),
+            pa.array(s["dst_port"], type=meta_type("dst_port")),
+            pa.array(s["vlan"], type=meta_type("vlan")),
             pa.array(s["first_ts"], type=pa.int64()).cast(TIMESTAMP),
             pa.array(s["last_ts"], type=pa.int64()).cast(TIMESTAMP),
             pa.array(s["packets"], type=pa.int64()),

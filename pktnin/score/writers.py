@@ -17,10 +17,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pktnin.atomic import atomic_path
+from pktnin.schema import meta_dtype
 
 FORMATS = ("parquet", "csv")
 ROW_GROUP_ROWS = 65536
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
+
+
+def meta_type(name: str) -> pa.DataType:
+    """The Arrow type of a packet metadata column (pktnin.schema)."""
+    return pa.from_numpy_dtype(meta_dtype(name))
 
 
 def prob_columns(classes: Iterable[str]) -> list[str]:
@@ -30,13 +36,13 @@ def prob_columns(classes: Iterable[str]) -> list[str]:
 def packet_schema(classes: list[str], with_probs: bool) -> pa.Schema:
     fields = [
         ("file", pa.string()),
-        ("frame", pa.int64()),
+        ("frame", meta_type("frame")),
         ("timestamp", TIMESTAMP),
         ("src_addr", pa.string()),
-        ("src_port", pa.uint16()),
+        ("src_port", meta_type("src_port")),
         ("dst_addr", pa.string()),
-        ("dst_port", pa.uint16()),
-        ("proto", pa.uint8()),
+        ("dst_port", meta_type("dst_port")),
+        ("proto", meta_type("proto")),
         ("label", pa.string()),
         ("prob", pa.float32()),
     ]
@@ -80,13 +86,13 @@ def packet_batch(
     idx, label, prob = labels_of(probs, classes)
     columns = [
         pa.repeat(file_name, n).cast(pa.string()),
-        pa.array(meta["frame"], type=pa.int64()),
+        pa.array(meta["frame"], type=meta_type("frame")),
         pa.array(meta["ts_ns"].astype(np.int64, copy=False), type=pa.int64()).cast(TIMESTAMP),
         format_addresses(meta["src_addr"], meta["ip_version"]),
-        pa.array(meta["src_port"], type=pa.uint16()),
+        pa.array(meta["src_port"], type=meta_type("src_port")),
         format_addresses(meta["dst_addr"], meta["ip_version"]),
-        pa.array(meta["dst_port"], type=pa.uint16()),
-        pa.array(meta["proto"], type=pa.uint8()),
+        pa.array(meta["dst_port"], type=meta_type("dst_port")),
+        pa.array(meta["proto"], type=meta_type("proto")),
         label,
         pa.array(prob, type=pa.float32()),
     ]

@@ -1,1 +1,1 @@
-"""trainer"""
+"""Training side (TensorFlow/Keras, the `train` extra): models, training runs, fusion, evaluation and metrics."""

@@ -11,7 +11,6 @@ import datetime as _dt
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from pktnin.atomic import atomic_path
 from pktnin.layout import LAYOUT_VERSION
 
 INPUT_ROW1500 = "row1500"
+CHECKPOINT_MODE = 0o644  # a checkpoint is meant to be shared
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -70,11 +70,10 @@ def make_metadata(
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode=CHECKPOINT_MODE) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
-        os.chmod(tmp, 0o644)
 
 
 def uncompiled_copy(model):
@@ -93,17 +92,9 @@ def uncompiled_copy(model):
 def save_checkpoint(model, path: str | os.PathLike, metadata: dict) -> Path:
     """Write NAME.keras and NAME.json atomically; returns the .keras path."""
     keras_path, json_path = checkpoint_paths(path)
-    keras_path.parent.mkdir(parents=True, exist_ok=True)
     # Keras insists on the .keras suffix, so the temporary name keeps it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{keras_path.stem}.", suffix=".tmp.keras", dir=keras_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(keras_path, suffix=".tmp.keras", mode=CHECKPOINT_MODE) as tmp:
         uncompiled_copy(model).save(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
-        os.replace(tmp, keras_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     write_json_atomic(json_path, metadata)
     return keras_path
 

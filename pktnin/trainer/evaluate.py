@@ -14,65 +14,50 @@ from typing import Sequence
 import numpy as np
 
 from pktnin.dataset.format import SPLIT_NAMES, load_dataset
+from pktnin.errors import OptionError, UsageError
 from pktnin.trainer.metrics import evaluation_report
 
 
 class Predictor:
-    """Probabilities [n, C] for uint8 rows [n, 1500], through Keras or ONNX Runtime."""
+    """Probabilities [n, C] for uint8 rows [n, 1500]: a checkpoint through Keras, any other model file through the
+    engine runners (pktnin.engine.runners.open_runner), so both are checked the same way as `score` checks them."""
 
     def __init__(self, path: str | Path, batch: int = 1024):
         self.path = Path(path)
         self.batch = batch
-        if self.path.suffix == ".onnx":
-            self._open_onnx()
+        self.kind = self.path.suffix.lstrip(".")
+        self.model = self.runner = None
+        if self.kind == "keras":
+            from pktnin.engine.export import model_info_from_checkpoint_meta
+            from pktnin.trainer.checkpoint import load_checkpoint
+
+            self.model, meta = load_checkpoint(self.path)
+            info = model_info_from_checkpoint_meta(meta, "float32", str(self.path))
         else:
-            self._open_keras()
+            from pktnin.engine.runners import open_runner
 
-    def _open_keras(self) -> None:
-        from pktnin.trainer.checkpoint import load_checkpoint
-
-        self.kind = "keras"
-        self.model, meta = load_checkpoint(self.path)
-        self.classes = list(meta["classes"])
-        self.preset = meta.get("preset")
-        self.alpha = meta.get("alpha")
-
-    def _open_onnx(self) -> None:
-        import onnxruntime as ort
-
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model {self.path} not found")
-        self.kind = "onnx"
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        first = self.session.get_inputs()[0]
-        self.input_name = first.name
-        self.input_uint8 = first.type == "tensor(uint8)"
-        props = self.session.get_modelmeta().custom_metadata_map
-        sidecar = self.path.with_suffix(".json")
-        side_meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        if "pktnin.classes" in props:
-            self.classes = list(json.loads(props["pktnin.classes"]))
-        elif "classes" in side_meta:
-            self.classes = list(side_meta["classes"])
-        else:
-            raise ValueError(f"{self.path}: no 'pktnin.classes' metadata and no {sidecar.name} beside it")
-        self.preset = props.get("pktnin.preset", side_meta.get("preset"))
-        alpha = props.get("pktnin.alpha", side_meta.get("alpha"))
-        self.alpha = None if alpha in (None, "", "null", "None") else float(alpha)
+            self.runner = open_runner(self.path, "onnxruntime", max_batch=batch)
+            info = self.runner.info
+        self.classes = list(info.classes)
+        self.preset = info.preset
+        self.alpha = info.alpha
 
     def predict(self, rows: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
         """Probabilities for rows[indices] (all rows when None), in ascending index order."""
         indices = np.arange(rows.shape[0]) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
-        if self.kind == "keras":
+        if self.model is not None:
             from pktnin.trainer.train import predict_rows
 
             return predict_rows(self.model, rows, indices, self.batch)
         out = np.zeros((indices.size, len(self.classes)), np.float32)
         for start in range(0, indices.size, self.batch):
-            x = np.asarray(rows[indices[start : start + self.batch]])
-            x = x if self.input_uint8 else x.astype(np.float32) / np.float32(255.0)
-            out[start : start + x.shape[0]] = self.session.run(None, {self.input_name: x})[0]
+            x = np.ascontiguousarray(rows[indices[start : start + self.batch]])
+            self.runner.infer(x, out[start : start + x.shape[0]])
         return out
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
 
 
 def evaluate(
@@ -85,20 +70,23 @@ def evaluate(
 ) -> dict:
     """Metrics of the model on one split: {"packet": ..., "flow": ..., plus what was evaluated and how fast}."""
     if split not in SPLIT_NAMES:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
+        raise OptionError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
     data = load_dataset(data_dir)
     predictor = Predictor(model_path, batch=batch)
     if predictor.classes != data.classes:
-        raise ValueError(
+        raise UsageError(
             f"{model_path} was trained for classes {predictor.classes} but {data_dir} has classes {data.classes}"
         )
     idx = data.indices(split)
     if idx.size == 0:
-        raise ValueError(f"dataset {data_dir} has no rows in split {split!r}")
+        raise UsageError(f"dataset {data_dir} has no rows in split {split!r}")
     if max_rows is not None and idx.size > max_rows:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_rows, replace=False))
     started = time.perf_counter()
-    probs = predictor.predict(data.rows, idx)
+    try:
+        probs = predictor.predict(data.rows, idx)
+    finally:
+        predictor.close()
     seconds = time.perf_counter() - started
     report = evaluation_report(probs, data.labels[idx], data.classes, data.flow[idx])
     return {
@@ -150,7 +138,7 @@ def load_result(path: str | Path) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"result file {path} not found") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc.msg} at byte offset {exc.pos})") from None
+        raise UsageError(f"{path}: not JSON ({exc.msg} at byte offset {exc.pos})") from None
     if "packet" not in result or "classes" not in result:
-        raise ValueError(f"{path}: not an evaluation result (no 'packet' or 'classes' key)")
+        raise UsageError(f"{path}: not an evaluation result (no 'packet' or 'classes' key)")
     return result

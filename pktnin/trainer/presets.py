@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
+from pktnin.errors import OptionError
 from pktnin.layout import BODY_LEN, HEADER_LEN, ROW_LEN
 
 PAPER_CLASSES = 12  # Table 5 and Tables 7-8 count the 12-class traffic task (Task B)
@@ -183,6 +184,8 @@ def _deeppacket(num_classes: int, width: float, dropout: float) -> list:
     return deeppacket_layers(DEEPPACKET_READING["strides"], DEEPPACKET_READING["pools"], num_classes, width, dropout)
 
 
+PARALLEL_PRESET = "nin_parallel"  # the fusion of nin1 and nin2 (paper Eq. 3)
+
 # fmt: off
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -202,20 +205,18 @@ PRESETS: dict[str, Preset] = {
                _nin1),
         Preset("nin2", "NIN2 (body)", HEADER_LEN, HEADER_LEN + BODY_LEN,
                PaperFigures(4.034e6, 2.144e8, "Tables 7-8", 0.585, 0.673), _nin((64, 256, 384, 512, 1024), (512,))),
-        Preset("nin_parallel", "NIN_parallel", 0, ROW_LEN,
+        Preset(PARALLEL_PRESET, "NIN_parallel", 0, ROW_LEN,
                PaperFigures(4.237e6, 2.238e8, "Tables 7-8", 0.985, 0.983), None, branches=("nin1", "nin2")),
     )
 }
 # fmt: on
-
-PARALLEL_PRESET = "nin_parallel"
 
 
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise OptionError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
 def check_build_args(num_classes: int, width: float, dropout: float) -> None:

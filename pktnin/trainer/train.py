@@ -21,13 +21,14 @@ from typing import Callable
 import numpy as np
 
 from pktnin.dataset.format import SPLIT_TRAIN, SPLIT_VAL
+from pktnin.errors import OptionError, UsageError
 from pktnin.layout import ROW_LEN
 from pktnin.trainer import checkpoint as ckpt
 from pktnin.trainer.augment import AUGMENTATIONS, jitter_capture_fields
 from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha
 from pktnin.trainer.metrics import classification_report
+from pktnin.trainer.presets import PARALLEL_PRESET
 
-PARALLEL_PRESET = "nin_parallel"
 CLASS_WEIGHTING = ("none", "balanced", "file")
 FIT_SPLITS = {"train": (SPLIT_TRAIN,), "train+val": (SPLIT_TRAIN, SPLIT_VAL)}
 
@@ -190,140 +191,6 @@ def predict_rows(model, rows: np.ndarray, indices: np.ndarray, batch: int = 1024
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Callbacks
-
-
-def _callbacks_module():
-    import keras
-
-    class ValidationF1(keras.callbacks.Callback):
-        """Validation metrics with trainer.metrics at each epoch end; keeps the best weights, stops early."""
-
-        def __init__(self, rows, labels, val_idx, classes, batch, patience, on_best: Callable[[int, dict], None]):
-            super().__init__()
-            self.rows, self.val_idx, self.classes, self.batch = rows, np.sort(val_idx), classes, batch
-            self.y_val = np.asarray(labels)[self.val_idx].astype(np.int64)
-            self.patience, self.on_best = patience, on_best
-            self.best_f1, self.best_epoch, self.best_report, self.best_weights = -1.0, -1, None, None
-            self.wait = 0
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            probs = predict_rows(self.model, self.rows, self.val_idx, self.batch)
-            report = classification_report(self.y_val, probs.argmax(axis=1), self.classes)
-            picked = probs[np.arange(self.y_val.size), self.y_val]
-            logs["val_loss"] = float(np.mean(-np.log(np.clip(picked, 1e-7, 1.0)))) + 0.0  # + 0.0: no "-0.0000"
-            logs["val_accuracy"] = report["accuracy"]
-            logs["val_macro_f1"] = report["macro_f1"]
-            if report["macro_f1"] > self.best_f1:
-                self.best_f1, self.best_epoch, self.best_report, self.wait = report["macro_f1"], epoch, report, 0
-                self.best_weights = self.model.get_weights()
-                self.on_best(epoch, report)
-            else:
-                self.wait += 1
-                if self.wait >= self.patience:
-                    self.model.stop_training = True
-
-    class RichProgress(keras.callbacks.Callback):
-        """A rich progress bar per epoch with packets/s; one summary line per epoch."""
-
-        def __init__(self, epochs, steps, train_rows, batch, title, enabled=True):
-            super().__init__()
-            self.epochs, self.steps, self.train_rows, self.batch = epochs, steps, train_rows, batch
-            self.title, self.enabled = title, enabled
-            self.epoch_rates: list[float] = []
-
-        def on_train_begin(self, logs=None):
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.console = Console(stderr=True)
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("[cyan]{task.fields[rate]:,.0f} pkts/s  loss {task.fields[loss]:.4f}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                disable=not self.enabled,
-                transient=True,
-            )
-            self.progress.start()
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.task = self.progress.add_task(
-                f"{self.title} epoch {epoch + 1}/{self.epochs}", total=self.steps, rate=0.0, loss=0.0
-            )
-            self.seen, self.started = 0, time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.seen = min(self.seen + self.batch, self.train_rows)
-            rate = self.seen / max(time.perf_counter() - self.started, 1e-9)
-            self.progress.update(self.task, advance=1, rate=rate, loss=float((logs or {}).get("loss", 0.0)))
-
-        def on_epoch_end(self, epoch, logs=None):
-            # Training throughput only: the validation pass in ValidationF1 ran after the last batch.
-            rate = self.progress.tasks[-1].fields["rate"] if self.progress.tasks else 0.0
-            self.epoch_rates.append(rate)
-            self.progress.remove_task(self.task)
-            logs = logs or {}
-            if self.enabled:
-                val = ""  # no validation pass in a refit on train+val
-                if "val_macro_f1" in logs:
-                    val = (
-                        f"val loss {logs['val_loss']:.4f}  val acc {logs['val_accuracy']:.4f}  "
-                        f"val macro-F1 {logs['val_macro_f1']:.4f}  "
-                    )
-                self.console.print(
-                    f"{self.title} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}  "
-                    f"{val}{rate:,.0f} pkts/s"
-                )
-
-        def on_train_end(self, logs=None):
-            self.progress.stop()
-
-    class ScalarLog(keras.callbacks.Callback):
-        """Epoch scalars as TensorBoard event files in log_dir/train and log_dir/validation.
-
-        Written with the core tf.summary.write op and the scalars plugin's metadata, so TensorBoard shows them
-        without the tensorboard package being needed at training time.
-        """
-
-        def __init__(self, log_dir: Path):
-            super().__init__()
-            self.log_dir = Path(log_dir)
-
-        def on_train_begin(self, logs=None):
-            import tensorflow as tf
-            from tensorflow.core.framework import summary_pb2
-
-            self.tf = tf
-            self.metadata = summary_pb2.SummaryMetadata(
-                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-            )
-            self.writers = {
-                part: tf.summary.create_file_writer(str(self.log_dir / part)) for part in ("train", "validation")
-            }
-
-        def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                part, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-                with self.writers[part].as_default():
-                    self.tf.summary.write(
-                        f"epoch_{name}", self.tf.constant(float(value), self.tf.float32), step=epoch,
-                        metadata=self.metadata,
-                    )  # fmt: skip
-            for writer in self.writers.values():
-                writer.flush()
-
-        def on_train_end(self, logs=None):
-            for writer in self.writers.values():
-                writer.close()
-
-    return ValidationF1, RichProgress, ScalarLog
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -365,55 +232,40 @@ class TrainSettings:
     fit: str = "train"  # "train+val": refit on both splits for a fixed number of epochs (no early stopping)
     augment: str = "none"  # "header-jitter": random bytes in the capture fields of training rows
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if self.fit not in FIT_SPLITS:
-            raise ValueError(f"fit must be one of {tuple(FIT_SPLITS)}, got {self.fit!r}")
+            raise OptionError(f"fit must be one of {tuple(FIT_SPLITS)}, got {self.fit!r}")
         if self.class_weighting not in CLASS_WEIGHTING:
-            raise ValueError(f"class weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
+            raise OptionError(f"class weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
         if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+            raise OptionError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.epochs < 1 or self.batch < 1 or self.patience < 1:
-            raise ValueError("epochs, batch and patience must be >= 1")
+            raise OptionError("epochs, batch and patience must be >= 1")
+        for name in ("max_train", "max_val", "max_per_class", "max_per_flow"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise OptionError(f"{name} must be >= 1, got {value}")
 
 
 def train(
     preset: str,
     data_dir: str | Path,
     out_ckpt: str | Path,
-    epochs: int = 10,
-    batch: int = 128,
-    seed: int = 0,
-    xla: bool = False,
-    max_train: int | None = None,
-    max_val: int | None = None,
-    max_per_class: int | None = None,
-    class_weighting: str = "none",
-    patience: int = 3,
-    learning_rate: float = 1e-3,
-    lr_decay: float = 0.98,
-    dropout: float = 0.1,
-    width: float = 1.0,
-    max_per_flow: int | None = None,
-    fit: str = "train",
+    settings: TrainSettings = TrainSettings(),
+    *,
     alpha: float | None = None,
-    augment: str = "none",
     progress: bool = True,
     build: Callable | None = None,
 ) -> dict:
     """Train `preset` on the dataset in `data_dir`; the best epoch (validation macro-F1) goes to `out_ckpt`.
 
-    fit="train+val" trains on the training and validation rows for exactly `epochs` epochs and keeps the last
-    one (take the epoch count, and for nin_parallel `alpha`, from a run with fit="train"): the validation split
-    then no longer measures anything, and the checkpoint's metrics say so.
+    settings.fit "train+val" trains on the training and validation rows for exactly settings.epochs epochs and
+    keeps the last one (take the epoch count, and for nin_parallel `alpha`, from a run with fit "train"): the
+    validation split then no longer measures anything, and the checkpoint's metrics say so.
 
     Returns a summary dict (its settings and history are also stored in the checkpoint metadata under
     "training"). `build` replaces trainer.models.build_model (same signature) for experiments.
     """
-    settings = TrainSettings(
-        epochs, batch, seed, xla, max_train, max_val, max_per_class, class_weighting, patience, learning_rate,
-        lr_decay, dropout, width, max_per_flow, fit, augment,
-    )  # fmt: skip
-    settings.check()
     if preset == PARALLEL_PRESET:
         return train_parallel(data_dir, out_ckpt, settings, progress=progress, build=build, alpha=alpha)
     data = _open_dataset(data_dir)
@@ -439,12 +291,12 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     )  # fmt: skip
     val_idx = select_split_rows(split, SPLIT_VAL, s.seed, s.max_val)
     if train_idx.size == 0:
-        raise ValueError(f"dataset {data.path} has no training rows (split.npy == 0)")
+        raise UsageError(f"dataset {data.path} has no training rows (split.npy == 0)")
     if val_idx.size == 0 and not refit:
-        raise ValueError(f"dataset {data.path} has no validation rows (split.npy == 1): early stopping needs them")
+        raise UsageError(f"dataset {data.path} has no validation rows (split.npy == 1): early stopping needs them")
     weights = training_sample_weights(labels, train_idx, s.class_weighting, num_classes, data.file)
     if s.augment == "header-jitter" and data.meta.get("mask", "paper") != "paper":
-        raise ValueError(f"header-jitter needs rows of the paper mask profile; {data.path} has {data.meta['mask']!r}")
+        raise OptionError(f"header-jitter needs rows of the paper mask profile; {data.path} has {data.meta['mask']!r}")
 
     seed_everything(s.seed)
     model = build(preset, num_classes, dropout=s.dropout, width=s.width)
@@ -467,7 +319,8 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
         meta = ckpt.make_metadata(preset, classes, data.path, data.meta, report, training=training_meta)
         ckpt.save_checkpoint(model, keras_path, meta)
 
-    ValidationF1, RichProgress, ScalarLog = _callbacks_module()
+    from pktnin.trainer.callbacks import RichProgress, ScalarLog, ValidationF1
+
     val_cb = ValidationF1(rows, labels, val_idx, classes, max(s.batch, 256), s.patience, save_best)
     bar = RichProgress(s.epochs, steps, train_idx.size, s.batch, preset, enabled=progress)
     callbacks = [
@@ -524,9 +377,8 @@ def train_parallel(
 
     A refit (settings.fit "train+val") needs `alpha` given: the validation rows were trained on.
     """
-    settings.check()
     if settings.fit != "train" and alpha is None:
-        raise ValueError("a nin_parallel refit on train+val needs alpha from a run that kept validation apart")
+        raise OptionError("a nin_parallel refit on train+val needs alpha from a run that kept validation apart")
     if build_parallel is None:
         from pktnin.trainer.models import build_parallel
     data = _open_dataset(data_dir)
@@ -558,9 +410,9 @@ def fuse_checkpoints(
     for name, path in (("nin1", nin1_ckpt), ("nin2", nin2_ckpt)):
         model, meta = ckpt.load_checkpoint(path)
         if meta.get("preset") != name:
-            raise ValueError(f"{path}: expected a {name} checkpoint, found preset {meta.get('preset')!r}")
+            raise UsageError(f"{path}: expected a {name} checkpoint, found preset {meta.get('preset')!r}")
         if list(meta.get("classes", [])) != list(data.meta["classes"]):
-            raise ValueError(f"{path}: its classes differ from the dataset's")
+            raise UsageError(f"{path}: its classes differ from the dataset's")
         training = meta.get("training", {})
         models[name] = model
         summaries[name] = {
@@ -586,7 +438,7 @@ def _fuse_and_save(
     if alpha is None:
         alpha, curve = search_alpha(p1, p2, y_val, grid)
     elif not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+        raise OptionError(f"alpha must be within [0, 1], got {alpha}")
     else:
         curve = None
     fused_probs = fuse(p1, p2, alpha)

@@ -1,5 +1,5 @@
-"""The GPU path of the scoring pipeline: raw records go to the device and the CUDA prep kernel writes the
-engine's input in place (no rows on the host).
+"""The GPU stages of the scoring pipeline: raw records go to the device and the CUDA prep kernel writes the
+engine's input in place (no rows on the host). The runner is an engine.protocols.DeviceRunner.
 
 read        iter_raw: each file's records in RawBatch chunks of at most `batch` records (so a chunk never
             keeps more rows than one engine batch), copied out of the file's memory map, then a FileEnd marker
@@ -11,7 +11,7 @@ engine      per chunk: kernels.cuda.transform_to_device copies the raw bytes to 
             submission order as Scored pieces; FileEnd markers follow their file's last piece, completed with
             the file's kept count and skip counts. The writer cannot tell this path from the CPU one.
 
-Overlap. The prep runs on its own stream (runner.prep_stream), not on the engine's: transform_to_device
+Overlap. The prep runs on its own stream (runner.prep_stream()), not on the engine's: transform_to_device
 synchronizes its stream twice per chunk (the skip codes come back for the kept-row scan, the metadata at the
 end), and on the engine's stream each sync would also wait for the engine batch queued before it. On its own
 stream, the raw copy-in, the three prep kernels and the metadata copy-back for batch k+1 can run on the GPU
@@ -35,10 +35,11 @@ import numpy as np
 
 from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
-from pktnin.score.pipeline import _DONE, FileEnd, Scored, _Stages
+from pktnin.engine.protocols import DeviceRunner
+from pktnin.score.stages import DONE, FileEnd, Scored, Stages
 
 
-def device_batch_size(runner, batch: int) -> int:
+def device_batch_size(runner: DeviceRunner, batch: int) -> int:
     """Rows per engine call on the GPU path: the requested batch, capped by the engine's max batch."""
     return max(1, min(int(batch), int(runner.max_batch)))
 
@@ -82,13 +83,14 @@ def iter_raw(
             yield RawChunk(report.index, report.path, own_raw(raw))
 
 
-def read_raw_stage(stages: _Stages, todo: list[tuple[int, Path]], out_q: queue.Queue, max_records: int) -> None:
+def read_raw_stage(stages: Stages, todo: list[tuple[int, Path]], out_q: queue.Queue, max_records: int) -> None:
+    """RawChunks and a FileEnd (kept and skip counts still missing) per (index, path) in todo, then DONE."""
     for index, path in todo:
         reports: list[FileReport] = []
         for chunk in iter_raw([path], reports, max_records, first_index=index):
             stages.put(out_q, chunk)
         stages.put(out_q, FileEnd(reports[0]))
-    stages.put(out_q, _DONE)
+    stages.put(out_q, DONE)
 
 
 @dataclass
@@ -103,13 +105,20 @@ class _SlotBatch:
 
 
 def device_engine_stage(
-    stages: _Stages, runner, batch_size: int, mask: str, keep_dns: bool, in_q: queue.Queue, out_q: queue.Queue
+    stages: Stages,
+    runner: DeviceRunner,
+    batch_size: int,
+    mask: str,
+    keep_dns: bool,
+    in_q: queue.Queue,
+    out_q: queue.Queue,
 ) -> None:
+    """RawChunk and FileEnd in, Scored and FileEnd (completed with kept and skip counts) out, DONE at the end."""
     from pktnin.kernels.cuda import transform_to_device
 
     outbuf = np.empty((batch_size, len(runner.classes)), dtype=np.float32)
     num_slots = int(runner.num_slots)
-    prep_stream = runner.prep_stream
+    prep_stream = runner.prep_stream()
     in_flight: deque[_SlotBatch] = deque()  # submitted, oldest first
     current: _SlotBatch | None = None  # being filled
     skips: dict[int, np.ndarray] = {}  # file index -> skip counts of its chunks so far
@@ -141,11 +150,11 @@ def device_engine_stage(
 
     while True:
         item = stages.get(in_q)
-        if item is _DONE:
+        if item is DONE:
             submit_current()
             while in_flight:
                 collect_oldest()
-            stages.put(out_q, _DONE)
+            stages.put(out_q, DONE)
             return
         if isinstance(item, FileEnd):
             report = item.report

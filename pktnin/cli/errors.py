@@ -1,0 +1,66 @@
+"""One failure convention for every command.
+
+Exit codes: 0 the run finished (files it could not read are listed, the others scored); 1 the run failed, or no
+input file could be read; 2 usage: an option value, a path or a model given on the command line cannot be used.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+import typer
+import typer.exceptions
+
+from pktnin.errors import UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_FAILED, hint: str | None = None) -> NoReturn:
+    """Print one error line (and a hint) on stderr and leave with `code`."""
+    # Plain text, not the rich console: a message is one line however wide the terminal, and file names in it
+    # may hold [brackets].
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(hint, err=True)
+    raise typer.Exit(code)
+
+
+def usage(message: str) -> NoReturn:
+    fail(message, EXIT_USAGE)
+
+
+@contextmanager
+def exit_codes(hint: str | None = None, setup: bool = True) -> Iterator[None]:
+    """Run a command's body under the convention.
+
+    While setting up (`setup`: checking options, opening what the user named), a UsageError (options objects,
+    model checks) or a missing file or folder exits 2. Any other error, and every error once the run is under way
+    (setup False), is a failed run: one line naming its type, exit 1. A ValueError from deep inside the library
+    is such a failure, not a usage message.
+    """
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.exceptions.TyperException, KeyboardInterrupt):
+        raise
+    except UsageError as exc:
+        if not setup:
+            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
+        usage(str(exc))
+    except FileNotFoundError as exc:
+        if not setup:
+            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
+        usage(str(exc) if exc.filename is None else f"{exc.filename}: {exc.strerror or 'not found'}")
+    except Exception as exc:  # noqa: BLE001 - one clear line, then the failure exit code
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
+
+
+def check_inputs_read(reports) -> None:
+    """Exit 1 when not one input file could be read (a run that read some of them succeeded)."""
+    reports = list(reports)
+    if reports and all(r.failed for r in reports):
+        fail("no input file could be read", EXIT_FAILED)

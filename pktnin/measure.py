@@ -1,0 +1,111 @@
+"""Throughput measurements behind `pktnin bench`: read+prep alone, the engine alone, and scoring end to end."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pktnin.packets import iter_packets
+from pktnin.rowfile import PrepOptions
+
+
+def prep_throughput(files: Sequence[Path], opts: PrepOptions = PrepOptions(), progress=None) -> dict:
+    """Read and transform every capture in `files`; rows are produced and dropped.
+
+    `packets` counts every record read (kept or skipped by the layout), `rows` the ones that became rows.
+    `progress` (optional) has add_packets(n) and file_done(n).
+    """
+    # Warm up: load or compile the kernels on the first chunk of the first file (not timed).
+    for _ in iter_packets(files[:1], mask=opts.mask, keep_dns=opts.keep_dns, max_records=64):
+        break
+    reports: list = []
+    kept = 0
+    done = 0
+    start = time.perf_counter()
+    for batch in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns, reports=reports):
+        kept += len(batch)
+        if progress is not None:
+            while done < len(reports):
+                progress.file_done(1)
+                done += 1
+            progress.add_packets(len(batch))
+    seconds = time.perf_counter() - start
+    packets = sum(r.records for r in reports)
+    return {
+        "packets": packets,
+        "rows": kept,
+        "files": len(files),
+        "seconds": seconds,
+        "packets_per_s": packets / seconds if seconds > 0 else 0.0,
+    }
+
+
+def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float = 2.0) -> dict:
+    """The model alone on rows already in memory, in batches of `batch`; at least `min_seconds` of work."""
+    out = np.empty((batch, len(runner.classes)), dtype=np.float32)
+    runner.infer(rows[:batch], out)  # warm-up (session set-up, first allocation)
+    packets = 0
+    start = time.perf_counter()
+    while True:
+        for lo in range(0, rows.shape[0], batch):
+            chunk = rows[lo : lo + batch]
+            runner.infer(chunk, out)
+            packets += chunk.shape[0]
+        seconds = time.perf_counter() - start
+        if seconds >= min_seconds:
+            return {"packets": packets, "seconds": seconds, "packets_per_s": packets / seconds}
+
+
+def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path, opts: PrepOptions) -> dict:
+    """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write."""
+    from pktnin.score import ScoreOptions, score_files
+
+    score_opts = ScoreOptions(
+        out=workdir / "bench.parquet", batch=batch, mask=opts.mask, keep_dns=opts.keep_dns, model_id="bench"
+    )
+    start = time.perf_counter()
+    result = score_files(list(files), runner, score_opts)
+    seconds = time.perf_counter() - start
+    return {"packets": result.packets, "seconds": seconds, "packets_per_s": result.packets / seconds}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The median seconds and packets/s of repeated runs of one measurement, with every run's rate."""
+    rates = [r["packets_per_s"] for r in runs]
+    return {
+        "packets": runs[0]["packets"],
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "packets_per_s": statistics.median(rates),
+        "runs_packets_per_s": rates,
+    }
+
+
+def stage_throughput(files: Sequence[Path], runner, batch: int, runs: int, workdir: Path, opts: PrepOptions) -> dict:
+    """Medians over `runs` of read+prep, the engine alone and end to end, and end-to-end / engine.
+
+    Raises ValueError when no packet of the input becomes a row (the engine would have nothing to run on).
+    """
+    rows = [b.rows for b in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns)]
+    if not rows:
+        raise ValueError("no packet of the input became a row")
+    rows = np.concatenate(rows)
+    if runner.input_dtype != "uint8":
+        rows = rows.astype(np.float32) / np.float32(255.0)
+    prep = median_run([prep_throughput(files, opts) for _ in range(runs)])
+    engine = median_run([engine_throughput(runner, rows, batch) for _ in range(runs)])
+    e2e = median_run([pipeline_throughput(files, runner, batch, workdir, opts) for _ in range(runs)])
+    return {
+        "backend": runner.backend,
+        "batch": batch,
+        "files": len(files),
+        "rows": int(rows.shape[0]),
+        "read_prep": prep,
+        "engine": engine,
+        "end_to_end": e2e,
+        # Prep and the engine count differently (records read vs rows scored), so compare rows/s.
+        "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
+    }

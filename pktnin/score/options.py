@@ -1,0 +1,80 @@
+"""What a scoring run is asked to do (ScoreOptions, checked when made) and what it did (ScoreResult)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pktnin.errors import OptionError
+from pktnin.layout import mask_code
+from pktnin.packets import FileReport
+from pktnin.score.writers import FORMATS
+
+
+@dataclass
+class ScoreOptions:
+    out: Path
+    flows_out: Path | None = None
+    fmt: str = "parquet"
+    probs: bool = False
+    resume: bool = False
+    keep_dns: bool = False
+    mask: str = "paper"
+    batch: int = 256
+    # numba threads for read+prep. One by default: on the CPU the engine is the bottleneck and needs the cores,
+    # and idle OpenMP workers spin, starving the engine and the writer. None: numba's default (all cores).
+    prep_threads: int | None = 1
+    model_id: str = ""  # identifies the model's content (hash), for the manifest
+    # A part (and the manifest) is saved when it holds this many rows or is this old at the end of a file:
+    # a kill loses at most that much work, and many small files do not cost a rename each.
+    part_rows: int = 262144
+    part_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.flows_out is not None:
+            self.flows_out = Path(self.flows_out)
+            if self.flows_out.resolve() == self.out.resolve():
+                raise OptionError(f"the flows output must differ from the packet output ({self.out})")
+        if self.fmt not in FORMATS:
+            raise OptionError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
+        mask_code(self.mask)  # raises OptionError
+        for name in ("batch", "prep_threads", "part_rows"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise OptionError(f"{name} must be at least 1, got {value!r}")
+        if self.part_seconds < 0:
+            raise OptionError(f"part_seconds must not be negative, got {self.part_seconds}")
+
+    def settings(self, classes: list[str]) -> dict:
+        """What makes two runs' parts interchangeable."""
+        return {
+            "model": self.model_id,
+            "classes": list(classes),
+            "mask": self.mask,
+            "keep_dns": self.keep_dns,
+            "format": self.fmt,
+            "probs": self.probs,
+            "flows": self.flows_out is not None,
+        }
+
+
+@dataclass
+class ScoreResult:
+    files: list[Path]
+    reports: list[FileReport]
+    classes: list[str]
+    label_counts: np.ndarray  # packets per class, all files (resumed ones included)
+    packets: int  # packets scored in this run
+    records: int  # packet records read in this run
+    seconds: float  # wall time of this run's scoring (not counting the final assembly)
+    resumed: int  # files taken from an earlier run
+    rows_written: int
+    flows_written: int | None
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def packets_per_s(self) -> float:
+        return self.packets / self.seconds if self.seconds > 0 else 0.0
