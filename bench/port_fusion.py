@@ -1,6 +1,7 @@
 """The port cue fused with a network (pktnin.trainer.port_table): y = beta * y_port + (1 - beta) * y_net.
 
-The port table is fit on `--fit` splits; its smoothing and beta are chosen by validation macro-F1 (the rows of
+The port table is fit on `--fit` splits; its smoothing, its class weighting (classes equal, or as common as in
+training) and beta are chosen by validation macro-F1 (the rows of
 `--tune-sources`, default every source: name only sources whose validation files the network never trained on),
 then the table is fit again on `--refit` splits (train,val by default) with the same smoothing and beta for the
 test figures and the fused ONNX graph (`--out`, one per model). Reports packet and flow macro-F1 per split and per
@@ -33,6 +34,7 @@ from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.port_table import PortTable, fuse_port_onnx, predict_rows_in_chunks  # noqa: E402
 
 SMOOTHING_GRID = (1.0, 10.0, 100.0, 1000.0)
+WEIGHTINGS = (True, False)  # the table's classes weighted equally, or as common as in training
 
 
 def network_probs(path: str, data, idx: np.ndarray, cache: Path | None) -> np.ndarray:
@@ -78,7 +80,9 @@ def main() -> None:
         tune = val[np.isin(np.asarray(data.source)[val], [names.index(n) for n in wanted])]
     tune_pos = np.searchsorted(val, tune)  # positions of the tuning rows among the validation rows
     fit_idx, refit_idx = fit_rows(data, args.fit, None), fit_rows(data, args.refit, None)
-    tables = {m: PortTable.fit(data.rows[fit_idx, :24], y[fit_idx], data.num_classes, m) for m in SMOOTHING_GRID}
+    fit_head = data.rows[fit_idx, :24]
+    tables = {(m, b): PortTable.fit(fit_head, y[fit_idx], data.num_classes, m, b)
+              for m in SMOOTHING_GRID for b in WEIGHTINGS}  # fmt: skip
     port_val = {m: predict_rows_in_chunks(t, data.rows, val) for m, t in tables.items()}
     results: dict = {"data": str(args.data), "fit": args.fit, "refit": args.refit,
                      "tune_sources": args.tune_sources, "tune_rows": int(tune.size), "models": {}}  # fmt: skip
@@ -93,20 +97,22 @@ def main() -> None:
         curves = {}
         for m, p_port in port_val.items():
             beta, curve = search_alpha(p_port[tune_pos], net_val[tune_pos], y[tune])
-            curves[m] = float(curve.max())
+            curves[f"smoothing {m[0]:g}, {'balanced' if m[1] else 'training frequencies'}"] = float(curve.max())
             if best is None or curve.max() > best[2] + 1e-12:
                 best = (m, beta, float(curve.max()))
-        smoothing, beta, tuned_f1 = best
-        print(f"  smoothing {smoothing:g}, beta {beta:.2f}: tuning macro-F1 {tuned_f1:.4f}", flush=True)
-        fused_val = fuse(port_val[smoothing], net_val, beta)
-        refit_table = PortTable.fit(data.rows[refit_idx, :24], y[refit_idx], data.num_classes, smoothing)
+        (smoothing, balanced), beta, tuned_f1 = best
+        print(f"  smoothing {smoothing:g}, balanced {balanced}, beta {beta:.2f}: tuning macro-F1 {tuned_f1:.4f}",
+              flush=True)  # fmt: skip
+        fused_val = fuse(port_val[smoothing, balanced], net_val, beta)
+        refit_table = PortTable.fit(data.rows[refit_idx, :24], y[refit_idx], data.num_classes, smoothing, balanced)
         port_test = predict_rows_in_chunks(refit_table, data.rows, test)
         fused_test = fuse(port_test, net_test, beta)
         model = {
-            "onnx": path, "smoothing": smoothing, "beta": beta, "tuning_macro_f1": tuned_f1,
-            "tuning_macro_f1_by_smoothing": {str(k): v for k, v in curves.items()},
+            "onnx": path, "smoothing": smoothing, "balanced": balanced, "beta": beta, "tuning_macro_f1": tuned_f1,
+            "tuning_macro_f1_by_table": curves,
             "tuning_network_macro_f1": macro_f1(y[tune], net_val[tune_pos].argmax(axis=1), data.num_classes),
-            "val": {"network": scores(data, val, net_val), "port table": scores(data, val, port_val[smoothing]),
+            "val": {"network": scores(data, val, net_val),
+                    "port table": scores(data, val, port_val[smoothing, balanced]),
                     "fused": scores(data, val, fused_val)},
             "test": {"network": scores(data, test, net_test), "port table": scores(data, test, port_test),
                      "fused": scores(data, test, fused_test)},

@@ -63,6 +63,9 @@ def test_fit_smoothed_distribution_and_majority():
     np.testing.assert_allclose(probs[1:], 1 / 3)  # UDP 80 and port 1 were never seen
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     assert table.predict_majority(synthetic_rows([80, 65536 + 53, 9999, 7])).tolist() == [0, 2, 1, 0]
+    frequencies = PortTable.fit(synthetic_rows(keys), labels, 3, smoothing=2.0, balanced=False)
+    np.testing.assert_allclose(frequencies.predict_proba(synthetic_rows([80]))[0], (np.array([3, 1, 0]) + 2.0 / 3) / 6.0,
+                               rtol=1e-6)  # fmt: skip
     index = table.dense_index()
     assert index.shape == (2 * 65536,) and index[80] == 0 and index[65536 + 53] == 2 and index[81] == 3
     rows = synthetic_rows(keys * 3)

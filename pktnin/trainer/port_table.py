@@ -41,7 +41,7 @@ def port_keys(rows: np.ndarray) -> np.ndarray:
 @dataclass
 class PortTable:
     """keys: sorted distinct keys of the training rows; probs [len(keys) + 1, C] float32: the smoothed class
-    distribution per key (classes weighted equally, as the networks train), the last row (uniform) for keys
+    distribution per key (classes weighted equally unless `balanced` is False), the last row (uniform) for keys
     never seen; majority [len(keys)]: the most common class of the key's training packets; fallback: the most
     common training class (the port-lookup baseline's answer for an unseen key)."""
 
@@ -50,12 +50,16 @@ class PortTable:
     majority: np.ndarray
     fallback: int
     smoothing: float
+    balanced: bool = True
 
     @classmethod
-    def fit(cls, rows: np.ndarray, labels: np.ndarray, num_classes: int, smoothing: float = 10.0) -> PortTable:
-        """Count the training rows per key. Each packet weighs N / (C * N_class) (classes equal), and each key's
-        distribution is pulled toward uniform by `smoothing` packets' weight: (w_k + smoothing / C) / (W_k +
-        smoothing), so a port seen a few times does not speak with certainty."""
+    def fit(
+        cls, rows: np.ndarray, labels: np.ndarray, num_classes: int, smoothing: float = 10.0, balanced: bool = True
+    ) -> PortTable:
+        """Count the training rows per key. With `balanced` each packet weighs N / (C * N_class) (classes equal,
+        as the networks train), else 1 (the classes as common as in training); each key's distribution is pulled
+        toward uniform by `smoothing` packets' weight: (w_k + smoothing / C) / (W_k + smoothing), so a port seen
+        a few times does not speak with certainty."""
         labels = np.asarray(labels).astype(np.int64)
         keys, inverse = np.unique(port_keys(rows), return_inverse=True)
         inverse = inverse.reshape(-1)
@@ -63,10 +67,10 @@ class PortTable:
         np.add.at(counts, (inverse, labels), 1.0)
         per_class = np.bincount(labels, minlength=num_classes).astype(np.float64)
         weight = np.divide(labels.size / num_classes, per_class, out=np.zeros(num_classes), where=per_class > 0)
-        weighted = counts * weight
+        weighted = counts * weight if balanced else counts
         probs = (weighted + smoothing / num_classes) / (weighted.sum(axis=1, keepdims=True) + smoothing)
         probs = np.vstack([probs, np.full((1, num_classes), 1.0 / num_classes)]).astype(np.float32)
-        return cls(keys, probs, counts.argmax(axis=1), int(per_class.argmax()), float(smoothing))
+        return cls(keys, probs, counts.argmax(axis=1), int(per_class.argmax()), float(smoothing), balanced)
 
     def positions(self, rows: np.ndarray) -> np.ndarray:
         """Row of `probs` per packet (len(keys) for a key never seen)."""
@@ -159,6 +163,7 @@ def fuse_port_onnx(
         META_PREFIX + "preset": base_preset + PORT_SUFFIX,
         META_PREFIX + "port_beta": json.dumps(beta),
         META_PREFIX + "port_provenance": json.dumps({**provenance, "smoothing": table.smoothing,
+                                                     "balanced": table.balanced,
                                                      "keys_seen": int(table.keys.size)}),  # fmt: skip
     }
     kept = [p for p in model.metadata_props if p.key not in meta]
