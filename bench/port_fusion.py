@@ -4,7 +4,8 @@ The port table is fit on `--fit` splits; its smoothing, its class weighting (cla
 training) and beta are chosen by validation macro-F1 (the rows of
 `--tune-sources`, default every source: name only sources whose validation files the network never trained on),
 then the table is fit again on `--refit` splits (train,val by default) with the same smoothing and beta for the
-test figures and the fused ONNX graph (`--out`, one per model). Reports packet and flow macro-F1 per split and per
+test figures and the fused ONNX graph (`--out-dir`, one per model). A network refit on train+val takes the table and
+beta its train-only run chose (`--given M,WEIGHTING,BETA`); its validation figures then measure nothing. Reports packet and flow macro-F1 per split and per
 source for the network, the port table and the fused model, and saves their probabilities (`--save-predictions`)
 for bench/file_bootstrap.py.
 
@@ -29,7 +30,7 @@ from baselines import fit_rows, scores  # noqa: E402
 
 from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.trainer.evaluate import Predictor  # noqa: E402
-from pktnin.trainer.fusion import fuse, search_alpha  # noqa: E402
+from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.port_table import PortTable, fuse_port_onnx, predict_rows_in_chunks  # noqa: E402
 
@@ -62,6 +63,9 @@ def main() -> None:
     ap.add_argument("--fit", default="train", help="splits the table is fit on for tuning")
     ap.add_argument("--refit", default="train,val", help="splits the table is fit on for test and export")
     ap.add_argument("--tune-sources", help="comma-separated sources whose validation rows tune (default: all)")
+    ap.add_argument("--given", metavar="M,WEIGHTING,BETA",
+                    help="use this table and beta (WEIGHTING balanced or frequencies) instead of tuning: for a network "
+                         "refit on train+val, with the values its train-only run chose")  # fmt: skip
     ap.add_argument("--out-dir", type=Path, help="write NAME_port.onnx here (table fit on --refit splits)")
     ap.add_argument("--cache", type=Path, help="folder keeping the networks' probabilities between runs")
     ap.add_argument("--save-predictions", type=Path, help="folder for NAME.npz test probabilities")
@@ -81,8 +85,11 @@ def main() -> None:
     tune_pos = np.searchsorted(val, tune)  # positions of the tuning rows among the validation rows
     fit_idx, refit_idx = fit_rows(data, args.fit, None), fit_rows(data, args.refit, None)
     fit_head = data.rows[fit_idx, :24]
-    tables = {(m, b): PortTable.fit(fit_head, y[fit_idx], data.num_classes, m, b)
-              for m in SMOOTHING_GRID for b in WEIGHTINGS}  # fmt: skip
+    grid, beta_grid = [(m, b) for m in SMOOTHING_GRID for b in WEIGHTINGS], DEFAULT_GRID
+    if args.given:
+        m, weighting, beta = args.given.split(",")
+        grid, beta_grid = [(float(m), weighting == "balanced")], np.array([float(beta)])
+    tables = {(m, b): PortTable.fit(fit_head, y[fit_idx], data.num_classes, m, b) for m, b in grid}
     port_val = {m: predict_rows_in_chunks(t, data.rows, val) for m, t in tables.items()}
     results: dict = {"data": str(args.data), "fit": args.fit, "refit": args.refit,
                      "tune_sources": args.tune_sources, "tune_rows": int(tune.size), "models": {}}  # fmt: skip
@@ -96,7 +103,7 @@ def main() -> None:
         best = None
         curves = {}
         for m, p_port in port_val.items():
-            beta, curve = search_alpha(p_port[tune_pos], net_val[tune_pos], y[tune])
+            beta, curve = search_alpha(p_port[tune_pos], net_val[tune_pos], y[tune], beta_grid)
             curves[f"smoothing {m[0]:g}, {'balanced' if m[1] else 'training frequencies'}"] = float(curve.max())
             if best is None or curve.max() > best[2] + 1e-12:
                 best = (m, beta, float(curve.max()))
@@ -108,7 +115,8 @@ def main() -> None:
         port_test = predict_rows_in_chunks(refit_table, data.rows, test)
         fused_test = fuse(port_test, net_test, beta)
         model = {
-            "onnx": path, "smoothing": smoothing, "balanced": balanced, "beta": beta, "tuning_macro_f1": tuned_f1,
+            "onnx": path, "smoothing": smoothing, "balanced": balanced, "beta": beta, "given": bool(args.given),
+            "tuning_macro_f1": tuned_f1,
             "tuning_macro_f1_by_table": curves,
             "tuning_network_macro_f1": macro_f1(y[tune], net_val[tune_pos].argmax(axis=1), data.num_classes),
             "val": {"network": scores(data, val, net_val),

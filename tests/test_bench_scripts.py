@@ -113,3 +113,8 @@ def test_port_fusion_tunes_beta_and_writes_the_fused_graph(two_sources, tmp_path
     assert r["test"]["fused"]["report"]["macro_f1"] > r["test"]["network"]["report"]["macro_f1"]
     assert (tmp_path / "fused" / "tiny_port.onnx").is_file()
     assert np.load(tmp_path / "pred" / "tiny_port.npz")["test_probs"].shape == (120, 3)
+    given = run("port_fusion.py", str(two_sources), "--model", f"tiny={model}", "--given", "10,frequencies,0.3",
+                "--json", str(out))
+    assert given.returncode == 0, given.stderr
+    r = json.loads(out.read_text())["models"]["tiny"]
+    assert (r["smoothing"], r["balanced"], r["beta"], r["given"]) == (10.0, False, 0.3, True)
