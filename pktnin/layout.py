@@ -27,6 +27,7 @@ SKIP_NON_TCP_UDP = 4
 SKIP_MALFORMED = 5
 SKIP_DNS = 6
 SKIP_NO_PAYLOAD = 7
+SKIP_TS_OVERFLOW = 8  # set by the capture reader: the record's time does not fit int64 ns since the epoch
 SKIP_REASONS = (
     "kept",
     "unsupported-link",
@@ -36,6 +37,7 @@ SKIP_REASONS = (
     "malformed",
     "dns",
     "no-payload",
+    "ts-overflow",
 )
 
 # Masking profiles.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
-from pktnin.layout import SKIP_REASONS, mask_code
+from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, mask_code
 
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
@@ -100,6 +100,9 @@ def iter_raw_batches(
                 report.records += raw.n
                 yield report, raw
             report.corrupt_records = reader.corrupt_records
+            if reader.ts_overflow:  # records the reader skipped: they count as read, under their skip reason
+                report.records += reader.ts_overflow
+                report.skip_counts[SKIP_REASONS[SKIP_TS_OVERFLOW]] = reader.ts_overflow
             report.errors = [str(e) for e in reader.errors]
             report.stopped_early = reader.fatal is not None
         except CaptureError as exc:  # includes NotACapture: the whole file is skipped
@@ -131,7 +134,7 @@ def iter_packets(
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
     for report, raw in iter_raw_batches(files, max_records, first_index):
         if raw is None:
-            report.skip_counts = {SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
+            report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
             counts[:] = 0
             if reports is not None:
                 reports.append(report)

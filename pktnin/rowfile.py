@@ -17,6 +17,7 @@ from pktnin.atomic import atomic_path
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN, mask_code
 from pktnin.packets import FileReport, iter_packets
 from pktnin.schema import META_COLUMNS, concat_meta
+from pktnin.score.outdir import OutputNotWritableError, check_writable
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ def write_row_file(files: Sequence[Path], out: str | os.PathLike, opts: PrepOpti
 
     `progress` (optional) has add_packets(n) and file_done(n); bad files are skipped and reported.
     """
+    out = Path(out)
+    check_writable(out)  # before the work, not after it: a read-only or full disk fails now, in one line
     rows: list[np.ndarray] = []
     file_ids: list[np.ndarray] = []
     columns: dict[str, list[np.ndarray]] = {name: [] for name in META_COLUMNS}
@@ -71,7 +74,10 @@ def write_row_file(files: Sequence[Path], out: str | os.PathLike, opts: PrepOpti
     }
     for name in META_COLUMNS:
         arrays[name] = concat_meta(columns[name], name)
-    out = Path(out)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    check_writable(out, need_bytes=sum(a.nbytes for a in arrays.values()))
+    try:
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as exc:  # the temporary file is removed: nothing half-written is left
+        raise OutputNotWritableError(f"cannot write {out}: {exc.strerror or exc}") from None
     return RowFileResult(out=out, rows=int(arrays["x"].shape[0]), reports=reports)

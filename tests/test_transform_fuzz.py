@@ -102,3 +102,22 @@ def test_fuzz_pure_random_records():
     assert meta["skip_counts"].sum() == n
     outside = (raw["pkt_off"] < 0) | (raw["caplen"] < 0) | (raw["pkt_off"] + raw["caplen"] > raw["buf"].shape[0])
     assert (meta["skip"][outside] == layout.SKIP_MALFORMED).all()
+
+
+def test_fuzz_timestamps_and_frames_pass_through():
+    """Every int64 timestamp (the reader's exact values reach both ends of the range) and frame number reaches the
+    kept rows unchanged; the transform itself never gives the reader's ts-overflow reason."""
+    raw = fuzz_batch(13)
+    n = raw["pkt_off"].shape[0]
+    rng = np.random.default_rng(14)
+    ends = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1, -1, 0, 1, np.iinfo(np.int64).max],
+                    dtype=np.int64)
+    raw["ts_ns"] = np.where(rng.random(n) < 0.3, rng.choice(ends, n),
+                            rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, dtype=np.int64))
+    raw["frame"] = np.sort(rng.choice(10 * n, n, replace=False)).astype(np.int64)
+    rows, meta = cpu.transform(raw, "paper", False)
+    kept = meta["index"]
+    assert rows.shape[0] == kept.shape[0] > n // 10
+    assert np.array_equal(meta["ts_ns"], raw["ts_ns"][kept]) and np.array_equal(meta["frame"], raw["frame"][kept])
+    assert set(ends.tolist()) <= set(meta["ts_ns"].tolist())
+    assert meta["skip_counts"][layout.SKIP_TS_OVERFLOW] == 0

@@ -19,7 +19,14 @@ def score(
         Optional[Path],
         typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
     ] = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
+    ] = "auto",
+    engine_workers: Annotated[
+        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one multi-thread session, N = N single-thread "
+                          "sessions, 0 = measure and use the faster.")
+    ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
@@ -69,11 +76,12 @@ def score(
         if not files:
             usage("no capture files found in the given paths")
         model_path = model if model is not None else default_model_path()
-        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
+        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
+                             engine_workers=engine_workers or None)
     opts = replace(
         opts,
-        prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
-        model_id=f"{file_sha256(model_path)}:{runner.backend}",
+        prep_threads=prep_threads or (1 if runner.backend in ("onnxruntime", "openvino") else None),
+        model_id=f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}",
     )
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
@@ -86,6 +94,8 @@ def score(
         runner.close()
 
     _print_summary(result)
+    if runner.engine_label:
+        console.print(f"engine: {runner.engine_label} ({runner.engine_reason})", markup=False, highlight=False)
     check_inputs_read(result.reports)
 
 

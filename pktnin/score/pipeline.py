@@ -21,6 +21,7 @@ import numpy as np
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.score import manifest as mf
+from pktnin.score import outdir
 from pktnin.score.cpu_stages import engine_stage, read_stage
 from pktnin.score.options import ScoreOptions, ScoreResult
 from pktnin.score.stages import Stages
@@ -45,18 +46,20 @@ def score_files(
     (score.gpu_stages) and `source` is not used; otherwise on the CPU.
     `progress` (optional) has add_packets(n) and file_done(); `source` stands in for packets.iter_packets;
     `on_saved` is called with the reports of the files of each part once the part and the manifest are saved.
+    One run per output at a time: a second one raises outdir.OutputBusyError; side files planted by someone else
+    raise outdir.UnsafeOutputError (see score.outdir).
     """
+    targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
+    with outdir.output_lock(targets):
+        return _score_locked(files, runner, opts, progress, source, on_saved, targets)
+
+
+def _score_locked(files, runner, opts, progress, source, on_saved, targets) -> ScoreResult:
     out = opts.out
     classes = list(runner.classes)
     settings = opts.settings(classes)
     parts = mf.parts_dir(out)
-    mpath = mf.manifest_path(out)
-
-    manifest = mf.Manifest.load(mpath) if opts.resume else None
-    if manifest is None or manifest.settings != settings:
-        mf.clear_run(out)
-        manifest = mf.Manifest(mpath, settings)
-    parts.mkdir(parents=True, exist_ok=True)
+    manifest, listed = mf.open_run(out, settings, opts.resume, targets)
 
     # Files finished by an earlier run are reused; the rest are scored now.
     entries = manifest.reusable(files, parts)
@@ -65,7 +68,7 @@ def score_files(
     next_todo = {i: (todo[k + 1][0] if k + 1 < len(todo) else None) for k, (i, _) in enumerate(todo)}
     manifest.files = {mf.file_key(files[i]): e for i, e in entries.items()}
     manifest.save()
-    mf.prune_parts(parts, {e[k] for e in entries.values() for k in ("part", "flows_part") if e.get(k)})
+    mf.prune_parts(parts, {e[k] for e in entries.values() for k in ("part", "flows_part") if e.get(k)}, listed)
     if progress is not None and entries:
         progress.file_done(len(entries))
 
@@ -102,7 +105,7 @@ def score_files(
     if writer.fschema is not None:
         n_flows = assemble(unique_parts(ordered, "flows_part", parts), opts.flows_out, writer.fschema, opts.fmt)
         outputs.append(opts.flows_out)
-    mf.clear_run(out)
+    mf.clear_run(out, manifest.part_names())
 
     label_counts = np.zeros(len(classes), dtype=np.int64)
     for e in ordered:
