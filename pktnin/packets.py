@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
 
 
+# Records per thread in each piece of a chunk when rows are reused: ~1 MB of rows, what a core's cache holds.
+REUSED_PIECE_RECORDS = 1024
+
+
 @dataclass
 class FileReport:
     """What happened to one input file."""
@@ -122,29 +126,43 @@ def iter_packets(
     reports: list[FileReport] | None = None,
     max_records: int = 65536,
     first_index: int = 0,
+    threads: int | None = None,
+    reuse_rows: bool = False,
+    flow_keys: bool = True,
 ) -> Iterator[PacketBatch]:
     """Read each file in turn and yield its kept packets in chunks of at most `max_records` records.
 
     `reports`, when given, receives one FileReport per file as soon as that file is finished.
-    File indexes count from `first_index` in the order of `files`.
+    File indexes count from `first_index` in the order of `files`. `threads` (default: numba's thread count
+    for the calling thread) split each chunk by record ranges, one PacketBatch per range, in record order.
+    reuse_rows=True writes every chunk into the same buffers: a batch's rows and metadata are then valid
+    only until the next batch is requested (for a consumer that reads them in place, like the engine).
+    flow_keys=False leaves out the flow_key column.
     """
-    from pktnin.kernels.cpu import transform
+    from pktnin.kernels.cpu import RangePrep
 
-    code = mask_code(mask)
+    if threads is None:
+        import numba
+
+        threads = numba.get_num_threads()
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
-    for report, raw in iter_raw_batches(files, max_records, first_index):
-        if raw is None:
-            report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
-            counts[:] = 0
-            if reports is not None:
-                reports.append(report)
-            continue
-        rows, meta = transform(raw, mask=code, keep_dns=keep_dns)
-        counts += meta.pop("skip_counts")
-        meta.pop("skip", None)
-        report.kept += rows.shape[0]
-        if rows.shape[0]:
-            yield PacketBatch(report.index, report.path, rows, meta)
+    min_range = REUSED_PIECE_RECORDS if reuse_rows else 2048
+    with RangePrep(mask_code(mask), keep_dns, threads, reuse_rows, flow_keys, min_range) as prep:
+        for report, raw in iter_raw_batches(files, max_records, first_index):
+            if raw is None:
+                report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
+                counts[:] = 0
+                if reports is not None:
+                    reports.append(report)
+                continue
+            # Reused rows go out in small pieces, each consumed while still in cache before the next overwrites it.
+            pieces = prep.pieces(raw, REUSED_PIECE_RECORDS * threads) if reuse_rows else [prep(raw)]
+            for prepared in pieces:
+                counts += prepared.skip_counts
+                for rows, meta in prepared.parts:
+                    report.kept += rows.shape[0]
+                    if rows.shape[0]:
+                        yield PacketBatch(report.index, report.path, rows, meta)
 
 
 def total_skips(reports: Iterable[FileReport]) -> dict[str, int]:

@@ -7,18 +7,21 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from pktnin.cli.console import console, failed_files_table, file_progress, skip_table
+from pktnin.cli.console import console, failed_files_table, file_progress, skip_table, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes, usage
+from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 
 DEFAULT_BATCH = 512
 
 
 def score(
-    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
-    model: Annotated[
-        Optional[Path],
-        typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
-    ] = None,
+    paths: Annotated[
+        List[Path],
+        typer.Argument(
+            metavar="PATH", help="Capture files and/or directories (walked recursively).", show_default=False
+        ),
+    ],
+    model: ModelOption = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
     precision: Annotated[
         str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
@@ -49,17 +52,21 @@ def score(
         typer.Option("--prep-threads", help="Threads preparing packets (default: 1 with the CPU model, else all)."),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    quiet: QuietOption = False,
+    summary: SummaryOption = None,
 ) -> None:
     """Classify every packet of the captures and write one row per packet: file, frame, timestamp, addresses
     and ports (as captured), protocol, predicted label and its probability.
 
+    The first run compiles the packet kernels (about 10 s on a 2-core CPU); later runs reuse them.
     Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
     OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
     """
     from dataclasses import replace
 
     from pktnin.engine.cache import file_sha256
-    from pktnin.engine.runners import default_model_path, open_runner
+    from pktnin.engine.catalog import mask_warning, resolve_model
+    from pktnin.engine.runners import open_runner
     from pktnin.packets import find_captures
     from pktnin.score import ScoreOptions, score_files
 
@@ -75,9 +82,13 @@ def score(
         files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
         if not files:
             usage("no capture files found in the given paths")
-        model_path = model if model is not None else default_model_path()
+        check_summary_path(summary)
+        model_path = resolve_model(model)
         runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
                              engine_workers=engine_workers or None)
+    warning = mask_warning(model_path, mask)
+    if warning:
+        warn(warning)
     opts = replace(
         opts,
         prep_threads=prep_threads or (1 if runner.backend in ("onnxruntime", "openvino") else None),
@@ -85,7 +96,7 @@ def score(
     )
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
-            with file_progress(len(files), "score", enabled=progress) as bar:
+            with file_progress(len(files), "score", enabled=progress and not quiet) as bar:
                 result = score_files(files, runner, opts, progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
@@ -93,10 +104,39 @@ def score(
     finally:
         runner.close()
 
-    _print_summary(result)
-    if runner.engine_label:
-        console.print(f"engine: {runner.engine_label} ({runner.engine_reason})", markup=False, highlight=False)
+    if not quiet:
+        _print_summary(result)
+        if runner.engine_label:
+            console.print(f"engine: {runner.engine_label} ({runner.engine_reason})", markup=False, highlight=False)
+    write_summary(summary, run_summary(result, model_path, runner))
     check_inputs_read(result.reports)
+
+
+def run_summary(result, model_path: Path, runner) -> dict:
+    """What the end-of-run tables show, as one JSON-able dict (--summary)."""
+    from pktnin.packets import total_skips
+
+    failed = [
+        {"file": str(r.path), "status": r.status, "errors": list(r.errors)} for r in result.reports if r.errors
+    ]
+    return {
+        "model": str(model_path),
+        "backend": runner.backend,
+        "precision": runner.precision,
+        "engine": runner.engine_label,
+        "files": len(result.files),
+        "resumed_files": result.resumed,
+        "packets": result.packets,
+        "seconds": result.seconds,
+        "packets_per_s": result.packets_per_s,
+        "labels": {name: int(n) for name, n in zip(result.classes, result.label_counts.tolist()) if n},
+        "skipped_packets": total_skips(result.reports),
+        "files_with_errors": failed,
+        "rows": result.rows_written,
+        "out": str(result.outputs[0]),
+        "flows": result.flows_written,
+        "flows_out": str(result.outputs[1]) if result.flows_written is not None else None,
+    }
 
 
 def _own_output(path: Path, out: Path, flows: Path | None) -> bool:
