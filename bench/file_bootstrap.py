@@ -5,8 +5,10 @@ reports, for each model, its macro-F1 with a 95% interval and, against a referen
 with its interval and the share of resamples in which the model is ahead. A by-file test split with one or two
 files for some classes moves macro-F1 a lot when different files are drawn; this says by how much.
 
-Models are checkpoints or ONNX files (`--model NAME=PATH`, scored with pktnin.trainer.evaluate.Predictor) and
-random forests fit here exactly as bench/baselines.py fits them (`--forests`, on `--fit` splits).
+Models are checkpoints or ONNX files (`--model NAME=PATH`, scored with pktnin.trainer.evaluate.Predictor),
+random forests fit here exactly as bench/baselines.py fits them (`--forests`, on `--fit` splits), or probabilities
+saved by bench/baselines.py / bench/port_fusion.py (`--predictions NAME=NPZ`). `--source NAME` keeps the test
+files of one source of a dataset built from several.
 
     python bench/file_bootstrap.py DATASET_DIR --model nin_parallel=RUNS/by-file-nin_parallel-refit.keras \
         --forests --fit train,val [--reference "RF, 1500 bytes, balanced"] [--replicates 2000] [--json OUT]
@@ -42,6 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
     ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a checkpoint or ONNX model")
+    ap.add_argument("--predictions", action="append", default=[], metavar="NAME=NPZ",
+                    help="test probabilities saved by bench/baselines.py or bench/port_fusion.py")  # fmt: skip
+    ap.add_argument("--source", help="only the test rows of this source (a dataset built from several)")
     ap.add_argument("--forests", action="store_true", help="also fit the 1500-byte forests (unweighted, balanced)")
     ap.add_argument("--fit", default="train", help="splits the forests fit on, comma-separated (train, val)")
     ap.add_argument("--reference", default="RF, 1500 bytes, balanced", help="the model the others are compared with")
@@ -53,11 +58,25 @@ def main() -> None:
     data = load_dataset(args.data)
     if data.file is None:
         ap.error(f"{args.data} records no capture file per row (file.npy): the resamples draw whole files")
-    rows = np.asarray(data.rows)
-    te = data.indices("test")
+    rows = data.rows
+    all_test = data.indices("test")
+    te = all_test
+    if args.source:
+        names = [part["name"] for part in data.meta.get("inputs", [])]
+        if args.source not in names:
+            ap.error(f"--source {args.source!r}: the dataset's sources are {names}")
+        te = te[np.asarray(data.source)[te] == names.index(args.source)]
     y_te = data.labels[te].astype(np.int64)
     files = np.asarray(data.file)[te]
     predictions = {}
+    for spec in args.predictions:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--predictions wants NAME=NPZ, got {spec!r}")
+        saved = np.load(path)
+        if not np.array_equal(saved["test_idx"], all_test):
+            ap.error(f"{path}: its test rows are not this dataset's test split")
+        predictions[name] = saved["test_probs"][np.searchsorted(all_test, te)].argmax(axis=1)
     for spec in args.model:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
@@ -94,7 +113,8 @@ def main() -> None:
             f" {results[name]['share_ahead']:6.1%}"
         )
     if args.json:
-        meta = {"data": str(args.data), "fit": args.fit, "reference": args.reference, "replicates": args.replicates,
+        meta = {"data": str(args.data), "source": args.source, "fit": args.fit, "reference": args.reference,
+                "replicates": args.replicates,
                 "seed": args.seed, "test_packets": int(te.size), "test_files": int(np.unique(files).size)}  # fmt: skip
         args.json.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
 

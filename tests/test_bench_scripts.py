@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pktnin.dataset.format import write_dataset
+from onnx_fixtures import tiny_model
+from pktnin.dataset.format import DatasetWriter, load_dataset, write_dataset
 
 pytest.importorskip("sklearn")
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -30,6 +31,18 @@ def dataset(tmp_path_factory):
     split = np.array([0, 0, 0, 1, 2])[np.arange(30) % 5][files].astype(np.int8)  # whole files per split
     meta = {"classes": CLASSES, "sources": [f"f{i}.pcap" for i in range(30)]}
     return write_dataset(tmp_path_factory.mktemp("bench") / "ds", rows, labels, split, files, meta, file_index=files)
+
+
+@pytest.fixture(scope="module")
+def two_sources(dataset, tmp_path_factory):
+    """The same rows as two sources: files 0-14 are source "one", files 15-29 source "two"."""
+    d = load_dataset(dataset)
+    source = (d.file >= 15).astype(np.int64)
+    meta = {**d.meta, "inputs": [{"name": "one", "files": [0, 15]}, {"name": "two", "files": [15, 30]}]}
+    with DatasetWriter(tmp_path_factory.mktemp("bench2") / "ds") as writer:
+        writer.append_rows(d.rows[:300])
+        writer.append_rows(d.rows[300:])
+        return writer.finish(d.labels, d.split, d.flow, meta, file_index=d.file, source_index=source)
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -59,3 +72,49 @@ def test_file_bootstrap_compares_with_the_reference(dataset, tmp_path):
         assert 0 <= low <= high <= 1
     missing = run("file_bootstrap.py", str(dataset), "--reference", "nothing")
     assert missing.returncode != 0 and "reference 'nothing'" in missing.stderr
+
+
+def test_baselines_per_split_and_source_and_saved_predictions(two_sources, tmp_path):
+    out, preds = tmp_path / "b.json", tmp_path / "pred"
+    done = run("baselines.py", str(two_sources), "--json", str(out), "--trees", "30", "--forests", "balanced",
+               "--eval", "val,test", "--max-fit-per-class", "60", "--save-predictions", str(preds))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["forest_fit_rows"] == 3 * 60 and report["fit_rows"] == 360
+    assert set(report["by_split"]) == {"val", "test"} and report["results"] == report["by_split"]["test"]
+    assert set(report["results"]) == {"port lookup", "port table, balanced", "RF, 1500 bytes, balanced"}
+    for r in report["results"].values():
+        assert set(r["by_source"]) == {"one", "two"} and r["flow"]["macro_f1"] >= 0
+        assert sum(v["packets"] for v in r["by_source"].values()) == 120
+    assert report["results"]["port lookup"]["report"]["macro_f1"] > 0.6  # bytes 22-23 are the lower port
+    saved = np.load(preds / "RF_1500_bytes_balanced.npz")
+    assert saved["test_probs"].shape == (120, 3) and saved["val_idx"].size == 120
+
+    boot = tmp_path / "boot.json"
+    done = run("file_bootstrap.py", str(two_sources), "--predictions", f"rf={preds / 'RF_1500_bytes_balanced.npz'}",
+               "--predictions", f"port={preds / 'port_lookup.npz'}", "--reference", "rf", "--source", "two",
+               "--replicates", "200", "--json", str(boot))
+    assert done.returncode == 0, done.stderr
+    b = json.loads(boot.read_text())
+    assert b["test_files"] == 3 and b["test_packets"] == 60 and b["source"] == "two"
+    bad = run("file_bootstrap.py", str(two_sources), "--predictions", f"rf={preds / 'RF_1500_bytes_balanced.npz'}",
+              "--reference", "rf", "--source", "three")
+    assert bad.returncode != 0 and "three" in bad.stderr
+
+
+def test_port_fusion_tunes_beta_and_writes_the_fused_graph(two_sources, tmp_path):
+    model = tiny_model(tmp_path / "tiny.onnx", CLASSES, seed=1)
+    out = tmp_path / "fusion.json"
+    done = run("port_fusion.py", str(two_sources), "--model", f"tiny={model}", "--tune-sources", "one",
+               "--out-dir", str(tmp_path / "fused"), "--save-predictions", str(tmp_path / "pred"), "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out.read_text())["models"]["tiny"]
+    assert 0 <= r["beta"] <= 1 and r["tuning_macro_f1"] >= r["tuning_network_macro_f1"]
+    assert r["test"]["fused"]["report"]["macro_f1"] > r["test"]["network"]["report"]["macro_f1"]
+    assert (tmp_path / "fused" / "tiny_port.onnx").is_file()
+    assert np.load(tmp_path / "pred" / "tiny_port.npz")["test_probs"].shape == (120, 3)
+    given = run("port_fusion.py", str(two_sources), "--model", f"tiny={model}", "--given", "10,frequencies,0.3",
+                "--json", str(out))
+    assert given.returncode == 0, given.stderr
+    r = json.loads(out.read_text())["models"]["tiny"]
+    assert (r["smoothing"], r["balanced"], r["beta"], r["given"]) == (10.0, False, 0.3, True)

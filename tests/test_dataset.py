@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +26,9 @@ from pktnin.dataset.sampling import Reservoir, random_split
 from pktnin.layout import HEADER_LEN, LAYOUT_VERSION, ROW_LEN
 
 CORPUS = (Path(__file__).parents[1] / ".." / "shared" / "corpus").resolve()
+# The extension corpus: labels beside the corpus, captures rebuilt by its build.sh (into pcaps/ there by default).
+CORPUS_EXT = CORPUS.parent / "corpus-ext"
+CORPUS_EXT_PCAPS = Path(os.environ.get("PKTNIN_CORPUS_EXT_PCAPS", CORPUS_EXT / "pcaps"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,6 +534,114 @@ def test_cli_build(csv_corpus, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Several sources in one dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_csv(tmp_path_factory):
+    """A second labeled source with its captures in a folder elsewhere and no classes.json: flow 21 Web and flow
+    22 VoIP in train.pcap (train), flow 23 Chat in held.pcap (test), flow 24 labeled 'Gaming' (no such class), and
+    a flow whose address does not parse."""
+    root = tmp_path_factory.mktemp("second")
+    labels_dir, pcaps = root / "labels", root / "captures"
+    labels_dir.mkdir()
+    pcaps.mkdir()
+    write_pcap(pcaps / "train.pcap", [tcp_frame(21, i, "10.5.0.1", 41021, "10.5.0.2", 443) for i in range(6)]
+               + [udp_frame(22, i, "10.5.0.1", 41022, "10.5.0.3", 3478) for i in range(4)]
+               + [tcp_frame(24, i, "10.5.0.1", 41024, "10.5.0.4", 7777) for i in range(3)])
+    write_pcap(pcaps / "held.pcap", [tcp_frame(23, i, "10.5.0.1", 41023, "10.5.0.2", 5222) for i in range(5)])
+
+    def row(file, proto, a, pa, b, pb, cat):
+        return dict(file=file, proto=proto, addr_a=a, port_a=pa, addr_b=b, port_b=pb, vlan=0, category=cat,
+                    task_category=cat, task_app="")
+
+    write_csv(labels_dir / "labels.csv", CSV_FIELDS, [
+        row("train.pcap", "TCP", "10.5.0.1", 41021, "10.5.0.2", 443, "Web"),
+        row("train.pcap", "UDP", "10.5.0.1", 41022, "10.5.0.3", 3478, "VoIP"),
+        row("train.pcap", "TCP", "10.5.0.1", 41024, "10.5.0.4", 7777, "Gaming"),
+        row("held.pcap", "TCP", "10.5.0.1", 41023, "10.5.0.2", 5222, "Chat"),
+        row("held.pcap", "UDP", "2001:507::1:200:8600::2", 53, "2001:db8::1", 2396, "Web"),  # two '::'
+    ])
+    write_csv(labels_dir / "file_splits.csv", ["file", "split"],
+              [{"file": "train.pcap", "split": "train"}, {"file": "held.pcap", "split": "test"}])
+    return labels_dir / "labels.csv", pcaps
+
+
+def test_two_sources_one_dataset(csv_corpus, second_csv, tmp_path):
+    labels_csv, pcaps = second_csv
+    single = build_dataset(BuildOptions(csv_corpus / "labels.csv", tmp_path / "one", kind="csv"))
+    one = load_dataset(tmp_path / "one")
+    report = build_dataset(BuildOptions(csv_corpus / "labels.csv", tmp_path / "two", more_sources=[(labels_csv, pcaps)]))
+    d = load_dataset(tmp_path / "two")
+    n1 = len(one)
+    # the first source's rows come first, byte for byte, with its labels, splits and flows
+    assert np.array_equal(d.rows[:n1], one.rows) and np.array_equal(d.labels[:n1], one.labels)
+    assert np.array_equal(d.split[:n1], one.split) and np.array_equal(d.flow[:n1], one.flow)
+    assert d.classes == one.classes  # the second source takes the first's class list
+    assert d.source.tolist() == [0] * n1 + [1] * (len(d) - n1)
+    tags = row_tag(d.rows)
+    expected = {21: ("Web", 0), 22: ("VoIP", 0), 23: ("Chat", 2)}
+    assert set(tags[n1:].tolist()) == set(expected)  # 24: 'Gaming' is not a class
+    for t, (cls, split) in expected.items():
+        sel = tags == t
+        assert {d.classes[i] for i in d.labels[sel]} == {cls} and set(d.split[sel].tolist()) == {split}
+    names = np.array(d.meta["sources"])[d.file]
+    assert set(names[tags == 23].tolist()) == {"labels/held.pcap"}
+    assert set(names[tags == 1].tolist()) == {"csvsrc0/one.pcap"}
+    # flows of different sources never share an id
+    assert not set(d.flow[:n1].tolist()) & set(d.flow[n1:].tolist())
+    first, second = d.meta["inputs"]
+    assert (first["name"], second["name"]) == ("csvsrc0", "labels")
+    assert second["files"] == [3, 5] and d.meta["sources"][3:5] == ["labels/held.pcap", "labels/train.pcap"]
+    assert first["counts"] == one.meta["counts"]
+    assert second["counts"]["train"]["Web"] == 6 and second["counts"]["test"]["Chat"] == 5
+    assert second["csv_rows_left_out"] == {"label not in the class list": 1, "unparsable address": 1}
+    assert d.meta["counts"]["total"]["Web"] == one.meta["counts"]["total"]["Web"] + 6
+    assert report.unlabeled_packets == single.unlabeled_packets + 3
+    assert "csvsrc0/missing.pcap" in dict(report.skipped_files)
+
+
+def test_two_sources_random_split_and_caps(csv_corpus, second_csv, tmp_path):
+    labels_csv, pcaps = second_csv
+    build_dataset(BuildOptions(csv_corpus, tmp_path / "r", split="random", max_per_class=9,
+                               more_sources=[(labels_csv, pcaps)]))
+    d = load_dataset(tmp_path / "r")
+    assert d.meta["split_mode"] == "random"
+    for part in d.meta["inputs"]:  # the cap holds per source
+        assert all(n <= 9 for n in part["counts"]["total"].values())
+    assert d.meta["inputs"][1]["counts"]["total"] == {"Web": 6, "VoIP": 4, "Chat": 5, "Unused": 0}
+
+
+def test_two_sources_refuse_other_classes(csv_corpus, second_csv, tmp_path):
+    classes_dirs = tmp_path / "dirs"
+    capture(classes_dirs / "alpha" / "a.pcap", 1, 5)
+    with pytest.raises(ValueError, match="differ"):
+        build_dataset(BuildOptions(csv_corpus, tmp_path / "x", more_sources=[(classes_dirs, None)]))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        BuildOptions(csv_corpus, tmp_path / "x", more_sources=[(tmp_path / "nowhere", None)])
+    assert not (tmp_path / "x").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["dirs"]  # no temporary directory left behind
+
+
+def test_cli_build_two_sources(csv_corpus, second_csv, tmp_path):
+    labels_csv, pcaps = second_csv
+    runner = CliRunner()
+    out = tmp_path / "d"
+    result = runner.invoke(app, ["dataset", "build", str(csv_corpus), f"{labels_csv}:{pcaps}", "--out", str(out),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "(labels," in result.output and "(csvsrc0," in result.output  # a counts table per source
+    d = load_dataset(out)
+    assert len(d.meta["inputs"]) == 2 and d.meta["counts"]["test"]["Chat"] == 5
+    bad = runner.invoke(app, ["dataset", "build", str(csv_corpus), str(labels_csv), "--pcaps", str(pcaps),
+                              "--out", str(tmp_path / "e")])
+    assert bad.exit_code != 0 and "single source" in bad.output
+    bad = runner.invoke(app, ["dataset", "build", str(csv_corpus), str(labels_csv), "--out", str(tmp_path / "e")])
+    assert bad.exit_code != 0 and "not found" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The shared real corpus
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -558,3 +671,33 @@ def test_corpus_task_category(corpus, tmp_path):
     for f in np.unique(d.file):
         assert len(set(d.split[d.file == f].tolist())) == 1  # no file in two splits
     assert report.seconds < 60 and time.perf_counter() - started < 60
+
+
+def readme_counts(readme: Path) -> dict[str, dict[str, int]]:
+    """{split: {class: packets}} from the per-category table of the extension corpus's README."""
+    counts: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
+    for line in readme.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and re.fullmatch(r"[\d,]+", cells[1]):
+            for name, cell in zip(("train", "val", "test"), cells[1:4]):
+                counts[name][cells[0]] = int(cell.replace(",", ""))
+    return counts
+
+
+@pytest.mark.corpus
+def test_corpus_and_extension_one_dataset(corpus, tmp_path):
+    if not (CORPUS_EXT / "labels.csv").is_file() or not CORPUS_EXT_PCAPS.is_dir():
+        pytest.skip(f"{CORPUS_EXT} labels or its captures ({CORPUS_EXT_PCAPS}) not present")
+    build_dataset(BuildOptions(corpus, tmp_path / "alone"))
+    alone = load_dataset(tmp_path / "alone")
+    build_dataset(BuildOptions(corpus, tmp_path / "both", more_sources=[(CORPUS_EXT / "labels.csv", CORPUS_EXT_PCAPS)]))
+    d = load_dataset(tmp_path / "both")
+    first, second = d.meta["inputs"]
+    assert first["counts"] == alone.meta["counts"] and len(alone) == 57_306
+    expected = readme_counts(CORPUS_EXT / "README.md")
+    assert sum(sum(c.values()) for c in expected.values()) == len(d) - len(alone) == 262_167
+    for name in ("train", "val", "test"):
+        assert second["counts"][name] == expected[name], name
+    assert np.array_equal(d.rows[: len(alone)], alone.rows)
+    n_files = len(d.meta["sources"])
+    assert second["files"][1] == n_files and d.file.max() < n_files

@@ -234,6 +234,18 @@ def test_keras_parameters_equal_analytic_counts(keras_env):
 
 
 @pytest.mark.tf
+def test_preset_layers_on_other_bytes(keras_env):
+    _, _, models = keras_env
+    body = models.build_model_on_bytes("nin_small", 40, 1500, C, width=TINY)
+    assert body.count_params() == P.count_layers(P.preset_layers("nin_small", C, TINY), 1460).params
+    x = rows_batch(4)
+    changed = x.copy()
+    changed[:, :40] = 0.5  # header bytes: not read by a body network
+    np.testing.assert_allclose(run(body, x), run(body, changed), atol=1e-6)
+    assert run(body, x).shape == (4, C)
+
+
+@pytest.mark.tf
 def test_analytic_flops_equal_tensorflow_profiler(keras_env):
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from pktnin.cli.console import console, file_progress, skip_table, warn
 from pktnin.cli.errors import exit_codes
+from pktnin.errors import OptionError
 
 dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
 
@@ -19,11 +20,13 @@ _COUNT_COLUMNS = ("train", "val", "test", "total")  # the splits of meta["counts
 
 @dataset_app.command("build")
 def build(
-    source: Annotated[
-        Path,
+    sources: Annotated[
+        list[str],
         typer.Argument(
             help="A flow-label CSV (or a folder holding labels.csv), an ISCX VPN-nonVPN tree, "
-            "or a folder with one sub-folder per class."
+            "or a folder with one sub-folder per class. Several sources make one dataset (rows of each in turn, "
+            "each with its own file split); a CSV source may name its capture folder as LABELS.csv:PCAPS_DIR.",
+            metavar="SOURCE[:PCAPS]...",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write (atomically).")],
@@ -64,6 +67,9 @@ def build(
     from pktnin.dataset.options import BuildOptions
 
     with exit_codes():
+        (source, source_pcaps), *more = [split_source(s) for s in sources]
+        if pcaps is not None and (source_pcaps is not None or more):
+            raise OptionError("--pcaps applies to a single source; name each source's folder as LABELS.csv:PCAPS_DIR")
         options = BuildOptions(
             source=source,
             out=out,
@@ -75,11 +81,13 @@ def build(
             keep_dns=keep_dns,
             task=task,
             label_column=label_column,
-            pcaps=pcaps,
+            pcaps=pcaps if pcaps is not None else source_pcaps,
+            more_sources=more,
         )
-        n_files = _count_files(options.kind, options.source, options.pcaps, label_column)
+        n_files = sum(_count_files(o.kind, o.source, o.pcaps, label_column) for o in options.per_source())
 
-    with file_progress(n_files, f"dataset ({options.kind})", enabled=progress) as bar:
+    title = f"dataset ({options.kind})" if len(sources) == 1 else f"dataset ({len(sources)} sources)"
+    with file_progress(n_files, title, enabled=progress) as bar:
 
         def on_progress(files_done: int, packets: int) -> None:
             if files_done > bar.files:
@@ -90,6 +98,8 @@ def build(
             report = build_dataset(options, progress=on_progress)
 
     console.print(counts_table(report.meta))
+    for part in report.meta.get("inputs", []):
+        console.print(counts_table({**report.meta, "counts": part["counts"]}, part["name"]))
     if report.skipped_files:
         console.print(_file_table(f"Files left out ({len(report.skipped_files)})", "reason", report.skipped_files))
     if report.file_errors:
@@ -144,9 +154,18 @@ def _count_files(kind: str, source: Path, pcaps: Optional[Path], label_column: s
     return len(find_captures([source]))
 
 
-def counts_table(meta: dict) -> Table:
+def split_source(text: str) -> tuple[Path, Path | None]:
+    """SOURCE or LABELS.csv:PCAPS_DIR -> (source, capture folder or None). A path that exists is taken whole."""
+    if Path(text).exists() or ":" not in text:
+        return Path(text), None
+    source, _, pcaps = text.rpartition(":")
+    return Path(source), Path(pcaps)
+
+
+def counts_table(meta: dict, source_name: str | None = None) -> Table:
     counts = meta["counts"]
-    table = Table(title=f"Packets per class and split ({meta.get('split_mode')})")
+    of = f"{source_name}, " if source_name else ""
+    table = Table(title=f"Packets per class and split ({of}{meta.get('split_mode')})")
     table.add_column("class")
     for name in _COUNT_COLUMNS:
         table.add_column(name, justify="right")

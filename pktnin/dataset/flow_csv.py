@@ -101,8 +101,11 @@ class FlowLabels:
     left_out: dict[str, int]  # reason -> number of CSV rows
 
 
-def read_flow_labels(csv_path: str | os.PathLike, label_column: str = "task_category") -> FlowLabels:
-    """Parse labels.csv (plus classes.json and file_splits.csv beside it when present)."""
+def read_flow_labels(
+    csv_path: str | os.PathLike, label_column: str = "task_category", classes: list[str] | None = None
+) -> FlowLabels:
+    """Parse labels.csv (plus classes.json and file_splits.csv beside it when present). `classes`, when given,
+    is the class list to use (labels outside it are left out) instead of classes.json or the CSV's labels."""
     csv_path = Path(csv_path)
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
@@ -113,7 +116,7 @@ def read_flow_labels(csv_path: str | os.PathLike, label_column: str = "task_cate
             raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)} (has {', '.join(header)})")
         records = list(reader)
 
-    classes = _class_list(csv_path, label_column, records)
+    classes = list(classes) if classes is not None else _class_list(csv_path, label_column, records)
     if not classes:
         raise ValueError(f"{csv_path}: column {label_column!r} holds no label")
     class_id = {c: i for i, c in enumerate(classes)}
@@ -132,6 +135,10 @@ def read_flow_labels(csv_path: str | os.PathLike, label_column: str = "task_cate
         try:
             ver_a, addr_a = _addr16(rec["addr_a"])
             ver_b, addr_b = _addr16(rec["addr_b"])
+        except ValueError:
+            leave_out("unparsable address")  # no packet can match it; the other flows still label theirs
+            continue
+        try:
             port_a, port_b = int(rec["port_a"]), int(rec["port_b"])
             vlan = int(rec.get("vlan") or 0)
         except ValueError as exc:
@@ -231,7 +238,7 @@ def read(options: BuildOptions) -> Source:
     pcaps = options.pcaps
     if not pcaps.is_dir():
         raise NotADirectoryError(f"{pcaps}: capture folder not found (give it with --pcaps)")
-    flows = read_flow_labels(csv_path, options.label_column)
+    flows = read_flow_labels(csv_path, options.label_column, options.classes)
 
     by_file = options.split == "by-file"
     skipped: list[tuple[str, str]] = []

@@ -7,7 +7,9 @@ A dataset is a directory (see docs/architecture.md):
     split.npy   int8  [N]        0 train, 1 val, 2 test
     flow.npy    int64 [N]        flow id, unique per (capture file, bidirectional flow)
     file.npy    int32 [N]        optional: index of the row's capture file in meta["sources"]
-It is written into a temporary sibling directory and renamed into place, so readers never see half a dataset.
+    source.npy  int16 [N]        built from several sources: index of the row's source in meta["inputs"]
+It is written into a temporary sibling directory and renamed into place, so readers never see half a dataset;
+rows.npy is written block by block (DatasetWriter), so a build never holds all rows in memory.
 """
 
 from __future__ import annotations
@@ -59,57 +61,117 @@ def write_dataset(
     filled in here. `file_index` (optional) is each row's capture file as an index into meta["sources"].
     An existing dataset at `out_dir` is replaced only once the new one is complete.
     """
-    out = Path(out_dir)
     rows = np.asarray(rows)
-    labels = np.asarray(labels)
-    split = np.asarray(split)
-    flow = np.asarray(flow)
+    if rows.ndim != 2 or rows.shape[1] != ROW_LEN:
+        raise ValueError(f"rows must have shape [N, {ROW_LEN}], got {rows.shape}")
+    _check_classes(meta)
+    with DatasetWriter(out_dir) as writer:
+        writer.append_rows(rows)
+        return writer.finish(labels, split, flow, meta, file_index=file_index)
+
+
+def _check_classes(meta: dict) -> list[str]:
     classes = list(meta.get("classes") or [])
     if not classes:
         raise ValueError("dataset meta needs a non-empty 'classes' list")
     if len(set(classes)) != len(classes):
         raise ValueError(f"duplicate class names: {classes}")
-    if rows.ndim != 2 or rows.shape[1] != ROW_LEN:
-        raise ValueError(f"rows must have shape [N, {ROW_LEN}], got {rows.shape}")
-    n = rows.shape[0]
-    named = [("labels", labels), ("split", split), ("flow", flow)]
-    if file_index is not None:
-        file_index = np.asarray(file_index)
-        named.append(("file_index", file_index))
-    for name, arr in named:
-        if arr.shape != (n,):
-            raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
-    if n and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise ValueError(f"labels must lie in 0..{len(classes) - 1}, got {labels.min()}..{labels.max()}")
-    if n and (split.min() < 0 or split.max() > SPLIT_TEST):
-        raise ValueError(f"split codes must be 0 (train), 1 (val) or 2 (test), got {split.min()}..{split.max()}")
+    return classes
 
-    full_meta = dict(meta)
-    full_meta["classes"] = classes
-    full_meta["layout_version"] = LAYOUT_VERSION
-    full_meta["n_rows"] = int(n)
-    full_meta["counts"] = count_per_split(labels.astype(np.int64), split, classes)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        np.save(tmp / "rows.npy", np.ascontiguousarray(rows, dtype=np.uint8))
-        np.save(tmp / "labels.npy", labels.astype(np.int16))
-        np.save(tmp / "split.npy", split.astype(np.int8))
-        np.save(tmp / "flow.npy", flow.astype(np.int64))
+class DatasetWriter:
+    """Writes a dataset directory block by block, so that the rows are never whole in memory: rows.npy grows on
+    disk in a temporary sibling directory, finish() adds the per-row arrays and meta.json and renames the
+    directory into place. Used as a context manager, an exception removes the temporary directory."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.out = Path(out_dir)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f"{self.out.name}.tmp-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self.n_rows = 0
+        self._rows_file = open(self.tmp / "rows.npy", "wb")
+        # numpy pads the header so the shape can grow without moving the data; it is rewritten in finish().
+        self._header_len = self._write_header()
+
+    def _write_header(self) -> int:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": (self.n_rows, ROW_LEN)}  # fmt: skip
+        self._rows_file.seek(0)
+        np.lib.format.write_array_header_1_0(self._rows_file, header)
+        return self._rows_file.tell()
+
+    def append_rows(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != ROW_LEN:
+            raise ValueError(f"rows must have shape [N, {ROW_LEN}], got {rows.shape}")
+        self._rows_file.write(np.ascontiguousarray(rows, dtype=np.uint8).tobytes())
+        self.n_rows += rows.shape[0]
+
+    def finish(
+        self,
+        labels: np.ndarray,
+        split: np.ndarray,
+        flow: np.ndarray,
+        meta: dict,
+        file_index: np.ndarray | None = None,
+        source_index: np.ndarray | None = None,
+    ) -> Path:
+        """Write labels, split, flow (and the optional per-row capture file and source) for the rows appended,
+        then meta.json, and move the directory into place. `source_index` is each row's source as an index into
+        meta["inputs"] (datasets built from several sources)."""
+        classes = _check_classes(meta)
+        n = self.n_rows
+        labels, split, flow = np.asarray(labels), np.asarray(split), np.asarray(flow)
+        named = [("labels", labels), ("split", split), ("flow", flow)]
         if file_index is not None:
-            np.save(tmp / "file.npy", file_index.astype(np.int32))
-        with open(tmp / "meta.json", "w") as f:
+            file_index = np.asarray(file_index)
+            named.append(("file_index", file_index))
+        if source_index is not None:
+            source_index = np.asarray(source_index)
+            named.append(("source_index", source_index))
+        for name, arr in named:
+            if arr.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+        if n and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise ValueError(f"labels must lie in 0..{len(classes) - 1}, got {labels.min()}..{labels.max()}")
+        if n and (split.min() < 0 or split.max() > SPLIT_TEST):
+            raise ValueError(f"split codes must be 0 (train), 1 (val) or 2 (test), got {split.min()}..{split.max()}")
+
+        full_meta = dict(meta)
+        full_meta["classes"] = classes
+        full_meta["layout_version"] = LAYOUT_VERSION
+        full_meta["n_rows"] = int(n)
+        full_meta["counts"] = count_per_split(labels.astype(np.int64), split, classes)
+
+        if self._write_header() != self._header_len:
+            raise RuntimeError("rows.npy header changed length")  # numpy reserves room for any row count
+        self._rows_file.close()
+        np.save(self.tmp / "labels.npy", labels.astype(np.int16))
+        np.save(self.tmp / "split.npy", split.astype(np.int8))
+        np.save(self.tmp / "flow.npy", flow.astype(np.int64))
+        if file_index is not None:
+            np.save(self.tmp / "file.npy", file_index.astype(np.int32))
+        if source_index is not None:
+            np.save(self.tmp / "source.npy", source_index.astype(np.int16))
+        with open(self.tmp / "meta.json", "w") as f:
             json.dump(full_meta, f, indent=1)
             f.write("\n")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        _swap_into_place(self.tmp, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        self._rows_file.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -143,6 +205,7 @@ class Dataset:
     flow: np.ndarray
     meta: dict
     file: np.ndarray | None = None  # capture file of each row (index into meta["sources"]), when recorded
+    source: np.ndarray | None = None  # source of each row (index into meta["inputs"]); None: one source
 
     @property
     def classes(self) -> list[str]:
@@ -178,10 +241,11 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     split = np.load(d / "split.npy")
     flow = np.load(d / "flow.npy")
     file = np.load(d / "file.npy") if (d / "file.npy").is_file() else None
+    source = np.load(d / "source.npy") if (d / "source.npy").is_file() else None
     n = rows.shape[0]
     if rows.ndim != 2 or rows.shape[1] != ROW_LEN or rows.dtype != np.uint8:
         raise ValueError(f"{d / 'rows.npy'}: expected uint8 [N, {ROW_LEN}], got {rows.dtype} {rows.shape}")
-    for name, arr in (("labels", labels), ("split", split), ("flow", flow), ("file", file)):
+    for name, arr in (("labels", labels), ("split", split), ("flow", flow), ("file", file), ("source", source)):
         if arr is not None and arr.shape != (n,):
             raise ValueError(f"{d / (name + '.npy')}: expected shape ({n},), got {arr.shape}")
-    return Dataset(path=d, rows=rows, labels=labels, split=split, flow=flow, meta=meta, file=file)
+    return Dataset(path=d, rows=rows, labels=labels, split=split, flow=flow, meta=meta, file=file, source=source)

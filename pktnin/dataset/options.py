@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pktnin.dataset.detect import SOURCE_KINDS, detect_source
@@ -29,6 +30,10 @@ class BuildOptions:
     task: str | None = None  # ISCX only: A (applications) or B (traffic types, the default)
     label_column: str = "task_category"  # CSV only
     pcaps: Path | None = None  # CSV only: the capture folder
+    # Further sources whose rows follow this one's in the same dataset: (source, capture folder or None) pairs,
+    # each of the same kind of use as `source`/`pcaps`; each keeps its own file split.
+    more_sources: Sequence[tuple[Path, Path | None]] = ()
+    classes: list[str] | None = None  # CSV only: the class list to use instead of the CSV's own
 
     def __post_init__(self) -> None:
         self.source = Path(self.source)
@@ -57,3 +62,16 @@ class BuildOptions:
             self.task = ISCX_TASKS[task]
         if self.kind == "csv":
             self.pcaps = Path(self.pcaps) if self.pcaps is not None else self.source.parent / "pcaps"
+        if self.classes is not None and self.kind != "csv":
+            raise OptionError("a given class list applies to a CSV source only")
+        self.more_sources = tuple((Path(s), None if p is None else Path(p)) for s, p in self.more_sources)
+        self.per_source()  # checks every further source now
+
+    def per_source(self, classes: list[str] | None = None) -> list[BuildOptions]:
+        """One options object per source, this one first; the further sources take this one's split mode,
+        seed, cap, mask, label column and (when given) `classes`, the class list every source must share."""
+        first = replace(self, more_sources=()) if self.more_sources else self
+        out = [first]
+        for source, pcaps in self.more_sources:
+            out.append(replace(first, source=source, pcaps=pcaps, kind="auto", classes=classes))
+        return out

@@ -58,12 +58,22 @@ def build_model(preset: str, num_classes: int, dropout: float = 0.1, width: floa
     if spec.branches:
         header, body = (build_model(b, num_classes, dropout=dropout, width=width) for b in spec.branches)
         return build_parallel(header, body, 0.5)
+    return build_model_on_bytes(preset, spec.start, spec.stop, num_classes, dropout, width, name=preset)
+
+
+def build_model_on_bytes(
+    preset: str, start: int, stop: int, num_classes: int, dropout: float = 0.1, width: float = 1.0,
+    name: str | None = None,
+) -> keras.Model:  # fmt: skip
+    """The layers of `preset` reading row bytes start:stop (a preset's own bytes, or others: e.g. the NIN_small
+    layers on the body bytes as a compact body branch)."""
+    P.check_build_args(num_classes, width, dropout)
     rows = keras.Input(shape=(ROW_LEN,), dtype="float32", name="row")
-    x = ByteSlice(spec.start, spec.stop, name="bytes")(rows)
+    x = ByteSlice(start, stop, name="bytes")(rows)
     counters: dict = {}
     for layer in P.preset_layers(preset, num_classes, width, dropout):
         x = _keras_layer(layer, _layer_name(layer, counters))(x)
-    return keras.Model(rows, x, name=preset)
+    return keras.Model(rows, x, name=name or f"{preset}_{start}_{stop}")
 
 
 def build_parallel(nin1_model: keras.Model, nin2_model: keras.Model, alpha: float) -> keras.Model:
