@@ -178,12 +178,10 @@ def run_fuzz(n_cases: int, seed: int) -> int:
     # the mutations reach every outcome: refused files, fatal errors and clean reads
     assert min(outcomes.values()) > n_cases // 100, outcomes
     return n_cases
-
-
+@pytest.mark.slow
 def test_fuzz_record_walk():
     assert run_fuzz(N_CASES, seed=12345) == N_CASES
-
-
+@pytest.mark.slow
 def test_fuzz_with_bounds_checking(tmp_path):
     # A fresh process compiles the walk with bounds checks (its own cache dir keeps them out of the normal cache).
     env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))

@@ -58,6 +58,7 @@ def fuzz_batch(seed: int) -> dict:
     return raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [11, 12])
 def test_fuzz_no_crash_and_matches_reference_on_sample(seed):
     raw = fuzz_batch(seed)
@@ -83,8 +84,7 @@ def test_fuzz_no_crash_and_matches_reference_on_sample(seed):
                 assert int(meta["flow_key"][r]) == fields["flow_key"], f"record {i}"
                 assert meta["src_addr"][r].tobytes() == fields["src_addr"], f"record {i}"
                 assert (int(meta["src_port"][r]), int(meta["dst_port"][r])) == (fields["src_port"], fields["dst_port"])
-
-
+@pytest.mark.slow
 def test_fuzz_pure_random_records():
     """Random offsets/lengths/link types over random bytes, including records that run past the buffer."""
     rng = np.random.default_rng(5)
