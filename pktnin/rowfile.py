@@ -37,17 +37,29 @@ class RowFileResult:
     reports: list[FileReport]
 
 
-def write_row_file(files: Sequence[Path], out: str | os.PathLike, opts: PrepOptions, progress=None) -> RowFileResult:
+def write_row_file(
+    files: Sequence[Path], out: str | os.PathLike, opts: PrepOptions, progress=None, named: set[Path] | None = None
+) -> RowFileResult:
     """Rows and metadata of every packet of `files` into `out` (.npz, written atomically).
 
-    `progress` (optional) has add_packets(n) and file_done(n); bad files are skipped and reported.
+    `progress` (optional) has add_packets(n) and file_done(n); bad files are skipped and reported; `named`: the
+    files the user named (packets.iter_raw_batches).
     """
+    arrays, reports = row_arrays(files, opts, progress, named)
+    out = save_row_file(arrays, out)
+    return RowFileResult(out=out, rows=int(arrays["x"].shape[0]), reports=reports)
+
+
+def row_arrays(
+    files: Sequence[Path], opts: PrepOptions, progress=None, named: set[Path] | None = None
+) -> tuple[dict[str, np.ndarray], list[FileReport]]:
+    """The row file's arrays (keys above) for `files`, in memory, and one FileReport per file."""
     rows: list[np.ndarray] = []
     file_ids: list[np.ndarray] = []
     columns: dict[str, list[np.ndarray]] = {name: [] for name in META_COLUMNS}
     reports: list[FileReport] = []
     done = 0
-    for batch in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns, reports=reports):
+    for batch in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns, reports=reports, named=named):
         if progress is not None:
             while done < len(reports):  # files finished before this batch
                 progress.file_done(1)
@@ -71,7 +83,11 @@ def write_row_file(files: Sequence[Path], out: str | os.PathLike, opts: PrepOpti
     }
     for name in META_COLUMNS:
         arrays[name] = concat_meta(columns[name], name)
+    return arrays, reports
+
+
+def save_row_file(arrays: dict[str, np.ndarray], out: str | os.PathLike) -> Path:
     out = Path(out)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    return RowFileResult(out=out, rows=int(arrays["x"].shape[0]), reports=reports)
+    return out

@@ -6,15 +6,19 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 
-from pktnin.cli.console import console, failed_files_table, file_progress, skip_table
-from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes, usage
+from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table
+from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
 
 DEFAULT_BATCH = 512
 
 
 def score(
-    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
+    paths: Annotated[
+        List[Path],
+        typer.Argument(help="Capture files (.gz too), directories (walked recursively), pipes, or - for stdin."),
+    ],
     model: Annotated[
         Optional[Path],
         typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
@@ -22,7 +26,8 @@ def score(
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
+        Optional[Path],
+        typer.Option("--out", "-o", help="Per-packet output file (default predictions.parquet or .csv)."),
     ] = None,
     flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
     fmt: Annotated[
@@ -32,6 +37,14 @@ def score(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue a killed run: reuse the files it finished.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace existing outputs; discard an earlier run's finished files."),
+    ] = False,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Per-file report (.json or .csv): status, error and offset, rows, skips."),
+    ] = None,
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     threads: Annotated[
@@ -46,57 +59,33 @@ def score(
     """Classify every packet of the captures and write one row per packet: file, frame, timestamp, addresses
     and ports (as captured), protocol, predicted label and its probability.
 
-    Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
-    OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
+    Outputs are written atomically; an existing output is replaced only with --force. Finished files are
+    recorded in OUT.manifest.json (their rows wait in OUT.parts/) so that `--resume` continues a killed run where
+    it stopped; both are removed at the end. Exit codes: 0 every input read, 3 some inputs failed or were cut
+    short, 1 none could be read (nothing written), 2 usage.
     """
-    from dataclasses import replace
+    from pktnin.api import ScoreJob
+    from pktnin.score.cpu_stages import input_size
 
-    from pktnin.engine.cache import file_sha256
-    from pktnin.engine.runners import default_model_path, open_runner
-    from pktnin.packets import find_captures
-    from pktnin.score import ScoreOptions, score_files
-
-    if fmt is None:
-        fmt = "csv" if out is not None and out.suffix.lower() == ".csv" else "parquet"
+    if fmt is None and out is None:
+        fmt = "parquet"
     out = out or Path(f"predictions.{fmt}")
     with exit_codes():
-        opts = ScoreOptions(
-            out=out, flows_out=flows, fmt=fmt, probs=probs, resume=resume, keep_dns=keep_dns, mask=mask,
-            batch=batch, prep_threads=prep_threads,
+        job = ScoreJob.prepare(
+            paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
+            keep_dns=keep_dns, mask=mask, backend=backend, batch=batch, threads=threads, prep_threads=prep_threads,
         )  # fmt: skip
-        files = find_captures(paths)
-        files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
-        if not files:
-            usage("no capture files found in the given paths")
-        model_path = model if model is not None else default_model_path()
-        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch)
-    opts = replace(
-        opts,
-        prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
-        model_id=f"{file_sha256(model_path)}:{runner.backend}",
-    )
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
-            with file_progress(len(files), "score", enabled=progress) as bar:
-                result = score_files(files, runner, opts, progress=bar)
+            total_bytes = sum(input_size(f) for f in job.files)
+            with file_progress(len(job.files), "score", enabled=progress, total_bytes=total_bytes) as bar:
+                result = job.run(progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        runner.close()
 
     _print_summary(result)
     check_inputs_read(result.reports)
-
-
-def _own_output(path: Path, out: Path, flows: Path | None) -> bool:
-    from pktnin.score.manifest import manifest_path, parts_dir
-
-    path = path.resolve()
-    targets = [out] + ([flows] if flows is not None else [])
-    if any(path == t.resolve() or path == manifest_path(t).resolve() for t in targets):
-        return True
-    return parts_dir(out).resolve() in path.parents
 
 
 def _print_summary(result) -> None:
@@ -119,11 +108,17 @@ def _print_summary(result) -> None:
     failed = failed_files_table(result.reports)
     if failed is not None:
         console.print(failed)
+    skipped = not_captures_line(result.reports)
+    if skipped is not None:
+        console.print(escape(skipped), soft_wrap=True)
     resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
     console.print(
         f"{result.packets:,} packets scored from {len(result.files)} files{resumed} in {result.seconds:.2f} s: "
         f"{result.packets_per_s:,.0f} packets/s"
     )
+    if not result.outputs:
+        console.print("no output written: not one input could be read")
+        return
     console.print(f"{result.rows_written:,} rows -> {result.outputs[0]}")
     if result.flows_written is not None:
         console.print(f"{result.flows_written:,} flows -> {result.outputs[1]}")

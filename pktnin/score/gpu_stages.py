@@ -72,22 +72,24 @@ def own_raw(raw):
 
 
 def iter_raw(
-    files: Iterable[Path], reports: list[FileReport], max_records: int, first_index: int = 0
+    files: Iterable[Path], reports: list[FileReport], max_records: int, first_index: int = 0,
+    named: set[Path] | None = None, stop=None,
 ) -> Iterator[RawChunk]:
     """packets.iter_packets without the transform: RawChunks, and one FileReport per file appended to `reports`
     when the file is finished (`kept` and `skip_counts` are left to whoever runs the transform)."""
-    for report, raw in iter_raw_batches(files, max_records, first_index):
+    for report, raw in iter_raw_batches(files, max_records, first_index, named, stop):
         if raw is None:
             reports.append(report)
         else:
             yield RawChunk(report.index, report.path, own_raw(raw))
 
 
-def read_raw_stage(stages: Stages, todo: list[tuple[int, Path]], out_q: queue.Queue, max_records: int) -> None:
+def read_raw_stage(stages: Stages, todo: list[tuple[int, Path]], out_q: queue.Queue, max_records: int,
+                   named: set[Path] | None = None) -> None:
     """RawChunks and a FileEnd (kept and skip counts still missing) per (index, path) in todo, then DONE."""
     for index, path in todo:
         reports: list[FileReport] = []
-        for chunk in iter_raw([path], reports, max_records, first_index=index):
+        for chunk in iter_raw([path], reports, max_records, first_index=index, named=named, stop=stages.stop.is_set):
             stages.put(out_q, chunk)
         stages.put(out_q, FileEnd(reports[0]))
     stages.put(out_q, DONE)

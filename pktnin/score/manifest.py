@@ -37,7 +37,12 @@ def file_key(path: Path) -> str:
     return str(Path(path).resolve())
 
 
-def file_stamp(path: Path) -> dict:
+def file_stamp(path: Path) -> dict | None:
+    """Size and mtime of a regular file; None for a stream (stdin, a pipe), which is never reused."""
+    from pktnin.kernels.capture import is_stream
+
+    if is_stream(path):
+        return None
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -110,7 +115,7 @@ class Manifest:
 
 def _same_stamp(path: Path, stamp) -> bool:
     try:
-        return file_stamp(path) == stamp
+        return stamp is not None and file_stamp(path) == stamp
     except OSError:
         return False
 

@@ -23,6 +23,7 @@ from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.score import manifest as mf
 from pktnin.score.cpu_stages import engine_stage, read_stage
 from pktnin.score.options import ScoreOptions, ScoreResult
+from pktnin.score.outputs import check_outputs
 from pktnin.score.stages import Stages
 from pktnin.score.writer_stage import ScoreWriter, write_stage
 from pktnin.score.writers import assemble
@@ -38,6 +39,7 @@ def score_files(
     progress=None,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
     on_saved: Callable[[list[FileReport]], None] | None = None,
+    named: set[Path] | None = None,
 ) -> ScoreResult:
     """Score `files` (already expanded) with `runner`; write the outputs named in `opts`.
 
@@ -45,6 +47,9 @@ def score_files(
     (score.gpu_stages) and `source` is not used; otherwise on the CPU.
     `progress` (optional) has add_packets(n) and file_done(); `source` stands in for packets.iter_packets;
     `on_saved` is called with the reports of the files of each part once the part and the manifest are saved.
+    `named`: the files the user named (packets.iter_raw_batches: others that are not captures are no failure).
+    The outputs are checked first (score.outputs.check_outputs: OutputError). When not one input could be
+    read, no output is written.
     """
     out = opts.out
     classes = list(runner.classes)
@@ -52,6 +57,7 @@ def score_files(
     parts = mf.parts_dir(out)
     mpath = mf.manifest_path(out)
 
+    check_outputs(opts, settings)  # before anything is touched: refuse rather than lose earlier work
     manifest = mf.Manifest.load(mpath) if opts.resume else None
     if manifest is None or manifest.settings != settings:
         mf.clear_run(out)
@@ -80,12 +86,12 @@ def score_files(
             from pktnin.score import gpu_stages
 
             batch = gpu_stages.device_batch_size(runner, opts.batch)
-            stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch)
+            stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch, named)
             stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, batch, opts.mask,
                           opts.keep_dns, read_q, scored_q)  # fmt: skip
         else:
             stages.thread("pktnin-read", read_stage, stages, todo, read_q, opts.mask, opts.keep_dns,
-                          opts.prep_threads, source)  # fmt: skip
+                          opts.prep_threads, source, named, progress)  # fmt: skip
             stages.thread("pktnin-engine", engine_stage, stages, runner, opts.batch, read_q, scored_q)
         stages.run(write_stage, stages, writer, scored_q)
     finally:
@@ -96,12 +102,17 @@ def score_files(
 
     # Every file is finished: assemble the outputs in input order, then drop the parts and the manifest.
     ordered = [manifest.files[mf.file_key(p)] for p in files]
-    rows = assemble(unique_parts(ordered, "part", parts), out, writer.schema, opts.fmt)
-    outputs = [out]
-    n_flows = None
-    if writer.fschema is not None:
-        n_flows = assemble(unique_parts(ordered, "flows_part", parts), opts.flows_out, writer.fschema, opts.fmt)
-        outputs.append(opts.flows_out)
+    reports = [mf.report_from_dict(e["report"]) for e in ordered]
+    outputs: list[Path] = []
+    rows, n_flows = 0, None
+    if any(not (r.failed or r.not_capture) for r in reports):  # a run that read nothing writes nothing
+        metadata = opts.metadata(classes)
+        rows = assemble(unique_parts(ordered, "part", parts), out, writer.schema, opts.fmt, metadata)
+        outputs.append(out)
+        if writer.fschema is not None:
+            n_flows = assemble(unique_parts(ordered, "flows_part", parts), opts.flows_out, writer.fschema, opts.fmt,
+                               metadata)  # fmt: skip
+            outputs.append(opts.flows_out)
     mf.clear_run(out)
 
     label_counts = np.zeros(len(classes), dtype=np.int64)
@@ -109,7 +120,7 @@ def score_files(
         label_counts += np.asarray(e["label_counts"], dtype=np.int64)
     return ScoreResult(
         files=list(files),
-        reports=[mf.report_from_dict(e["report"]) for e in ordered],
+        reports=reports,
         classes=classes,
         label_counts=label_counts,
         packets=writer.packets,
