@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
-from rich.console import Console
-from rich.markup import escape  # file names and error text may hold [brackets]: print them as text
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -46,7 +45,7 @@ class FilesColumn(ProgressColumn):
 @contextmanager
 def file_progress(
     total_files: int, description: str, enabled: bool = True, total_bytes: int = 0
-) -> Iterator["FileProgress"]:
+) -> Iterator[FileProgress]:
     """A bar over files, or, with `total_bytes` (the inputs' sizes), over bytes read with percentage and time
     left, so that one big file moves the bar too; packets/s either way."""
     if total_bytes > 0:
@@ -113,19 +112,18 @@ def skip_table(skips: dict[str, int], title: str = "Skipped packets") -> Table:
     return table
 
 
-def failed_files_table(reports: Iterable) -> Table | None:
-    """Files that failed or had errors (full names: long ones wrap, never cut)."""
+def failed_files_table(reports: Iterable) -> Group | None:
+    """Files that failed or had errors, one per line with their errors below: full names that wrap, never cut,
+    and can be copied (a table column would cut or fold them)."""
     rows = [r for r in reports if r.errors and not getattr(r, "not_capture", False)]
     if not rows:
         return None
-    table = Table(title="Files with errors")
-    table.add_column("file", overflow="fold")
-    table.add_column("status", no_wrap=True)
-    table.add_column("error", overflow="fold")
+    lines = [Text("Files with errors", style="bold")]
     for r in rows:
         errors = "; ".join(r.errors[:3]) + (" ..." if len(r.errors) > 3 else "")
-        table.add_row(escape(str(r.path)), r.status, escape(errors))
-    return table
+        lines.append(Text(f"{r.status:8} {r.path}"))  # Text: names with [brackets] stay as they are
+        lines.append(Text(f"         {errors}", style="dim"))
+    return Group(*lines)
 
 
 def not_captures_line(reports: Iterable) -> str | None:

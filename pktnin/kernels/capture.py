@@ -628,15 +628,16 @@ class CaptureReader:
             self.compression = "zstd"
         else:
             return head
-        if self._pipe is not None:
-            pipe = self._pipe
-            self._stream_read = self._decompressor(Prepend(head, pipe.read)).read
-            self._stream_consumed = lambda: pipe.count
-            data = read_full(self._stream_read, _PCAP_HEADER_LEN)
-        else:
+        try:
+            if self._pipe is not None:
+                pipe = self._pipe
+                self._stream_read = self._decompressor(Prepend(head, pipe.read)).read
+                self._stream_consumed = lambda: pipe.count
+                return read_full(self._stream_read, _PCAP_HEADER_LEN)
             with open(self.path, "rb") as raw:
-                data = read_full(self._decompressor(raw).read, _PCAP_HEADER_LEN)
-        return data
+                return read_full(self._decompressor(raw).read, _PCAP_HEADER_LEN)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CaptureError(self.path, 0, f"{self.compression}-compressed, cannot decompress: {e}") from e
 
     def _decompressor(self, raw):
         try:
