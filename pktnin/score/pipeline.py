@@ -86,7 +86,8 @@ def score_files(
             from pktnin.score import gpu_stages
 
             batch = gpu_stages.device_batch_size(runner, opts.batch)
-            stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch, named)
+            stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch, named,
+                          progress)  # fmt: skip
             stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, batch, opts.mask,
                           opts.keep_dns, read_q, scored_q)  # fmt: skip
         else:
