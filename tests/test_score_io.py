@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -339,6 +340,12 @@ def test_python_api_returns_the_rows_the_cli_writes(tmp_path, caps, model):
     assert [r.status for r in reports] == ["ok", "ok"]
     assert table.schema.metadata[b"pktnin.model"] == model.name.encode()
     assert table.to_pandas()["label"].isin(CLASSES).all()
+    # Stopping the iteration early stops the run's threads.
+    before = threading.active_count()
+    it = pktnin.iter_scores([caps["root"]], model)
+    assert next(it).num_rows > 0
+    it.close()
+    assert threading.active_count() == before
 
     result = pktnin.score_to_files([caps["pcap"]], tmp_path / "q.csv", model)
     assert result.outputs == [tmp_path / "q.csv"] and result.rows_written > 0
