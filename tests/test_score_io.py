@@ -386,3 +386,24 @@ def test_progress_moves_by_bytes_within_a_file(tmp_path, model):
     steps = [n for kind, n in seen if kind == "bytes"]
     assert len(steps) >= 3 and sum(steps) == big.stat().st_size
     assert seen.index(("done", 1)) > 1  # bytes moved before the file was finished
+
+
+def test_progress_bar_shows_percentage_and_time_left(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from pktnin.cli import console as console_mod
+
+    screen = io.StringIO()
+    monkeypatch.setattr(console_mod, "console", Console(file=screen, force_terminal=True, width=140))
+    with console_mod.file_progress(2, "score", total_bytes=4 << 20) as bar:
+        bar.add_bytes(1 << 20)
+        bar.add_packets(1000)
+        bar._progress.refresh()
+        bar.add_bytes(1 << 20)
+        bar.file_done()
+        bar._progress.refresh()
+    text = screen.getvalue()
+    assert "50%" in text and "2.0/4.0 MiB" in text and "1/2 files" in text and "eta" in text
+    assert "1,000 pkts" in text and "pkts/s" in text
