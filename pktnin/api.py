@@ -69,7 +69,7 @@ class ScoreJob:
             keep_dns=keep_dns, mask=mask, batch=batch, prep_threads=prep_threads,
         )  # fmt: skip
         files = find_captures(paths)
-        targets = [opts.out, manifest_path(opts.out)] + ([opts.flows_out] if opts.flows_out is not None else [])
+        targets = [opts.out, manifest_path(opts.out)] + [p for p in (opts.flows_out, opts.report) if p is not None]
         files = [f for f in files if not _own_output(f, targets, parts_dir(opts.out))]
         if not files:
             from pktnin.errors import UsageError

@@ -203,6 +203,9 @@ def test_report_exit_codes_and_not_captures(tmp_path, caps, model):
     t = pq.read_table(tmp_path / "p.parquet")
     assert sum(r["rows"] for r in rows.values()) == t.num_rows
 
+    again = run_cli(root, "--model", model, "--out", tmp_path / "p2.parquet", "--report", report)
+    assert again.exit_code == EXIT_USAGE and "--report" in again.output  # the report is not replaced either
+
     csv_report = tmp_path / "report.csv"
     result = run_cli(root / "good.pcapng", "--model", model, "--out", tmp_path / "q.parquet", "--report", csv_report)
     assert result.exit_code == EXIT_OK, result.output

@@ -49,8 +49,11 @@ def check_outputs(opts, settings: dict) -> None:
             raise OutputError(f"{option} {target}: {target.parent} is not a folder")
         if target.exists() and not (opts.force or continuing):
             raise OutputError(f"{option} {target} exists: choose another name, or --force to replace it")
-    if opts.report is not None and Path(opts.report).suffix.lower() not in REPORT_FORMATS:
-        raise OutputError(f"--report {opts.report}: the report is .json or .csv")
+    if opts.report is not None:
+        if opts.report.suffix.lower() not in REPORT_FORMATS:
+            raise OutputError(f"--report {opts.report}: the report is .json or .csv")
+        if opts.report.is_dir() or (opts.report.exists() and not (opts.force or continuing)):
+            raise OutputError(f"--report {opts.report} exists: choose another name, or --force to replace it")
 
 
 def check_progress(opts, settings: dict) -> bool:
