@@ -54,6 +54,8 @@ class ScoreJob:
         keep_dns: bool = False,
         mask: str = "paper",
         backend: str = "auto",
+        precision: str = "auto",
+        engine_workers: int | None = None,
         batch: int = DEFAULT_BATCH,
         threads: int | None = None,
         prep_threads: int | None = None,
@@ -75,11 +77,11 @@ class ScoreJob:
             from pktnin.errors import UsageError
 
             raise UsageError("no capture files found in the given paths")
-        runner, model_path = open_model(model, backend, threads, batch)
+        runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
         try:
             opts = replace(
                 opts,
-                prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
+                prep_threads=prep_threads or _default_prep_threads(runner),
                 model_id=_model_id(model_path, runner),
                 model_name=Path(model_path).name,
             )
@@ -117,6 +119,8 @@ def iter_scores(
     keep_dns: bool = False,
     mask: str = "paper",
     backend: str = "auto",
+    precision: str = "auto",
+    engine_workers: int | None = None,
     batch: int = DEFAULT_BATCH,
     threads: int | None = None,
     prep_threads: int | None = None,
@@ -137,8 +141,8 @@ def iter_scores(
                         prep_threads=prep_threads)  # fmt: skip
     files = find_captures(paths)
     named = named_captures(files, paths)
-    runner, model_path = open_model(model, backend, threads, batch)
-    opts = replace(opts, prep_threads=prep_threads or (1 if runner.backend == "onnxruntime" else None),
+    runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
+    opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner),
                    model_id=_model_id(model_path, runner), model_name=Path(model_path).name)  # fmt: skip
     classes = list(runner.classes)
     schema = packet_schema(classes, probs).with_metadata(opts.metadata(classes))
@@ -205,7 +209,7 @@ def score(paths: Sequence[PathLike], model: PathLike | None = None, **kw) -> pa.
         return pa.Table.from_batches(batches)
     from pktnin.score.writers import packet_schema
 
-    runner, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH))
+    runner, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH), "fp32")
     try:
         return packet_schema(list(runner.classes), kw.get("probs", False)).empty_table()
     finally:
@@ -235,18 +239,33 @@ def preprocess(
     return arrays
 
 
-def open_model(model: PathLike | None, backend: str = "auto", threads: int | None = None, batch: int = DEFAULT_BATCH):
-    """(runner, model path): the model given, or the bundled default."""
+def open_model(
+    model: PathLike | None,
+    backend: str = "auto",
+    threads: int | None = None,
+    batch: int = DEFAULT_BATCH,
+    precision: str = "auto",
+    engine_workers: int | None = None,
+):
+    """(runner, model path): the model given, or the bundled default. `precision` auto picks the fastest engine
+    that agrees with fp32; `engine_workers` None measures one multi-thread session against single-thread ones."""
     from pktnin.engine.runners import default_model_path, open_runner
 
     model_path = Path(model) if model is not None else default_model_path()
-    return open_runner(model_path, backend, intra_threads=threads, max_batch=batch), model_path
+    runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
+                         engine_workers=engine_workers)  # fmt: skip
+    return runner, model_path
+
+
+def _default_prep_threads(runner) -> int | None:
+    # One numba thread beside a CPU engine, which needs the cores; all of them when the model runs elsewhere.
+    return 1 if runner.backend in ("onnxruntime", "openvino") else None
 
 
 def _model_id(model_path: Path, runner) -> str:
     from pktnin.engine.cache import file_sha256
 
-    return f"{file_sha256(model_path)}:{runner.backend}"
+    return f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}"
 
 
 def _own_output(path: Path, targets: list[Path], parts: Path) -> bool:

@@ -110,3 +110,58 @@ def stage_throughput(files: Sequence[Path], runner, batch: int, runs: int, workd
         # Prep and the engine count differently (records read vs rows scored), so compare rows/s.
         "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
     }
+
+
+def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[str], batch: int, runs: int,
+                    workdir: Path, opts: PrepOptions) -> dict:
+    """stage_throughput for several runners of one model, interleaved: run k of every runner before run k+1 of
+    any, so load on a shared machine hits them alike. Each engine entry has its medians and, after the first,
+    the median over runs of its rate divided by the first runner's rate in the same round (`vs_first`)."""
+    rows = [b.rows for b in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns)]
+    if not rows:
+        raise ValueError("no packet of the input became a row")
+    rows = np.concatenate(rows)
+    prep = median_run([prep_throughput(files, opts) for _ in range(runs)])
+    engine_runs: list[list[dict]] = [[] for _ in runners]
+    e2e_runs: list[list[dict]] = [[] for _ in runners]
+    for _ in range(runs):
+        for k, runner in enumerate(runners):
+            engine_runs[k].append(engine_throughput(runner, rows, batch))
+    for _ in range(runs):
+        for k, runner in enumerate(runners):
+            e2e_runs[k].append(pipeline_throughput(files, runner, batch, workdir, opts))
+
+    def ratio(runs_k: list[dict], runs_0: list[dict]) -> float:
+        return statistics.median(a["packets_per_s"] / b["packets_per_s"] for a, b in zip(runs_k, runs_0))
+
+    engines = []
+    for k, (label, runner) in enumerate(zip(labels, runners)):
+        engine, e2e = median_run(engine_runs[k]), median_run(e2e_runs[k])
+        entry = {
+            "asked": label,
+            "backend": runner.backend,
+            "engine_precision": runner.precision,
+            "engine_label": runner.engine_label or f"{runner.backend} {runner.precision}",
+            "engine_reason": runner.engine_reason,
+            "engine": engine,
+            "end_to_end": e2e,
+            "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
+        }
+        if k:
+            entry["vs_first"] = {"engine": ratio(engine_runs[k], engine_runs[0]),
+                                 "end_to_end": ratio(e2e_runs[k], e2e_runs[0])}
+        engines.append(entry)
+    first = engines[0]
+    return {
+        "backend": first["backend"],
+        "precision": first["engine_precision"],
+        "engine_label": first["engine_label"],
+        "batch": batch,
+        "files": len(files),
+        "rows": int(rows.shape[0]),
+        "read_prep": prep,
+        "engine": first["engine"],
+        "end_to_end": first["end_to_end"],
+        "end_to_end_over_engine": first["end_to_end_over_engine"],
+        "engines": engines,
+    }

@@ -11,6 +11,7 @@ from pktnin.cli import (
     fuse,
     models,
     preprocess,
+    quantize,
     score,
     train,
 )
@@ -26,7 +27,7 @@ app = typer.Typer(
 # Each command module exposes register(app). Heavy imports (tensorflow, onnx, GPU libraries) stay inside
 # the command functions so that `pktnin --help` and the CPU path start fast and without the extras.
 # Listed in the order a user meets them: score captures, then the training and engine tools.
-for _command in (score, preprocess, bench, dataset, models, train, fuse, evaluate, export_onnx, build_engine):
+for _command in (score, preprocess, bench, dataset, models, train, fuse, evaluate, export_onnx, quantize, build_engine):
     _command.register(app)
 
 

@@ -16,7 +16,9 @@ from pktnin.engine.trt_build import DEFAULT_WORKSPACE_MB
 def build_engine(
     model: Annotated[Path, typer.Argument(help="A NAME.keras checkpoint or an .onnx model.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .plan file; MODEL.plan.json is written beside it.")],
-    precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option("--precision", help="fp32, fp16 or int8 (a QDQ model from `pktnin quantize --target tensorrt` builds int8 whatever is given).")
+    ] = "fp32",
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine accepts.")] = DEFAULT_MAX_BATCH,
     opt_batch: Annotated[
         Optional[int], typer.Option("--opt-batch", help="Batch size TensorRT tunes for (default: min(max batch, 1024)).")

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console, Group
+from rich.markup import escape  # noqa: F401 - file names and error text may hold [brackets]: print them as text
 from rich.progress import (
     BarColumn,
     DownloadColumn,

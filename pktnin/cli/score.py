@@ -23,7 +23,14 @@ def score(
         Optional[Path],
         typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
     ] = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
+    ] = "auto",
+    engine_workers: Annotated[
+        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one multi-thread session, N = N single-thread "
+                          "sessions, 0 = measure and use the faster.")
+    ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
         Optional[Path],
@@ -73,7 +80,8 @@ def score(
     with exit_codes():
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
-            keep_dns=keep_dns, mask=mask, backend=backend, batch=batch, threads=threads, prep_threads=prep_threads,
+            keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
+            batch=batch, threads=threads, prep_threads=prep_threads,
         )  # fmt: skip
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
@@ -85,6 +93,8 @@ def score(
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
     _print_summary(result)
+    if job.runner.engine_label:
+        console.print(f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False)
     check_inputs_read(result.reports)
 
 

@@ -90,6 +90,9 @@ class Runner(ABC):
     """
 
     backend: str = ""
+    precision: str = "fp32"
+    engine_label: str = ""  # what runs, e.g. "onnxruntime int8, 2 single-thread sessions" (set by open_runner)
+    engine_reason: str = ""  # why that engine was chosen (set by open_runner)
 
     def __init__(self) -> None:
         self.info: ModelInfo | None = None

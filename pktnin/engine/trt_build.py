@@ -21,14 +21,16 @@ from pktnin.engine.sidecar import make_sidecar, sidecar_path, write_sidecar
 from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: from a QDQ model made by `pktnin quantize --target tensorrt`
 DEFAULT_WORKSPACE_MB = 1024
+INT8_STRATEGY_FLAG = "int8-builder-flag"  # TensorRT <= 10: QDQ graph + BuilderFlag.INT8
+INT8_STRATEGY_TYPED = "int8-strongly-typed"  # TensorRT >= 11: the QDQ graph's types are the precision
 
 
 def check_build_args(precision: str, max_batch: int, opt_batch: int | None, workspace_mb: int) -> int:
     """Validate the build settings; returns the optimization batch (default: max_batch, capped at 1024)."""
     if precision not in PRECISIONS:
-        raise OptionError(f"precision must be fp32 or fp16, got {precision!r}")
+        raise OptionError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     if max_batch < 1:
         raise OptionError(f"--max-batch must be >= 1, got {max_batch}")
     opt = min(max_batch, 1024) if opt_batch is None else opt_batch
@@ -37,6 +39,22 @@ def check_build_args(precision: str, max_batch: int, opt_batch: int | None, work
     if workspace_mb < 16:
         raise OptionError(f"--workspace-mb must be >= 16, got {workspace_mb}")
     return opt
+
+
+def qdq_build_precision(onnx_path: str | os.PathLike, precision: str) -> str:
+    """The build precision for onnx_path: int8 for a QDQ model (checked to be one TensorRT takes), else
+    `precision`, which may not be int8 for a float model (TensorRT's implicit calibration is not used)."""
+    from pktnin.engine.quantize import check_tensorrt_qdq, is_quantized
+
+    if is_quantized(onnx_path):
+        check_tensorrt_qdq(onnx_path)
+        return "int8"
+    if precision == "int8":
+        raise ValueError(
+            f"{onnx_path} is a float model: int8 engines are built from the QDQ model of "
+            "`pktnin quantize MODEL.onnx --data DATASET --target tensorrt`"
+        )
+    return precision
 
 
 def onnx_source(model_path: str | os.PathLike) -> Path:
@@ -70,7 +88,10 @@ def build_engine(
     require_pycuda()
     src = onnx_source(model_path)
     info = read_model_info(src)
+    precision = qdq_build_precision(src, precision)
     strategy = fp16_strategy(trt.__version__) if precision == "fp16" else None
+    if precision == "int8":
+        strategy = INT8_STRATEGY_FLAG if fp16_strategy(trt.__version__) == FP16_STRATEGY_FLAG else INT8_STRATEGY_TYPED
     with context_current(device), tempfile.TemporaryDirectory(prefix="pktnin-build-") as tmp:
         parse_path = src
         if strategy == FP16_STRATEGY_ONNX:
@@ -105,6 +126,9 @@ def _build_serialized(trt, onnx_path: Path, strategy, max_batch: int, opt_batch:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if strategy == FP16_STRATEGY_FLAG:
         config.set_flag(trt.BuilderFlag.FP16)
+    if strategy == INT8_STRATEGY_FLAG:
+        # TensorRT 10 (weakly typed network): the Q/DQ nodes set the scales, the flag allows int8 kernels.
+        config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (1, ROW_LEN), (opt_batch, ROW_LEN), (max_batch, ROW_LEN))
     config.add_optimization_profile(profile)

@@ -61,13 +61,14 @@ class ScoreOptions:
         from pktnin import __version__
         from pktnin.layout import LAYOUT_VERSION
 
-        model_hash, _, backend = self.model_id.partition(":")
+        model_hash, backend, precision = (self.model_id.split(":") + ["", ""])[:3]
         return {
             "pktnin.version": __version__,
             "pktnin.layout_version": str(LAYOUT_VERSION),
             "pktnin.model": self.model_name,
             "pktnin.model_sha256": model_hash,
             "pktnin.backend": backend,
+            "pktnin.precision": precision,
             "pktnin.classes": ",".join(classes),
             "pktnin.mask": self.mask,
             "pktnin.keep_dns": str(self.keep_dns).lower(),
