@@ -27,6 +27,7 @@ SKIP_NON_TCP_UDP = 4
 SKIP_MALFORMED = 5
 SKIP_DNS = 6
 SKIP_NO_PAYLOAD = 7
+SKIP_TS_OVERFLOW = 8  # set by the capture reader: the record's time does not fit int64 ns since the epoch
 SKIP_REASONS = (
     "kept",
     "unsupported-link",
@@ -36,6 +37,7 @@ SKIP_REASONS = (
     "malformed",
     "dns",
     "no-payload",
+    "ts-overflow",
 )
 
 # Masking profiles.
@@ -154,6 +156,9 @@ ROW_IPV6_NEXT_HEADER_BYTE = 6  # the transport only when no extension header com
 # FNV-1a 64-bit, for the bidirectional flow key.
 FNV64_OFFSET = 0xCBF29CE484222325
 FNV64_PRIME = 0x100000001B3
+# Hashing a zero byte is a multiplication by the prime, so the 12 zero bytes that pad an IPv4 address in the
+# flow key are one multiplication by the prime's 12th power (mod 2**64).
+FNV64_PRIME_POW12 = pow(FNV64_PRIME, 12, 1 << 64)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -362,8 +367,12 @@ def row_byte(buf, desc, j, mask):
     return 0
 
 
-def write_row(buf, desc, mask, row):
-    """Write the uint8 row (length ROW_LEN) of a kept packet; the same bytes as row_byte, faster on the CPU."""
+def write_row(buf, desc, mask, row, clear_to):
+    """Write the uint8 row (length ROW_LEN) of a kept packet; the same bytes as row_byte, faster on the CPU.
+
+    Bytes from the end of the payload up to clear_to are zeroed; the rest of the row must already be zero
+    (pass ROW_LEN for a row of unknown content). Returns where the row's nonzero bytes may end, for the next
+    write to the same row."""
     t = desc[D_KEEP_ROW] + (1 if mask == MASK_STRICT else 0)
     net = desc[D_NET_OFF]
     trans = desc[D_TRANS_OFF] - NET_LEN
@@ -378,8 +387,10 @@ def write_row(buf, desc, mask, row):
     body = numpy.uint64(HEADER_LEN)
     for k in range(payload_len):
         row[body + k] = buf[payload_off + k]
-    for k in range(body + payload_len, numpy.uint64(ROW_LEN)):
+    end = body + payload_len
+    for k in range(end, numpy.uint64(min(clear_to, ROW_LEN))):
         row[k] = 0
+    return end
 
 
 def copy_addresses(buf, desc, src_addr, dst_addr):
@@ -449,11 +460,10 @@ def flow_key(buf, desc):
         if side == 1:
             at = b_at
             port = b_port
-        for k in range(16):
-            byte = 0
-            if k < addr_len:
-                byte = buf[at + k]
-            h = (h ^ numpy.uint64(byte)) * prime
+        for k in range(addr_len):
+            h = (h ^ numpy.uint64(buf[at + k])) * prime
+        if addr_len == 4:
+            h = h * numpy.uint64(FNV64_PRIME_POW12)
         h = (h ^ numpy.uint64(port >> 8)) * prime
         h = (h ^ numpy.uint64(port & 0xFF)) * prime
     return h

@@ -13,20 +13,28 @@ from pktnin.packets import iter_packets
 from pktnin.rowfile import PrepOptions
 
 
-def prep_throughput(files: Sequence[Path], opts: PrepOptions = PrepOptions(), progress=None) -> dict:
+def prep_throughput(
+    files: Sequence[Path], opts: PrepOptions = PrepOptions(), progress=None, threads: int | None = None,
+    chunk: int = 8192, flow_keys: bool = True,
+) -> dict:
     """Read and transform every capture in `files`; rows are produced and dropped.
 
-    `packets` counts every record read (kept or skipped by the layout), `rows` the ones that became rows.
-    `progress` (optional) has add_packets(n) and file_done(n).
+    Rows go into buffers reused from piece to piece, as for an engine that reads them where they were written.
+    `packets` counts every record read (kept or skipped by the layout), `rows` the ones that became rows;
+    `cpu_seconds` is the CPU time of the whole process (all threads) over the timed part.
+    `progress` (optional) has add_packets(n) and file_done(n). `threads` (None: numba's thread count), `chunk`
+    (records per walk) and `flow_keys` go to packets.iter_packets.
     """
+    kw = {"mask": opts.mask, "keep_dns": opts.keep_dns, "threads": threads, "flow_keys": flow_keys, "reuse_rows": True}
     # Warm up: load or compile the kernels on the first chunk of the first file (not timed).
-    for _ in iter_packets(files[:1], mask=opts.mask, keep_dns=opts.keep_dns, max_records=64):
+    for _ in iter_packets(files[:1], max_records=64, **kw):
         break
     reports: list = []
     kept = 0
     done = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
-    for batch in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns, reports=reports):
+    for batch in iter_packets(files, reports=reports, max_records=chunk, **kw):
         kept += len(batch)
         if progress is not None:
             while done < len(reports):
@@ -34,12 +42,14 @@ def prep_throughput(files: Sequence[Path], opts: PrepOptions = PrepOptions(), pr
                 done += 1
             progress.add_packets(len(batch))
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     packets = sum(r.records for r in reports)
     return {
         "packets": packets,
         "rows": kept,
         "files": len(files),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "packets_per_s": packets / seconds if seconds > 0 else 0.0,
     }
 

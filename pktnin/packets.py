@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
-from pktnin.layout import SKIP_REASONS, mask_code
+from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, mask_code
 
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
+
+
+# Records per thread in each piece of a chunk when rows are reused: ~1 MB of rows, what a core's cache holds.
+REUSED_PIECE_RECORDS = 1024
 
 
 @dataclass
@@ -137,6 +141,9 @@ def iter_raw_batches(
                 report.records += raw.n
                 yield report, raw
             report.corrupt_records = reader.corrupt_records
+            if reader.ts_overflow:  # records the reader skipped: they count as read, under their skip reason
+                report.records += reader.ts_overflow
+                report.skip_counts[SKIP_REASONS[SKIP_TS_OVERFLOW]] = reader.ts_overflow
             report.errors = [str(e) for e in reader.errors]
             report.stopped_early = reader.fatal is not None
             if reader.fatal is not None:
@@ -162,31 +169,46 @@ def iter_packets(
     reports: list[FileReport] | None = None,
     max_records: int = 65536,
     first_index: int = 0,
+    threads: int | None = None,
+    reuse_rows: bool = False,
+    flow_keys: bool = True,
     named: set[Path] | None = None,
     stop=None,
 ) -> Iterator[PacketBatch]:
     """Read each file in turn and yield its kept packets in chunks of at most `max_records` records.
 
     `reports`, when given, receives one FileReport per file as soon as that file is finished.
-    File indexes count from `first_index` in the order of `files`. `named` and `stop`: see iter_raw_batches.
+    File indexes count from `first_index` in the order of `files`. `threads` (default: numba's thread count
+    for the calling thread) split each chunk by record ranges, one PacketBatch per range, in record order.
+    reuse_rows=True writes every chunk into the same buffers: a batch's rows and metadata are then valid
+    only until the next batch is requested (for a consumer that reads them in place, like the engine).
+    flow_keys=False leaves out the flow_key column. `named` and `stop`: see
+    iter_raw_batches.
     """
-    from pktnin.kernels.cpu import transform
+    from pktnin.kernels.cpu import RangePrep
 
-    code = mask_code(mask)
+    if threads is None:
+        import numba
+
+        threads = numba.get_num_threads()
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
-    for report, raw in iter_raw_batches(files, max_records, first_index, named, stop):
-        if raw is None:
-            report.skip_counts = {SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
-            counts[:] = 0
-            if reports is not None:
-                reports.append(report)
-            continue
-        rows, meta = transform(raw, mask=code, keep_dns=keep_dns)
-        counts += meta.pop("skip_counts")
-        meta.pop("skip", None)
-        report.kept += rows.shape[0]
-        if rows.shape[0]:
-            yield PacketBatch(report.index, report.path, rows, meta, raw.consumed)
+    min_range = REUSED_PIECE_RECORDS if reuse_rows else 2048
+    with RangePrep(mask_code(mask), keep_dns, threads, reuse_rows, flow_keys, min_range) as prep:
+        for report, raw in iter_raw_batches(files, max_records, first_index, named, stop):
+            if raw is None:
+                report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
+                counts[:] = 0
+                if reports is not None:
+                    reports.append(report)
+                continue
+            # Reused rows go out in small pieces, each consumed while still in cache before the next overwrites it.
+            pieces = prep.pieces(raw, REUSED_PIECE_RECORDS * threads) if reuse_rows else [prep(raw)]
+            for prepared in pieces:
+                counts += prepared.skip_counts
+                for rows, meta in prepared.parts:
+                    report.kept += rows.shape[0]
+                    if rows.shape[0]:
+                        yield PacketBatch(report.index, report.path, rows, meta, raw.consumed)
 
 
 def input_failures(reports: Iterable[FileReport]) -> list[FileReport]:

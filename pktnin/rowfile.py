@@ -17,6 +17,7 @@ from pktnin.atomic import atomic_path
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN, mask_code
 from pktnin.packets import FileReport, iter_packets
 from pktnin.schema import META_COLUMNS, concat_meta
+from pktnin.score.outdir import OutputNotWritableError, check_writable
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ def write_row_file(
     `progress` (optional) has add_packets(n) and file_done(n); bad files are skipped and reported; `named`: the
     files the user named (packets.iter_raw_batches).
     """
+    out = Path(out)
+    check_writable(out)  # before the work, not after it: a read-only or full disk fails now, in one line
     arrays, reports = row_arrays(files, opts, progress, named)
-    out = save_row_file(arrays, out)
+    save_row_file(arrays, out)
     return RowFileResult(out=out, rows=int(arrays["x"].shape[0]), reports=reports)
 
 
@@ -87,7 +90,12 @@ def row_arrays(
 
 
 def save_row_file(arrays: dict[str, np.ndarray], out: str | os.PathLike) -> Path:
+    """Write the arrays to `out` (.npz) atomically; OutputNotWritableError when the disk cannot take them."""
     out = Path(out)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    check_writable(out, need_bytes=sum(a.nbytes for a in arrays.values()))
+    try:
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as exc:  # the temporary file is removed: nothing half-written is left
+        raise OutputNotWritableError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out

@@ -89,3 +89,20 @@ def _bundled_classes() -> str:
 
     proto = onnx.load(str(default_model_path()), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}["pktnin.classes"]
+
+
+def test_iter_packets_with_reused_rows_and_threads_matches_the_default(tmp_path):
+    capture = write_synthetic_capture(tmp_path / "cap.pcap", packets=6000, seed=3)
+    plain = list(iter_packets([capture], max_records=2500))
+    rows, meta, reports = [], [], []
+    for batch in iter_packets([capture], max_records=2500, threads=2, reuse_rows=True, flow_keys=False,
+                              reports=reports):
+        rows.append(batch.rows.copy())  # the next batch may overwrite these buffers
+        meta.append({k: v.copy() for k, v in batch.meta.items()})
+    assert np.array_equal(np.concatenate(rows), np.concatenate([b.rows for b in plain]))
+    for key in plain[0].meta:
+        if key in ("flow_key", "index"):  # no flow keys asked; index counts within each chunk
+            continue
+        assert np.array_equal(np.concatenate([m[key] for m in meta]), np.concatenate([b.meta[key] for b in plain]))
+    assert all("flow_key" not in m for m in meta)
+    assert reports[0].records == 6000 and reports[0].kept == sum(len(r) for r in rows)

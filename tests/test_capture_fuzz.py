@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pcapgen import pcap_bytes, pcapng_bytes
 from pktnin.kernels.capture import MAX_RECORD_LEN, CaptureError, CaptureReader
@@ -142,7 +143,7 @@ def read_checked(data: bytes, window: int, max_records: int, table: int):
             records.append((int(fr[i]), int(raw.linktype[i]), int(raw.ts_ns[i]), int(raw.wirelen[i]),
                             raw.buf[off[i] : off[i] + cl[i]].tobytes()))
     assert reader.records == len(records)
-    assert reader.frames == reader.records + reader.corrupt_records
+    assert reader.frames == reader.records + reader.corrupt_records + reader.ts_overflow
     for err in reader.errors:
         assert isinstance(err, CaptureError) and 0 <= err.offset < len(data)
     fatal = None if reader.fatal is None else str(reader.fatal)
@@ -192,3 +193,141 @@ def test_fuzz_with_bounds_checking(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(here)], env=env, capture_output=True, text=True,
                           timeout=300, cwd=here.parent)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timestamps: random interface options (any if_tsresol byte, extreme signed if_tsoffset, repeated options, mid-
+# section interfaces) and extreme 64-bit timestamps, against exact integer arithmetic done here from the
+# generator's own description (not by parsing the bytes).
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+TS_UNITS = [0, 1, 2**31, 2**32 - 1, 2**32, 10**18, 2**62, 2**63 - 1, 2**63, 2**64 - 2, 2**64 - 1]
+TS_OFFSETS = [0, 1, -1, 2**31, -(2**31), 9_223_372_036, -9_223_372_036, 9_223_372_037, -9_223_372_037,
+              INT64_MAX, INT64_MIN, INT64_MAX - 1, INT64_MIN + 1]
+
+
+def _exact_ns(units: int, tsresol: int, off: int) -> int | None:
+    if tsresol & 0x80:
+        ns = (units * 10**9) >> (tsresol & 0x7F)
+    else:
+        ns = units * 10**9 // 10**tsresol
+    ns += off * 10**9
+    return ns if INT64_MIN <= ns <= INT64_MAX else None
+
+
+def _ts_case(rng) -> tuple[bytes, dict[int, int | None]]:
+    """A pcapng file and, per packet frame, its exact timestamp (None: out of int64 range, must be skipped)."""
+    from pcapgen import _block, _option
+
+    out, expected, frame = [], {}, 0
+    for _ in range(int(rng.integers(1, 3))):
+        e = ">" if rng.random() < 0.5 else "<"
+        out.append(_block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1)))
+        ifaces = []
+        for _ in range(int(rng.integers(1, 12))):
+            if not ifaces or rng.random() < 0.25:  # an interface (also between packets)
+                tsresol, off, opts = 6, 0, b""
+                for _ in range(int(rng.integers(0, 4))):  # options may repeat: the last one counts
+                    if rng.random() < 0.6:
+                        tsresol = int(rng.integers(0, 256)) if rng.random() < 0.7 else int(rng.choice([6, 9, 0x80 | 63,
+                                                                                          0x80 | 64, 0xFF, 28, 29]))
+                        opts += _option(e, 9, bytes([tsresol]))
+                    else:
+                        off = TS_OFFSETS[int(rng.integers(len(TS_OFFSETS)))] if rng.random() < 0.7 else int(rng.integers(-2**63, 2**63))
+                        opts += _option(e, 14, struct.pack(e + "q", off))
+                if opts:
+                    opts += struct.pack(e + "HH", 0, 0)
+                out.append(_block(e, 1, struct.pack(e + "HHI", 1, 0, 0) + opts))
+                ifaces.append((tsresol, off))
+            if_id = int(rng.integers(0, len(ifaces)))
+            units = TS_UNITS[int(rng.integers(len(TS_UNITS)))] if rng.random() < 0.5 else int(rng.integers(0, 2**64, dtype=np.uint64))
+            data = rng.bytes(int(rng.integers(1, 40)))
+            if rng.random() < 0.8:
+                head = struct.pack(e + "IIIII", if_id, units >> 32, units & 0xFFFFFFFF, len(data), len(data))
+                out.append(_block(e, 6, head + data))
+            else:  # obsolete packet block: 16-bit interface id
+                head = struct.pack(e + "HHIIII", if_id, 0, units >> 32, units & 0xFFFFFFFF, len(data), len(data))
+                out.append(_block(e, 2, head + data))
+            expected[frame] = _exact_ns(units, *ifaces[if_id])
+            frame += 1
+    return b"".join(out), expected
+
+
+def run_timestamp_fuzz(n_cases: int, seed: int) -> int:
+    rng = np.random.default_rng(seed)
+    overflow = exact = 0
+    for case in range(n_cases):
+        data, expected = _ts_case(rng)
+        reader = CaptureReader(data, window_bytes=int(rng.choice([16, 200, 1 << 20])))
+        got = {}
+        for raw in reader:
+            got.update(zip(raw.frame.tolist(), raw.ts_ns.tolist()))
+        want = {f: ns for f, ns in expected.items() if ns is not None}
+        assert got == want, f"case {case}: {data.hex()}"
+        assert reader.ts_overflow == len(expected) - len(want) and reader.fatal is None and not reader.corrupt_records
+        overflow += len(expected) - len(want)
+        exact += len(want)
+    assert overflow > n_cases // 10 and exact > n_cases  # both outcomes are well covered
+    return n_cases
+
+
+def test_fuzz_pcapng_timestamps():
+    assert run_timestamp_fuzz(1500, seed=99) == 1500
+
+
+@pytest.mark.slow
+def test_fuzz_pcapng_timestamps_long():
+    assert run_timestamp_fuzz(8000, seed=2026) == 8000
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files that shrink while they are read: the records handed out are always a prefix of the file's records, and a
+# file that ends early says so.
+
+
+def run_shrink_fuzz(n_cases: int, seed: int, tmp: Path) -> int:
+    rng = np.random.default_rng(seed)
+    bases = [b for b, _ in make_bases(rng) if len(b) > 64]
+    path = tmp / "shrinking.cap"
+    cut_seen = 0
+    for case in range(n_cases):
+        data = bases[int(rng.integers(0, len(bases)))]
+        if rng.random() < 0.3:
+            data = mutate(rng, data, [])
+        full = read_checked(data, 1 << 20, 65536, 65536)
+        if full[0] == "refused":
+            continue
+        path.write_bytes(data)
+        window = int(rng.choice([16, 64, 100, 512, 4096]))
+        reader = CaptureReader(path, window_bytes=window, max_records=int(rng.choice([1, 3, 65536])))
+        after = int(rng.integers(0, 4))
+        new_size = int(rng.integers(0, len(data)))
+        if after == 0:
+            os.truncate(path, new_size)
+        records = []
+        for k, raw in enumerate(reader, start=1):
+            off, cl = raw.pkt_off, raw.caplen
+            assert (off + cl).max() <= raw.buf.shape[0]
+            records += [(int(raw.frame[i]), int(raw.linktype[i]), int(raw.ts_ns[i]), int(raw.wirelen[i]),
+                         raw.buf[off[i] : off[i] + cl[i]].tobytes()) for i in range(raw.n)]
+            if k == after:
+                os.truncate(path, new_size)
+        assert records == full[0][: len(records)], f"case {case}: not a prefix"
+        fatal = reader.fatal
+        if after > 0 and len(records) < len(full[0]):  # (cut before the walk opened it: simply a shorter file)
+            assert fatal is not None, f"case {case}: records lost without an error"
+        if fatal is not None and "cut short" in fatal.reason:
+            # where the data stopped for the reader: the new end, or later when it had read past it already
+            assert new_size <= fatal.offset < len(data)
+            cut_seen += 1
+    assert cut_seen > n_cases // 10
+    return n_cases
+
+
+def test_fuzz_shrinking_files(tmp_path):
+    assert run_shrink_fuzz(400, seed=31, tmp=tmp_path) == 400
+
+
+@pytest.mark.slow
+def test_fuzz_shrinking_files_long(tmp_path):
+    assert run_shrink_fuzz(3000, seed=32, tmp=tmp_path) == 3000

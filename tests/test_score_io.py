@@ -240,7 +240,7 @@ def test_outputs_are_checked_before_work_starts(tmp_path, caps, model):
 
 
 def test_earlier_progress_is_not_discarded_without_force(tmp_path, caps, model):
-    from pktnin.score.manifest import manifest_path
+    from pktnin.score.manifest import MANIFEST_VERSION, manifest_path
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -249,7 +249,7 @@ def test_earlier_progress_is_not_discarded_without_force(tmp_path, caps, model):
     out = tmp_path / "p.parquet"
     # An earlier run that finished one file of two and was killed: its manifest and part are left.
     assert run_cli(inputs / "a.pcap", "--model", model, "--out", out).exit_code == EXIT_OK
-    manifest = {"version": 1, "settings": {}, "files": {str((inputs / "a.pcap").resolve()): {}}}
+    manifest = {"version": MANIFEST_VERSION, "settings": {}, "files": {str((inputs / "a.pcap").resolve()): {}}}
     manifest_path(out).write_text(json.dumps(manifest))
     out.unlink()
 

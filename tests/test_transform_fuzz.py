@@ -102,3 +102,79 @@ def test_fuzz_pure_random_records():
     assert meta["skip_counts"].sum() == n
     outside = (raw["pkt_off"] < 0) | (raw["caplen"] < 0) | (raw["pkt_off"] + raw["caplen"] > raw["buf"].shape[0])
     assert (meta["skip"][outside] == layout.SKIP_MALFORMED).all()
+
+
+def test_fuzz_timestamps_and_frames_pass_through():
+    """Every int64 timestamp (the reader's exact values reach both ends of the range) and frame number reaches the
+    kept rows unchanged; the transform itself never gives the reader's ts-overflow reason."""
+    raw = fuzz_batch(13)
+    n = raw["pkt_off"].shape[0]
+    rng = np.random.default_rng(14)
+    ends = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1, -1, 0, 1, np.iinfo(np.int64).max],
+                    dtype=np.int64)
+    raw["ts_ns"] = np.where(rng.random(n) < 0.3, rng.choice(ends, n),
+                            rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, dtype=np.int64))
+    raw["frame"] = np.sort(rng.choice(10 * n, n, replace=False)).astype(np.int64)
+    rows, meta = cpu.transform(raw, "paper", False)
+    kept = meta["index"]
+    assert rows.shape[0] == kept.shape[0] > n // 10
+    assert np.array_equal(meta["ts_ns"], raw["ts_ns"][kept]) and np.array_equal(meta["frame"], raw["frame"][kept])
+    assert set(ends.tolist()) <= set(meta["ts_ns"].tolist())
+    assert meta["skip_counts"][layout.SKIP_TS_OVERFLOW] == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_range_prep_matches_transform_with_reused_buffers(threads):
+    """Record ranges on several threads, rows written over the rows of earlier batches (of other sizes, longer
+    payloads, another mask), flow keys on and off: the same rows and metadata as one transform of the batch."""
+    batches = [fuzz_batch(seed) for seed in (21, 22)]
+    small = {k: (v if k == "buf" else v[:5000]) for k, v in batches[1].items()}
+    for flow_keys in (True, False):
+        with cpu.RangePrep(threads=threads, reuse=True, flow_keys=flow_keys, min_range=1000) as prep:
+            for raw, mask in ((batches[0], "paper"), (small, "strict"), (batches[1], "paper"), (small, "paper")):
+                prep.mask = layout.mask_code(mask)
+                rows, meta = cpu.transform(raw, mask)
+                got = prep(raw)
+                assert len(got.parts) == min(threads, raw["pkt_off"].shape[0] // 1000)
+                assert np.array_equal(got.skip, meta["skip"]) and np.array_equal(got.skip_counts, meta["skip_counts"])
+                got_rows = np.concatenate([r for r, _ in got.parts])
+                assert np.array_equal(got_rows, rows)
+                for key in meta:
+                    if key in ("skip", "skip_counts") or (key == "flow_key" and not flow_keys):
+                        continue
+                    assert np.array_equal(np.concatenate([m[key] for _, m in got.parts]), meta[key]), key
+                assert all(("flow_key" in m) == flow_keys for _, m in got.parts)
+
+
+def test_range_prep_does_a_range_itself_when_no_worker_is_free():
+    """With its only worker busy, a two-thread RangePrep still finishes the batch, on the calling thread."""
+    import threading
+
+    raw = fuzz_batch(23)
+    rows, meta = cpu.transform(raw)
+    release = threading.Event()
+    with cpu.RangePrep(threads=2, min_range=1000) as prep:
+        blocker = prep._pool.submit(release.wait, 60)
+        got = prep(raw)
+        assert not blocker.done()
+        release.set()
+    assert len(got.parts) == 2
+    assert np.array_equal(np.concatenate([r for r, _ in got.parts]), rows)
+    assert np.array_equal(np.concatenate([m["index"] for _, m in got.parts]), meta["index"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_range_prep_pieces_match_transform(threads):
+    """A batch in pieces, each overwriting the buffers of the one before: the same rows, metadata and skips."""
+    raw = fuzz_batch(24)
+    rows, meta = cpu.transform(raw, "strict")
+    got_rows, got_index, skips, counts = [], [], [], np.zeros_like(meta["skip_counts"])
+    with cpu.RangePrep("strict", threads=threads, reuse=True, min_range=700) as prep:
+        for piece in prep.pieces(raw, 1500 * threads):
+            got_rows += [r.copy() for r, _ in piece.parts]  # the next piece reuses the buffers
+            got_index += [m["index"].copy() for _, m in piece.parts]
+            skips.append(piece.skip.copy())
+            counts += piece.skip_counts
+    assert np.array_equal(np.concatenate(got_rows), rows)
+    assert np.array_equal(np.concatenate(got_index), meta["index"])
+    assert np.array_equal(np.concatenate(skips), meta["skip"]) and np.array_equal(counts, meta["skip_counts"])

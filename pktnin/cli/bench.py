@@ -125,6 +125,9 @@ def prep(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Prep threads (default: all).")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", min=64, help="Records per chunk.")] = 8192,
+    flow_keys: Annotated[bool, typer.Option("--flow-keys/--no-flow-keys", help="Compute flow keys.")] = True,
 ) -> None:
     """Read and transform captures without writing rows; print packets, seconds and packets/s.
 
@@ -139,7 +142,8 @@ def prep(
         files = find_captures(paths)
     with exit_codes(setup=False):
         with file_progress(len(files), "bench prep", enabled=not as_json) as bar:
-            result = prep_throughput(files, opts, progress=bar)
+            result = prep_throughput(files, opts, progress=bar, threads=threads, chunk=chunk,
+                                     flow_keys=flow_keys)
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -20,6 +20,39 @@ from pktnin.layout import ROW_LEN
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
+# ONNX Runtime's telemetry: its environment, created when the module is first imported, otherwise writes a device
+# id and an event store under the user's cache directory (~/.cache/Microsoft/DeveloperTools/.onnxruntime) on every
+# run. The variable must be set before that import; a user's explicit setting is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def import_onnxruntime():
+    """The onnxruntime module, its telemetry off (the variable above, and the API switch where it exists)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    if hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()
+    return ort
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's own exception types (InvalidProtobuf, InvalidArgument, NoSuchFile, Fail, ...): they derive
+    from Exception directly, not from RuntimeError or ValueError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """The useful end of an ONNX Runtime message ('[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from
+    m.onnx failed:Protobuf parsing failed.' -> 'INVALID_PROTOBUF: Protobuf parsing failed')."""
+    text = " ".join(str(exc).split())
+    parts = [p.strip() for p in text.split(" : ")]
+    code = parts[2] if len(parts) > 3 else type(exc).__name__
+    detail = parts[-1].split("failed:", 1)[-1].strip().rstrip(".")
+    return f"{code}: {detail}"
+
 
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
@@ -56,10 +89,12 @@ class OnnxRuntimeRunner(Runner):
     def load(self) -> "OnnxRuntimeRunner":
         if self._session is not None:
             return self
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} not found")
+        if self.path.stat().st_size == 0:
+            raise ModelMismatchError(f"{self.path}: not an ONNX model: the file is empty")
         options = ort.SessionOptions()
         options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -77,7 +112,12 @@ class OnnxRuntimeRunner(Runner):
             options.inter_op_num_threads = self.inter_threads
             if self.inter_threads > 1:  # inter-op threads only matter when independent nodes may run in parallel
                 options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        except ort_errors() as exc:
+            raise ModelMismatchError(
+                f"{self.path}: not a usable ONNX model (corrupt or truncated?): {_ort_reason(exc)}"
+            ) from None
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(self.path))
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:

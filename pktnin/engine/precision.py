@@ -75,11 +75,22 @@ def model_props(path: str | os.PathLike) -> dict[str, str]:
     except ImportError:
         import onnxruntime as ort
 
+        from pktnin.engine.ort_runner import _ort_reason, ort_errors
+
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except ort_errors() as exc:
+            raise ModelMismatchError(f"{path}: not a usable ONNX model (corrupt or truncated?): "
+                                     f"{_ort_reason(exc)}") from None
         return dict(session.get_modelmeta().custom_metadata_map)
-    proto = onnx.load_model(str(path), load_external_data=False)
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except DecodeError as exc:  # a corrupt or truncated file: one line naming it, not protobuf's own
+        raise ModelMismatchError(f"{path}: not a usable ONNX model (corrupt or truncated?): {exc}") from None
     return {p.key: p.value for p in proto.metadata_props}
 
 

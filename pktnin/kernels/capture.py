@@ -1,38 +1,42 @@
-"""Capture reading: format detection and a compiled record walk over a windowed memory map.
+"""Capture reading: format detection and a compiled record walk over windows of the file read into a buffer.
 
 Classic pcap (microsecond and nanosecond magics, both byte orders) and pcapng (several sections, each with its
 own byte order; several interfaces per section, each with its own link type and timestamp resolution; EPB, SPB
 and the obsolete OPB; every other block type skipped). The format comes from the magic number, never from the
 file name.
 
-A regular file is mapped in windows of `window_bytes` (offsets aligned to mmap.ALLOCATIONGRANULARITY). A numba
-function walks the complete records inside a window and says how far it got; a record that straddles the window
-end is read again from the next window, so memory stays bounded whatever the file size and no Python code runs
-per packet. The pcapng state (byte order, interface table) lives in small arrays that persist across windows.
+The file is read in windows of `window_bytes` into reused buffers (pread, never a memory map: a file cut
+short while it is read gives a short read, reported as "cut short at offset N" with the records before it kept,
+where a map would fault with SIGBUS past the new end). A numba function walks the complete records inside a
+window and says how far it got; a record that straddles the window end is read again from the next window, so
+memory stays bounded whatever the file size and no Python code runs per packet. The pcapng state (byte order,
+interface table) lives in small arrays that persist across windows.
 
 Streams (stdin as "-", pipes, FIFOs, process substitution) and compressed files (.gz, and .zst with the optional
 `zstandard` package; recognised by their magic number) are read by a window source of their own: sequential
 windows over the decompressed bytes, fed to the same record walk, so memory stays bounded and the rows are those
-of the mapped file. The file size is unknown until the stream ends. A stream is read once; its reads wait in
+of a regular file. The file size is unknown until the stream ends. A stream is read once; its reads wait in
 short polls so that `stop` (a callable) can end a wait on a pipe that is never written.
 
     reader = CaptureReader("x.pcapng")      # raises NotACapture (offset 0) for empty and non-capture files
     for raw in reader:                      # RawBatch; raw.buf is valid until the next batch is read
         ...
-    reader.records, reader.corrupt_records, reader.errors, reader.fatal
+    reader.records, reader.corrupt_records, reader.ts_overflow, reader.errors, reader.fatal
 
 Bad input never crashes the walk: a record or block whose framing is lost (truncated, beyond the file, above
 256 KiB in classic pcap, impossible pcapng block lengths) stops the file with one fatal CaptureError, keeping the
 good records before it; a damaged record whose framing is intact (zero length, a pcapng packet longer than its
 block, an undefined interface) is skipped, counted in `corrupt_records` and reported once per kind with the
-offset of its first occurrence.
+offset of its first occurrence. pcapng timestamps are computed exactly (rounded down to the nanosecond) for
+every if_tsresol and if_tsoffset; a record whose time does not fit int64 nanoseconds since the epoch is skipped
+and counted in `ts_overflow` (never a wrapped, wrong date).
 """
 
 from __future__ import annotations
 
 import gzip
-import mmap
 import os
+import sys
 import zlib
 from typing import NamedTuple
 
@@ -53,6 +57,7 @@ from pktnin.kernels.streams import (
 
 __all__ = [
     "MAX_RECORD_LEN",
+    "WINDOW_BYTES",
     "CaptureError",
     "CaptureReader",
     "NotACapture",
@@ -63,6 +68,9 @@ __all__ = [
 ]
 
 MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
+# Bytes read per window: small enough that the copy, the walk and the transform of a window mostly stay in the CPU
+# caches, large enough that the batches of a window (the transform's parallel calls) stay few.
+WINDOW_BYTES = 8 << 20
 
 _PCAP_MAGICS = {
     # magic as read little-endian -> (big_endian, nanosecond)
@@ -112,7 +120,8 @@ W_BAD_IFACE = 2
 W_SHORT_PACKET_BLOCK = 3
 W_SHORT_IDB = 4
 W_TOO_LONG = 5
-_N_WARN = 6
+W_TS_OVERFLOW = 6  # the record's time is outside int64 nanoseconds since the epoch: skipped, not corrupt
+_N_WARN = 7
 _STATE_LEN = _WARN_BASE + 3 * _N_WARN
 
 _IFACE_CAPACITY = 65536  # interfaces per pcapng section kept in the table; ids beyond it count as undefined
@@ -228,7 +237,7 @@ def _warn(st, kind, offset, value):
         st[base + 1] = offset
         st[base + 2] = value
     st[base] += 1
-    if kind != W_SHORT_IDB:  # an IDB is not a packet record
+    if kind != W_SHORT_IDB and kind != W_TS_OVERFLOW:  # an IDB is not a packet record; a bad time is no damage
         st[_CORRUPT] += 1
 
 
@@ -289,23 +298,81 @@ def _walk_pcap(buf, pos, file_off, file_size, big, nanosecond, linktype,
     return status, pos, n
 
 
+# pcapng timestamp modes (interface table column 1).
+TS_MUL = 0  # 10^-r s, r <= 9: param = ns per unit, per_s = units per second
+TS_DIV = 1  # 10^-r s, 10 <= r <= 28: param = units per ns (as uint64 bits)
+TS_BIN = 2  # 2^-k s: param = k (0..127)
+TS_ZERO = 3  # 10^-r s, r >= 29: any u64 count is below 1 ns
+_NS = 1_000_000_000
+# int64 ns range as whole seconds and the nanoseconds allowed in the last second at each end
+_MAX_S = 9223372036  # INT64_MAX = _MAX_S * 1e9 + _MAX_S_NS
+_MAX_S_NS = 854775807
+_MIN_S = 9223372037  # INT64_MIN = -_MIN_S * 1e9 + _MIN_S_NS
+_MIN_S_NS = 145224192
+
+
 @njit(cache=True, inline="always")
-def _ts_to_ns(ts, mode, param):
-    # ts holds the u64 from the file. mode 0: multiply by param; 1: divide by param; 2: binary fraction with
-    # param bits; 3: unknown resolution (0). Shifts and division are unsigned so that large units stay right.
-    if mode == 0:
-        return ts * param
-    if mode == 1:
-        return np.int64(np.uint64(ts) // np.uint64(param))
-    if mode == 2:
+def _bin_frac_ns(frac, k):
+    """floor(frac * 1e9 / 2^k) for a uint64 frac, k in 0..127, without a 128-bit product."""
+    ns1 = np.uint64(_NS)
+    if k <= 32:  # frac < 2^32 here, so frac * 1e9 < 2^62
+        return (frac * ns1) >> np.uint64(k)
+    # frac * 1e9 = hi*1e9 * 2^32 + lo*1e9; a = floor(frac * 1e9 / 2^32) < 2^63
+    a = (frac >> np.uint64(32)) * ns1 + (((frac & np.uint64(0xFFFFFFFF)) * ns1) >> np.uint64(32))
+    if k - 32 >= 64:
+        return np.uint64(0)
+    return a >> np.uint64(k - 32)
+
+
+@njit(cache=True, inline="always")
+def _ts_to_ns(ts, mode, param, per_s, off_s):
+    """(ok, ns): a pcapng timestamp (u64 bits in ts) plus the interface's if_tsoffset (signed seconds) as int64
+    ns since the epoch, exact and rounded down; ok is False when the result does not fit int64."""
+    u = np.uint64(ts)
+    ns1 = np.uint64(_NS)
+    if mode == TS_MUL:
+        units = np.uint64(per_s)
+        w = u // units
+        r = (u - w * units) * np.uint64(param)
+    elif mode == TS_DIV:
+        n = u // np.uint64(param)
+        w = n // ns1
+        r = n - w * ns1
+    elif mode == TS_BIN:
         k = param
-        if k > 33:  # keep frac * 1e9 inside int64
-            ts = np.int64(np.uint64(ts) >> np.uint64(k - 33))
-            k = 33
-        whole = np.int64(np.uint64(ts) >> np.uint64(k))
-        frac = ts & ((np.int64(1) << k) - 1)
-        return whole * 1_000_000_000 + ((frac * 1_000_000_000) >> k)
-    return np.int64(0)
+        if k >= 64:
+            w = np.uint64(0)
+            frac = u
+        else:
+            w = u >> np.uint64(k)
+            frac = u & ((np.uint64(1) << np.uint64(k)) - np.uint64(1))
+        r = _bin_frac_ns(frac, k)
+    else:
+        w = np.uint64(0)
+        r = np.uint64(0)
+    # whole seconds w (u64) + off_s (i64), then range-check against int64 ns without overflowing
+    if off_s >= 0:
+        o = np.uint64(off_s)
+        if w > np.uint64(0xFFFFFFFFFFFFFFFF) - o:
+            return False, np.int64(0)
+        w = w + o
+        neg = False
+    else:
+        m = np.uint64(-(off_s + 1)) + np.uint64(1)  # |off_s|, up to 2^63
+        if w >= m:
+            w = w - m
+            neg = False
+        else:
+            w = m - w
+            neg = True
+    if not neg:
+        if w < np.uint64(_MAX_S) or (w == np.uint64(_MAX_S) and r <= np.uint64(_MAX_S_NS)):
+            return True, np.int64(w) * _NS + np.int64(r)
+        return False, np.int64(0)
+    if w < np.uint64(_MIN_S) or (w == np.uint64(_MIN_S) and r >= np.uint64(_MIN_S_NS)):
+        # -(w * 1e9) + r, arranged so that no intermediate leaves int64
+        return True, -(np.int64(w - np.uint64(1)) * _NS) - np.int64(ns1 - r)
+    return False, np.int64(0)
 
 
 @njit(cache=True)
@@ -319,8 +386,9 @@ def _parse_idb(buf, pos, blen, big, ifs, st, boff):
         _warn(st, W_SHORT_IDB, boff, blen)
         ifs[idx, 0] = -1
         return
-    mode = 0
+    mode = TS_MUL
     param = np.int64(1000)  # default resolution 1e-6 s
+    per_s = np.int64(1_000_000)
     tsoff = np.int64(0)
     o = pos + 16
     opt_end = pos + blen - 4
@@ -335,31 +403,39 @@ def _parse_idb(buf, pos, blen, big, ifs, st, boff):
         if code == 9 and olen >= 1:  # if_tsresol
             r = np.int64(buf[v])
             if r & 0x80:
-                mode = 2
+                mode = TS_BIN
                 param = r & 0x7F
+                per_s = np.int64(0)
             elif r <= 9:
-                mode = 0
+                mode = TS_MUL
                 param = np.int64(1)
+                per_s = np.int64(1)
                 for _ in range(9 - r):
                     param *= 10
-            elif r <= 27:
-                mode = 1
-                param = np.int64(1)
+                for _ in range(r):
+                    per_s *= 10
+            elif r <= 28:
+                mode = TS_DIV
+                div = np.uint64(1)
                 for _ in range(r - 9):
-                    param *= 10
+                    div *= np.uint64(10)
+                param = np.int64(div)  # 10^19 for r = 28 keeps its bits; read back as uint64
+                per_s = np.int64(0)
             else:
-                mode = 3
-        elif code == 14 and olen >= 8:  # if_tsoffset, seconds
+                mode = TS_ZERO
+                param = np.int64(0)
+                per_s = np.int64(0)
+        elif code == 14 and olen >= 8:  # if_tsoffset, signed seconds
             if big:
                 tsoff = (_u32(buf, v, big) << 32) | _u32(buf, v + 4, big)
             else:
                 tsoff = (_u32(buf, v + 4, big) << 32) | _u32(buf, v, big)
-            tsoff = tsoff * 1_000_000_000
         o = v + ((olen + 3) & ~3)
     ifs[idx, 0] = _u16(buf, pos + 8, big)
     ifs[idx, 1] = mode
     ifs[idx, 2] = param
     ifs[idx, 3] = tsoff
+    ifs[idx, 4] = per_s
 
 
 @njit(cache=True)
@@ -461,16 +537,20 @@ def _walk_pcapng(buf, pos, file_off, file_size, ifs,
                 elif cl == 0:
                     _warn(st, W_ZERO_LEN, boff, 0)
                 else:
-                    pkt_off[n] = data
-                    caplen[n] = cl
-                    wirelen[n] = _clamp_i32(ol)
-                    ltype[n] = ifs[if_id, 0]
-                    if btype == 3:
-                        ts_ns[n] = 0
+                    ok = True
+                    t_ns = np.int64(0)
+                    if btype != 3:
+                        ok, t_ns = _ts_to_ns(ts, ifs[if_id, 1], ifs[if_id, 2], ifs[if_id, 4], ifs[if_id, 3])
+                    if not ok:
+                        _warn(st, W_TS_OVERFLOW, boff, ts)
                     else:
-                        ts_ns[n] = _ts_to_ns(ts, ifs[if_id, 1], ifs[if_id, 2]) + ifs[if_id, 3]
-                    frame[n] = fr
-                    n += 1
+                        pkt_off[n] = data
+                        caplen[n] = cl
+                        wirelen[n] = _clamp_i32(ol)
+                        ltype[n] = ifs[if_id, 0]
+                        ts_ns[n] = t_ns
+                        frame[n] = fr
+                        n += 1
             fr += 1
         pos += blen
     st[_FRAME] = fr
@@ -500,6 +580,7 @@ _WARN_REASONS = {
     W_SHORT_PACKET_BLOCK: "packet block length {value} is too short for its fields",
     W_SHORT_IDB: "interface description block length {value} is too short",
     W_TOO_LONG: "record length {value} exceeds " + str(MAX_RECORD_LEN),
+    W_TS_OVERFLOW: "timestamp 0x{value:016x} of its interface is outside int64 nanoseconds since the epoch",
 }
 
 
@@ -508,6 +589,8 @@ def _fatal_reason(code: int, v1: int, v2: int) -> str:
 
 
 def _warn_reason(kind: int, value: int, count: int) -> str:
+    if kind == W_TS_OVERFLOW:
+        value &= 0xFFFFFFFFFFFFFFFF  # the raw u64 timestamp, stored in int64
     what = _WARN_REASONS.get(kind, "corrupt record (kind {kind})").format(kind=kind, value=value)
     return f"{what} (first of {count} in this file, skipped)"
 
@@ -517,31 +600,46 @@ def _warn_reason(kind: int, value: int, count: int) -> str:
 
 
 class _FileSource:
-    granularity = mmap.ALLOCATIONGRANULARITY
+    """Windows of a file read into one buffer with pread. A window shorter than asked for means the file was cut
+    short since it was opened; the caller reports it. Nothing is mapped, so a shrinking file cannot fault."""
+
+    granularity = 1
 
     def __init__(self, path):
         self._f = open(path, "rb")
         self.size = os.fstat(self._f.fileno()).st_size
+        self._bufs: list[np.ndarray] = []
+
+    def _buffer(self, length: int) -> np.ndarray:
+        # Two buffers in turn: the consumer still holds the previous window's last batch while the next window is
+        # read. A buffer is reused only when no batch holds a view of it any more (views keep their bytes): views
+        # hold the array through .base, which shows in its reference count (the list and the call's argument: 2).
+        for i in range(len(self._bufs)):
+            if self._bufs[i].shape[0] >= length and sys.getrefcount(self._bufs[i]) == 2:
+                return self._bufs[i]
+        buf = np.empty(length, dtype=np.uint8)
+        self._bufs = [buf] + self._bufs[:1]
+        return buf
 
     @staticmethod
     def consumed(pos: int) -> int:
         return pos
 
     def window(self, off: int, length: int):
-        mm = mmap.mmap(self._f.fileno(), length, access=mmap.ACCESS_READ, offset=off)
-        if hasattr(mmap, "MADV_SEQUENTIAL"):
-            mm.madvise(mmap.MADV_SEQUENTIAL)
-        return np.frombuffer(mm, dtype=np.uint8), mm
+        buf = self._buffer(length)
+        fd = self._f.fileno()
+        got = 0
+        with memoryview(buf) as view:
+            while got < length:
+                n = os.preadv(fd, [view[got:length]], off + got)
+                if n <= 0:
+                    break
+                got += n
+        return buf[:got], None
 
     @staticmethod
-    def release(mm):
-        try:
-            mm.close()
-        except BufferError:
-            # A batch still holds the window: it is unmapped when the last view goes away. Meanwhile drop its
-            # pages from memory; the file-backed read-only mapping faults them back in if the batch is read again.
-            if hasattr(mmap, "MADV_DONTNEED"):
-                mm.madvise(mmap.MADV_DONTNEED)
+    def release(_handle):
+        pass
 
     def close(self):
         self._f.close()
@@ -584,7 +682,7 @@ class CaptureReader:
 
     interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
 
-    def __init__(self, path, window_bytes: int = 64 << 20, max_records: int = 65536, stop=None):
+    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, stop=None):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
         self._in_memory = isinstance(path, _IN_MEMORY_TYPES)
@@ -617,6 +715,9 @@ class CaptureReader:
         if self.format is None:
             self.close()
             raise NotACapture(self.path, 0, f"not a pcap or pcapng file (starts with {head[:4].hex()})")
+        if self.format == "pcap" and len(head) < _PCAP_HEADER_LEN:  # nothing of the file is readable
+            self.close()
+            raise CaptureError(self.path, 0, f"truncated file header: {len(head)} of {_PCAP_HEADER_LEN} bytes")
         self._head = head  # the classic pcap file header, parsed again at each iteration
         self._reset()
 
@@ -668,8 +769,13 @@ class CaptureReader:
         return int(self._st[_CORRUPT])
 
     @property
+    def ts_overflow(self) -> int:
+        """Packet records skipped because their time does not fit int64 nanoseconds since the epoch."""
+        return int(self._st[_WARN_BASE + 3 * W_TS_OVERFLOW])
+
+    @property
     def frames(self) -> int:
-        """Packet records seen (good and corrupt)."""
+        """Packet records seen (good, corrupt and with an out-of-range time)."""
         return int(self._st[_FRAME])
 
     @property
@@ -694,6 +800,7 @@ class CaptureReader:
             "format": self.format,
             "records": self.records,
             "corrupt_records": self.corrupt_records,
+            "ts_overflow": self.ts_overflow,
             "frames": self.frames,
             "errors": [str(e) for e in self.errors],
             "fatal": None if self.fatal is None else str(self.fatal),
@@ -736,17 +843,16 @@ class CaptureReader:
     def _walk(self, source):
         st = self._st
         size = source.size
+        if size < len(self._head):  # the file shrank since its first bytes were read (in the constructor)
+            self._cut_short(size, None)
+            return
         if self.format == "pcap":
             hdr = self._head
-            if len(hdr) < _PCAP_HEADER_LEN:
-                reason = f"truncated file header: {len(hdr)} of {_PCAP_HEADER_LEN} bytes"
-                self.fatal = CaptureError(self.path, 0, reason)
-                return
             big, nanosecond = _PCAP_MAGICS[int.from_bytes(hdr[:4], "little")]
             link = int.from_bytes(hdr[20:24], "big" if big else "little") & 0xFFFF  # drop FCS and reserved bits
             pos = _PCAP_HEADER_LEN
         else:
-            ifs = np.zeros((self.interface_capacity, 4), dtype=np.int64)
+            ifs = np.zeros((self.interface_capacity, 5), dtype=np.int64)
             pos = 0
         need = 0
         gran = source.granularity
@@ -755,12 +861,14 @@ class CaptureReader:
             map_off = pos - pos % gran
             length = min(size - map_off, (pos - map_off) + max(window_bytes, need))
             buf, handle = source.window(map_off, length)
-            length = buf.shape[0]
-            size = source.size  # a stream's size is known once its end was read
+            if isinstance(source, StreamSource):
+                size = source.size  # a stream's size is known once its end was read
+            elif buf.shape[0] < length:  # the file was cut short since it was opened: its data ends here
+                size = self._cut_short(map_off + buf.shape[0], size)
             bpos = pos - map_off
             while True:
                 # each record takes at least 12 bytes, so this bounds what one call can fill
-                cap = min(self.max_records, (length - bpos) // _MIN_RECORD_BYTES + 1)
+                cap = min(self.max_records, (buf.shape[0] - bpos) // _MIN_RECORD_BYTES + 1)
                 pkt_off = np.empty(cap, np.int64)
                 caplen = np.empty(cap, np.int32)
                 wirelen = np.empty(cap, np.int32)
@@ -782,6 +890,8 @@ class CaptureReader:
             pos = map_off + bpos
             del buf
             source.release(handle)
+            if self.fatal is not None:  # cut short: that, not the record the cut broke, is the file's error
+                return
             if status == _FATAL:
                 self.fatal = CaptureError(
                     self.path, int(st[_ERR_OFF]), _fatal_reason(int(st[_ERR_CODE]), int(st[_ERR_V1]), int(st[_ERR_V2]))
@@ -790,3 +900,9 @@ class CaptureReader:
             if status == _END:
                 return
             need = int(st[_NEED])  # _NEED_MORE: the next window starts at pos and holds at least `need` bytes
+
+    def _cut_short(self, end: int, size: int | None) -> int:
+        """Record that the file's data ended at `end` (it had `size` bytes when opened); the walk stops there."""
+        had = f"it had {size} bytes when opened" if size is not None else f"{len(self._head)} bytes were read before"
+        self.fatal = CaptureError(self.path, end, f"file cut short at offset {end} while being read ({had})")
+        return end

@@ -2,9 +2,9 @@
 
 read+prep   one file at a time (the numba kernels release the GIL): PacketBatch chunks of uint8 rows, then a
             FileEnd marker carrying the file's report.
-engine      copies rows into a fixed [batch, 1500] input buffer across file boundaries, runs the model when
-            it is full (or at the end), and hands each piece back as Scored, in order, FileEnd markers after
-            their file's last piece.
+engine      runs the model on each whole batch of rows where the prep wrote them; what is left of a chunk is
+            copied into a fixed [batch, 1500] input buffer across file boundaries, run when it is full (or at
+            the end). Each piece comes back as Scored, in order, FileEnd markers after their file's last piece.
 """
 
 from __future__ import annotations
@@ -112,6 +112,13 @@ def engine_stage(stages: Stages, runner: ModelRunner, batch_size: int, in_q: que
         batch: PacketBatch = item
         lo = 0
         while lo < len(batch):
+            if fill == 0 and len(batch) - lo >= batch_size:
+                # A whole model batch inside this chunk: the engine reads the rows where the prep wrote them.
+                runner.infer(batch.rows[lo : lo + batch_size], outbuf)
+                meta = {k: v[lo : lo + batch_size] for k, v in batch.meta.items()}
+                stages.put(out_q, Scored(batch.file_index, batch.path, meta, outbuf.copy()))
+                lo += batch_size
+                continue
             n = min(batch_size - fill, len(batch) - lo)
             inbuf[fill : fill + n] = batch.rows[lo : lo + n]
             pending.append((fill, n, batch, lo))

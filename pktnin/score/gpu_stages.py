@@ -2,7 +2,7 @@
 engine's input in place (no rows on the host). The runner is an engine.protocols.DeviceRunner.
 
 read        iter_raw: each file's records in RawBatch chunks of at most `batch` records (so a chunk never
-            keeps more rows than one engine batch), copied out of the file's memory map, then a FileEnd marker
+            keeps more rows than one engine batch), copied out of the file's read window, then a FileEnd marker
             whose report still lacks `kept` and `skip_counts` (only the prep knows them).
 engine      per chunk: kernels.cuda.transform_to_device copies the raw bytes to the device and writes the kept
             rows, normalized, straight into runner.device_input(slot) behind the rows already there; the slot
@@ -55,7 +55,7 @@ class RawChunk:
 
 def own_raw(raw):
     """A copy of the RawBatch whose buf holds only the span of its records (the file window is released when the
-    next window is mapped, and a queued chunk must not pin 64 MB of map)."""
+    next windows are read, and a queued chunk must not pin a whole window)."""
     from pktnin.kernels.capture import RawBatch
 
     lo = int(raw.pkt_off.min())
@@ -179,7 +179,7 @@ def device_engine_stage(
             counts = skips.pop(report.index, None)
             report.kept = kept.pop(report.index, 0)
             if counts is not None:
-                report.skip_counts = {SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
+                report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
             # The marker follows the file's last rows, wherever they are.
             if current is not None and current.items:
                 current.items.append(item)

@@ -21,6 +21,7 @@ import numpy as np
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.score import manifest as mf
+from pktnin.score import outdir
 from pktnin.score.cpu_stages import engine_stage, read_stage
 from pktnin.score.options import ScoreOptions, ScoreResult
 from pktnin.score.outputs import check_outputs
@@ -50,19 +51,21 @@ def score_files(
     `named`: the files the user named (packets.iter_raw_batches: others that are not captures are no failure).
     The outputs are checked first (score.outputs.check_outputs: OutputError). When not one input could be
     read, no output is written.
+    One run per output at a time: a second one raises outdir.OutputBusyError; side files planted by someone else
+    raise outdir.UnsafeOutputError (see score.outdir).
     """
+    targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
+    with outdir.output_lock(targets):
+        return _score_locked(files, runner, opts, progress, source, on_saved, targets, named)
+
+
+def _score_locked(files, runner, opts, progress, source, on_saved, targets, named) -> ScoreResult:
     out = opts.out
     classes = list(runner.classes)
     settings = opts.settings(classes)
     parts = mf.parts_dir(out)
-    mpath = mf.manifest_path(out)
-
     check_outputs(opts, settings)  # before anything is touched: refuse rather than lose earlier work
-    manifest = mf.Manifest.load(mpath) if opts.resume else None
-    if manifest is None or manifest.settings != settings:
-        mf.clear_run(out)
-        manifest = mf.Manifest(mpath, settings)
-    parts.mkdir(parents=True, exist_ok=True)
+    manifest, listed = mf.open_run(out, settings, opts.resume, targets)
 
     # Files finished by an earlier run are reused; the rest are scored now.
     entries = manifest.reusable(files, parts)
@@ -71,7 +74,7 @@ def score_files(
     next_todo = {i: (todo[k + 1][0] if k + 1 < len(todo) else None) for k, (i, _) in enumerate(todo)}
     manifest.files = {mf.file_key(files[i]): e for i, e in entries.items()}
     manifest.save()
-    mf.prune_parts(parts, {e[k] for e in entries.values() for k in ("part", "flows_part") if e.get(k)})
+    mf.prune_parts(parts, {e[k] for e in entries.values() for k in ("part", "flows_part") if e.get(k)}, listed)
     if progress is not None and entries:
         progress.file_done(len(entries))
 
@@ -114,7 +117,7 @@ def score_files(
             n_flows = assemble(unique_parts(ordered, "flows_part", parts), opts.flows_out, writer.fschema, opts.fmt,
                                metadata)  # fmt: skip
             outputs.append(opts.flows_out)
-    mf.clear_run(out)
+    mf.clear_run(out, manifest.part_names())
 
     label_counts = np.zeros(len(classes), dtype=np.int64)
     for e in ordered:
