@@ -9,7 +9,7 @@
     rows = pktnin.preprocess(["a.pcap"])                    # dict of numpy arrays: x [N,1500], frame, ...
 
 Paths are capture files, folders (walked recursively) or "-" (standard input). `model` is a .onnx, .keras or
-.plan file; None takes the bundled default.
+.plan file or a bundled model's name; None takes the bundled default.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class ScoreJob:
     named: set[Path]
     runner: object  # ModelRunner or DeviceRunner
     opts: object  # ScoreOptions
+    model_path: Path | None = None
 
     @classmethod
     def prepare(
@@ -89,7 +90,7 @@ class ScoreJob:
         except BaseException:
             runner.close()
             raise
-        return cls(files, named_captures(files, paths), runner, opts)
+        return cls(files, named_captures(files, paths), runner, opts, Path(model_path))
 
     def run(self, progress=None):
         """Score every file into the outputs; returns the ScoreResult. Closes the model."""
@@ -249,9 +250,10 @@ def open_model(
 ):
     """(runner, model path): the model given, or the bundled default. `precision` auto picks the fastest engine
     that agrees with fp32; `engine_workers` None measures one multi-thread session against single-thread ones."""
-    from pktnin.engine.runners import default_model_path, open_runner
+    from pktnin.engine.catalog import resolve_model
+    from pktnin.engine.runners import open_runner
 
-    model_path = Path(model) if model is not None else default_model_path()
+    model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
     runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
                          engine_workers=engine_workers)  # fmt: skip
     return runner, model_path

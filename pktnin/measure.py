@@ -95,51 +95,59 @@ def median_run(runs: list[dict]) -> dict:
     }
 
 
-def stage_throughput(files: Sequence[Path], runner, batch: int, runs: int, workdir: Path, opts: PrepOptions) -> dict:
-    """Medians over `runs` of read+prep, the engine alone and end to end, and end-to-end / engine.
+def spread(run: dict) -> tuple[float, float]:
+    """The lowest and highest packets/s of a measurement's runs."""
+    rates = run["runs_packets_per_s"]
+    return min(rates), max(rates)
 
+
+def ratio_is_noise(e2e: dict, engine: dict) -> bool:
+    """End to end includes the engine's work, so it cannot truly be faster than the engine alone: a median ratio
+    above 1 is the machine's noise (other load, frequency changes), and the figures of that run say little."""
+    return e2e["packets_per_s"] > engine["packets_per_s"]
+
+
+def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[str], batch: int, runs: int,
+                    workdir: Path, opts: PrepOptions, progress=None) -> dict:
+    """Medians over `runs` of read+prep, the engine alone and end to end, and end-to-end / engine, for one or
+    several runners of one model, interleaved: run k of every runner before run k+1 of any, so load on a shared
+    machine hits them alike. Each engine entry has its medians and, after the first, the median over runs of its
+    rate divided by the first runner's rate in the same round (`vs_first`).
+
+    `progress` (optional) has stage(name, total) called before each stage and run_done() after each run.
     Raises ValueError when no packet of the input becomes a row (the engine would have nothing to run on).
     """
     rows = [b.rows for b in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns)]
     if not rows:
         raise ValueError("no packet of the input became a row")
     rows = np.concatenate(rows)
-    if runner.input_dtype != "uint8":
-        rows = rows.astype(np.float32) / np.float32(255.0)
-    prep = median_run([prep_throughput(files, opts) for _ in range(runs)])
-    engine = median_run([engine_throughput(runner, rows, batch) for _ in range(runs)])
-    e2e = median_run([pipeline_throughput(files, runner, batch, workdir, opts) for _ in range(runs)])
-    return {
-        "backend": runner.backend,
-        "batch": batch,
-        "files": len(files),
-        "rows": int(rows.shape[0]),
-        "read_prep": prep,
-        "engine": engine,
-        "end_to_end": e2e,
-        # Prep and the engine count differently (records read vs rows scored), so compare rows/s.
-        "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
-    }
 
+    def stage(name: str, total: int) -> None:
+        if progress is not None:
+            progress.stage(name, total)
 
-def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[str], batch: int, runs: int,
-                    workdir: Path, opts: PrepOptions) -> dict:
-    """stage_throughput for several runners of one model, interleaved: run k of every runner before run k+1 of
-    any, so load on a shared machine hits them alike. Each engine entry has its medians and, after the first,
-    the median over runs of its rate divided by the first runner's rate in the same round (`vs_first`)."""
-    rows = [b.rows for b in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns)]
-    if not rows:
-        raise ValueError("no packet of the input became a row")
-    rows = np.concatenate(rows)
-    prep = median_run([prep_throughput(files, opts) for _ in range(runs)])
+    def done() -> None:
+        if progress is not None:
+            progress.run_done()
+
+    stage("read_prep", runs)
+    prep_runs = []
+    for _ in range(runs):
+        prep_runs.append(prep_throughput(files, opts))
+        done()
+    prep = median_run(prep_runs)
     engine_runs: list[list[dict]] = [[] for _ in runners]
     e2e_runs: list[list[dict]] = [[] for _ in runners]
+    stage("engine", runs * len(runners))
     for _ in range(runs):
         for k, runner in enumerate(runners):
             engine_runs[k].append(engine_throughput(runner, rows, batch))
+            done()
+    stage("end_to_end", runs * len(runners))
     for _ in range(runs):
         for k, runner in enumerate(runners):
             e2e_runs[k].append(pipeline_throughput(files, runner, batch, workdir, opts))
+            done()
 
     def ratio(runs_k: list[dict], runs_0: list[dict]) -> float:
         return statistics.median(a["packets_per_s"] / b["packets_per_s"] for a, b in zip(runs_k, runs_0))
@@ -155,7 +163,9 @@ def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[s
             "engine_reason": runner.engine_reason,
             "engine": engine,
             "end_to_end": e2e,
+            # Prep and the engine count differently (records read vs rows scored), so compare rows/s.
             "end_to_end_over_engine": e2e["packets_per_s"] / engine["packets_per_s"],
+            "ratio_is_noise": ratio_is_noise(e2e, engine),
         }
         if k:
             entry["vs_first"] = {"engine": ratio(engine_runs[k], engine_runs[0]),
@@ -173,5 +183,6 @@ def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[s
         "engine": first["engine"],
         "end_to_end": first["end_to_end"],
         "end_to_end_over_engine": first["end_to_end_over_engine"],
+        "ratio_is_noise": first["ratio_is_noise"],
         "engines": engines,
     }

@@ -179,7 +179,7 @@ def models_app() -> typer.Typer:
 def test_cli_models_json():
     result = CliRunner().invoke(models_app(), ["models", "--json", "--classes", "12"])
     assert result.exit_code == 0, result.output
-    rows = {r["preset"]: r for r in json.loads(result.output)}
+    rows = {r["preset"]: r for r in json.loads(result.output)["presets"]}
     assert list(rows) == list(P.PRESETS)
     for name, row in rows.items():
         counts = P.count(name, 12)
@@ -202,7 +202,7 @@ def test_models_command_registered_on_the_app():
     cli = pytest.importorskip("pktnin.cli")  # the full app imports every command module
     result = CliRunner().invoke(cli.app, ["models", "--json", "--classes", "5"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)[0]["classes"] == 5
+    assert json.loads(result.output)["presets"][0]["classes"] == 5
 
 
 # ---------------------------------------------------------------- Keras models (TensorFlow)

@@ -1,5 +1,7 @@
 """The `pktnin` command line: one module per command, registered on one typer app."""
 
+from typing import Annotated
+
 import typer
 
 from pktnin.cli import (
@@ -22,7 +24,27 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: readable at 80 columns, option names never cut, no type column beside every flag.
+    rich_markup_mode=None,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from pktnin import __version__
+
+        typer.echo(f"pktnin {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print pktnin's version and exit."),
+    ] = False,
+) -> None:
+    """Packet-level encrypted traffic classification with deep and parallel Network-in-Network models."""
 
 # Each command module exposes register(app). Heavy imports (tensorflow, onnx, GPU libraries) stay inside
 # the command functions so that `pktnin --help` and the CPU path start fast and without the extras.

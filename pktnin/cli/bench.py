@@ -7,33 +7,70 @@ from __future__ import annotations
 
 import json
 import tempfile
+import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from pktnin.cli.console import console, file_progress
+from pktnin.cli.console import console, file_progress, warn
 from pktnin.cli.errors import exit_codes
+from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 from pktnin.cli.score import DEFAULT_BATCH
 
 
 class _DefaultToRun(TyperGroup):
-    """`pktnin bench [PATH...]` runs the `run` command; `pktnin bench prep ...` the prep one."""
+    """`pktnin bench [PATH...]` runs the `run` command; `pktnin bench prep ...` the prep one. `pktnin bench --help`
+    shows the run command's options (what `pktnin bench` takes) followed by the other command."""
 
     def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+        if not args or (args[0] not in self.commands and args[0] != "--help"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def get_help(self, ctx) -> str:
+        run_command = self.commands["run"]
+        with run_command.make_context(ctx.info_name, [], parent=ctx.parent, resilient_parsing=True) as run_ctx:
+            text = run_command.get_help(run_ctx)
+        prep_command = self.commands["prep"]
+        first = " ".join((prep_command.help or "").split("\n\n")[0].split())
+        about = textwrap.fill(first, width=76, initial_indent="    ", subsequent_indent="    ")
+        return f"{text}\n\nOther command:\n  {ctx.command_path} prep PATH...\n{about}\n"
 
 
 bench_app = typer.Typer(cls=_DefaultToRun, help="Measure packets per second (default: every stage and end to end).")
 
+# The generated capture's default size. About 71% of its packets become rows (5,700 of 8,000); with the bundled
+# nin_parallel at about 1,300 rows/s on this project's 2-core CPU (bench/results/e2e-nin_parallel.json) each
+# engine and end-to-end run takes about 4.4 s, so three runs of each, the kernels' first compile (about 10 s) and
+# the model load come to about 40 s on a quiet machine.
+DEFAULT_PACKETS = 8000
+STAGE_TITLES = {"read_prep": "read + prep", "engine": "engine alone", "end_to_end": "end to end"}
+
+
+class StageBars:
+    """One progress bar per stage, advanced per run (pktnin.measure.compare_engines' `progress`)."""
+
+    def __init__(self, progress) -> None:
+        self._progress = progress
+        self._task = None
+
+    def stage(self, name: str, runs: int) -> None:
+        self._task = self._progress.add_task(STAGE_TITLES.get(name, name), total=runs)
+
+    def run_done(self) -> None:
+        self._progress.advance(self._task, 1)
+
 
 @bench_app.command("run", hidden=True)
 def run(
-    paths: Annotated[Optional[List[Path]], typer.Argument(help="Captures (default: a generated realistic capture).")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file (default: bundled).")] = None,
+    paths: Annotated[
+        Optional[List[Path]],
+        typer.Argument(metavar="PATH", help="Captures (default: a generated realistic capture).", show_default=False),
+    ] = None,
+    model: ModelOption = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
     precision: Annotated[
         str, typer.Option("--precision", help="auto, fp32, bf16 or int8; several comma-separated are measured "
@@ -41,23 +78,36 @@ def run(
                           "sessions (fp32@1: one session, as the scorer ran before).")
     ] = "auto",
     engine_workers: Annotated[
-        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one session, N = N single-thread sessions, 0 = measure.")
+        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one session, N = N single-thread sessions, "
+                          "0 = measure.")
     ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Runs per stage; medians are reported.")] = 3,
-    packets: Annotated[int, typer.Option("--packets", min=100, help="Size of the generated capture.")] = 20000,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    mask: Annotated[str, typer.Option("--mask")] = "paper",
-    keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,
+    packets: Annotated[
+        int, typer.Option("--packets", min=100, help="Packets in the generated capture (without PATH).")
+    ] = DEFAULT_PACKETS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
+    record: Annotated[
+        bool,
+        typer.Option("--record/--no-record", help="Keep a bundled model's medians for `pktnin models` to show."),
+    ] = True,
+    quiet: QuietOption = False,
+    summary: SummaryOption = None,
 ) -> None:
     """Packets/s of read+prep alone, of the engine alone and end to end, and end-to-end / engine-only.
 
-    With several precisions (e.g. --precision fp32@1,int8,auto) each stage alternates between the engines run by
-    run, so a busy machine slows them alike, and the report gives each engine's medians and its ratio to the first.
+    The default (a generated capture, three runs per stage) takes about a minute with the bundled model on a
+    2-core CPU; pass captures and --runs for steadier figures. End to end includes the engine, so a ratio above
+    1 is noise of the machine: the run's spread is shown instead of trusting it. With several precisions (e.g.
+    --precision fp32@1,int8,auto) each stage alternates between the engines run by run, so a busy machine slows
+    them alike, and the report gives each engine's medians and its ratio to the first.
     """
-    from pktnin.engine.runners import default_model_path, open_runner
+    from pktnin.engine.catalog import is_bundled, mask_warning, record_speed, resolve_model
+    from pktnin.engine.runners import open_runner
     from pktnin.errors import OptionError
-    from pktnin.measure import compare_engines
+    from pktnin.measure import compare_engines, spread
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
     from pktnin.synth import write_synthetic_capture
@@ -69,23 +119,41 @@ def run(
             with exit_codes():
                 layouts = _precision_layouts(precision, engine_workers, OptionError)
                 opts = PrepOptions(mask=mask, keep_dns=keep_dns)
+                check_summary_path(summary)
                 if not paths:
                     paths = [write_synthetic_capture(workdir / "synthetic.pcap", packets=packets)]
                 files = find_captures(paths)
-                model_path = model if model is not None else default_model_path()
+                model_path = resolve_model(model)
                 for name, sessions in layouts:
                     runners.append(open_runner(model_path, backend, max_batch=batch, precision=name,
                                                engine_workers=sessions))
+            warning = mask_warning(model_path, mask)
+            if warning:
+                warn(warning)
             with exit_codes(setup=False):
                 labels = [p.strip() for p in precision.split(",")]
-                result = {"model": str(model_path),
-                          **compare_engines(files, runners, labels, batch, runs, workdir, opts)}
+                with _stage_progress(enabled=not (quiet or as_json)) as bars:
+                    measured = compare_engines(files, runners, labels, batch, runs, workdir, opts, progress=bars)
+                result = {"model": str(model_path), **measured}
         finally:
             for runner in runners:
                 runner.close()
+    if record and is_bundled(model_path):
+        record_speed(model_path, result)
+    write_summary(summary, result)
     prep, engines = result["read_prep"], result["engines"]
+    for e in engines:
+        if e["ratio_is_noise"]:
+            (e_lo, e_hi), (x_lo, x_hi) = spread(e["engine"]), spread(e["end_to_end"])
+            warn(
+                f"{e['engine_label']}: end to end / engine = {e['end_to_end_over_engine']:.2f} is above 1, which "
+                f"only noise can cause (end to end runs the engine too): engine runs {e_lo:,.0f}..{e_hi:,.0f}, "
+                f"end-to-end runs {x_lo:,.0f}..{x_hi:,.0f} packets/s; rerun with more --runs on a quieter machine"
+            )
     if as_json:
         typer.echo(json.dumps(result))
+        return
+    if quiet:
         return
     from rich.table import Table
 
@@ -93,16 +161,27 @@ def run(
     table.add_column("stage")
     for e in engines:
         table.add_column(e["engine_label"], justify="right")
-    table.add_row("read + prep (records)", f"{prep['packets_per_s']:,.0f}", *[""] * (len(engines) - 1))
-    table.add_row("engine only (rows)", *[f"{e['engine']['packets_per_s']:,.0f}" for e in engines])
-    table.add_row("end to end (rows)", *[f"{e['end_to_end']['packets_per_s']:,.0f}" for e in engines])
-    table.add_row("end to end / engine", *[f"{e['end_to_end_over_engine']:.2f}" for e in engines])
+    table.add_row("read + prep (records)", _with_spread(prep), *[""] * (len(engines) - 1))
+    table.add_row("engine only (rows)", *[_with_spread(e["engine"]) for e in engines])
+    table.add_row("end to end (rows)", *[_with_spread(e["end_to_end"]) for e in engines])
+    table.add_row(
+        "end to end / engine",
+        *[f"{e['end_to_end_over_engine']:.2f}" + (" (noise)" if e["ratio_is_noise"] else "") for e in engines],
+    )
     if len(engines) > 1:
         table.add_row("end to end vs first", "1.00", *[f"{e['vs_first']['end_to_end']:.2f}x" for e in engines[1:]])
     console.print(table)
     for e in engines:
         if e["engine_reason"]:
             console.print(f"{e['engine_label']}: {e['engine_reason']}", markup=False, highlight=False)
+
+
+def _with_spread(stage: dict) -> str:
+    """The median, and the lowest..highest run beside it."""
+    from pktnin.measure import spread
+
+    lo, hi = spread(stage)
+    return f"{stage['packets_per_s']:,.0f} ({lo:,.0f}..{hi:,.0f})"
 
 
 def _precision_layouts(precision: str, engine_workers: int, error) -> list[tuple[str, int | None]]:
@@ -119,9 +198,28 @@ def _precision_layouts(precision: str, engine_workers: int, error) -> list[tuple
     return layouts
 
 
+@contextmanager
+def _stage_progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description:<13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    )
+    with progress:
+        yield StageBars(progress)
+
+
 @bench_app.command("prep")
 def prep(
-    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories.")],
+    paths: Annotated[
+        List[Path], typer.Argument(metavar="PATH", help="Capture files and/or directories.", show_default=False)
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,

@@ -14,7 +14,14 @@ from pktnin.engine.trt_build import DEFAULT_WORKSPACE_MB
 
 
 def build_engine(
-    model: Annotated[Path, typer.Argument(help="A NAME.keras checkpoint or an .onnx model.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A bundled model by name, a NAME.keras checkpoint or an .onnx model.",
+            show_default=False,
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .plan file; MODEL.plan.json is written beside it.")],
     precision: Annotated[
         str, typer.Option("--precision", help="fp32, fp16 or int8 (a QDQ model from `pktnin quantize --target tensorrt` builds int8 whatever is given).")
@@ -33,8 +40,11 @@ def build_engine(
     """Build a TensorRT engine (one optimization profile: batch 1 .. max batch) for this GPU and TensorRT."""
     from pktnin.engine.trt_build import build_engine as build, check_build_args
 
+    from pktnin.engine.catalog import resolve_model
+
     with exit_codes():
         check_build_args(precision, max_batch, opt_batch, workspace_mb)
+        model = resolve_model(model)
         if model.suffix not in (".keras", ".onnx"):
             usage(f"{model}: expected a .keras checkpoint or an .onnx file")
         if not model.is_file():

@@ -26,6 +26,13 @@ from rich.text import Text
 console = Console(stderr=True)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr, shown even with --quiet (plain text: file names may hold [brackets])."""
+    import typer
+
+    typer.echo(f"warning: {message}", err=True)
+
+
 class RateColumn(ProgressColumn):
     """Packets per second since the bar started (the task's `packets` field)."""
 

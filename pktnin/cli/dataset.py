@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from pktnin.cli.console import console, file_progress, skip_table
+from pktnin.cli.console import console, file_progress, skip_table, warn
 from pktnin.cli.errors import exit_codes
 
 dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
@@ -37,8 +37,9 @@ def build(
         Optional[str],
         typer.Option(
             "--split",
-            help="random (packets, 68/16/16 per class) or by-file. Default: by-file for a CSV "
-            "(its split column / file_splits.csv), random otherwise.",
+            help="random (packets, 68/16/16 per class; inflates test scores, as one flow's packets land in every "
+            "split) or by-file (each capture file in one split). Default: by-file for a CSV (its split column / "
+            "file_splits.csv), random otherwise.",
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and random splits.")] = 0,
@@ -100,11 +101,33 @@ def build(
     if empty:
         hint = "" if keep_dns else " (DNS packets are dropped unless --keep-dns)"
         console.print(f"[yellow]warning:[/] no packets for class(es) {', '.join(empty)}{hint}")
+    for line in split_warnings(report.meta):
+        warn(line)
     n = report.meta["n_rows"]
     console.print(
         f"{n:,} rows, {len(report.meta['classes'])} classes, {report.unlabeled_packets:,} packets without a label "
         f"left out, {report.seconds:.1f} s -> {report.out}"
     )
+
+
+def split_warnings(meta: dict) -> list[str]:
+    """What a user should know about the split before trusting scores measured on it."""
+    counts, mode = meta["counts"], meta.get("split_mode")
+    lines = []
+    if mode == "by-file":
+        for name in ("val", "test"):
+            missing = [c for c, n in counts["total"].items() if n and not counts[name][c]]
+            if missing:
+                lines.append(
+                    f"no {name} packets for class(es) {', '.join(missing)}: their files all went to other splits "
+                    f"(too few files of the class); {name} scores say nothing about them"
+                )
+    elif mode == "random":
+        lines.append(
+            "random packet split: packets of one flow and one capture land in train and test alike, which inflates "
+            "test scores; --split by-file keeps each capture file in one split"
+        )
+    return lines
 
 
 def _count_files(kind: str, source: Path, pcaps: Optional[Path], label_column: str) -> int:

@@ -9,22 +9,29 @@ import typer
 
 from pktnin.cli.console import console
 from pktnin.cli.errors import exit_codes
+from pktnin.cli.options import VerboseOption, silence_tensorflow
 
 
 def fuse(
-    nin1: Annotated[Path, typer.Argument(help="Trained nin1 (header) checkpoint.")],
-    nin2: Annotated[Path, typer.Argument(help="Trained nin2 (body) checkpoint.")],
+    nin1: Annotated[
+        Path, typer.Argument(metavar="NIN1", help="Trained nin1 (header) checkpoint.", show_default=False)
+    ],
+    nin2: Annotated[
+        Path, typer.Argument(metavar="NIN2", help="Trained nin2 (body) checkpoint.", show_default=False)
+    ],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory whose validation split picks alpha.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Fused checkpoint NAME.keras (NAME.json beside).")],
     alpha: Annotated[
         Optional[float],
         typer.Option("--alpha", min=0.0, max=1.0, help="Use this alpha instead of searching (branches refit on train+val)."),
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Search alpha on 0.00..1.00 (step 0.01) by validation macro-F1 and save y = alpha*y1 + (1-alpha)*y2 as one model.
 
     `pktnin train nin_parallel` does the same after training both branches; this reuses branches already trained.
     """
+    silence_tensorflow(verbose)
     from pktnin.trainer.train import fuse_checkpoints
 
     with exit_codes():

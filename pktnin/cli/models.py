@@ -1,6 +1,8 @@
-"""`pktnin models`: every model preset with its parameters and FLOPs per packet, beside the paper's figures.
+"""`pktnin models`: the bundled models (selectable by name with --model) and every model preset with its
+parameters and FLOPs per packet, beside the paper's figures.
 
-The counts are analytic (pktnin.trainer.presets), so this works without TensorFlow.
+The preset counts are analytic (pktnin.trainer.presets) and the bundled models' facts come from their ONNX
+metadata, so this works without TensorFlow.
 """
 
 from __future__ import annotations
@@ -41,18 +43,68 @@ def models_table(rows: list[dict], num_classes: int) -> Table:
     return table
 
 
+def bundled_table(rows: list[dict]) -> Table:
+    table = Table(
+        title="Bundled models (--model NAME)",
+        caption="speed: medians `pktnin bench --model NAME` recorded on this machine (engine alone / end to end)",
+    )
+    table.add_column("name")
+    table.add_column("preset")
+    table.add_column("classes", justify="right")
+    table.add_column("input")
+    table.add_column("size", justify="right")
+    table.add_column("trained on")
+    table.add_column("packets/s")
+    for r in rows:
+        t = r["trained"]
+        trained = ", ".join(
+            part
+            for part in (
+                f"{t['rows']:,} rows" if t.get("rows") else None,
+                f"{t['split']} split" if t.get("split") else None,
+                f"fit {t['fit']}" if t.get("fit") else None,
+                f"mask {t['mask']}" if t.get("mask") else None,
+                (t.get("created") or "")[:10] or None,
+            )
+            if part
+        )
+        preset = r["preset"] + (f" (alpha {r['alpha']:.2f})" if r.get("alpha") is not None else "")
+        table.add_row(
+            r["name"], preset, str(len(r["classes"])), f"{r['input_dtype']} [1500]",
+            f"{r['size_bytes'] / 1e6:.1f} MB", trained or "not recorded", _speed_text(r["speed"]),
+        )  # fmt: skip
+    return table
+
+
+def _speed_text(speed: dict | None) -> str:
+    if not speed:
+        return "not measured"
+    return "; ".join(
+        f"{backend}: {s['engine_packets_per_s']:,.0f} / {s['end_to_end_packets_per_s']:,.0f}"
+        for backend, s in sorted(speed.items())
+    )
+
+
 def models(
     classes: Annotated[int, typer.Option("--classes", min=2, help="Number of classes of the output layer.")] = 18,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of the table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of the tables.")] = False,
 ) -> None:
-    """List the model presets: input bytes, parameters and FLOPs per packet, and the paper's figures."""
+    """List the bundled models (name, classes, input, size, what trained them, measured speed) and the model
+    presets (input bytes, parameters and FLOPs per packet, the paper's figures)."""
+    from pktnin.cli.errors import exit_codes
+    from pktnin.engine.catalog import bundled_models, describe_bundled
+
+    with exit_codes():
+        bundled = [describe_bundled(path) for path in bundled_models()]
     rows = summary(classes)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps({"bundled": bundled, "presets": rows}, indent=2))
         return
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)  # a pipe or a file: do not squeeze the columns into 80
+    if bundled:
+        out.print(bundled_table(bundled))
     out.print(models_table(rows, classes))
 
 

@@ -11,14 +11,22 @@ from rich.markup import escape
 
 from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table
 from pktnin.cli.errors import check_inputs_read, exit_codes
+from pktnin.cli.options import QuietOption, SummaryOption, check_summary_path, write_summary
 
 
 def preprocess(
-    paths: Annotated[List[Path], typer.Argument(help="Capture files and/or directories (walked recursively).")],
+    paths: Annotated[
+        List[Path],
+        typer.Argument(
+            metavar="PATH", help="Capture files and/or directories (walked recursively).", show_default=False
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz file (written atomically).")],
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    quiet: QuietOption = False,
+    summary: SummaryOption = None,
 ) -> None:
     """Turn captures into the paper's 1500-byte rows (uint8) with per-packet metadata.
 
@@ -31,20 +39,35 @@ def preprocess(
     with exit_codes():
         opts = PrepOptions(mask=mask, keep_dns=keep_dns)
         files = find_captures(paths)
+        check_summary_path(summary)
     with exit_codes(setup=False):
-        with file_progress(len(files), "preprocess", enabled=progress) as bar:
+        with file_progress(len(files), "preprocess", enabled=progress and not quiet) as bar:
             result = write_row_file(files, out, opts, progress=bar, named=named_captures(files, paths))
 
     skips = total_skips(result.reports)
-    if skips:
-        console.print(skip_table(skips))
-    failed = failed_files_table(result.reports)
-    if failed is not None:
-        console.print(failed)
-    skipped = not_captures_line(result.reports)
-    if skipped is not None:
-        console.print(escape(skipped), soft_wrap=True)
-    console.print(f"{result.rows:,} rows from {len(files)} files -> {out}")
+    write_summary(
+        summary,
+        {
+            "files": len(files),
+            "records": sum(r.records for r in result.reports),
+            "rows": result.rows,
+            "skipped_packets": skips,
+            "files_with_errors": [
+                {"file": str(r.path), "status": r.status, "errors": list(r.errors)} for r in result.reports if r.errors
+            ],
+            "out": str(out),
+        },
+    )
+    if not quiet:
+        if skips:
+            console.print(skip_table(skips))
+        failed = failed_files_table(result.reports)
+        if failed is not None:
+            console.print(failed)
+        skipped = not_captures_line(result.reports)
+        if skipped is not None:
+            console.print(escape(skipped), soft_wrap=True)
+        console.print(f"{result.rows:,} rows from {len(files)} files -> {out}")
     check_inputs_read(result.reports)
 
 

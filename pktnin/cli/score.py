@@ -8,8 +8,9 @@ from typing import Annotated, List, Optional
 import typer
 from rich.markup import escape
 
-from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table
+from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
+from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 
 DEFAULT_BATCH = 512
 
@@ -17,12 +18,13 @@ DEFAULT_BATCH = 512
 def score(
     paths: Annotated[
         List[Path],
-        typer.Argument(help="Capture files (.gz too), directories (walked recursively), pipes, or - for stdin."),
+        typer.Argument(
+            metavar="PATH",
+            help="Capture files (.gz too), directories (walked recursively), pipes, or - for stdin.",
+            show_default=False,
+        ),
     ],
-    model: Annotated[
-        Optional[Path],
-        typer.Option("--model", "-m", help="A .keras checkpoint, .onnx model or .plan engine (default: bundled)."),
-    ] = None,
+    model: ModelOption = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
     precision: Annotated[
         str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
@@ -62,10 +64,13 @@ def score(
         typer.Option("--prep-threads", help="Threads preparing packets (default: 1 with the CPU model, else all)."),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    quiet: QuietOption = False,
+    summary: SummaryOption = None,
 ) -> None:
     """Classify every packet of the captures and write one row per packet: file, frame, timestamp, addresses
     and ports (as captured), protocol, predicted label and its probability.
 
+    The first run compiles the packet kernels (about 10 s on a 2-core CPU); later runs reuse them.
     Outputs are written atomically; an existing output is replaced only with --force. Finished files are
     recorded in OUT.manifest.json (their rows wait in OUT.parts/) so that `--resume` continues a killed run where
     it stopped; both are removed at the end. Exit codes: 0 every input read, 3 some inputs failed or were cut
@@ -78,24 +83,62 @@ def score(
         fmt = "parquet"
     out = out or Path(f"predictions.{fmt}")
     with exit_codes():
+        check_summary_path(summary)
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
             batch=batch, threads=threads, prep_threads=prep_threads,
         )  # fmt: skip
+    from pktnin.engine.catalog import mask_warning
+
+    warning = mask_warning(job.model_path, mask)
+    if warning:
+        warn(warning)
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
             total_bytes = sum(input_size(f) for f in job.files)
-            with file_progress(len(job.files), "score", enabled=progress, total_bytes=total_bytes) as bar:
+            with file_progress(len(job.files), "score", enabled=progress and not quiet, total_bytes=total_bytes) as bar:
                 result = job.run(progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
-    _print_summary(result)
-    if job.runner.engine_label:
-        console.print(f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False)
+    if not quiet:
+        _print_summary(result)
+        if job.runner.engine_label:
+            console.print(f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False)
+    write_summary(summary, run_summary(result, job.model_path, job.runner))
     check_inputs_read(result.reports)
+
+
+def run_summary(result, model_path: Path, runner) -> dict:
+    """What the end-of-run tables show, as one JSON-able dict (--summary)."""
+    from pktnin.packets import total_skips
+
+    failed = [
+        {"file": str(r.path), "status": r.status, "errors": list(r.errors)}
+        for r in result.reports
+        if r.errors and not r.not_capture
+    ]
+    return {
+        "model": str(model_path),
+        "backend": runner.backend,
+        "precision": runner.precision,
+        "engine": runner.engine_label,
+        "files": len(result.files),
+        "resumed_files": result.resumed,
+        "packets": result.packets,
+        "seconds": result.seconds,
+        "packets_per_s": result.packets_per_s,
+        "labels": {name: int(n) for name, n in zip(result.classes, result.label_counts.tolist()) if n},
+        "skipped_packets": total_skips(result.reports),
+        "files_with_errors": failed,
+        "not_captures": [str(r.path) for r in result.reports if r.not_capture],
+        "rows": result.rows_written,
+        "out": str(result.outputs[0]) if result.outputs else None,
+        "flows": result.flows_written,
+        "flows_out": str(result.outputs[1]) if len(result.outputs) > 1 else None,
+    }
 
 
 def _print_summary(result) -> None:

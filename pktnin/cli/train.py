@@ -9,13 +9,16 @@ import typer
 
 from pktnin.cli.console import console
 from pktnin.cli.errors import exit_codes
+from pktnin.cli.options import VerboseOption, silence_tensorflow
 from pktnin.trainer.presets import PRESETS
 
 PRESETS_HELP = ", ".join(PRESETS)
 
 
 def train(
-    model: Annotated[str, typer.Argument(help=f"Model preset: {PRESETS_HELP}.")],
+    model: Annotated[
+        str, typer.Argument(metavar="PRESET", help=f"Model preset: {PRESETS_HELP}.", show_default=False)
+    ],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory (pktnin dataset build).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint NAME.keras (NAME.json is written beside).")],
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum number of epochs.")] = 10,
@@ -65,18 +68,22 @@ def train(
         ),
     ] = "none",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Train MODEL; the epoch with the best validation macro-F1 is kept in OUT (+ JSON metadata).
+    """Train PRESET; the epoch with the best validation macro-F1 is kept in OUT (+ JSON metadata).
 
     Adam, learning rate 1e-3 x 0.98 per epoch, categorical cross-entropy; TensorBoard logs in OUT.logs/.
     nin_parallel trains nin1 and nin2 (kept as OUT-nin1/-nin2), picks alpha on validation and saves one model.
     """
     from pktnin.trainer.presets import get_preset
+
+    with exit_codes():
+        get_preset(model)
+    silence_tensorflow(verbose)
     from pktnin.trainer.train import TrainSettings
     from pktnin.trainer.train import train as run_training
 
     with exit_codes():
-        get_preset(model)
         settings = TrainSettings(
             epochs=epochs, batch=batch, seed=seed, xla=xla, max_train=max_train, max_val=max_val,
             max_per_class=max_per_class, class_weighting=class_weighting, patience=patience, dropout=dropout,

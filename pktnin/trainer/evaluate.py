@@ -73,12 +73,14 @@ def evaluate(
         raise OptionError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
     data = load_dataset(data_dir)
     predictor = Predictor(model_path, batch=batch)
-    if predictor.classes != data.classes:
-        raise UsageError(
-            f"{model_path} was trained for classes {predictor.classes} but {data_dir} has classes {data.classes}"
-        )
+    try:
+        to_model = class_mapping(data.classes, predictor.classes, model_path, data_dir)
+    except UsageError:
+        predictor.close()
+        raise
     idx = data.indices(split)
     if idx.size == 0:
+        predictor.close()
         raise UsageError(f"dataset {data_dir} has no rows in split {split!r}")
     if max_rows is not None and idx.size > max_rows:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_rows, replace=False))
@@ -88,7 +90,16 @@ def evaluate(
     finally:
         predictor.close()
     seconds = time.perf_counter() - started
-    report = evaluation_report(probs, data.labels[idx], data.classes, data.flow[idx])
+    y_true = to_model[data.labels[idx]]
+    # Macro averages over the classes this split has labels for: a class of the model that the data lacks has no
+    # F1 to speak of, and averaging it in as 0 would understate the model.
+    report = evaluation_report(probs, y_true, predictor.classes, data.flow[idx], average_over="labels")
+    support = np.bincount(y_true, minlength=len(predictor.classes))
+    predicted = np.bincount(probs.argmax(axis=1), minlength=len(predictor.classes))
+    absent = [
+        {"class": name, "predicted": int(predicted[i])} for i, name in enumerate(predictor.classes) if support[i] == 0
+    ]
+    scored = len(predictor.classes) - len(absent)
     return {
         "model": str(model_path),
         "name": Path(model_path).stem,
@@ -97,12 +108,41 @@ def evaluate(
         "alpha": predictor.alpha,
         "data": str(Path(data_dir).resolve()),
         "split": split,
-        "classes": data.classes,
+        "classes": predictor.classes,
+        "data_classes": data.classes,
+        "absent_classes": absent,
+        "macro_average": (
+            f"unweighted mean over the {scored} classes with packets in this split"
+            + (f"; {len(absent)} classes of the model without any are listed apart, not averaged in" if absent else "")
+        ),
+        "warnings": mask_warnings(model_path, data.meta, data_dir),
         "rows": int(idx.size),
         "predict_seconds": seconds,
         "packets_per_s": idx.size / seconds if seconds > 0 else None,
         **report,
     }
+
+
+def class_mapping(data_classes: Sequence[str], model_classes: Sequence[str], model_path, data_dir) -> np.ndarray:
+    """Model class index of each data class, matched by name; refuses data classes the model does not know."""
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        raise UsageError(
+            f"{data_dir} has classes the model {model_path} does not know: {', '.join(unknown)} "
+            f"(the model's classes: {', '.join(model_classes)})"
+        )
+    return np.array([list(model_classes).index(c) for c in data_classes], dtype=np.int64)
+
+
+def mask_warnings(model_path, data_meta: dict, data_dir) -> list[str]:
+    """A warning when the dataset's rows were made with another mask than the model's training rows."""
+    from pktnin.engine.catalog import trained_mask
+
+    trained, used = trained_mask(model_path), data_meta.get("mask")
+    if trained and used and trained != used:
+        name = Path(model_path).name
+        return [f"{data_dir} was built with --mask {used} but {name} was trained on --mask {trained} rows"]
+    return []
 
 
 def write_evaluation(

@@ -7,6 +7,9 @@ Conventions (they match scikit-learn's defaults with zero_division=0):
 - Macro averages run over the classes that occur in the true labels or in the predictions of the evaluated
   set. A class absent from both says nothing about the model and would only pull the average down; a class
   that is predicted but never true counts (its precision and recall are 0), because those are real errors.
+  `average_over="labels"` averages over the classes with true labels only: for data labeled with a subset of
+  the model's classes, where the classes it lacks cannot be scored (predictions of them still lower the recall
+  of the true classes).
 """
 
 from __future__ import annotations
@@ -47,13 +50,21 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted}
 
 
-def _present(scores: dict[str, np.ndarray]) -> np.ndarray:
-    """The classes a macro average runs over: those that are true or predicted at least once."""
+AVERAGES = ("present", "labels")
+
+
+def _present(scores: dict[str, np.ndarray], average_over: str = "present") -> np.ndarray:
+    """The classes a macro average runs over: those that are true or predicted at least once ("present"), or
+    those that are true at least once ("labels")."""
+    if average_over not in AVERAGES:
+        raise ValueError(f"average_over must be one of {AVERAGES}, got {average_over!r}")
+    if average_over == "labels":
+        return scores["support"] > 0
     return (scores["support"] > 0) | (scores["predicted"] > 0)
 
 
-def _macro(scores: dict[str, np.ndarray], key: str) -> float:
-    present = _present(scores)
+def _macro(scores: dict[str, np.ndarray], key: str, average_over: str = "present") -> float:
+    present = _present(scores, average_over)
     return float(scores[key][present].mean()) if present.any() else 0.0
 
 
@@ -62,7 +73,9 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     return _macro(per_class_scores(confusion_matrix(y_true, y_pred, num_classes)), "f1")
 
 
-def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict:
+def classification_report(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], average_over: str = "present"
+) -> dict:
     """Accuracy, macro P/R/F1, per-class P/R/F1/support and the confusion matrix, as a JSON-able dict."""
     num_classes = len(classes)
     cm = confusion_matrix(y_true, y_pred, num_classes)
@@ -71,10 +84,10 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Seque
     return {
         "samples": total,
         "accuracy": float(np.trace(cm) / total) if total else 0.0,
-        "macro_precision": _macro(scores, "precision"),
-        "macro_recall": _macro(scores, "recall"),
-        "macro_f1": _macro(scores, "f1"),
-        "macro_classes": int(_present(scores).sum()),
+        "macro_precision": _macro(scores, "precision", average_over),
+        "macro_recall": _macro(scores, "recall", average_over),
+        "macro_f1": _macro(scores, "f1", average_over),
+        "macro_classes": int(_present(scores, average_over).sum()),
         "per_class": [
             {
                 "class": str(classes[i]),
@@ -125,16 +138,20 @@ def flow_probabilities(
 
 
 def evaluation_report(
-    probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str], flow_ids: np.ndarray | None = None
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    classes: Sequence[str],
+    flow_ids: np.ndarray | None = None,
+    average_over: str = "present",
 ) -> dict:
     """Packet-level metrics and, when flow ids are given, flow-level metrics (mean probabilities per flow)."""
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape[1] != len(classes):
         raise ValueError(f"probs must be [n, {len(classes)}], got shape {probs.shape}")
-    report = {"packet": classification_report(y_true, probs.argmax(axis=1), classes)}
+    report = {"packet": classification_report(y_true, probs.argmax(axis=1), classes, average_over)}
     if flow_ids is not None:
         _, mean, labels, counts = flow_probabilities(probs, y_true, flow_ids)
-        flow = classification_report(labels, mean.argmax(axis=1), classes)
+        flow = classification_report(labels, mean.argmax(axis=1), classes, average_over)
         flow["flows"] = int(counts.size)
         flow["packets_per_flow_median"] = float(np.median(counts)) if counts.size else 0.0
         report["flow"] = flow

@@ -1,0 +1,84 @@
+"""Options that several commands share, spelled once: the model (a file or a bundled model's name), --quiet,
+--summary FILE.json and -v for TensorFlow's logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+MODEL_HELP = (
+    "A bundled model by name (nin_parallel, nin1_header: see `pktnin models`) or a model file "
+    "(.onnx, .keras checkpoint, .plan engine). Default: nin_parallel."
+)
+
+ModelOption = Annotated[
+    Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help=MODEL_HELP, show_default=False)
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress bar, no tables).")
+]
+SummaryOption = Annotated[
+    Optional[Path],
+    typer.Option("--summary", metavar="FILE.json", help="Also write the run's summary as JSON to this file."),
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show TensorFlow's start-up logs.")]
+
+
+def write_summary(path: Path | None, summary: dict) -> None:
+    """Write `summary` as JSON to `path` (atomically); nothing when path is None."""
+    if path is None:
+        return
+    from pktnin.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def check_summary_path(path: Path | None) -> None:
+    """Refuse a --summary path that cannot be written, before any work is done."""
+    from pktnin.errors import UsageError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--summary {path}: is a directory")
+    if not path.parent.is_dir():
+        raise UsageError(f"--summary {path}: folder {path.parent} does not exist")
+
+
+def silence_tensorflow(verbose: bool) -> None:
+    """Import TensorFlow (and Keras) with their start-up logs (oneDNN, CUDA probing, CPU features) kept off the
+    terminal, unless `verbose`.
+
+    TensorFlow's C++ side writes those lines to file descriptor 2 before its log level is read, so
+    TF_CPP_MIN_LOG_LEVEL alone does not stop them: the import runs with descriptor 2 pointed at a temporary file,
+    whose text is shown only if the import fails.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")
+            import keras  # noqa: F401 - its own import logs go to the same place
+        except ImportError:
+            pass  # the command reports the missing extra itself
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
