@@ -682,7 +682,7 @@ class CaptureReader:
 
     interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
 
-    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, stop=None):
+    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, *, stop=None):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
         self._in_memory = isinstance(path, _IN_MEMORY_TYPES)
