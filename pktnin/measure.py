@@ -75,7 +75,8 @@ def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path
     from pktnin.score import ScoreOptions, score_files
 
     score_opts = ScoreOptions(
-        out=workdir / "bench.parquet", batch=batch, mask=opts.mask, keep_dns=opts.keep_dns, model_id="bench"
+        out=workdir / "bench.parquet", batch=batch, mask=opts.mask, keep_dns=opts.keep_dns, model_id="bench",
+        force=True,  # each run replaces the previous run's output
     )
     start = time.perf_counter()
     result = score_files(list(files), runner, score_opts)

@@ -38,9 +38,14 @@ class FileReport:
     errors: list[str] = field(default_factory=list)
     failed: bool = False  # nothing could be read (not a capture, empty, unreadable)
     stopped_early: bool = False  # a fatal error stopped the file; the records before it were kept
+    not_capture: bool = False  # found in a folder, not named, and not a capture (notes.txt, .DS_Store): no failure
+    error_offset: int | None = None  # byte offset of the error that failed or stopped the file
+    compression: str | None = None  # "gzip" or "zstd" when the capture was compressed
 
     @property
     def status(self) -> str:
+        if self.not_capture:
+            return "not a capture"
         if self.failed:
             return "failed"
         if self.stopped_early or self.corrupt_records:
@@ -56,32 +61,57 @@ class PacketBatch:
     path: Path
     rows: np.ndarray  # uint8 [k, ROW_LEN]
     meta: dict[str, np.ndarray]  # the columns of pktnin.schema.PACKET_META, [k, ...]
+    consumed: int = 0  # bytes of the input file read up to the end of this chunk (for progress)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
 
+STDIN = "-"  # the path that names standard input
+# Names that promise a capture: such a file found in a folder that cannot be read is a failure, any other is
+# "not a capture" (notes.txt, .DS_Store). The format itself always comes from the magic number.
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz", ".pcap.zst", ".pcapng.zst")
+
+
 def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and directories (recursively) into a sorted, de-duplicated file list.
 
-    Nothing is filtered by name: whether a file is a capture is decided by its magic number when it is read.
+    "-" is standard input; pipes and FIFOs named on the command line are kept (read as streams). In a folder,
+    hidden folders (.git, .cache) are not entered unless named themselves. Nothing is filtered by name: whether
+    a file is a capture is decided by its magic number when it is read.
     """
     found: list[Path] = []
     seen: set[Path] = set()
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
-            candidates = sorted(q for q in p.rglob("*") if q.is_file())
+        if os.fspath(raw) == STDIN:
+            candidates = [Path(STDIN)]
+        elif p.is_dir():
+            candidates = sorted(q for q in p.rglob("*") if q.is_file() and not _in_hidden_folder(q, p))
         elif p.exists():
             candidates = [p]
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
         for q in candidates:
-            key = q.resolve()
+            key = q if os.fspath(q) == STDIN else q.resolve()
             if key not in seen:
                 seen.add(key)
                 found.append(q)
     return found
+
+
+def _in_hidden_folder(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+
+
+def named_captures(files: Iterable[Path], paths: Iterable[str | os.PathLike]) -> set[Path]:
+    """The files of `files` named directly in `paths` (not found in a folder): those must be captures."""
+    named = {Path(p) for p in paths if not Path(p).is_dir()}
+    return {f for f in files if f in named}
+
+
+def promises_capture(path: Path) -> bool:
+    return path.name.lower().endswith(CAPTURE_SUFFIXES)
 
 
 def iter_raw_batches(
@@ -89,21 +119,27 @@ def iter_raw_batches(
     max_records: int = 65536,
     first_index: int = 0,
     reader_kwargs: dict | None = None,
+    named: set[Path] | None = None,
+    should_stop=None,
 ) -> Iterator[tuple[FileReport, "RawBatch | None"]]:
     """The record walk over each file in turn, with the per-file error handling every consumer shares.
 
     Yields (report, raw) for each chunk of records, then (report, None) once the file is finished; the report
     then holds the format, records, corrupt records and errors (a consumer that transforms adds kept and skips).
     `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard).
+    `named`: files the user named (None: all); any other file that is not a capture and whose name does not
+    promise one is reported as "not a capture" instead of failed. `should_stop` (a callable) ends a wait on a
+    stream.
     """
-    from pktnin.kernels.capture import CaptureError, CaptureReader
+    from pktnin.kernels.capture import CaptureError, CaptureReader, NotACapture
 
     for index, path in enumerate(files, start=first_index):
         path = Path(path)
         report = FileReport(index=index, path=path)
         try:
-            reader = CaptureReader(path, max_records=max_records, **(reader_kwargs or {}))
+            reader = CaptureReader(path, max_records=max_records, should_stop=should_stop, **(reader_kwargs or {}))
             report.format = reader.format
+            report.compression = reader.compression
             for raw in reader:
                 report.records += raw.n
                 yield report, raw
@@ -113,10 +149,16 @@ def iter_raw_batches(
                 report.skip_counts[SKIP_REASONS[SKIP_TS_OVERFLOW]] = reader.ts_overflow
             report.errors = [str(e) for e in reader.errors]
             report.stopped_early = reader.fatal is not None
+            if reader.fatal is not None:
+                report.error_offset = reader.fatal.offset
         except CaptureError as exc:  # includes NotACapture: the whole file is skipped
             report.failed = report.records == 0
             report.stopped_early = not report.failed
+            report.error_offset = exc.offset
             report.errors.append(str(exc))
+            report.not_capture = (
+                isinstance(exc, NotACapture) and named is not None and path not in named and not promises_capture(path)
+            )
         except OSError as exc:
             report.failed = True
             report.errors.append(f"{path}: {exc.strerror or exc}")
@@ -134,6 +176,8 @@ def iter_packets(
     reuse_rows: bool = False,
     flow_keys: bool = True,
     reader_kwargs: dict | None = None,
+    named: set[Path] | None = None,
+    should_stop=None,
 ) -> Iterator[PacketBatch]:
     """Read each file in turn and yield its kept packets in chunks of at most `max_records` records.
 
@@ -142,7 +186,8 @@ def iter_packets(
     for the calling thread) split each chunk by record ranges, one PacketBatch per range, in record order.
     reuse_rows=True writes every chunk into the same buffers: a batch's rows and metadata are then valid
     only until the next batch is requested (for a consumer that reads them in place, like the engine).
-    flow_keys=False leaves out the flow_key column. `reader_kwargs` go to each CaptureReader.
+    flow_keys=False leaves out the flow_key column. `reader_kwargs`, `named` and `should_stop`: see
+    iter_raw_batches.
     """
     from pktnin.kernels.cpu import RangePrep
 
@@ -153,7 +198,7 @@ def iter_packets(
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
     min_range = REUSED_PIECE_RECORDS if reuse_rows else 2048
     with RangePrep(mask_code(mask), keep_dns, threads, reuse_rows, flow_keys, min_range) as prep:
-        for report, raw in iter_raw_batches(files, max_records, first_index, reader_kwargs):
+        for report, raw in iter_raw_batches(files, max_records, first_index, reader_kwargs, named, should_stop):
             if raw is None:
                 report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
                 counts[:] = 0
@@ -167,7 +212,12 @@ def iter_packets(
                 for rows, meta in prepared.parts:
                     report.kept += rows.shape[0]
                     if rows.shape[0]:
-                        yield PacketBatch(report.index, report.path, rows, meta)
+                        yield PacketBatch(report.index, report.path, rows, meta, raw.consumed)
+
+
+def input_failures(reports: Iterable[FileReport]) -> list[FileReport]:
+    """Inputs that failed or were cut short (files that are not captures are not among them)."""
+    return [r for r in reports if not r.not_capture and (r.failed or r.stopped_early)]
 
 
 def total_skips(reports: Iterable[FileReport]) -> dict[str, int]:

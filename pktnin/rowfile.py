@@ -38,19 +38,31 @@ class RowFileResult:
     reports: list[FileReport]
 
 
-def write_row_file(files: Sequence[Path], out: str | os.PathLike, opts: PrepOptions, progress=None) -> RowFileResult:
+def write_row_file(
+    files: Sequence[Path], out: str | os.PathLike, opts: PrepOptions, progress=None, named: set[Path] | None = None
+) -> RowFileResult:
     """Rows and metadata of every packet of `files` into `out` (.npz, written atomically).
 
-    `progress` (optional) has add_packets(n) and file_done(n); bad files are skipped and reported.
+    `progress` (optional) has add_packets(n) and file_done(n); bad files are skipped and reported; `named`: the
+    files the user named (packets.iter_raw_batches).
     """
     out = Path(out)
     check_writable(out)  # before the work, not after it: a read-only or full disk fails now, in one line
+    arrays, reports = row_arrays(files, opts, progress, named)
+    save_row_file(arrays, out)
+    return RowFileResult(out=out, rows=int(arrays["x"].shape[0]), reports=reports)
+
+
+def row_arrays(
+    files: Sequence[Path], opts: PrepOptions, progress=None, named: set[Path] | None = None
+) -> tuple[dict[str, np.ndarray], list[FileReport]]:
+    """The row file's arrays (keys above) for `files`, in memory, and one FileReport per file."""
     rows: list[np.ndarray] = []
     file_ids: list[np.ndarray] = []
     columns: dict[str, list[np.ndarray]] = {name: [] for name in META_COLUMNS}
     reports: list[FileReport] = []
     done = 0
-    for batch in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns, reports=reports):
+    for batch in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns, reports=reports, named=named):
         if progress is not None:
             while done < len(reports):  # files finished before this batch
                 progress.file_done(1)
@@ -74,10 +86,16 @@ def write_row_file(files: Sequence[Path], out: str | os.PathLike, opts: PrepOpti
     }
     for name in META_COLUMNS:
         arrays[name] = concat_meta(columns[name], name)
+    return arrays, reports
+
+
+def save_row_file(arrays: dict[str, np.ndarray], out: str | os.PathLike) -> Path:
+    """Write the arrays to `out` (.npz) atomically; OutputNotWritableError when the disk cannot take them."""
+    out = Path(out)
     check_writable(out, need_bytes=sum(a.nbytes for a in arrays.values()))
     try:
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     except OSError as exc:  # the temporary file is removed: nothing half-written is left
         raise OutputNotWritableError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return RowFileResult(out=out, rows=int(arrays["x"].shape[0]), reports=reports)
+    return out

@@ -1,4 +1,5 @@
-"""Exit codes of every command: 0 done, 1 the run failed or no input could be read, 2 usage (README table)."""
+"""Exit codes of every command: 0 done, 1 the run failed or no input could be read, 2 usage, 3 some inputs
+failed or were cut short (README table)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from onnx_fixtures import tiny_model
 from typer.testing import CliRunner
 
 from pktnin.cli import app
-from pktnin.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pktnin.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pktnin.synth import write_synthetic_capture
 
 runner = CliRunner()
@@ -99,16 +100,31 @@ def test_missing_path_names_the_path_in_every_command(files, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["score", "preprocess"])
-def test_no_readable_input_exits_1_some_readable_exits_0(files, tmp_path, command):
+def test_exit_1_when_nothing_read_3_when_some_inputs_failed_0_when_all_read(files, tmp_path, command):
     extra = ["--model", files["model"]] if command == "score" else []
+    force = ["--force"] if command == "score" else []  # score refuses to replace an output
     out = tmp_path / ("p.parquet" if command == "score" else "r.npz")
     only_bad = invoke(command, files["junk"], *extra, "--out", out, "--no-progress")
     assert only_bad.exit_code == EXIT_FAILED, only_bad.output
     assert "no input file could be read" in one_line_error(only_bad)
-    assert out.is_file()  # the (empty) output is still written, so a pipeline downstream finds it
-    mixed = invoke(command, files["junk"], files["capture"], *extra, "--out", out, "--no-progress")
-    assert mixed.exit_code == EXIT_OK, mixed.output
-    assert "notes.pcap" in "".join(mixed.output.split())  # the unreadable file is listed
+    if command == "score":
+        assert not out.exists()  # a run that read nothing writes nothing
+    partial = invoke(command, files["junk"], files["capture"], *extra, "--out", out, "--no-progress", *force)
+    assert partial.exit_code == EXIT_PARTIAL, partial.output  # junk/notes.pcap promises a capture: a failure
+    assert "1 of 2 input files failed" in one_line_error(partial)
+    assert "notes.pcap" in "".join(partial.output.split())  # the unreadable file is listed
+    # A file found in a folder that is not a capture at all is listed apart, and is no failure.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("a note\n")
+    (tmp_path / "in" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "in" / "cap.pcap").write_bytes(files["capture"].read_bytes())
+    ok = invoke(command, tmp_path / "in", *extra, "--out", out, "--no-progress", *force)
+    assert ok.exit_code == EXIT_OK, ok.output
+    assert "not a capture, skipped (2)" in " ".join(ok.output.split())
+    # Named on the command line, the same file must be a capture.
+    named = invoke(command, tmp_path / "in" / "cap.pcap", tmp_path / "in" / "notes.txt", *extra, "--out", out,
+                   "--no-progress", *force)  # fmt: skip
+    assert named.exit_code == EXIT_PARTIAL, named.output
 
 
 def test_a_deep_value_error_is_a_failed_run_not_a_usage_message(files, tmp_path, monkeypatch):

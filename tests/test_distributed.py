@@ -181,7 +181,7 @@ def test_cli_checks_engine_options(files, model, tmp_path):
     from typer.testing import CliRunner
 
     from pktnin.cli import app
-    from pktnin.cli.score import parse_size
+    from pktnin.distributed.run import parse_size
 
     assert parse_size("1G") == 1 << 30 and parse_size("512M") == 512 << 20 and parse_size("64k") == 65536
     assert parse_size("1GiB") == 1 << 30 and parse_size("1000") == 1000

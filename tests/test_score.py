@@ -25,10 +25,12 @@ from packetgen import mixed_traffic
 from pcapgen import write_pcap, write_pcapng
 
 from pktnin.cli import app
+from pktnin.cli.errors import EXIT_PARTIAL
 from pktnin.packets import PacketBatch, find_captures, iter_packets
 from pktnin.score import ScoreOptions, score_files
 from pktnin.score import flows as flows_mod
 from pktnin.score.flows import FlowAccumulator, flow_schema
+from pktnin.score.outputs import OutputError
 from pktnin.score.writers import format_addresses
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
@@ -88,12 +90,15 @@ def run_cli(*args) -> object:
 def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
     out, flows_out = tmp_path / "p.parquet", tmp_path / "f.parquet"
     result = run_cli(inputs, "--model", model, "--out", out, "--flows", flows_out, "--probs")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_PARTIAL, result.output  # empty.pcap failed, cut.pcap was cut short
     t = pq.read_table(out)
-    assert t.column_names[:10] == [
-        "file", "frame", "timestamp", "src_addr", "src_port", "dst_addr", "dst_port", "proto", "label", "prob"
-    ]
-    assert t.column_names[10:] == [f"p_{c}" for c in CLASSES]
+    assert t.column_names[:12] == [
+        "file", "frame", "timestamp", "src_addr", "src_port", "dst_addr", "dst_port", "proto", "vlan", "flow_id",
+        "label", "prob",
+    ]  # fmt: skip
+    assert t.column_names[12:] == [f"p_{c}" for c in CLASSES]
+    np.testing.assert_array_equal(t["flow_id"].to_numpy(), expected["meta"]["flow_key"])
+    np.testing.assert_array_equal(t["vlan"].to_numpy(), expected["meta"]["vlan"])
 
     # Every kept packet exactly once, in input order, with the oracle's metadata.
     assert t.num_rows == len(expected["names"])
@@ -116,10 +121,12 @@ def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
         n = 4 if v[i] == 4 else 16
         assert src[i] == str(ipaddress.ip_address(expected["meta"]["src_addr"][i][:n].tobytes()))
 
-    # Bad files are reported and skipped; the truncated capture's complete records are scored.
+    # Bad files are reported and skipped; the truncated capture's complete records are scored; notes.txt is
+    # listed apart as not a capture.
     text = " ".join(result.output.split())
     for name in ("notes.txt", "empty.pcap", "cut.pcap"):
         assert name in text
+    assert "not a capture, skipped (1):" in text
     assert "Packets per label" in text and "packets/s" in text
     names = set(t["file"].to_pylist())
     assert str(inputs / "cut.pcap") in names
@@ -139,7 +146,7 @@ def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
     row = f.filter(pa.compute.and_(pa.compute.equal(f["file"], name0),
                                    pa.compute.equal(f["addr_a"], t["src_addr"][0]))).to_pylist()
     row = [r for r in row if r["port_a"] == t["src_port"][0].as_py()][0]
-    assert row["packets"] == members.sum()
+    assert row["packets"] == members.sum() and row["flow_id"] == key0  # joins the packet rows' flow_id
     np.testing.assert_allclose([row[f"p_{c}"] for c in CLASSES], expected["probs"][members].mean(axis=0), rtol=1e-5)
     assert row["first_ts"] == t["timestamp"][0].as_py()
     # Parts and manifest are gone after a complete run.
@@ -148,9 +155,9 @@ def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
 
 def test_csv_matches_parquet_without_probs(tmp_path, inputs, model):
     result = run_cli(inputs, "--model", model, "--out", tmp_path / "p.parquet", "--flows", tmp_path / "f.parquet")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_PARTIAL, result.output
     result = run_cli(inputs, "--model", model, "--out", tmp_path / "p.csv", "--flows", tmp_path / "f.csv")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_PARTIAL, result.output
     pt, ct = pq.read_table(tmp_path / "p.parquet"), pcsv.read_csv(tmp_path / "p.csv")
     assert pt.column_names == ct.column_names and not any(c.startswith("p_") for c in pt.column_names)
     for name in ("file", "frame", "src_addr", "dst_addr", "label"):
@@ -174,7 +181,8 @@ def test_only_bad_files_fails(tmp_path, model):
     (tmp_path / "x.txt").write_text("hello")
     result = run_cli(tmp_path / "x.txt", "--model", model, "--out", tmp_path / "p.parquet")
     assert result.exit_code == 1
-    assert pq.read_table(tmp_path / "p.parquet").num_rows == 0  # a valid, empty output with the schema
+    assert not (tmp_path / "p.parquet").exists()  # a run that read nothing writes nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]  # no manifest or parts left either
 
 
 # -- resume ------------------------------------------------------------------------------------------------
@@ -261,11 +269,13 @@ def test_resume_redoes_changed_files_and_settings(tmp_path, model):
     keys = list(zip(t["file"].to_pylist(), t["frame"].to_pylist()))
     assert len(keys) == len(set(keys))
 
-    # Different settings (mask): nothing is reused.
+    # Different settings (mask): refused unless forced, then nothing is reused.
     fail_after_two.saved = 0
     with pytest.raises(RuntimeError):
-        score_files(files, _runner(model), _opts(out, model), on_saved=fail_after_two)
-    res = score_files(files, _runner(model), _opts(out, model, resume=True, mask="strict"))
+        score_files(files, _runner(model), _opts(out, model, force=True), on_saved=fail_after_two)
+    with pytest.raises(OutputError, match="mask: \"paper\" -> \"strict\""):
+        score_files(files, _runner(model), _opts(out, model, resume=True, mask="strict"))
+    res = score_files(files, _runner(model), _opts(out, model, resume=True, mask="strict", force=True))
     assert res.resumed == 0
 
 
@@ -291,7 +301,7 @@ def _fake_batch(file_index: int, start: int, n: int) -> PacketBatch:
 def fake_source(sizes: dict[int, list[int]], fail_in: int | None = None):
     from pktnin.packets import FileReport
 
-    def source(files, mask, keep_dns, reports, max_records, first_index):
+    def source(files, mask, keep_dns, reports, max_records, first_index, **_):
         path = Path(files[0])
         start = 0
         for n in sizes[first_index]:
@@ -493,7 +503,8 @@ def test_earlier_output_inside_the_input_folder_is_not_an_input(tmp_path, model)
     out = inputs / "p.parquet"
     first = run_cli(inputs, "--model", model, "--out", out, "--flows", inputs / "f.parquet")
     rows = pq.read_table(out)
-    second = run_cli(inputs, "--model", model, "--out", out, "--flows", inputs / "f.parquet")
-    assert first.exit_code == second.exit_code == 0
+    second = run_cli(inputs, "--model", model, "--out", out, "--flows", inputs / "f.parquet", "--force")
+    assert first.exit_code == second.exit_code == EXIT_PARTIAL
     assert pq.read_table(out).equals(rows)
-    assert second.output.count("failed") == first.output.count("failed") == 2  # notes.txt, empty.pcap
+    assert second.output.count("failed") == first.output.count("failed") == 2  # empty.pcap; the exit line
+    assert second.output.count("not a capture") == first.output.count("not a capture") == 1  # notes.txt

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
-from rich.console import Console
-from rich.markup import escape  # file names and error text may hold [brackets]: print them as text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.console import Console, Group
+from rich.markup import escape  # noqa: F401 - file names and error text may hold [brackets]: print them as text
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -33,39 +43,72 @@ class RateColumn(ProgressColumn):
         return Text(f"{packets:,} pkts  {rate:,.0f} pkts/s", style="cyan")
 
 
+class FilesColumn(ProgressColumn):
+    """Files finished of all (the task's `files` and `total_files` fields), beside a bar that counts bytes."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.fields.get('files', 0)}/{task.fields.get('total_files', 0)} files")
+
+
 @contextmanager
-def file_progress(total_files: int, description: str, enabled: bool = True) -> Iterator["FileProgress"]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("files"),
-        RateColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
+def file_progress(
+    total_files: int, description: str, enabled: bool = True, total_bytes: int = 0
+) -> Iterator[FileProgress]:
+    """A bar over files, or, with `total_bytes` (the inputs' sizes), over bytes read with percentage and time
+    left, so that one big file moves the bar too; packets/s either way."""
+    if total_bytes > 0:
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(binary_units=True),
+            FilesColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+    else:
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files"),
+            RateColumn(),
+            TimeElapsedColumn(),
+        ]
+    progress = Progress(*columns, console=console, disable=not enabled, transient=False)
     with progress:
-        task = progress.add_task(description, total=total_files, packets=0)
-        yield FileProgress(progress, task)
+        total = total_bytes if total_bytes > 0 else total_files
+        task = progress.add_task(description, total=total, packets=0, files=0, total_files=total_files)
+        yield FileProgress(progress, task, by_bytes=total_bytes > 0)
 
 
 class FileProgress:
-    def __init__(self, progress: Progress, task) -> None:
+    def __init__(self, progress: Progress, task, by_bytes: bool = False) -> None:
         self._progress = progress
         self._task = task
+        self._by_bytes = by_bytes
         self.packets = 0
         self.files = 0
+        self.bytes = 0
         self.started = time.perf_counter()
 
     def add_packets(self, n: int) -> None:
         self.packets += n
         self._progress.update(self._task, packets=self.packets)
 
+    def add_bytes(self, n: int) -> None:
+        """Bytes of the inputs read (called from the reading thread; rich's updates take a lock)."""
+        self.bytes += n
+        if self._by_bytes:
+            self._progress.advance(self._task, n)
+
     def file_done(self, n: int = 1) -> None:
         self.files += n
-        self._progress.advance(self._task, n)
+        self._progress.update(self._task, files=self.files)
+        if not self._by_bytes:
+            self._progress.advance(self._task, n)
 
 
 def skip_table(skips: dict[str, int], title: str = "Skipped packets") -> Table:
@@ -77,15 +120,23 @@ def skip_table(skips: dict[str, int], title: str = "Skipped packets") -> Table:
     return table
 
 
-def failed_files_table(reports: Iterable) -> Table | None:
-    rows = [r for r in reports if r.errors]
+def failed_files_table(reports: Iterable) -> Group | None:
+    """Files that failed or had errors, one per line with their errors below: full names that wrap, never cut,
+    and can be copied (a table column would cut or fold them)."""
+    rows = [r for r in reports if r.errors and not getattr(r, "not_capture", False)]
     if not rows:
         return None
-    table = Table(title="Files with errors")
-    table.add_column("file")
-    table.add_column("status")
-    table.add_column("error")
+    lines = [Text("Files with errors", style="bold")]
     for r in rows:
         errors = "; ".join(r.errors[:3]) + (" ..." if len(r.errors) > 3 else "")
-        table.add_row(escape(str(r.path)), r.status, escape(errors))
-    return table
+        lines.append(Text(f"{r.status:8} {r.path}"))  # Text: names with [brackets] stay as they are
+        lines.append(Text(f"         {errors}", style="dim"))
+    return Group(*lines)
+
+
+def not_captures_line(reports: Iterable) -> str | None:
+    """One line naming the files found in folders that are not captures (no failure of the run)."""
+    names = [str(r.path) for r in reports if getattr(r, "not_capture", False)]
+    if not names:
+        return None
+    return f"not a capture, skipped ({len(names)}): " + ", ".join(names)

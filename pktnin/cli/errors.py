@@ -1,7 +1,10 @@
 """One failure convention for every command.
 
-Exit codes: 0 the run finished (files it could not read are listed, the others scored); 1 the run failed, or no
-input file could be read; 2 usage: an option value, a path or a model given on the command line cannot be used.
+Exit codes: 0 the run finished and read every input in full; 1 the run failed, or no input file could be read
+(no output is written); 2 usage: an option value, a path or a model given on the command line cannot be used, or
+an output would overwrite a file or discard an earlier run's work; 3 the run finished and wrote its outputs, but
+some inputs failed or were cut short (listed; `--report` has the details). Files found in folders that are not
+captures at all (notes.txt, .DS_Store) are listed apart and count as neither.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pktnin.errors import UsageError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -48,8 +52,8 @@ def exit_codes(hint: str | None = None, setup: bool = True) -> Iterator[None]:
     except (typer.Exit, typer.Abort, typer.exceptions.TyperException, KeyboardInterrupt):
         raise
     except UsageError as exc:
-        if not setup:
-            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
+        if not setup:  # refused once under way (e.g. another run holds the output): the hint does not apply
+            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
         usage(str(exc))
     except FileNotFoundError as exc:
         if not setup:
@@ -60,7 +64,13 @@ def exit_codes(hint: str | None = None, setup: bool = True) -> Iterator[None]:
 
 
 def check_inputs_read(reports) -> None:
-    """Exit 1 when not one input file could be read (a run that read some of them succeeded)."""
+    """Exit 1 when not one input file could be read, 3 when some failed or were cut short (others were read)."""
+    from pktnin.packets import input_failures
+
     reports = list(reports)
-    if reports and all(r.failed for r in reports):
+    inputs = [r for r in reports if not r.not_capture]
+    if reports and all(r.failed for r in inputs):
         fail("no input file could be read", EXIT_FAILED)
+    failures = input_failures(reports)
+    if failures:
+        fail(f"{len(failures)} of {len(inputs)} input files failed or were cut short (listed above)", EXIT_PARTIAL)

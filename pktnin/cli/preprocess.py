@@ -7,7 +7,9 @@ from typing import Annotated, List
 
 import typer
 
-from pktnin.cli.console import console, failed_files_table, file_progress, skip_table
+from rich.markup import escape
+
+from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table
 from pktnin.cli.errors import check_inputs_read, exit_codes
 from pktnin.cli.options import QuietOption, SummaryOption, check_summary_path, write_summary
 
@@ -31,7 +33,7 @@ def preprocess(
     Keys: x uint8 [N,1500], file_id int32 (index into files), files str, frame int64, ts_ns, ip_version, proto,
     src_addr/dst_addr uint8 [N,16], src_port, dst_port, vlan, flow_key, layout_version.
     """
-    from pktnin.packets import find_captures, total_skips
+    from pktnin.packets import find_captures, named_captures, total_skips
     from pktnin.rowfile import PrepOptions, write_row_file
 
     with exit_codes():
@@ -40,7 +42,7 @@ def preprocess(
         check_summary_path(summary)
     with exit_codes(setup=False):
         with file_progress(len(files), "preprocess", enabled=progress and not quiet) as bar:
-            result = write_row_file(files, out, opts, progress=bar)
+            result = write_row_file(files, out, opts, progress=bar, named=named_captures(files, paths))
 
     skips = total_skips(result.reports)
     write_summary(
@@ -62,6 +64,9 @@ def preprocess(
         failed = failed_files_table(result.reports)
         if failed is not None:
             console.print(failed)
+        skipped = not_captures_line(result.reports)
+        if skipped is not None:
+            console.print(escape(skipped), soft_wrap=True)
         console.print(f"{result.rows:,} rows from {len(files)} files -> {out}")
     check_inputs_read(result.reports)
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 
-from pktnin.cli.console import console, failed_files_table, file_progress, skip_table, warn
-from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes, usage
+from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table, warn
+from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
 from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 
 DEFAULT_BATCH = 512
@@ -18,7 +19,9 @@ def score(
     paths: Annotated[
         List[Path],
         typer.Argument(
-            metavar="PATH", help="Capture files and/or directories (walked recursively).", show_default=False
+            metavar="PATH",
+            help="Capture files (.gz too), directories (walked recursively), pipes, or - for stdin.",
+            show_default=False,
         ),
     ],
     model: ModelOption = None,
@@ -32,7 +35,8 @@ def score(
     ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Per-packet output (default predictions.parquet or .csv).")
+        Optional[Path],
+        typer.Option("--out", "-o", help="Per-packet output file (default predictions.parquet or .csv)."),
     ] = None,
     flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
     fmt: Annotated[
@@ -42,6 +46,14 @@ def score(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue a killed run: reuse the files it finished.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace existing outputs; discard an earlier run's finished files."),
+    ] = False,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Per-file report (.json or .csv): status, error and offset, rows, skips."),
+    ] = None,
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     threads: Annotated[
@@ -74,64 +86,46 @@ def score(
     and ports (as captured), protocol, predicted label and its probability.
 
     The first run compiles the packet kernels (about 10 s on a 2-core CPU); later runs reuse them.
-    Outputs are written atomically. Finished files are recorded in OUT.manifest.json (their rows wait in
-    OUT.parts/) so that `--resume` continues a killed run where it stopped; both are removed at the end.
+    Outputs are written atomically; an existing output is replaced only with --force. Finished files are
+    recorded in OUT.manifest.json (their rows wait in OUT.parts/) so that `--resume` continues a killed run where
+    it stopped; both are removed at the end. Exit codes: 0 every input read, 3 some inputs failed or were cut
+    short, 1 none could be read (nothing written), 2 usage.
     With `--engine ray` the files are cut into shards scored by Ray actors (same outputs, same `--resume`).
     """
-    from dataclasses import replace
+    from pktnin.api import ScoreJob
+    from pktnin.distributed.run import engine_options
+    from pktnin.score.cpu_stages import input_size
 
-    from pktnin.engine.cache import file_sha256
-    from pktnin.engine.catalog import mask_warning, resolve_model
-    from pktnin.engine.runners import open_runner
-    from pktnin.packets import find_captures
-    from pktnin.score import ScoreOptions, score_files
-
-    if fmt is None:
-        fmt = "csv" if out is not None and out.suffix.lower() == ".csv" else "parquet"
+    if fmt is None and out is None:
+        fmt = "parquet"
     out = out or Path(f"predictions.{fmt}")
     with exit_codes():
-        opts = ScoreOptions(
-            out=out, flows_out=flows, fmt=fmt, probs=probs, resume=resume, keep_dns=keep_dns, mask=mask,
-            batch=batch, prep_threads=prep_threads,
-        )  # fmt: skip
-        split = _check_engine_options(engine, ray_address, actors, split_bytes, keep_parts)
-        files = find_captures(paths)
-        files = [f for f in files if not _own_output(f, out, flows)]  # e.g. an earlier output inside the input folder
-        if not files:
-            usage("no capture files found in the given paths")
+        ray = engine_options(engine, ray_address, actors, split_bytes, keep_parts)
         check_summary_path(summary)
-        model_path = resolve_model(model)
-        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
-                             engine_workers=engine_workers or None)
-    warning = mask_warning(model_path, mask)
+        job = ScoreJob.prepare(
+            paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
+            keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
+            batch=batch, threads=threads, prep_threads=prep_threads, ray=ray,
+        )  # fmt: skip
+    from pktnin.engine.catalog import mask_warning
+
+    warning = mask_warning(job.model_path, mask)
     if warning:
         warn(warning)
-    opts = replace(
-        opts,
-        prep_threads=prep_threads or (1 if runner.backend in ("onnxruntime", "openvino") else None),
-        model_id=f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}",
-    )
     try:
         with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
-            with file_progress(len(files), "score", enabled=progress and not quiet) as bar:
-                if engine == "ray":
-                    classes = list(runner.classes)
-                    runner.close()  # the driver only needed the classes: each actor opens its own runner
-                    spec = _runner_spec(model_path, runner, backend, batch)
-                    result = _score_on_ray(files, opts, classes, spec, ray_address, actors, split, keep_parts, bar)
-                else:
-                    result = score_files(files, runner, opts, progress=bar)
+            total_bytes = sum(input_size(f) for f in job.files)
+            with file_progress(len(job.files), "score", enabled=progress and not quiet, total_bytes=total_bytes) as bar:
+                result = job.run(progress=bar)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        runner.close()
 
     if not quiet:
         _print_summary(result)
-        if runner.engine_label:
-            console.print(f"engine: {runner.engine_label} ({runner.engine_reason})", markup=False, highlight=False)
-    write_summary(summary, run_summary(result, model_path, runner))
+        if job.runner.engine_label:
+            console.print(f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False)
+    write_summary(summary, run_summary(result, job.model_path, job.runner))
     check_inputs_read(result.reports)
 
 
@@ -140,7 +134,9 @@ def run_summary(result, model_path: Path, runner) -> dict:
     from pktnin.packets import total_skips
 
     failed = [
-        {"file": str(r.path), "status": r.status, "errors": list(r.errors)} for r in result.reports if r.errors
+        {"file": str(r.path), "status": r.status, "errors": list(r.errors)}
+        for r in result.reports
+        if r.errors and not r.not_capture
     ]
     return {
         "model": str(model_path),
@@ -155,85 +151,12 @@ def run_summary(result, model_path: Path, runner) -> dict:
         "labels": {name: int(n) for name, n in zip(result.classes, result.label_counts.tolist()) if n},
         "skipped_packets": total_skips(result.reports),
         "files_with_errors": failed,
+        "not_captures": [str(r.path) for r in result.reports if r.not_capture],
         "rows": result.rows_written,
-        "out": str(result.outputs[0]),
+        "out": str(result.outputs[0]) if result.outputs else None,
         "flows": result.flows_written,
-        "flows_out": str(result.outputs[1]) if result.flows_written is not None else None,
+        "flows_out": str(result.outputs[1]) if len(result.outputs) > 1 else None,
     }
-
-
-def _check_engine_options(engine, ray_address, actors, split_bytes, keep_parts) -> int:
-    """The engine options checked (usage errors exit 2); returns --split-bytes in bytes."""
-    if engine not in ("local", "ray"):
-        usage(f"--engine: unknown engine {engine!r}; choose local or ray")
-    if actors < 1:
-        usage(f"--actors: must be at least 1, got {actors}")
-    try:
-        split = parse_size(split_bytes)
-    except ValueError as exc:
-        usage(f"--split-bytes: {exc}")
-    if engine == "local" and (keep_parts or ray_address is not None):
-        usage("--keep-parts and --ray-address go with --engine ray")
-    if engine == "ray":
-        try:
-            import ray  # noqa: F401 - only to say clearly that the extra is missing
-        except ImportError:
-            usage("--engine ray needs Ray: pip install 'pktnin[ray]'")
-    return split
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '1G', '512M', '64k' or a plain number (binary units)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in units else ""
-    try:
-        value = float(t[: len(t) - len(unit)]) * units[unit]
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (e.g. 512M, 1G)") from None
-    if value < 1:
-        raise ValueError(f"must be at least 1 byte, got {text!r}")
-    return int(value)
-
-
-def _runner_spec(model_path, runner, backend, batch):
-    """How each Ray actor opens the runner the driver chose (same backend and precision)."""
-    from pktnin.distributed.ray_engine import RunnerSpec
-
-    # The backend as asked: "auto" picks TensorRT on the GPU nodes even when the driver has no GPU.
-    return RunnerSpec(str(Path(model_path).resolve()), backend, batch, runner.precision)
-
-
-def _score_on_ray(files, opts, classes, spec, address, actors, split, keep_parts, bar):
-    import signal
-    import threading
-
-    from pktnin.distributed.driver import score_sharded
-    from pktnin.distributed.ray_engine import ray_execute, ray_session
-
-    def stop(_signum, _frame):
-        raise KeyboardInterrupt  # so that Ray is shut down (ray_session) and finished shards stay recorded
-
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, stop) if in_main else None
-    try:
-        with ray_session(address):
-            execute = ray_execute(spec, opts, actors=actors)
-            return score_sharded(files, opts, classes, execute, split_bytes=split, progress=bar,
-                                 keep_parts=keep_parts)
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _own_output(path: Path, out: Path, flows: Path | None) -> bool:
-    from pktnin.score.manifest import manifest_path, parts_dir
-
-    path = path.resolve()
-    targets = [out] + ([flows] if flows is not None else [])
-    if any(path == t.resolve() or path == manifest_path(t).resolve() for t in targets):
-        return True
-    return parts_dir(out).resolve() in path.parents
 
 
 def _print_summary(result) -> None:
@@ -256,11 +179,17 @@ def _print_summary(result) -> None:
     failed = failed_files_table(result.reports)
     if failed is not None:
         console.print(failed)
+    skipped = not_captures_line(result.reports)
+    if skipped is not None:
+        console.print(escape(skipped), soft_wrap=True)
     resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
     console.print(
         f"{result.packets:,} packets scored from {len(result.files)} files{resumed} in {result.seconds:.2f} s: "
         f"{result.packets_per_s:,.0f} packets/s"
     )
+    if not result.outputs:
+        console.print("no output written: not one input could be read")
+        return
     console.print(f"{result.rows_written:,} rows -> {result.outputs[0]}")
     if result.flows_written is not None:
         console.print(f"{result.flows_written:,} flows -> {result.outputs[1]}")

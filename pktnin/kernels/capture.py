@@ -12,6 +12,12 @@ window and says how far it got; a record that straddles the window end is read a
 memory stays bounded whatever the file size and no Python code runs per packet. The pcapng state (byte order,
 interface table) lives in small arrays that persist across windows.
 
+Streams (stdin as "-", pipes, FIFOs, process substitution) and compressed files (.gz, and .zst with the optional
+`zstandard` package; recognised by their magic number) are read by a window source of their own: sequential
+windows over the decompressed bytes, fed to the same record walk, so memory stays bounded and the rows are those
+of a regular file. The file size is unknown until the stream ends. A stream is read once; its reads wait in
+short polls so that `should_stop` (a callable) can end a wait on a pipe that is never written.
+
     reader = CaptureReader("x.pcapng")      # raises NotACapture (offset 0) for empty and non-capture files
     for raw in reader:                      # RawBatch; raw.buf is valid until the next batch is read
         ...
@@ -33,22 +39,38 @@ and counted in `ts_overflow` (never a wrapped, wrong date).
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from pktnin.kernels.streams import (
+    GZIP_MAGIC,
+    STREAM_WINDOW,
+    ZSTD_MAGIC,
+    PipeReader,
+    Prepend,
+    ReadStopped,
+    StreamSource,
+    is_stream,
+    read_full,
+)
+
 __all__ = [
     "MAX_RECORD_LEN",
     "WINDOW_BYTES",
     "CaptureError",
+    "CaptureReader",
     "NotACapture",
     "RawBatch",
+    "ReadStopped",
     "ReaderState",
-    "CaptureReader",
     "detect_format",
+    "is_stream",
 ]
 
 MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
@@ -141,6 +163,7 @@ class RawBatch(NamedTuple):
     ts_ns: np.ndarray  # int64, ns since the epoch (0 when unknown: SPB)
     frame: np.ndarray  # int64, 0-based index of the packet record in its file
     base: int = 0  # file offset of buf[0]: record i starts at file offset base + pkt_off[i]
+    consumed: int = 0  # bytes of the input (compressed bytes for .gz) read up to the end of this batch
 
     @property
     def n(self) -> int:
@@ -622,6 +645,10 @@ class _FileSource:
         self._bufs = [buf] + self._bufs[:1]
         return buf
 
+    @staticmethod
+    def consumed(pos: int) -> int:
+        return pos
+
     def window(self, off: int, length: int):
         buf = self._buffer(length)
         fd = self._f.fileno()
@@ -653,6 +680,10 @@ class _MemorySource:
         return self._arr[off : off + length], None
 
     @staticmethod
+    def consumed(pos: int) -> int:
+        return pos
+
+    @staticmethod
     def release(_handle):
         pass
 
@@ -677,7 +708,8 @@ class CaptureReader:
     interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
 
     def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, *, start: int | None = None,
-                 stop: int | None = None, first_frame: int = 0, state: ReaderState | None = None):
+                 stop: int | None = None, first_frame: int = 0, state: ReaderState | None = None,
+                 should_stop=None):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
         if (start is not None and start < 0) or (stop is not None and stop < (start or 0)) or first_frame < 0:
@@ -688,19 +720,74 @@ class CaptureReader:
         self.path = "<memory>" if self._in_memory else os.fspath(path)
         self.window_bytes = int(window_bytes)
         self.max_records = int(max_records)
+        self._should_stop = should_stop
+        self.compression: str | None = None  # "gzip" or "zstd"
+        self._pipe: PipeReader | None = None  # an open stream, read once
+        self._streamed = False
         try:
-            head = _head_bytes(path, _PCAP_HEADER_LEN)
+            if not self._in_memory and is_stream(self.path):
+                self._pipe = PipeReader(self.path, should_stop)
+                head = read_full(self._pipe.read, _PCAP_HEADER_LEN)
+            else:
+                head = _head_bytes(path, _PCAP_HEADER_LEN)
+            if not self._in_memory:
+                head = self._detect_compression(head)
         except OSError as e:
+            self.close()
             raise CaptureError(self.path, 0, f"cannot read: {e.strerror or e}") from e
+        except BaseException:
+            self.close()
+            raise
         if not head:
+            self.close()
             raise NotACapture(self.path, 0, "empty file")
         self.format = _format_of_head(head)
         if self.format is None:
+            self.close()
             raise NotACapture(self.path, 0, f"not a pcap or pcapng file (starts with {head[:4].hex()})")
         if self.format == "pcap" and len(head) < _PCAP_HEADER_LEN:  # nothing of the file is readable
+            self.close()
             raise CaptureError(self.path, 0, f"truncated file header: {len(head)} of {_PCAP_HEADER_LEN} bytes")
         self._head = head  # the classic pcap file header, parsed again at each iteration
         self._reset()
+
+    def _detect_compression(self, head: bytes) -> bytes:
+        """Note gzip/zstd from the magic; for a stream, wrap it in the decompressor. Returns the capture's head."""
+        if head.startswith(GZIP_MAGIC):
+            self.compression = "gzip"
+        elif head.startswith(ZSTD_MAGIC):
+            self.compression = "zstd"
+        else:
+            return head
+        try:
+            if self._pipe is not None:
+                pipe = self._pipe
+                self._stream_read = self._decompressor(Prepend(head, pipe.read)).read
+                self._stream_consumed = lambda: pipe.count
+                return read_full(self._stream_read, _PCAP_HEADER_LEN)
+            with open(self.path, "rb") as raw:
+                return read_full(self._decompressor(raw).read, _PCAP_HEADER_LEN)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CaptureError(self.path, 0, f"{self.compression}-compressed, cannot decompress: {e}") from e
+
+    def _decompressor(self, raw):
+        try:
+            if self.compression == "gzip":
+                return gzip.GzipFile(fileobj=raw, mode="rb")
+            try:
+                import zstandard
+            except ImportError:
+                raise CaptureError(
+                    self.path, 0, "zstd-compressed: install the optional zstandard package to read it"
+                ) from None
+            return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CaptureError(self.path, 0, f"{self.compression}-compressed, cannot decompress: {e}") from e
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     def _reset(self):
         self._st = np.zeros(_STATE_LEN, dtype=np.int64)
@@ -769,11 +856,37 @@ class CaptureReader:
 
     def __iter__(self):
         self._reset()
-        source = _MemorySource(self._data) if self._in_memory else _FileSource(self.path)
+        raw = None
+        if self._in_memory:
+            source = _MemorySource(self._data)
+        elif self._pipe is not None:
+            pipe = self._pipe
+            if self.compression is None:
+                source = StreamSource(pipe.read, self._head, lambda: pipe.count)
+            else:
+                source = StreamSource(self._stream_read, self._head, self._stream_consumed)
+        elif self._streamed:
+            raise CaptureError(self.path, 0, "a stream can be read only once")
+        elif self.compression is not None:
+            raw = open(self.path, "rb")  # noqa: SIM115 - closed in the finally below
+            read = self._decompressor(raw).read
+            source = StreamSource(read, read_full(read, len(self._head)), raw.tell)
+        else:
+            source = _FileSource(self.path)
         try:
             yield from self._walk(source)
+            error = getattr(source, "error", None)
+            if error is not None:  # the walk's own complaint (a cut record) follows from this one
+                reason = f"{self.compression or 'stream'} data cut short or damaged: {error}"
+                offset = source.size if self.fatal is None else self.fatal.offset
+                self.fatal = CaptureError(self.path, offset, reason)
         finally:
             source.close()
+            if raw is not None:
+                raw.close()
+            if self._pipe is not None:
+                self.close()
+                self._streamed = True
 
     def _walk(self, source):
         st = self._st
@@ -796,11 +909,14 @@ class CaptureReader:
         self.offset = pos
         need = 0
         gran = source.granularity
+        window_bytes = min(self.window_bytes, STREAM_WINDOW) if isinstance(source, StreamSource) else self.window_bytes
         while pos < size:
             map_off = pos - pos % gran
-            length = min(size - map_off, (pos - map_off) + max(self.window_bytes, need))
+            length = min(size - map_off, (pos - map_off) + max(window_bytes, need))
             buf, handle = source.window(map_off, length)
-            if buf.shape[0] < length:  # the file was cut short since it was opened: its data ends here
+            if isinstance(source, StreamSource):
+                size = source.size  # a stream's size is known once its end was read
+            elif buf.shape[0] < length:  # the file was cut short since it was opened: its data ends here
                 size = self._cut_short(map_off + buf.shape[0], size)
             bpos = pos - map_off
             while True:
@@ -822,7 +938,7 @@ class CaptureReader:
                 if n:
                     self.records += n
                     yield RawBatch(buf, pkt_off[:n], caplen[:n], wirelen[:n], ltype[:n], ts_ns[:n], frame[:n],
-                                   map_off)
+                                   map_off, source.consumed(map_off + bpos))  # fmt: skip
                 if status != _BATCH_FULL:
                     break
             pos = map_off + bpos

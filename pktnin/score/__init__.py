@@ -8,9 +8,28 @@
     writer_stage.py  Scored -> Parquet parts + manifest (ScoreWriter, Part)
     writers.py       Arrow schemas and batches, part files, the final Parquet/CSV assembly
     flows.py         per-flow aggregation; manifest.py: the resume manifest and the parts folder
+    outputs.py       checks on the outputs before a run starts, the per-file report
+
+`pktnin.score(paths, ...)` is the Python API's scoring call (pktnin.api.score): the attribute `score` of the
+package is this subpackage once it is imported, so the subpackage itself is made callable.
 """
+
+import sys
+import types
 
 from pktnin.score.options import ScoreOptions, ScoreResult
 from pktnin.score.pipeline import score_files
 
 __all__ = ["ScoreOptions", "ScoreResult", "score_files"]
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        from pktnin.api import score
+
+        return score(*args, **kwargs)
+
+    __call__.__doc__ = "pktnin.api.score: per-packet predictions of the inputs as a pyarrow Table."
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -9,6 +9,7 @@ engine      runs the model on each whole batch of rows where the prep wrote them
 
 from __future__ import annotations
 
+import os
 import queue
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,7 +19,7 @@ import numpy as np
 from pktnin.engine.protocols import ModelRunner
 from pktnin.layout import ROW_LEN
 from pktnin.packets import FileReport, PacketBatch, iter_packets
-from pktnin.score.stages import DONE, FileEnd, Scored, Stages
+from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
 
 READ_CHUNK = 8192  # records per read+prep chunk: ~12 MB of rows
 
@@ -31,20 +32,45 @@ def read_stage(
     keep_dns: bool,
     threads: int | None,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
+    named: set[Path] | None = None,
+    progress=None,
 ) -> None:
     """PacketBatch chunks and a FileEnd per (index, path) in todo, then DONE. `source` stands in for
-    packets.iter_packets; `threads` (None: numba's default) sets the prep kernels' threads."""
+    packets.iter_packets; `threads` (None: numba's default) sets the prep kernels' threads; `named`: the
+    files the user named (packets.iter_raw_batches); `progress` (optional) gets add_bytes(n) as files are read."""
+    from pktnin.kernels.capture import ReadStopped
+
     if threads:
         import numba
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # per thread in numba
+    add_bytes = getattr(progress, "add_bytes", None)
     for index, path in todo:
         reports: list[FileReport] = []
-        for batch in source([path], mask=mask, keep_dns=keep_dns, reports=reports, max_records=READ_CHUNK,
-                            first_index=index):
-            stages.put(out_q, batch)
+        read = 0
+        try:
+            for batch in source([path], mask=mask, keep_dns=keep_dns, reports=reports, max_records=READ_CHUNK,
+                                first_index=index, named=named, should_stop=stages.stop.is_set):  # fmt: skip
+                stages.put(out_q, batch)
+                if add_bytes is not None and batch.consumed > read:
+                    add_bytes(batch.consumed - read)
+                    read = batch.consumed
+        except ReadStopped:  # a wait on a stream ended because the run is stopping
+            raise Stopped from None
+        if add_bytes is not None:
+            add_bytes(max(0, input_size(path) - read))  # the rest: records skipped, or the file ended early
         stages.put(out_q, FileEnd(reports[0]))
     stages.put(out_q, DONE)
+
+
+def input_size(path: Path) -> int:
+    """Bytes of a regular file (0 for a stream or a file that cannot be read): the progress bar's unit."""
+    from pktnin.kernels.capture import is_stream
+
+    try:
+        return 0 if is_stream(path) else os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def engine_stage(stages: Stages, runner: ModelRunner, batch_size: int, in_q: queue.Queue, out_q: queue.Queue) -> None:

@@ -24,6 +24,7 @@ _FIRST_FIELDS = ("ip_version", "proto", "src_addr", "dst_addr", "src_port", "dst
 def flow_schema(classes: list[str], with_probs: bool) -> pa.Schema:
     fields = [
         ("file", pa.string()),
+        ("flow_id", meta_type("flow_key")),  # the packet rows' flow_id
         ("proto", meta_type("proto")),
         ("addr_a", pa.string()),
         ("port_a", meta_type("src_port")),
@@ -32,7 +33,7 @@ def flow_schema(classes: list[str], with_probs: bool) -> pa.Schema:
         ("vlan", meta_type("vlan")),
         ("first_ts", TIMESTAMP),
         ("last_ts", TIMESTAMP),
-        ("packets", pa.int64()),
+        ("packets", pa.int64()),  # scored packets of the flow (packets the layout skips are not counted)
         ("label", pa.string()),
         ("confidence", pa.float32()),
     ]
@@ -119,6 +120,7 @@ class FlowAccumulator:
         n = len(order)
         columns = [
             pa.repeat(file_name, n).cast(pa.string()),
+            pa.array(s["flow_key"], type=meta_type("flow_key")),
             pa.array(s["proto"], type=meta_type("proto")),
             format_addresses(s["src_addr"], s["ip_version"]),
             pa.array(s["src_port"], type=meta_type("src_port")),

@@ -36,7 +36,7 @@ import numpy as np
 from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
 from pktnin.engine.protocols import DeviceRunner
-from pktnin.score.stages import DONE, FileEnd, Scored, Stages
+from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
 
 
 def device_batch_size(runner: DeviceRunner, batch: int) -> int:
@@ -69,16 +69,17 @@ def own_raw(raw):
         raw.ts_ns.copy(),
         raw.frame.copy(),
         raw.base + lo,
+        raw.consumed,
     )
 
 
 def iter_raw(
     files: Iterable[Path], reports: list[FileReport], max_records: int, first_index: int = 0,
-    reader_kwargs: dict | None = None,
+    reader_kwargs: dict | None = None, named: set[Path] | None = None, should_stop=None,
 ) -> Iterator[RawChunk]:
     """packets.iter_packets without the transform: RawChunks, and one FileReport per file appended to `reports`
     when the file is finished (`kept` and `skip_counts` are left to whoever runs the transform)."""
-    for report, raw in iter_raw_batches(files, max_records, first_index, reader_kwargs):
+    for report, raw in iter_raw_batches(files, max_records, first_index, reader_kwargs, named, should_stop):
         if raw is None:
             reports.append(report)
         else:
@@ -86,13 +87,28 @@ def iter_raw(
 
 
 def read_raw_stage(stages: Stages, todo: list[tuple[int, Path]], out_q: queue.Queue, max_records: int,
-                   reader_kwargs: dict | None = None) -> None:
+                   reader_kwargs: dict | None = None, named: set[Path] | None = None, progress=None) -> None:
     """RawChunks and a FileEnd (kept and skip counts still missing) per (index, path) in todo, then DONE.
-    `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard)."""
+    `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard); `progress` (optional) gets
+    add_bytes(n) as files are read."""
+    from pktnin.kernels.capture import ReadStopped
+    from pktnin.score.cpu_stages import input_size
+
+    add_bytes = getattr(progress, "add_bytes", None)
     for index, path in todo:
         reports: list[FileReport] = []
-        for chunk in iter_raw([path], reports, max_records, first_index=index, reader_kwargs=reader_kwargs):
-            stages.put(out_q, chunk)
+        read = 0
+        try:
+            for chunk in iter_raw([path], reports, max_records, first_index=index, reader_kwargs=reader_kwargs,
+                                  named=named, should_stop=stages.stop.is_set):  # fmt: skip
+                stages.put(out_q, chunk)
+                if add_bytes is not None and chunk.raw.consumed > read:
+                    add_bytes(chunk.raw.consumed - read)
+                    read = chunk.raw.consumed
+        except ReadStopped:  # a wait on a stream ended because the run is stopping
+            raise Stopped from None
+        if add_bytes is not None:
+            add_bytes(max(0, input_size(path) - read))
         stages.put(out_q, FileEnd(reports[0]))
     stages.put(out_q, DONE)
 

@@ -46,8 +46,13 @@ def file_key(path: Path) -> str:
     return str(Path(path).resolve())
 
 
-def file_stamp(path: Path) -> dict:
-    """Size, mtime and a hash of the first and last CONTENT_SPAN bytes (content None when unreadable)."""
+def file_stamp(path: Path) -> dict | None:
+    """Size, mtime and a hash of the first and last CONTENT_SPAN bytes (content None when unreadable); None for
+    a stream (stdin, a pipe, a FIFO): it is never reused, and reading it here would take its data."""
+    from pktnin.kernels.capture import is_stream
+
+    if is_stream(path):
+        return None
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -143,7 +148,7 @@ class Manifest:
 
 def _same_stamp(path: Path, stamp) -> bool:
     try:
-        return file_stamp(path) == stamp
+        return stamp is not None and file_stamp(path) == stamp
     except OSError:
         return False
 

@@ -17,9 +17,11 @@ from pktnin.score.writers import FORMATS
 class ScoreOptions:
     out: Path
     flows_out: Path | None = None
-    fmt: str = "parquet"
+    fmt: str | None = None  # parquet or csv; None: from the suffix of `out` (score.outputs.format_for)
     probs: bool = False
     resume: bool = False
+    force: bool = False  # replace existing outputs and discard an earlier run's finished files
+    report: Path | None = None  # per-file report, .json or .csv (written by the caller: score.outputs)
     keep_dns: bool = False
     mask: str = "paper"
     batch: int = 256
@@ -27,13 +29,19 @@ class ScoreOptions:
     # and idle OpenMP workers spin, starving the engine and the writer. None: numba's default (all cores).
     prep_threads: int | None = 1
     model_id: str = ""  # identifies the model's content (hash), for the manifest
+    model_name: str = ""  # the model's file name, for the outputs' metadata
     # A part (and the manifest) is saved when it holds this many rows or is this old at the end of a file:
     # a kill loses at most that much work, and many small files do not cost a rename each.
     part_rows: int = 262144
     part_seconds: float = 10.0
 
     def __post_init__(self) -> None:
+        from pktnin.score.outputs import format_for
+
         self.out = Path(self.out)
+        self.fmt = format_for(self.out, self.fmt)
+        if self.report is not None:
+            self.report = Path(self.report)
         if self.flows_out is not None:
             self.flows_out = Path(self.flows_out)
             if self.flows_out.resolve() == self.out.resolve():
@@ -47,6 +55,27 @@ class ScoreOptions:
                 raise OptionError(f"{name} must be at least 1, got {value!r}")
         if self.part_seconds < 0:
             raise OptionError(f"part_seconds must not be negative, got {self.part_seconds}")
+
+    def metadata(self, classes: list[str]) -> dict[str, str]:
+        """Key-value metadata of the Parquet outputs: what produced the rows."""
+        from pktnin import __version__
+        from pktnin.layout import LAYOUT_VERSION
+
+        model_hash, backend, precision = (self.model_id.split(":") + ["", ""])[:3]
+        return {
+            "pktnin.version": __version__,
+            "pktnin.layout_version": str(LAYOUT_VERSION),
+            "pktnin.model": self.model_name,
+            "pktnin.model_sha256": model_hash,
+            "pktnin.backend": backend,
+            "pktnin.precision": precision,
+            "pktnin.classes": ",".join(classes),
+            "pktnin.mask": self.mask,
+            "pktnin.keep_dns": str(self.keep_dns).lower(),
+            "pktnin.frame": "0-based index of the record in its file, skipped records counted",
+            "pktnin.flow_packets": "scored packets only: packets skipped by the layout (dns, no-payload, ...) "
+            "are not counted",
+        }
 
     def settings(self, classes: list[str]) -> dict:
         """What makes two runs' parts interchangeable."""

@@ -25,15 +25,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from pktnin.errors import UsageError
+
 # Temporary files of pktnin.atomic.atomic_path and of write_private: ".NAME." + mkstemp's 8 characters + ".tmp".
 _TEMP_TAIL = r"\.[A-Za-z0-9_]{8}\.tmp"
 
 
-class UnsafeOutputError(Exception):
+class UnsafeOutputError(UsageError):
     """A side file of the output is a symbolic link, someone else's, or writable by others: not used."""
 
 
-class OutputBusyError(Exception):
+class OutputBusyError(UsageError):
     """Another run holds the lock on this output."""
 
 

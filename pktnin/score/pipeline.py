@@ -24,6 +24,7 @@ from pktnin.score import manifest as mf
 from pktnin.score import outdir
 from pktnin.score.cpu_stages import engine_stage, read_stage
 from pktnin.score.options import ScoreOptions, ScoreResult
+from pktnin.score.outputs import check_outputs
 from pktnin.score.stages import Stages
 from pktnin.score.writer_stage import ScoreWriter, write_stage
 from pktnin.score.writers import assemble
@@ -39,6 +40,7 @@ def score_files(
     progress=None,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
     on_saved: Callable[[list[FileReport]], None] | None = None,
+    named: set[Path] | None = None,
 ) -> ScoreResult:
     """Score `files` (already expanded) with `runner`; write the outputs named in `opts`.
 
@@ -46,19 +48,23 @@ def score_files(
     (score.gpu_stages) and `source` is not used; otherwise on the CPU.
     `progress` (optional) has add_packets(n) and file_done(); `source` stands in for packets.iter_packets;
     `on_saved` is called with the reports of the files of each part once the part and the manifest are saved.
+    `named`: the files the user named (packets.iter_raw_batches: others that are not captures are no failure).
+    The outputs are checked first (score.outputs.check_outputs: OutputError). When not one input could be
+    read, no output is written.
     One run per output at a time: a second one raises outdir.OutputBusyError; side files planted by someone else
     raise outdir.UnsafeOutputError (see score.outdir).
     """
     targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
     with outdir.output_lock(targets):
-        return _score_locked(files, runner, opts, progress, source, on_saved, targets)
+        return _score_locked(files, runner, opts, progress, source, on_saved, targets, named)
 
 
-def _score_locked(files, runner, opts, progress, source, on_saved, targets) -> ScoreResult:
+def _score_locked(files, runner, opts, progress, source, on_saved, targets, named) -> ScoreResult:
     out = opts.out
     classes = list(runner.classes)
     settings = opts.settings(classes)
     parts = mf.parts_dir(out)
+    check_outputs(opts, settings)  # before anything is touched: refuse rather than lose earlier work
     manifest, listed = mf.open_run(out, settings, opts.resume, targets)
 
     # Files finished by an earlier run are reused; the rest are scored now.
@@ -83,12 +89,13 @@ def _score_locked(files, runner, opts, progress, source, on_saved, targets) -> S
             from pktnin.score import gpu_stages
 
             batch = gpu_stages.device_batch_size(runner, opts.batch)
-            stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch)
+            stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch, None, named,
+                          progress)  # fmt: skip
             stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, batch, opts.mask,
                           opts.keep_dns, read_q, scored_q)  # fmt: skip
         else:
             stages.thread("pktnin-read", read_stage, stages, todo, read_q, opts.mask, opts.keep_dns,
-                          opts.prep_threads, source)  # fmt: skip
+                          opts.prep_threads, source, named, progress)  # fmt: skip
             stages.thread("pktnin-engine", engine_stage, stages, runner, opts.batch, read_q, scored_q)
         stages.run(write_stage, stages, writer, scored_q)
     finally:
@@ -99,12 +106,17 @@ def _score_locked(files, runner, opts, progress, source, on_saved, targets) -> S
 
     # Every file is finished: assemble the outputs in input order, then drop the parts and the manifest.
     ordered = [manifest.files[mf.file_key(p)] for p in files]
-    rows = assemble(unique_parts(ordered, "part", parts), out, writer.schema, opts.fmt)
-    outputs = [out]
-    n_flows = None
-    if writer.fschema is not None:
-        n_flows = assemble(unique_parts(ordered, "flows_part", parts), opts.flows_out, writer.fschema, opts.fmt)
-        outputs.append(opts.flows_out)
+    reports = [mf.report_from_dict(e["report"]) for e in ordered]
+    outputs: list[Path] = []
+    rows, n_flows = 0, None
+    if any(not (r.failed or r.not_capture) for r in reports):  # a run that read nothing writes nothing
+        metadata = opts.metadata(classes)
+        rows = assemble(unique_parts(ordered, "part", parts), out, writer.schema, opts.fmt, metadata)
+        outputs.append(out)
+        if writer.fschema is not None:
+            n_flows = assemble(unique_parts(ordered, "flows_part", parts), opts.flows_out, writer.fschema, opts.fmt,
+                               metadata)  # fmt: skip
+            outputs.append(opts.flows_out)
     mf.clear_run(out, manifest.part_names())
 
     label_counts = np.zeros(len(classes), dtype=np.int64)
@@ -112,7 +124,7 @@ def _score_locked(files, runner, opts, progress, source, on_saved, targets) -> S
         label_counts += np.asarray(e["label_counts"], dtype=np.int64)
     return ScoreResult(
         files=list(files),
-        reports=[mf.report_from_dict(e["report"]) for e in ordered],
+        reports=reports,
         classes=classes,
         label_counts=label_counts,
         packets=writer.packets,

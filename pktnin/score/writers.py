@@ -43,6 +43,8 @@ def packet_schema(classes: list[str], with_probs: bool) -> pa.Schema:
         ("dst_addr", pa.string()),
         ("dst_port", meta_type("dst_port")),
         ("proto", meta_type("proto")),
+        ("vlan", meta_type("vlan")),
+        ("flow_id", meta_type("flow_key")),  # joins the flow table's flow_id (with file)
         ("label", pa.string()),
         ("prob", pa.float32()),
     ]
@@ -93,6 +95,8 @@ def packet_batch(
         format_addresses(meta["dst_addr"], meta["ip_version"]),
         pa.array(meta["dst_port"], type=meta_type("dst_port")),
         pa.array(meta["proto"], type=meta_type("proto")),
+        pa.array(meta["vlan"], type=meta_type("vlan")),
+        pa.array(meta["flow_key"], type=meta_type("flow_key")),
         label,
         pa.array(prob, type=pa.float32()),
     ]
@@ -148,15 +152,18 @@ class PartWriter:
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
 
 
-def assemble(parts: Iterable[Path], target: Path, schema: pa.Schema, fmt: str) -> int:
-    """Concatenate Parquet parts, in order, into `target` (Parquet or CSV), streamed; returns the row count."""
+def assemble(parts: Iterable[Path], target: Path, schema: pa.Schema, fmt: str, metadata: dict | None = None) -> int:
+    """Concatenate Parquet parts, in order, into `target` (Parquet or CSV), streamed; returns the row count.
+    `metadata`: key-value metadata of a Parquet output."""
     batches = (b for part in parts for b in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP_ROWS))
-    return write_batches(batches, target, schema, fmt)
+    return write_batches(batches, target, schema, fmt, metadata)
 
 
-def write_batches(batches: Iterable[pa.RecordBatch], target: Path, schema: pa.Schema, fmt: str) -> int:
+def write_batches(
+    batches: Iterable[pa.RecordBatch], target: Path, schema: pa.Schema, fmt: str, metadata: dict | None = None
+) -> int:
     """Record batches, in order, into `target` (Parquet or CSV) in row groups of ROW_GROUP_ROWS, written
-    atomically; returns the row count."""
+    atomically; returns the row count. `metadata`: key-value metadata of a Parquet output."""
     import pyarrow.csv as pcsv
 
     if fmt not in FORMATS:
@@ -164,7 +171,7 @@ def write_batches(batches: Iterable[pa.RecordBatch], target: Path, schema: pa.Sc
     rows = 0
     with atomic_path(target) as tmp:
         if fmt == "parquet":
-            writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            writer = pq.ParquetWriter(tmp, schema.with_metadata(metadata or {}), compression="zstd")
         else:
             writer = pcsv.CSVWriter(str(tmp), schema)
         try:

@@ -1,0 +1,130 @@
+"""Checks on a scoring run's outputs before any work starts, and the per-file report.
+
+A run refuses up front, with what to do instead, rather than fail after scoring everything or lose work:
+- an output path that is a folder, or whose suffix names the other format;
+- an existing output (unless `force`);
+- an earlier run's finished files in OUT.manifest.json that this run would throw away: a run without `resume`,
+  or `resume` with other settings (unless `force`; the message lists the settings that differ).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterable
+
+from pktnin.atomic import atomic_path
+from pktnin.errors import UsageError
+from pktnin.packets import FileReport
+from pktnin.score import manifest as mf
+from pktnin.score.writers import FORMATS
+
+REPORT_FORMATS = (".json", ".csv")
+
+
+class OutputError(UsageError):
+    """An output cannot be written as asked, or writing it would discard earlier results."""
+
+
+def format_for(out: Path | None, fmt: str | None) -> str:
+    """The output format: `fmt` when given, else from the suffix of `out` (.csv or .parquet), else parquet."""
+    if fmt is not None:
+        return fmt
+    suffix = "" if out is None else Path(out).suffix.lower().lstrip(".")
+    return suffix if suffix in FORMATS else "parquet"
+
+
+def check_outputs(opts, settings: dict) -> None:
+    """Raise OutputError when the outputs of `opts` (ScoreOptions) cannot or must not be written."""
+    continuing = check_progress(opts, settings)
+    targets = [("--out", opts.out)] + ([("--flows", opts.flows_out)] if opts.flows_out is not None else [])
+    for option, target in targets:
+        if target.is_dir():
+            raise OutputError(f"{option} {target} is a folder: name a file, e.g. {target / f'predictions.{opts.fmt}'}")
+        suffix = target.suffix.lower().lstrip(".")
+        if suffix in FORMATS and suffix != opts.fmt:
+            raise OutputError(f"{option} {target} ends in .{suffix} but the format is {opts.fmt}: change one of them")
+        if target.parent.exists() and not target.parent.is_dir():
+            raise OutputError(f"{option} {target}: {target.parent} is not a folder")
+        if target.exists() and not (opts.force or continuing):
+            raise OutputError(f"{option} {target} exists: choose another name, or --force to replace it")
+    if opts.report is not None:
+        if opts.report.suffix.lower() not in REPORT_FORMATS:
+            raise OutputError(f"--report {opts.report}: the report is .json or .csv")
+        if opts.report.is_dir() or (opts.report.exists() and not (opts.force or continuing)):
+            raise OutputError(f"--report {opts.report} exists: choose another name, or --force to replace it")
+
+
+def check_progress(opts, settings: dict) -> bool:
+    """Refuse to start over an earlier run's finished files unless asked to continue them or `force`.
+    True when this run continues an earlier one (whose outputs it was started to replace)."""
+    if opts.force:
+        return False
+    earlier = mf.Manifest.load(mf.manifest_path(opts.out))
+    if earlier is None or not earlier.files:
+        return False
+    done = f"{mf.manifest_path(opts.out)} holds {len(earlier.files)} finished files of an earlier run"
+    if not opts.resume:
+        raise OutputError(f"{done}: rerun with --resume to continue it, or --force to discard it")
+    if earlier.settings != settings:
+        raise OutputError(
+            f"{done} with other settings ({settings_diff(earlier.settings, settings)}): rerun with the earlier "
+            "settings to continue, or --force to discard its files and start over"
+        )
+    return True
+
+
+def settings_diff(old: dict, new: dict) -> str:
+    """`name: old -> new` for each setting that differs."""
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    return "; ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The per-file report (--report)
+
+REPORT_COLUMNS = (
+    "file", "status", "format", "compression", "records", "rows", "corrupt_records", "error", "error_offset", "skips"
+)  # fmt: skip
+
+
+def report_rows(reports: Iterable[FileReport]) -> list[dict]:
+    """One JSON-ready row per input file: status (ok, partial, failed, not a capture), the first error and its
+    offset, records read, rows scored, corrupt records skipped, packets skipped per reason."""
+    rows = []
+    for r in reports:
+        error = next((e for e in reversed(r.errors)), None) if (r.failed or r.stopped_early) else None
+        rows.append({
+            "file": str(r.path),
+            "status": r.status,
+            "format": r.format,
+            "compression": r.compression,
+            "records": r.records,
+            "rows": r.kept,
+            "corrupt_records": r.corrupt_records,
+            "error": error if error is not None else ("; ".join(r.errors) or None),
+            "error_offset": r.error_offset,
+            "skips": dict(r.skip_counts),
+        })  # fmt: skip
+    return rows
+
+
+def write_report(reports: Iterable[FileReport], path: str | Path) -> None:
+    """The per-file report as JSON (a list of rows) or CSV (skips as one JSON column), written atomically."""
+    path = Path(path)
+    rows = report_rows(reports)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=REPORT_COLUMNS)
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({**row, "skips": json.dumps(row["skips"], sort_keys=True)})
+        else:
+            tmp.write_text(json.dumps(rows, indent=1) + "\n")
