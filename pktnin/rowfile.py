@@ -77,7 +77,7 @@ def write_row_file(files: Sequence[Path], out: str | os.PathLike, opts: PrepOpti
     check_writable(out, need_bytes=sum(a.nbytes for a in arrays.values()))
     try:
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub mistakes the names for allow_pickle
     except OSError as exc:  # the temporary file is removed: nothing half-written is left
         raise OutputNotWritableError(f"cannot write {out}: {exc.strerror or exc}") from None
     return RowFileResult(out=out, rows=int(arrays["x"].shape[0]), reports=reports)

@@ -37,7 +37,8 @@ def read_stage(
     if threads:
         import numba
 
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # per thread in numba
+        # numba.config sets its settings at run time from the environment, invisible to a type checker
+        numba.set_num_threads(max(1, min(threads, getattr(numba.config, "NUMBA_NUM_THREADS"))))  # per thread in numba
     for index, path in todo:
         reports: list[FileReport] = []
         for batch in source([path], mask=mask, keep_dns=keep_dns, reports=reports, max_records=READ_CHUNK,
