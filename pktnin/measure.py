@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -25,16 +26,17 @@ def prep_throughput(
     `progress` (optional) has add_packets(n) and file_done(n). `threads` (None: numba's thread count), `chunk`
     (records per walk) and `flow_keys` go to packets.iter_packets.
     """
-    kw = {"mask": opts.mask, "keep_dns": opts.keep_dns, "threads": threads, "flow_keys": flow_keys, "reuse_rows": True}
+    read = partial(iter_packets, mask=opts.mask, keep_dns=opts.keep_dns, threads=threads, flow_keys=flow_keys,
+                   reuse_rows=True)
     # Warm up: load or compile the kernels on the first chunk of the first file (not timed).
-    for _ in iter_packets(files[:1], max_records=64, **kw):
+    for _ in read(files[:1], max_records=64):
         break
     reports: list = []
     kept = 0
     done = 0
     cpu_start = time.process_time()
     start = time.perf_counter()
-    for batch in iter_packets(files, reports=reports, max_records=chunk, **kw):
+    for batch in read(files, reports=reports, max_records=chunk):
         kept += len(batch)
         if progress is not None:
             while done < len(reports):
@@ -117,10 +119,10 @@ def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[s
     `progress` (optional) has stage(name, total) called before each stage and run_done() after each run.
     Raises ValueError when no packet of the input becomes a row (the engine would have nothing to run on).
     """
-    rows = [b.rows for b in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns)]
-    if not rows:
+    batches = [b.rows for b in iter_packets(files, mask=opts.mask, keep_dns=opts.keep_dns)]
+    if not batches:
         raise ValueError("no packet of the input became a row")
-    rows = np.concatenate(rows)
+    rows = np.concatenate(batches)
 
     def stage(name: str, total: int) -> None:
         if progress is not None:

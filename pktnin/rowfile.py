@@ -95,7 +95,7 @@ def save_row_file(arrays: dict[str, np.ndarray], out: str | os.PathLike) -> Path
     check_writable(out, need_bytes=sum(a.nbytes for a in arrays.values()))
     try:
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub mistakes the names for allow_pickle
     except OSError as exc:  # the temporary file is removed: nothing half-written is left
         raise OutputNotWritableError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out

@@ -44,12 +44,12 @@ def build_engine(
 
     with exit_codes():
         check_build_args(precision, max_batch, opt_batch, workspace_mb)
-        model = resolve_model(model)
-        if model.suffix not in (".keras", ".onnx"):
-            usage(f"{model}: expected a .keras checkpoint or an .onnx file")
-        if not model.is_file():
-            usage(f"{model} not found")
-        plan = build(model, out, precision=precision, max_batch=max_batch, opt_batch=opt_batch,
+        model_path = resolve_model(model)
+        if model_path.suffix not in (".keras", ".onnx"):
+            usage(f"{model_path}: expected a .keras checkpoint or an .onnx file")
+        if not model_path.is_file():
+            usage(f"{model_path} not found")
+        plan = build(model_path, out, precision=precision, max_batch=max_batch, opt_batch=opt_batch,
                      timing_cache=timing_cache, workspace_mb=workspace_mb)  # fmt: skip
     console.print(f"{plan} ({plan.stat().st_size / 1e6:.1f} MB, {precision}, max batch {max_batch})", highlight=False)
 

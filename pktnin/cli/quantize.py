@@ -17,7 +17,7 @@ def quantize(
     ] = None,
     data: Annotated[
         Path, typer.Option("--data", "-d", help="Dataset directory: calibration rows from its train split, checks on val.")
-    ] = ...,
+    ] = ...,  # type: ignore[assignment]  # typer's marker of a required option after optional arguments
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Output .onnx (default: MODEL.int8.onnx beside it, or the cache for the "

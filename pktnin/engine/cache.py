@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 CACHE_ENV = "PKTNIN_CACHE_DIR"
@@ -33,7 +34,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def content_key(paths: list[str | os.PathLike], settings: dict) -> str:
+def content_key(paths: Sequence[str | os.PathLike], settings: dict) -> str:
     """Hash of the files' bytes (in order) and the settings."""
     digest = hashlib.sha256()
     for path in paths:

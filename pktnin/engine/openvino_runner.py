@@ -96,7 +96,7 @@ class OpenVinoRunner(Runner):
         shape = inputs[0].get_partial_shape()
         if shape.rank.get_length() != 2 or not shape[1].is_static or shape[1].get_length() != ROW_LEN:
             raise ModelMismatchError(f"{self.path}: expected input [batch, {ROW_LEN}], got {shape}")
-        config = {
+        config: dict[str, str | int] = {
             "PERFORMANCE_HINT": "THROUGHPUT",
             # int8 graphs take their precision from the QDQ nodes; the float parts stay float32 there.
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",

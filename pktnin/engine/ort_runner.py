@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +83,8 @@ class OnnxRuntimeRunner(Runner):
         self.spin = spin
         self.providers = providers or ["CPUExecutionProvider"]
         self._max_batch = int(max_batch)
-        self._session = None
-        self._binding = None
+        self._session: Any | None = None  # onnxruntime ships no type hints
+        self._binding: Any | None = None
         self._scratch: np.ndarray | None = None  # float32 rows when the model takes float32 and rows come as bytes
 
     def load(self) -> "OnnxRuntimeRunner":
@@ -141,6 +142,7 @@ class OnnxRuntimeRunner(Runner):
 
     def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         n = self._check_io(rows, out)
+        assert self._session is not None and self._binding is not None  # _check_io: loaded
         num_classes = out.shape[1]
         for start in range(0, n, self._max_batch):
             stop = min(n, start + self._max_batch)

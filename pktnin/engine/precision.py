@@ -25,6 +25,7 @@ import numpy as np
 
 from pktnin.engine import cache
 from pktnin.engine.runner_base import (
+    DEFAULT_MAX_BATCH,
     META_PREFIX,
     EngineUnavailableError,
     ModelMismatchError,
@@ -226,19 +227,20 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
 # -- opening and timing --------------------------------------------------------------------------------------
 def open_engine(engine: Engine, max_batch: int | None = None, threads: int | None = None) -> Runner:
     """A loaded runner for an engine (`threads`: intra-op threads of a one-session ONNX Runtime engine)."""
-    kwargs = {} if max_batch is None else {"max_batch": max_batch}
+    batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
+    runner: Runner
     if engine.backend == "openvino":
         from pktnin.engine.openvino_runner import OpenVinoRunner
 
-        runner = OpenVinoRunner(engine.path, precision=engine.precision, threads=threads, **kwargs).load()
+        runner = OpenVinoRunner(engine.path, precision=engine.precision, threads=threads, max_batch=batch).load()
     elif engine.workers > 1:
         from pktnin.engine.workers import SessionPoolRunner
 
-        runner = SessionPoolRunner(engine.path, engine.workers, **kwargs).load()
+        runner = SessionPoolRunner(engine.path, engine.workers, max_batch=batch).load()
     else:
         from pktnin.engine.ort_runner import OnnxRuntimeRunner
 
-        runner = OnnxRuntimeRunner(engine.path, intra_threads=threads, **kwargs).load()
+        runner = OnnxRuntimeRunner(engine.path, intra_threads=threads, max_batch=batch).load()
     runner.precision = engine.precision
     runner.engine_label = engine.label()
     return runner

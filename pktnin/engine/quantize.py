@@ -273,7 +273,7 @@ def quantize_qdq(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }[method]
-    extra = {"CalibMovingAverage": False}
+    extra: dict[str, bool | float] = {"CalibMovingAverage": False}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     symmetric = target == "tensorrt"
@@ -389,8 +389,10 @@ def quantize_model(
                 log(f"{level:<13} {method:<10} argmax agreement {cand.agreement:.4f}  max|dp| {cand.max_prob_diff:.3f}")
                 if best is None or cand.agreement > best[0].agreement:
                     best = (cand, out.read_bytes())
+            assert best is not None, "no calibration method given"
             if best[0].agreement >= target_agreement:
                 break
+        assert best is not None, "no exclusion level given"
         if best[0].agreement < target_agreement and max_extra_excluded > 0:
             best = _exclude_sensitive(
                 prepared, prepared_proto, Path(tmp), calibration_rows, validation_rows, reference, best, candidates,

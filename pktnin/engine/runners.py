@@ -92,9 +92,10 @@ def open_runner(
 
             onnx_path = onnx_source(path)
             if model_precision(model_props(onnx_path)) != "int8":
-                source = find_int8(onnx_path)
-                if source is None:
+                int8_path = find_int8(onnx_path)
+                if int8_path is None:
                     raise FileNotFoundError(f"no int8 model of {path}: make one with `pktnin quantize --target tensorrt`")
+                source = int8_path
         plan = path if path.suffix == ".plan" else cached_plan(
             onnx_source(source), precision=trt_precision, max_batch=max_batch or DEFAULT_MAX_BATCH, device=device
         )
@@ -104,9 +105,9 @@ def open_runner(
 
         path = cached_onnx(path, input_dtype=ORT_INPUT_DTYPE)
     if chosen == "onnxruntime" and precision == "fp32" and engine_workers == 1:
-        kwargs = {} if max_batch is None else {"max_batch": max_batch}
         return OnnxRuntimeRunner(
-            path, intra_threads=intra_threads, inter_threads=inter_threads, graph_opt=graph_opt, **kwargs
+            path, intra_threads=intra_threads, inter_threads=inter_threads, graph_opt=graph_opt,
+            max_batch=DEFAULT_MAX_BATCH if max_batch is None else max_batch,
         ).load()
     from pktnin.engine.precision import open_cpu_runner
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class _Slot:
             dev.free()
         for host in (self.host_in, self.host_out):
             allocation = getattr(host, "base", None)  # pycuda's HostAllocation behind the array
-            if hasattr(allocation, "free"):
+            if allocation is not None and hasattr(allocation, "free"):
                 allocation.free()
 
 
@@ -62,11 +63,12 @@ class TensorRTRunner(Runner):
         super().__init__()
         self.path = Path(plan_path)
         self.device = device
-        self._engine = None
-        self._context = None
-        self._runtime = None
-        self._stream = None
-        self._prep_stream = None
+        # tensorrt, pycuda and numba-cuda ship no type hints
+        self._engine: Any | None = None
+        self._context: Any | None = None
+        self._runtime: Any | None = None
+        self._stream: Any | None = None
+        self._prep_stream: Any | None = None
         self._slots: list[_Slot] = []
         self._in_dtype: np.dtype | None = None
 
@@ -131,6 +133,7 @@ class TensorRTRunner(Runner):
         s = self._slot(slot)
         if s.n:
             raise RuntimeError(f"slot {slot} is still in flight: collect() it first")
+        assert self._in_dtype is not None  # _slot: loaded
         desc = {
             "shape": (self._max_batch, ROW_LEN),
             "typestr": self._in_dtype.str,
@@ -161,6 +164,7 @@ class TensorRTRunner(Runner):
                 else:
                     np.copyto(staged, rows, casting="same_kind")
                 cuda.memcpy_htod_async(s.dev_in, staged, self._stream)
+            assert self._context is not None and self._stream is not None  # _slot: loaded
             self._context.set_input_shape(INPUT_NAME, (n, ROW_LEN))
             self._context.set_tensor_address(INPUT_NAME, int(s.dev_in))
             self._context.set_tensor_address(OUTPUT_NAME, int(s.dev_out))
@@ -201,6 +205,7 @@ class TensorRTRunner(Runner):
     def close(self) -> None:
         if self._engine is None:
             return
+        assert self._stream is not None  # load() makes it with the engine
         with context_current(self.device):
             self._stream.synchronize()
             for s in self._slots:

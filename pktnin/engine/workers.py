@@ -56,6 +56,7 @@ class SessionPoolRunner(Runner):
 
     def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         n = self._check_io(rows, out)
+        assert self._pool is not None  # _check_io: loaded
         size = max(MIN_ROWS_PER_WORKER, -(-n // self.workers))
         # ONNX Runtime releases the GIL while it runs, so the sessions work in parallel.
         jobs = [

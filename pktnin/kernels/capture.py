@@ -196,7 +196,7 @@ _IN_MEMORY_TYPES = (bytes, bytearray, memoryview, np.ndarray)
 
 def _head_bytes(path_or_bytes, n: int) -> bytes:
     if isinstance(path_or_bytes, _IN_MEMORY_TYPES):
-        return bytes(memoryview(path_or_bytes).cast("B")[:n])
+        return bytes(memoryview(path_or_bytes).cast("B")[:n])  # type: ignore[arg-type]  # numpy stub: no __buffer__
     with open(path_or_bytes, "rb") as f:
         return f.read(n)
 
@@ -653,7 +653,7 @@ class _FileSource:
         buf = self._buffer(length)
         fd = self._f.fileno()
         got = 0
-        with memoryview(buf) as view:
+        with memoryview(buf) as view:  # type: ignore[arg-type]  # numpy's stub lacks __buffer__ before Python 3.12
             while got < length:
                 n = os.preadv(fd, [view[got:length]], off + got)
                 if n <= 0:

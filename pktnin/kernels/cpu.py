@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from numba import njit
 
 from pktnin import layout
 from pktnin.schema import empty_meta
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 
 def _layout_digest() -> str:
@@ -266,7 +269,7 @@ class RangePrep:
         self.flow_keys = flow_keys
         self.min_range = int(min_range)
         self._outputs: list[RangeOutput | None] = [None] * self.threads
-        self._pool = None
+        self._pool: ThreadPoolExecutor | None = None
         if self.threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -308,7 +311,10 @@ class RangePrep:
         def run(r: int) -> int:
             return outputs[r].fill(arrays, bounds[r], bounds[r + 1], self.mask, self.keep_dns, skip, counts[r])
 
-        others = [self._pool.submit(run, r) for r in range(1, ranges)]
+        others: list[Future[int]] = []
+        if ranges > 1:
+            assert self._pool is not None  # ranges <= threads, and threads > 1 made the pool
+            others = [self._pool.submit(run, r) for r in range(1, ranges)]
         kept = [run(0)]
         for r, future in enumerate(others, start=1):
             # A range no worker has started yet (the machine is busy) is done here rather than waited for.

@@ -92,7 +92,7 @@ def _launch_shape(items: int, per_block: int = _THREADS) -> tuple[int, int]:
     """(blocks, threads) for a grid-stride kernel over `items`, each block taking `per_block` of them."""
     from numba import config
 
-    if config.ENABLE_CUDASIM:
+    if getattr(config, "ENABLE_CUDASIM"):  # set at run time from the environment, unknown to a type checker
         return 1, _SIM_THREADS
     blocks = max(1, min(_MAX_BLOCKS, (items + per_block - 1) // per_block))
     return blocks, _THREADS

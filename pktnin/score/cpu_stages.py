@@ -43,7 +43,8 @@ def read_stage(
     if threads:
         import numba
 
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # per thread in numba
+        # numba.config sets its settings at run time from the environment, invisible to a type checker
+        numba.set_num_threads(max(1, min(threads, getattr(numba.config, "NUMBA_NUM_THREADS"))))  # per thread in numba
     add_bytes = getattr(progress, "add_bytes", None)
     for index, path in todo:
         reports: list[FileReport] = []

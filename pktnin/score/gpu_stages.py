@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
 from pktnin.engine.protocols import DeviceRunner
 from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
+
+if TYPE_CHECKING:
+    from pktnin.kernels.capture import RawBatch
 
 
 def device_batch_size(runner: DeviceRunner, batch: int) -> int:
@@ -50,7 +54,7 @@ class RawChunk:
 
     file_index: int
     path: Path
-    raw: object  # kernels.capture.RawBatch
+    raw: RawBatch
 
 
 def own_raw(raw):
@@ -119,7 +123,7 @@ class _SlotBatch:
     in arrival order."""
 
     slot: int
-    rows: object  # the slot's device input (numba device array)
+    rows: Any  # the slot's device input (numba device array, which has no type hints)
     fill: int = 0
     items: list = field(default_factory=list)
 

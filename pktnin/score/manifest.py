@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Set
 from dataclasses import asdict
 from pathlib import Path
 
@@ -134,6 +135,7 @@ class Manifest:
             for n in names:
                 part_ok[n] = part_ok.get(n, True) and good
             if good:
+                assert i is not None  # good needs a listed file
                 candidates[i] = entry
         return {
             i: e for i, e in candidates.items() if all(part_ok[n] for n in (e.get("part"), e.get("flows_part")) if n)
@@ -158,14 +160,14 @@ def own_part_name(name: str) -> bool:
     return _OWN_PART.fullmatch(name) is not None
 
 
-def clear_run(out: Path, listed: set[str] = frozenset()) -> None:
+def clear_run(out: Path, listed: Set[str] = frozenset()) -> None:
     """Remove the manifest and parts of an earlier run for `out`: the manifest if it is ours, in the parts folder
     the files it lists (`listed`) and files of the writer's naming, ours and regular; the folder if left empty."""
     outdir.remove_own_file(manifest_path(out))
     outdir.remove_in_dir(parts_dir(out), lambda n: n in listed or own_part_name(n), rmdir=True)
 
 
-def prune_parts(parts: Path, keep: set[str], listed: set[str] = frozenset()) -> None:
+def prune_parts(parts: Path, keep: set[str], listed: Set[str] = frozenset()) -> None:
     """Remove parts no reusable entry refers to: those the old manifest listed and the writer's own temporaries
     and unrecorded parts of a killed run. Nothing else in the folder is touched."""
     outdir.remove_in_dir(parts, lambda n: n not in keep and (n in listed or own_part_name(n)))

@@ -162,7 +162,7 @@ def write_private(path: Path, data: bytes) -> None:
 def remove_own_temps(directory: Path, names: Iterable[str]) -> list[str]:
     """Remove temporary files left beside the targets `names` by a killed run: exact pattern, ours, regular."""
     patterns = [temp_pattern(n) for n in names]
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(directory)
     except FileNotFoundError:

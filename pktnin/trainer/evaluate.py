@@ -37,6 +37,7 @@ class Predictor:
             from pktnin.engine.runners import open_runner
 
             self.runner = open_runner(self.path, "onnxruntime", max_batch=batch)
+            assert self.runner.info is not None  # open_runner returns a loaded runner
             info = self.runner.info
         self.classes = list(info.classes)
         self.preset = info.preset
@@ -49,6 +50,7 @@ class Predictor:
             from pktnin.trainer.train import predict_rows
 
             return predict_rows(self.model, rows, indices, self.batch)
+        assert self.runner is not None  # not a checkpoint: __init__ opened a runner
         out = np.zeros((indices.size, len(self.classes)), np.float32)
         for start in range(0, indices.size, self.batch):
             x = np.ascontiguousarray(rows[indices[start : start + self.batch]])

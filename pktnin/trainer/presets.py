@@ -323,7 +323,7 @@ def deeppacket_search(num_classes: int = PAPER_CLASSES) -> list[dict]:
     order (smaller strides first, no pooling first).
     """
     target = PRESETS["cnn_deeppacket"].paper
-    found = []
+    found: list[dict] = []
     for s1, s2, p1, p2 in itertools.product(
         DEEPPACKET_STRIDE_CHOICES, DEEPPACKET_STRIDE_CHOICES, DEEPPACKET_POOL_CHOICES, DEEPPACKET_POOL_CHOICES
     ):

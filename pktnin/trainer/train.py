@@ -157,6 +157,7 @@ def make_tf_dataset(
         return batch if jitter_rng is None else jitter_capture_fields(batch, jitter_rng)
 
     def gather_labels(batch_idx: np.ndarray) -> np.ndarray:
+        assert labels is not None  # only mapped when there are labels
         return labels[np.sort(batch_idx)].astype(np.int32)
 
     def gather_weights(batch_idx: np.ndarray) -> np.ndarray:
@@ -314,7 +315,7 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     keras_path, json_path = ckpt.checkpoint_paths(out_ckpt)
     training_meta = {**asdict(s), "train_rows": int(train_idx.size), "val_rows": int(val_idx.size)}
 
-    def save_best(epoch: int, report: dict) -> None:
+    def save_best(epoch: int, report: dict | None) -> None:
         training_meta["best_epoch"] = epoch + 1
         meta = ckpt.make_metadata(preset, classes, data.path, data.meta, report, training=training_meta)
         ckpt.save_checkpoint(model, keras_path, meta)
@@ -380,7 +381,9 @@ def train_parallel(
     if settings.fit != "train" and alpha is None:
         raise OptionError("a nin_parallel refit on train+val needs alpha from a run that kept validation apart")
     if build_parallel is None:
-        from pktnin.trainer.models import build_parallel
+        from pktnin.trainer.models import build_parallel as default_build_parallel
+
+        build_parallel = default_build_parallel
     data = _open_dataset(data_dir)
     log_dir = logs_dir_for(out_ckpt)
     branches = {}
