@@ -124,7 +124,9 @@ def main() -> None:
 
     start = time.perf_counter()
     table = PortTable.fit(rows[fit_all, :24], data.labels[fit_all], data.num_classes)
-    probs["port lookup"] = {s: one_hot(table.predict_majority(rows[i, :24]), data.num_classes) for s, i in evals.items()}
+    probs["port lookup"] = {
+        s: one_hot(table.predict_majority(rows[i, :24]), data.num_classes) for s, i in evals.items()
+    }
     probs["port table, balanced"] = {s: table.predict_proba(rows[i, :24]) for s, i in evals.items()}
     seconds["port lookup"] = seconds["port table, balanced"] = time.perf_counter() - start
     for name, cols, weighting in forests:
@@ -136,7 +138,9 @@ def main() -> None:
     by_split = {s: {name: {**scores(data, idx, probs[name][s]), "seconds": seconds[name]} for name in probs}
                 for s, idx in evals.items()}  # fmt: skip
     for s, results in by_split.items():
-        print(f"-- {s} split ({evals[s].size} rows), fit on {args.fit} ({fit_all.size} rows, forests {fit_forest.size})")
+        print(
+            f"-- {s} split ({evals[s].size} rows), fit on {args.fit} ({fit_all.size} rows, forests {fit_forest.size})"
+        )
         for name, r in results.items():
             rep = r["report"]
             flow = f"  flow F1 {r['flow']['macro_f1']:.4f}" if r.get("flow") else ""

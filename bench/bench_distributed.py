@@ -110,8 +110,14 @@ def run_local(inputs, opts, model, threads):
         runner = open_runner(model, "onnxruntime", intra_threads=threads, max_batch=opts(name).batch)
         result = score_files(files, runner, opts(name))
         runner.close()
-        runs.append({"run_s": time.perf_counter() - t0, "run_cpu_s": cpu_used() - cpu0,
-                     "packets": result.packets, "shard_cpu_s": None})
+        runs.append(
+            {
+                "run_s": time.perf_counter() - t0,
+                "run_cpu_s": cpu_used() - cpu0,
+                "packets": result.packets,
+                "shard_cpu_s": None,
+            }
+        )
     return {"startup_s": 0.0, "startup_cpu_s": 0.0, "runs": runs}
 
 
@@ -131,8 +137,9 @@ def run_ray(inputs, opts, model, actors, threads, ray_cpus):
             for name, files in inputs:
                 o = opts(name)
                 shard_cpu = []
-                inner = ray_execute(RunnerSpec(str(model), "onnxruntime", o.batch), o, actors=actors,
-                                    cpus_per_actor=threads)
+                inner = ray_execute(
+                    RunnerSpec(str(model), "onnxruntime", o.batch), o, actors=actors, cpus_per_actor=threads
+                )
 
                 def execute(todo, parts, inner=inner, shard_cpu=shard_cpu):
                     for summary in inner(todo, parts):
@@ -141,8 +148,14 @@ def run_ray(inputs, opts, model, actors, threads, ray_cpus):
 
                 cpu1, t1 = cpu_used(), time.perf_counter()
                 result = score_sharded(files, o, classes, execute)
-                runs.append({"run_s": time.perf_counter() - t1, "run_cpu_s": cpu_used() - cpu1,
-                             "packets": result.packets, "shard_cpu_s": sum(shard_cpu)})
+                runs.append(
+                    {
+                        "run_s": time.perf_counter() - t1,
+                        "run_cpu_s": cpu_used() - cpu1,
+                        "packets": result.packets,
+                        "shard_cpu_s": sum(shard_cpu),
+                    }
+                )
     finally:
         ray.shutdown()
     return {"startup_s": startup_s, "startup_cpu_s": startup_cpu, "runs": runs}
@@ -187,8 +200,9 @@ def main() -> None:
         counter = iter(range(1000))
 
         def opts(name):
-            return ScoreOptions(out=tmp / f"{name}{next(counter)}" / "p.parquet", batch=args.batch,
-                                model_id=file_sha256(model))
+            return ScoreOptions(
+                out=tmp / f"{name}{next(counter)}" / "p.parquet", batch=args.batch, model_id=file_sha256(model)
+            )
 
         # Warm numba's cache in this process first so the local run is not charged a JIT the actors load.
         from pktnin.distributed.ray_engine import warm_kernels
@@ -211,12 +225,18 @@ def main() -> None:
             r["shard_cpu_per_packet_s"] = f_run["shard_cpu_s"] / f_run["packets"]
     base = results["local"]
     lines = [
-        (f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores (shared with other work: "
-         f"load average {os.getloadavg()[0]:.1f} at the end)"),
-        (f"model: {model.name}; full input {args.files} synthetic pcaps x {args.packets} packets "
-         f"({base['runs'][1]['packets']} scored), small input {args.small} packets; batch {args.batch}; one run"),
-        (f"{'config':8} {'pkt/s':>6} {'full CPU s':>10} {'us/pkt all':>10} {'us/pkt marg':>11} {'vs local':>8} "
-         f"{'fixed CPU s':>11} {'shard us/pkt':>12} {'ray.init s':>10} {'init CPU s':>10}"),
+        (
+            f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores (shared with other work: "
+            f"load average {os.getloadavg()[0]:.1f} at the end)"
+        ),
+        (
+            f"model: {model.name}; full input {args.files} synthetic pcaps x {args.packets} packets "
+            f"({base['runs'][1]['packets']} scored), small input {args.small} packets; batch {args.batch}; one run"
+        ),
+        (
+            f"{'config':8} {'pkt/s':>6} {'full CPU s':>10} {'us/pkt all':>10} {'us/pkt marg':>11} {'vs local':>8} "
+            f"{'fixed CPU s':>11} {'shard us/pkt':>12} {'ray.init s':>10} {'init CPU s':>10}"
+        ),
     ]
     for name, r in results.items():
         r["cpu_per_packet_vs_local"] = r["cpu_per_packet_s"] / base["cpu_per_packet_s"]
@@ -232,15 +252,24 @@ def main() -> None:
         f"{results['ray-2x1']['packets_per_s'] / results['ray-1x2']['packets_per_s']:.3f}; "
         f"ray-2x1 / local ({args.threads} threads): {results['ray-2x1']['packets_per_s'] / base['packets_per_s']:.3f}"
     )
-    lines.append("us/pkt marg: CPU per packet between the small and the full run (fixed costs removed); "
-                 "vs local: that figure over the local engine's")
+    lines.append(
+        "us/pkt marg: CPU per packet between the small and the full run (fixed costs removed); "
+        "vs local: that figure over the local engine's"
+    )
     text = "\n".join(lines)
     print(text)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
-        meta = {"machine": lines[0], "model": model.name, "files": args.files, "packets_per_file": args.packets,
-                "small_packets": args.small, "batch": args.batch, "local_threads": args.threads,
-                "ray_cpus": args.ray_cpus}
+        meta = {
+            "machine": lines[0],
+            "model": model.name,
+            "files": args.files,
+            "packets_per_file": args.packets,
+            "small_packets": args.small,
+            "batch": args.batch,
+            "local_threads": args.threads,
+            "ray_cpus": args.ray_cpus,
+        }
         (args.save / "distributed.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
         (args.save / "distributed.txt").write_text(text + "\n")
 

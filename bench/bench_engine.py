@@ -79,8 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="a .keras checkpoint or .onnx file instead of random presets")
     p.add_argument("--classes", type=int, default=18, help="classes of the random-weight models")
     p.add_argument("--batch", default="256", help="comma-separated batch sizes")
-    p.add_argument("--variants", default="default,f32-input,opt-basic,intra1,int8",
-                   help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        default="default,f32-input,opt-basic,intra1,int8",
+        help=f"comma-separated, from: {', '.join(VARIANTS)}",
+    )
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "all"])
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median reported)")
     p.add_argument("--seconds", type=float, default=1.0, help="approximate length of one run")
@@ -119,7 +122,9 @@ def random_model_onnx(preset: str, num_classes: int, input_dtype: str, workdir: 
     alpha = None
     if preset == PARALLEL_PRESET:
         alpha = 0.5
-        model = models.build_parallel(models.build_model("nin1", num_classes), models.build_model("nin2", num_classes), alpha)
+        model = models.build_parallel(
+            models.build_model("nin1", num_classes), models.build_model("nin2", num_classes), alpha
+        )
     else:
         model = models.build_model(preset, num_classes)
     info = ModelInfo(tuple(f"class{i}" for i in range(num_classes)), alpha, LAYOUT_VERSION, preset, input_dtype)
@@ -129,13 +134,19 @@ def random_model_onnx(preset: str, num_classes: int, input_dtype: str, workdir: 
 def model_files(args, workdir: Path) -> dict[str, dict[str, Path]]:
     """{name: {"uint8": path, "float32": path}} for every model to measure."""
     if args.model is None:
-        return {p: {d: random_model_onnx(p, args.classes, d, workdir) for d in ("uint8", "float32")}
-                for p in args.presets.split(",")}
+        return {
+            p: {d: random_model_onnx(p, args.classes, d, workdir) for d in ("uint8", "float32")}
+            for p in args.presets.split(",")
+        }
     if args.model.suffix == ".keras":
         from pktnin.engine.export import export_onnx
 
         name = args.model.stem
-        return {name: {d: export_onnx(args.model, workdir / f"{name}-{d}.onnx", input_dtype=d) for d in ("uint8", "float32")}}
+        return {
+            name: {
+                d: export_onnx(args.model, workdir / f"{name}-{d}.onnx", input_dtype=d) for d in ("uint8", "float32")
+            }
+        }
     from pktnin.engine.export import read_model_info
 
     return {args.model.stem: {read_model_info(args.model).input_dtype: args.model}}
@@ -170,7 +181,7 @@ def time_runner(runner, rows: np.ndarray, batch: int, runs: int, seconds: float)
         start = time.perf_counter()
         for k in range(batches):
             o = offsets[k % len(offsets)]
-            runner.infer(rows[o:o + batch], out)
+            runner.infer(rows[o : o + batch], out)
         rates.append(batches * batch / (time.perf_counter() - start))
     return rates
 
@@ -213,7 +224,9 @@ def bench(args) -> dict:
                     if reference is None:
                         reference = probs
                     entry = {
-                        "model": name, "backend": "onnxruntime", "variant": variant,
+                        "model": name,
+                        "backend": "onnxruntime",
+                        "variant": variant,
                         "max_prob_diff": float(np.abs(probs - reference).max()),
                         "argmax_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
                     }
@@ -223,8 +236,14 @@ def bench(args) -> dict:
                         entry["macro_f1"] = macro_f1(labels, probs.argmax(1), runner.num_classes)
                     for batch in batches:
                         rates = time_runner(runner, rows, batch, args.runs, args.seconds)
-                        results.append({**entry, "batch": batch, "packets_per_s": statistics.median(rates),
-                                        "runs": [round(r, 1) for r in rates]})
+                        results.append(
+                            {
+                                **entry,
+                                "batch": batch,
+                                "packets_per_s": statistics.median(rates),
+                                "runs": [round(r, 1) for r in rates],
+                            }
+                        )
                         print_row(results[-1])
             if args.backend in ("tensorrt", "all"):
                 results.extend(bench_tensorrt(name, files, rows, batches, args))
@@ -254,8 +273,16 @@ def bench_tensorrt(name: str, files: dict, rows: np.ndarray, batches: list[int],
         with TensorRTRunner(plan) as runner:
             for batch in batches:
                 rates = time_runner(runner, rows, batch, args.runs, args.seconds)
-                out.append({"model": name, "backend": "tensorrt", "variant": precision, "batch": batch,
-                            "packets_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates]})
+                out.append(
+                    {
+                        "model": name,
+                        "backend": "tensorrt",
+                        "variant": precision,
+                        "batch": batch,
+                        "packets_per_s": statistics.median(rates),
+                        "runs": [round(r, 1) for r in rates],
+                    }
+                )
                 print_row(out[-1])
     return out
 
@@ -263,8 +290,11 @@ def bench_tensorrt(name: str, files: dict, rows: np.ndarray, batches: list[int],
 def print_row(r: dict) -> None:
     extra = f"  macro-F1 {r['macro_f1']:.4f}" if "macro_f1" in r else ""
     diff = f"  max|dp| {r['max_prob_diff']:.2e}  argmax= {r['argmax_agreement']:.4f}" if "max_prob_diff" in r else ""
-    print(f"{r['model']:<14} {r['backend']:<12} {r['variant']:<14} batch {r['batch']:>5}  "
-          f"{r['packets_per_s']:>10,.0f} packets/s{diff}{extra}", flush=True)
+    print(
+        f"{r['model']:<14} {r['backend']:<12} {r['variant']:<14} batch {r['batch']:>5}  "
+        f"{r['packets_per_s']:>10,.0f} packets/s{diff}{extra}",
+        flush=True,
+    )
 
 
 # -- roofline ------------------------------------------------------------------------------------------------
@@ -308,10 +338,15 @@ def gemm_calls(size: int = 1024) -> dict[str, tuple]:
     from onnx import TensorProto, helper
 
     def graph(op: str, a_type, b_type, out_type):
-        g = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "gemm",
-                              [helper.make_tensor_value_info("a", a_type, [size, size]),
-                               helper.make_tensor_value_info("b", b_type, [size, size])],
-                              [helper.make_tensor_value_info("c", out_type, [size, size])])
+        g = helper.make_graph(
+            [helper.make_node(op, ["a", "b"], ["c"])],
+            "gemm",
+            [
+                helper.make_tensor_value_info("a", a_type, [size, size]),
+                helper.make_tensor_value_info("b", b_type, [size, size]),
+            ],
+            [helper.make_tensor_value_info("c", out_type, [size, size])],
+        )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
         m.ir_version = 8
         return m
@@ -319,11 +354,15 @@ def gemm_calls(size: int = 1024) -> dict[str, tuple]:
     rng = np.random.default_rng(0)
     ops = 2 * size**3
     fp32_model = graph("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT)
-    fp32_feed = {"a": rng.standard_normal((size, size), dtype=np.float32),
-                 "b": rng.standard_normal((size, size), dtype=np.float32)}
+    fp32_feed = {
+        "a": rng.standard_normal((size, size), dtype=np.float32),
+        "b": rng.standard_normal((size, size), dtype=np.float32),
+    }
     int8_model = graph("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
-    int8_feed = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8),
-                 "b": rng.integers(-128, 128, (size, size), dtype=np.int8)}
+    int8_feed = {
+        "a": rng.integers(0, 256, (size, size), dtype=np.uint8),
+        "b": rng.integers(-128, 128, (size, size), dtype=np.int8),
+    }
     calls = {}
     for name, model, feed in (("fp32", fp32_model, fp32_feed), ("int8", int8_model, int8_feed)):
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -334,8 +373,11 @@ def gemm_calls(size: int = 1024) -> dict[str, tuple]:
         return calls
     core = ov.Core()
     if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        compiled = core.compile_model(core.read_model(fp32_model.SerializeToString(), b""), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"})
+        compiled = core.compile_model(
+            core.read_model(fp32_model.SerializeToString(), b""),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
+        )
         request = compiled.create_infer_request()
         inputs = [fp32_feed["a"], fp32_feed["b"]]
         calls["bf16"] = (lambda: request.infer(inputs), ops)
@@ -354,8 +396,12 @@ def roofline(entry: dict, macs: int, peaks: dict[str, float]) -> dict:
     """Achieved operations/s of an engine row and its fraction of the same-precision GEMM peak."""
     achieved = entry["packets_per_s"] * 2 * macs
     peak = peaks.get(entry["precision"], peaks["fp32"])
-    return {"ops_per_row": 2 * macs, "achieved_gops": achieved / 1e9, "peak_gops": peak / 1e9,
-            "peak_fraction": achieved / peak}
+    return {
+        "ops_per_row": 2 * macs,
+        "achieved_gops": achieved / 1e9,
+        "peak_gops": peak / 1e9,
+        "peak_fraction": achieved / peak,
+    }
 
 
 def bench_engines(args) -> dict:
@@ -391,10 +437,16 @@ def bench_engines(args) -> dict:
         probs = runner.predict(check)
         if reference is None:
             reference = probs
-        entry = {"model": args.model.stem, "engine": name, "backend": engines[name].backend,
-                 "precision": engines[name].precision, "sessions": engines[name].workers, "batch": batch,
-                 "argmax_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
-                 "max_prob_diff": float(np.abs(probs - reference).max())}
+        entry = {
+            "model": args.model.stem,
+            "engine": name,
+            "backend": engines[name].backend,
+            "precision": engines[name].precision,
+            "sessions": engines[name].workers,
+            "batch": batch,
+            "argmax_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+            "max_prob_diff": float(np.abs(probs - reference).max()),
+        }
         if labels is not None:
             from pktnin.trainer.metrics import macro_f1
 
@@ -409,8 +461,11 @@ def bench_engines(args) -> dict:
         for name, runner in runners.items():
             rates[name].extend(time_runner(runner, rows, batch, 1, args.seconds))
     peaks = {name: max(v) for name, v in peak_runs.items()}  # the best round: closest to what the cores can do
-    print("GEMM peak on this CPU (same rounds): " + ", ".join(
-        f"{k} {v / 1e9:,.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peaks.items()), flush=True)
+    print(
+        "GEMM peak on this CPU (same rounds): "
+        + ", ".join(f"{k} {v / 1e9:,.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peaks.items()),
+        flush=True,
+    )
     results = []
     first = next(iter(runners), None)
     for name, runner in runners.items():
@@ -423,12 +478,19 @@ def bench_engines(args) -> dict:
         results.append(entry)
         print_row({**entry, "variant": name})
         r = entry["roofline"]
-        print(f"{'':<14} {entry['vs_first']:.2f}x {first}; {r['achieved_gops']:.1f} G{'OP' if entry['precision'] == 'int8' else 'FLOP'}/s "
-              f"= {r['peak_fraction']:.1%} of the {entry['precision']} GEMM peak ({r['peak_gops']:.0f})", flush=True)
+        print(
+            f"{'':<14} {entry['vs_first']:.2f}x {first}; {r['achieved_gops']:.1f} G{'OP' if entry['precision'] == 'int8' else 'FLOP'}/s "
+            f"= {r['peak_fraction']:.1%} of the {entry['precision']} GEMM peak ({r['peak_gops']:.0f})",
+            flush=True,
+        )
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg(),
+        },
         "onnxruntime": __import__("onnxruntime").__version__,
         "command": " ".join(sys.argv),
         "rows": "dataset test split" if args.data else "uniform random bytes",

@@ -71,8 +71,13 @@ def ndpi_reader(capture: Path, exe: str) -> dict:
     if not ms or not total:
         raise RuntimeError("ndpiReader output has no processing time or packet count")
     packets, seconds = int(total.group(1)), float(ms.group(1)) / 1000
-    return {"packets": packets, "seconds": seconds, "packets_per_s": packets / seconds,
-            "process_wall_seconds": wall, "process_cpu_seconds": cpu}
+    return {
+        "packets": packets,
+        "seconds": seconds,
+        "packets_per_s": packets / seconds,
+        "process_wall_seconds": wall,
+        "process_cpu_seconds": cpu,
+    }
 
 
 def dpkt_loop(capture: Path, limit: int) -> dict:
@@ -142,8 +147,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pktnin-bench-") as private:
         prof_json = Path(private) / "profile.json"
-        subprocess.run([sys.executable, str(HERE / "profile_prep.py"), str(args.capture), "--runs", str(args.runs),
-                        "--json", str(prof_json)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "profile_prep.py"),
+                str(args.capture),
+                "--runs",
+                str(args.runs),
+                "--json",
+                str(prof_json),
+            ],
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         profile = json.loads(prof_json.read_text())
     dpkt_result = dpkt_loop(args.capture, args.dpkt_packets)
 
@@ -159,12 +175,17 @@ def main() -> None:
     ndpi = results.get("ndpiReader")
     for name, res in results.items():
         ratio = f"{res['packets_per_s'] / ndpi['packets_per_s']:.2f}x" if ndpi else "n/a"
-        lines.append(f"| {name} | {res['packets_per_s']:,.0f} | "
-                     + ", ".join(f"{x / 1e6:.2f}M" for x in res["runs_packets_per_s"])
-                     + f" | {res['cpu_ns_per_packet']:.0f} | {ratio} |")
-    lines.append(f"| dpkt loop (first {dpkt_result['packets']:,} records, once) | {dpkt_result['packets_per_s']:,.0f} "
-                 f"| | | {dpkt_result['packets_per_s'] / ndpi['packets_per_s']:.2f}x |" if ndpi else
-                 f"| dpkt loop | {dpkt_result['packets_per_s']:,.0f} | | | n/a |")
+        lines.append(
+            f"| {name} | {res['packets_per_s']:,.0f} | "
+            + ", ".join(f"{x / 1e6:.2f}M" for x in res["runs_packets_per_s"])
+            + f" | {res['cpu_ns_per_packet']:.0f} | {ratio} |"
+        )
+    lines.append(
+        f"| dpkt loop (first {dpkt_result['packets']:,} records, once) | {dpkt_result['packets_per_s']:,.0f} "
+        f"| | | {dpkt_result['packets_per_s'] / ndpi['packets_per_s']:.2f}x |"
+        if ndpi
+        else f"| dpkt loop | {dpkt_result['packets_per_s']:,.0f} | | | n/a |"
+    )
     written = best["rows"] * 1500
     fraction = (size + written) / best["seconds"] / copy_traffic
     summary = {
@@ -193,9 +214,11 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for stage, s in profile["stages"].items():
-        prof_lines.append(f"| {stage} | {s['packets_per_s']:,.0f} | {s['read_bytes_per_s'] / 1e9:.2f} | "
-                          f"{s['written_bytes_per_s'] / 1e9:.2f} | {s['fraction_of_copy_traffic']:.0%} | "
-                          f"{s['cpu_ns_per_packet']:.0f} |")
+        prof_lines.append(
+            f"| {stage} | {s['packets_per_s']:,.0f} | {s['read_bytes_per_s'] / 1e9:.2f} | "
+            f"{s['written_bytes_per_s'] / 1e9:.2f} | {s['fraction_of_copy_traffic']:.0%} | "
+            f"{s['cpu_ns_per_packet']:.0f} |"
+        )
     print(table)
     print("\n".join(prof_lines))
     print(json.dumps(summary))
@@ -215,7 +238,9 @@ def main() -> None:
             f"written at {fraction:.0%} of the memory traffic of a plain copy "
             f"({profile['copy_bytes_per_s'] / 1e9:.2f} GB/s copied).\n\n"
             f"Stages (bench/profile_prep.py, same run, medians of {profile['runs']}, chunks of {profile['chunk']} "
-            f"records, rows into reused buffers in pieces):\n\n" + "\n".join(prof_lines) + "\n"
+            f"records, rows into reused buffers in pieces):\n\n"
+            + "\n".join(prof_lines)
+            + "\n"
             + "".join(f"\n{n}\n" for n in notes)
         )
 

@@ -30,8 +30,12 @@ from onnx_fixtures import tiny_model  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=HERE.parent.parent / "shared" / "corpus" / "pcaps")
-    ap.add_argument("--big", type=Path, help="the large capture: made here if missing and kept (default: made in "
-                    "the run's private temporary folder and removed at the end)")
+    ap.add_argument(
+        "--big",
+        type=Path,
+        help="the large capture: made here if missing and kept (default: made in "
+        "the run's private temporary folder and removed at the end)",
+    )
     ap.add_argument("--packets", type=int, default=6_500_000, help="records in the capture (~2.3 GB)")
     ap.add_argument("--save", type=Path)
     args = ap.parse_args()
@@ -45,8 +49,20 @@ def main() -> None:
             make_big_capture(corpus, args.big, args.packets)
         size = args.big.stat().st_size
         model = tiny_model(tmp / "tiny.onnx", [f"class{i}" for i in range(18)])
-        cmd = [sys.executable, "-m", "pktnin.cli", "score", str(args.big), "--model", str(model),
-               "--out", str(tmp / "packets.parquet"), "--flows", str(tmp / "flows.parquet"), "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pktnin.cli",
+            "score",
+            str(args.big),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp / "packets.parquet"),
+            "--flows",
+            str(tmp / "flows.parquet"),
+            "--no-progress",
+        ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start

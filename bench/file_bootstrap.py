@@ -95,8 +95,12 @@ def main() -> None:
     boot = group_bootstrap_macro_f1(y_te, predictions, files, data.num_classes, args.replicates, args.seed)
     ref = boot[args.reference]
     results = {}
-    print(f"test split: {te.size} packets in {np.unique(files).size} capture files; {args.replicates} resamples of files")
-    print(f"{'model':28s} {'macro-F1':>8s} {'95% interval':>15s}   {'- reference':>11s} {'95% interval':>15s} {'ahead':>6s}")
+    print(
+        f"test split: {te.size} packets in {np.unique(files).size} capture files; {args.replicates} resamples of files"
+    )
+    print(
+        f"{'model':28s} {'macro-F1':>8s} {'95% interval':>15s}   {'- reference':>11s} {'95% interval':>15s} {'ahead':>6s}"
+    )
     for name, values in boot.items():
         point = macro_f1(y_te, predictions[name], data.num_classes)
         diff = values - ref

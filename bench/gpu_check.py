@@ -43,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--captures", type=Path, help="folder (or file) of captures for the kernel and throughput sections")
     p.add_argument("--out", type=Path, required=True, help="output folder for gpu_check.json / gpu_check.md")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from: {', '.join(SECTIONS)}")
-    p.add_argument("--max-packets", type=int, default=0, help="stop the kernel section after this many records (0: all)")
+    p.add_argument(
+        "--max-packets", type=int, default=0, help="stop the kernel section after this many records (0: all)"
+    )
     p.add_argument("--batches", default="4096,65536,262144", help="batch sizes (records) for the throughput section")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per batch size (median reported)")
     p.add_argument("--mask", default="paper", choices=["paper", "strict"])
@@ -102,12 +104,30 @@ def cpu_reference(raw, mask: str) -> tuple[np.ndarray, dict]:
     return transform(raw, mask=mask)
 
 
-META_KEYS = ("frame", "ts_ns", "ip_version", "proto", "src_addr", "dst_addr", "src_port", "dst_port", "vlan", "flow_key")
+META_KEYS = (
+    "frame",
+    "ts_ns",
+    "ip_version",
+    "proto",
+    "src_addr",
+    "dst_addr",
+    "src_port",
+    "dst_port",
+    "vlan",
+    "flow_key",
+)
 FLOAT_TABLE = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
 
 def new_entry() -> dict:
-    return {"records": 0, "rows": 0, "row_mismatch": 0, "float_mismatch": 0, "meta_mismatch": [], "skip_counts_equal": True}
+    return {
+        "records": 0,
+        "rows": 0,
+        "row_mismatch": 0,
+        "float_mismatch": 0,
+        "meta_mismatch": [],
+        "skip_counts_equal": True,
+    }
 
 
 def compare_batch(entry: dict, cpu_rows, cpu_meta, gpu_rows, gpu_float, gpu_meta, float_meta) -> None:
@@ -120,7 +140,10 @@ def compare_batch(entry: dict, cpu_rows, cpu_meta, gpu_rows, gpu_float, gpu_meta
         entry["float_mismatch"] += int((gpu_float != FLOAT_TABLE[cpu_rows]).any(axis=1).sum())
     for key in META_KEYS:
         expected = np.asarray(cpu_meta[key])
-        if not (np.array_equal(expected, np.asarray(gpu_meta[key])) and np.array_equal(expected, np.asarray(float_meta[key]))):
+        if not (
+            np.array_equal(expected, np.asarray(gpu_meta[key]))
+            and np.array_equal(expected, np.asarray(float_meta[key]))
+        ):
             if key not in entry["meta_mismatch"]:
                 entry["meta_mismatch"].append(key)
     if not np.array_equal(cpu_meta["skip_counts"], gpu_meta["skip_counts"]):
@@ -145,8 +168,11 @@ def section_kernel(args) -> dict:
         gpu_float = out.copy_to_host()[: cpu_rows.shape[0]]
         entry["records"] += raw.n
         compare_batch(entry, cpu_rows, cpu_meta, gpu_rows, gpu_float, gpu_meta, float_meta)
-    bad = {f: e for f, e in per_file.items()
-           if e["row_mismatch"] or e["float_mismatch"] or e["meta_mismatch"] or not e["skip_counts_equal"]}
+    bad = {
+        f: e
+        for f, e in per_file.items()
+        if e["row_mismatch"] or e["float_mismatch"] or e["meta_mismatch"] or not e["skip_counts_equal"]
+    }
     return {
         "files": len(per_file),
         "capture_files_found": len(files),
@@ -213,14 +239,27 @@ def section_throughput(args) -> dict:
                 stream.synchronize()
                 times.append(time.perf_counter() - start)
             t = float(np.median(times))
-            results.append({
-                "batch": n, "mode": mode, "seconds": t, "packets_per_s": n / t, "rows": kept,
-                "input_GB_per_s": in_bytes / t / 1e9, "output_GB_per_s": kept * ROW_LEN * 4 / t / 1e9,
-            })
-            print(f"  throughput batch {n:>8} {mode:<10} {n / t:>14,.0f} packets/s  "
-                  f"in {in_bytes / t / 1e9:6.2f} GB/s  out {kept * ROW_LEN * 4 / t / 1e9:6.2f} GB/s", flush=True)
+            results.append(
+                {
+                    "batch": n,
+                    "mode": mode,
+                    "seconds": t,
+                    "packets_per_s": n / t,
+                    "rows": kept,
+                    "input_GB_per_s": in_bytes / t / 1e9,
+                    "output_GB_per_s": kept * ROW_LEN * 4 / t / 1e9,
+                }
+            )
+            print(
+                f"  throughput batch {n:>8} {mode:<10} {n / t:>14,.0f} packets/s  "
+                f"in {in_bytes / t / 1e9:6.2f} GB/s  out {kept * ROW_LEN * 4 / t / 1e9:6.2f} GB/s",
+                flush=True,
+            )
         del dev_raw, out
-    return {"results": results, "note": "transform_to_device includes the host-side scan of skip codes and the metadata copy-back"}
+    return {
+        "results": results,
+        "note": "transform_to_device includes the host-side scan of skip codes and the metadata copy-back",
+    }
 
 
 def ensure_pycuda(args, report: dict) -> bool:
@@ -234,10 +273,16 @@ def ensure_pycuda(args, report: dict) -> bool:
     if args.pycuda_sdist is None:
         return False
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", str(args.pycuda_sdist)],
-                          capture_output=True, text=True)
-    report["pycuda_build"] = {"seconds": round(time.perf_counter() - start, 1), "returncode": proc.returncode,
-                              "log_tail": (proc.stdout + proc.stderr)[-3000:]}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", str(args.pycuda_sdist)],
+        capture_output=True,
+        text=True,
+    )
+    report["pycuda_build"] = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "returncode": proc.returncode,
+        "log_tail": (proc.stdout + proc.stderr)[-3000:],
+    }
     if proc.returncode != 0:
         return False
     importlib.invalidate_caches()
@@ -250,7 +295,9 @@ def ensure_pycuda(args, report: dict) -> bool:
 def section_pycuda(args) -> dict:
     report: dict = {}
     if not ensure_pycuda(args, report):
-        report["not_run"] = "pycuda is not importable" + ("" if args.pycuda_sdist else " (pass --pycuda-sdist to build it)")
+        report["not_run"] = "pycuda is not importable" + (
+            "" if args.pycuda_sdist else " (pass --pycuda-sdist to build it)"
+        )
         return report
     import pycuda.driver as drv
     from numba import cuda
@@ -268,7 +315,9 @@ def section_pycuda(args) -> dict:
     with context_current(0) as ctx:
         numba_ctx = cuda.current_context()
         pycuda_handle = getattr(ctx, "handle", None)
-        report["same_context"] = None if pycuda_handle is None else handle_int(numba_ctx.handle) == handle_int(pycuda_handle)
+        report["same_context"] = (
+            None if pycuda_handle is None else handle_int(numba_ctx.handle) == handle_int(pycuda_handle)
+        )
         stream = drv.Stream()
         buf = drv.mem_alloc(raw.n * ROW_LEN * 4)
         desc = {"shape": (raw.n, ROW_LEN), "typestr": "<f4", "data": (int(buf), False), "strides": None, "version": 3}
@@ -278,10 +327,15 @@ def section_pycuda(args) -> dict:
         drv.memcpy_dtoh_async(host, buf, stream)
         stream.synchronize()
         k = len(meta["index"])
-        report.update({
-            "records": raw.n, "rows": k,
-            "zero_copy_rows_equal": bool(k == cpu_rows.shape[0] and np.array_equal(host[:k], FLOAT_TABLE[cpu_rows])),
-        })
+        report.update(
+            {
+                "records": raw.n,
+                "rows": k,
+                "zero_copy_rows_equal": bool(
+                    k == cpu_rows.shape[0] and np.array_equal(host[:k], FLOAT_TABLE[cpu_rows])
+                ),
+            }
+        )
         buf.free()
     try:
         import tensorrt  # noqa: F401
@@ -334,13 +388,27 @@ def section_ort(args) -> dict:
 # -- driver ---------------------------------------------------------------------------------------------------
 def environment() -> dict:
     env = {"python": platform.python_version(), "platform": platform.platform(), "simulated": simulated()}
-    for dist in ("numba", "numba-cuda", "cupy-cuda12x", "cupy", "torch", "onnxruntime", "onnxruntime-gpu", "pycuda", "tensorrt"):
+    for dist in (
+        "numba",
+        "numba-cuda",
+        "cupy-cuda12x",
+        "cupy",
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "pycuda",
+        "tensorrt",
+    ):
         try:
             env[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
     try:
-        env["nvcc"] = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[-1]
+        env["nvcc"] = (
+            subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=30)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         env["nvcc"] = None
     return env
@@ -359,8 +427,13 @@ def gpu_name() -> str:
 
 
 def run(args) -> dict:
-    report = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-              "environment": environment(), "sections": {}, "not_run": {}}
+    report = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "environment": environment(),
+        "sections": {},
+        "not_run": {},
+    }
     report["gpu"] = gpu_name()
     runners = {"kernel": section_kernel, "throughput": section_throughput, "pycuda": section_pycuda, "ort": section_ort}
     for name in args.sections:
@@ -388,19 +461,38 @@ def markdown(report: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in report["environment"].items()]
     kernel = report["sections"].get("kernel")
     if kernel and "files" in kernel:
-        lines += ["", "## CUDA kernel vs CPU kernel", "",
-                  f"{kernel['files']} files, {kernel['records']:,} records, {kernel['rows']:,} rows: "
-                  f"{'all equal' if kernel['all_equal'] else 'MISMATCHES in ' + str(len(kernel['mismatching_files'])) + ' files'}"
-                  + (" (simulator)" if kernel["simulated"] else "")]
+        lines += [
+            "",
+            "## CUDA kernel vs CPU kernel",
+            "",
+            f"{kernel['files']} files, {kernel['records']:,} records, {kernel['rows']:,} rows: "
+            f"{'all equal' if kernel['all_equal'] else 'MISMATCHES in ' + str(len(kernel['mismatching_files'])) + ' files'}"
+            + (" (simulator)" if kernel["simulated"] else ""),
+        ]
     thr = report["sections"].get("throughput")
     if thr and "results" in thr:
-        lines += ["", "## Kernel throughput", "", "| batch | mode | packets/s | in GB/s | out GB/s |", "|---:|---|---:|---:|---:|"]
-        lines += [f"| {r['batch']} | {r['mode']} | {r['packets_per_s']:,.0f} | {r['input_GB_per_s']:.2f} | {r['output_GB_per_s']:.2f} |"
-                  for r in thr["results"]]
+        lines += [
+            "",
+            "## Kernel throughput",
+            "",
+            "| batch | mode | packets/s | in GB/s | out GB/s |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['mode']} | {r['packets_per_s']:,.0f} | {r['input_GB_per_s']:.2f} | {r['output_GB_per_s']:.2f} |"
+            for r in thr["results"]
+        ]
     for name in ("pycuda", "ort"):
         sec = report["sections"].get(name)
         if sec:
-            lines += ["", f"## {name}", "", "```", json.dumps({k: v for k, v in sec.items() if k != "traceback"}, indent=2), "```"]
+            lines += [
+                "",
+                f"## {name}",
+                "",
+                "```",
+                json.dumps({k: v for k, v in sec.items() if k != "traceback"}, indent=2),
+                "```",
+            ]
     if report["not_run"]:
         lines += ["", "## Not run", ""] + [f"- {k}: {v}" for k, v in report["not_run"].items()]
     return "\n".join(lines) + "\n"

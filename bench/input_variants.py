@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.layout import ROW_LEN  # noqa: E402
 from pktnin.trainer import models as M  # noqa: E402
 from pktnin.trainer import presets as P  # noqa: E402
 from pktnin.trainer.checkpoint import load_checkpoint  # noqa: E402
-from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.train import TrainSettings, predict_rows, train  # noqa: E402
 
@@ -95,7 +95,9 @@ def main() -> None:
     data = load_dataset(args.data)
     test = data.indices("test")
     model, _ = load_checkpoint(out)
-    test_f1 = macro_f1(data.labels[test], predict_rows(model, np.asarray(data.rows), test).argmax(axis=1), data.num_classes)
+    test_f1 = macro_f1(
+        data.labels[test], predict_rows(model, np.asarray(data.rows), test).argmax(axis=1), data.num_classes
+    )
     print(
         f"{args.preset} {args.variant} seed {args.seed}: val macro-F1 {summary['val_macro_f1']:.4f} "
         f"(epoch {summary['best_epoch']}), test macro-F1 {test_f1:.4f}, {time.perf_counter() - started:.0f} s"

@@ -73,8 +73,11 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=2_100_000)
     args = ap.parse_args()
     info = make_big_capture(args.corpus, args.out, args.records)
-    print(f"{args.out}: {info['records']:,} records, {info['bytes']:,} bytes "
-          f"(replayed from {info['source_records']:,} corpus records)", file=sys.stderr)
+    print(
+        f"{args.out}: {info['records']:,} records, {info['bytes']:,} bytes "
+        f"(replayed from {info['source_records']:,} corpus records)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

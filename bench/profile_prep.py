@@ -92,8 +92,13 @@ def run_stage(stage: str, path: Path, chunk: int) -> dict:
     cpu_seconds = time.process_time() - cpu_start
     prep.close()
     meta_bytes = 8 * 3 + 1 * 2 + 16 * 2 + 2 * 3 + (8 if stage != "prep-nofk" else 0)  # per kept row
-    return {"records": records, "rows": kept, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "written_bytes": kept * (layout.ROW_LEN + meta_bytes)}
+    return {
+        "records": records,
+        "rows": kept,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "written_bytes": kept * (layout.ROW_LEN + meta_bytes),
+    }
 
 
 def main() -> None:
@@ -115,11 +120,20 @@ def main() -> None:
         for stage in stages:
             runs[stage].append(run_stage(stage, args.capture, args.chunk))
     copy_bps = statistics.median(copies)
-    out = {"capture": str(args.capture), "bytes": size, "chunk": args.chunk, "runs": args.runs,
-           "copy_bytes_per_s": copy_bps, "copy_runs_bytes_per_s": copies, "stages": {}}
+    out = {
+        "capture": str(args.capture),
+        "bytes": size,
+        "chunk": args.chunk,
+        "runs": args.runs,
+        "copy_bytes_per_s": copy_bps,
+        "copy_runs_bytes_per_s": copies,
+        "stages": {},
+    }
     print(f"copy: {copy_bps / 1e9:.2f} GB/s copied ({2 * copy_bps / 1e9:.2f} GB/s of memory traffic)")
-    print(f"{'stage':<10} {'Mpkt/s':>8} {'read GB/s':>10} {'write GB/s':>11} {'of copy':>8} {'CPU ns/pkt':>11}"
-          "  runs (Mpkt/s)")
+    print(
+        f"{'stage':<10} {'Mpkt/s':>8} {'read GB/s':>10} {'write GB/s':>11} {'of copy':>8} {'CPU ns/pkt':>11}"
+        "  runs (Mpkt/s)"
+    )
     for stage in stages:
         rs = runs[stage]
         seconds = statistics.median(r["seconds"] for r in rs)
@@ -127,14 +141,22 @@ def main() -> None:
         records, written = rs[0]["records"], rs[0]["written_bytes"]
         fraction = (size + written) / seconds / (2 * copy_bps)
         out["stages"][stage] = {
-            "records": records, "rows": rs[0]["rows"], "seconds": seconds, "packets_per_s": records / seconds,
-            "read_bytes_per_s": size / seconds, "written_bytes_per_s": written / seconds,
-            "fraction_of_copy_traffic": fraction, "runs_seconds": [r["seconds"] for r in rs],
-            "cpu_seconds": cpu_seconds, "cpu_ns_per_packet": cpu_seconds / records * 1e9,
+            "records": records,
+            "rows": rs[0]["rows"],
+            "seconds": seconds,
+            "packets_per_s": records / seconds,
+            "read_bytes_per_s": size / seconds,
+            "written_bytes_per_s": written / seconds,
+            "fraction_of_copy_traffic": fraction,
+            "runs_seconds": [r["seconds"] for r in rs],
+            "cpu_seconds": cpu_seconds,
+            "cpu_ns_per_packet": cpu_seconds / records * 1e9,
         }
-        print(f"{stage:<10} {records / seconds / 1e6:8.2f} {size / seconds / 1e9:10.2f} "
-              f"{written / seconds / 1e9:11.2f} {fraction:8.0%} {cpu_seconds / records * 1e9:11.0f}  "
-              + " ".join(f"{records / r['seconds'] / 1e6:.2f}" for r in rs))
+        print(
+            f"{stage:<10} {records / seconds / 1e6:8.2f} {size / seconds / 1e9:10.2f} "
+            f"{written / seconds / 1e9:11.2f} {fraction:8.0%} {cpu_seconds / records * 1e9:11.0f}  "
+            + " ".join(f"{records / r['seconds'] / 1e6:.2f}" for r in rs)
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     sys.stdout.flush()

@@ -35,7 +35,7 @@ def budget(meta: dict) -> str:
     """Training rows, epochs (best/run) and minutes, from a checkpoint's metadata (branches for fused models)."""
     t = meta.get("training") or {}
     if "branches" in t:
-        return "fused: alpha %.2f" % meta["alpha"] + (" (given)" if t.get("alpha_curve") is None else "")
+        return f"fused: alpha {meta['alpha']:.2f}" + (" (given)" if t.get("alpha_curve") is None else "")
     if t.get("fit", "train") != "train":
         return f"{t.get('train_rows', 0):,} rows, {t.get('epochs_run')} ep, {t.get('seconds', 0) / 60:.0f} min"
     minutes = t.get("seconds", 0) / 60

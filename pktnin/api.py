@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import queue
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,11 +36,11 @@ class ScoreJob:
 
     files: list[Path]
     named: set[Path]
-    runner: object  # ModelRunner or DeviceRunner
-    opts: object  # ScoreOptions
-    model_path: Path | None = None
+    runner: Any  # a Runner (engine.runner_base): ModelRunner or DeviceRunner
+    opts: Any  # ScoreOptions
+    model_path: Path
     backend: str = "auto"
-    ray: object = None  # distributed.run.RayOptions: score by shards on Ray instead of in this process
+    ray: Any = None  # distributed.run.RayOptions: score by shards on Ray instead of in this process
 
     @classmethod
     def prepare(
@@ -63,7 +64,7 @@ class ScoreJob:
         threads: int | None = None,
         prep_threads: int | None = None,
         ray=None,
-    ) -> "ScoreJob":
+    ) -> ScoreJob:
         """Raises UsageError (OptionError, OutputError) or FileNotFoundError for what cannot work, before any
         packet is read."""
         from pktnin.score import ScoreOptions
@@ -71,7 +72,8 @@ class ScoreJob:
         from pktnin.score.outputs import check_outputs
 
         opts = ScoreOptions(
-            out=Path(out), flows_out=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
+            out=Path(out), flows_out=None if flows is None else Path(flows), fmt=fmt, probs=probs, resume=resume,
+            force=force, report=None if report is None else Path(report),
             keep_dns=keep_dns, mask=mask, batch=batch, prep_threads=prep_threads,
         )  # fmt: skip
         files = find_captures(paths)

@@ -120,6 +120,7 @@ D_IP_END = 9  # end of the IP packet: min(captured end, end given by the IP leng
 D_KEEP_ROW = 10  # 4 * IPv6 + 2 * UDP: this packet's HEADER_KEEP row under the paper profile (+ 1 for strict)
 DESC_LEN = 11
 
+
 # Which of the 40 header bytes of a row are copied from the packet (1) or written as zero (0), by IP version,
 # transport and masking profile: the one statement of the header masking rules. Row bytes 0..19 come from the IP
 # header, 20..39 from the transport header at the same offset. Row index: 4 * IPv6 + 2 * UDP + strict.
@@ -130,9 +131,9 @@ def _header_keep(ip_version: int, tcp: bool, strict: bool) -> list:
     for k in range(TCP_MIN_HEADER if tcp else UDP_HEADER_LEN):  # UDP: 8 header bytes, then 12 zero bytes
         keep[NET_LEN + k] = 1
     if strict:  # identification, TTL, checksum / hop limit; ports, seq, ack and checksums
-        for j in ((4, 5, 8, 10, 11) if ip_version == 4 else (7,)):
+        for j in (4, 5, 8, 10, 11) if ip_version == 4 else (7,):
             keep[j] = 0
-        for k in (tuple(range(12)) + (16, 17) if tcp else (0, 1, 2, 3, 6, 7)):
+        for k in tuple(range(12)) + (16, 17) if tcp else (0, 1, 2, 3, 6, 7):
             keep[NET_LEN + k] = 0
     return keep
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -15,8 +15,12 @@ from pktnin.rowfile import PrepOptions
 
 
 def prep_throughput(
-    files: Sequence[Path], opts: PrepOptions = PrepOptions(), progress=None, threads: int | None = None,
-    chunk: int = 8192, flow_keys: bool = True,
+    files: Sequence[Path],
+    opts: PrepOptions | None = None,
+    progress=None,
+    threads: int | None = None,
+    chunk: int = 8192,
+    flow_keys: bool = True,
 ) -> dict:
     """Read and transform every capture in `files`; rows are produced and dropped.
 
@@ -24,10 +28,12 @@ def prep_throughput(
     `packets` counts every record read (kept or skipped by the layout), `rows` the ones that became rows;
     `cpu_seconds` is the CPU time of the whole process (all threads) over the timed part.
     `progress` (optional) has add_packets(n) and file_done(n). `threads` (None: numba's thread count), `chunk`
-    (records per walk) and `flow_keys` go to packets.iter_packets.
+    (records per walk) and `flow_keys` go to packets.iter_packets. `opts` (default: the paper's mask, no DNS).
     """
-    read = partial(iter_packets, mask=opts.mask, keep_dns=opts.keep_dns, threads=threads, flow_keys=flow_keys,
-                   reuse_rows=True)
+    opts = opts or PrepOptions()
+    read = partial(
+        iter_packets, mask=opts.mask, keep_dns=opts.keep_dns, threads=threads, flow_keys=flow_keys, reuse_rows=True
+    )
     # Warm up: load or compile the kernels on the first chunk of the first file (not timed).
     for _ in read(files[:1], max_records=64):
         break
@@ -77,7 +83,11 @@ def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path
     from pktnin.score import ScoreOptions, score_files
 
     score_opts = ScoreOptions(
-        out=workdir / "bench.parquet", batch=batch, mask=opts.mask, keep_dns=opts.keep_dns, model_id="bench",
+        out=workdir / "bench.parquet",
+        batch=batch,
+        mask=opts.mask,
+        keep_dns=opts.keep_dns,
+        model_id="bench",
         force=True,  # each run replaces the previous run's output
     )
     start = time.perf_counter()
@@ -109,8 +119,16 @@ def ratio_is_noise(e2e: dict, engine: dict) -> bool:
     return e2e["packets_per_s"] > engine["packets_per_s"]
 
 
-def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[str], batch: int, runs: int,
-                    workdir: Path, opts: PrepOptions, progress=None) -> dict:
+def compare_engines(
+    files: Sequence[Path],
+    runners: Sequence,
+    labels: Sequence[str],
+    batch: int,
+    runs: int,
+    workdir: Path,
+    opts: PrepOptions,
+    progress=None,
+) -> dict:
     """Medians over `runs` of read+prep, the engine alone and end to end, and end-to-end / engine, for one or
     several runners of one model, interleaved: run k of every runner before run k+1 of any, so load on a shared
     machine hits them alike. Each engine entry has its medians and, after the first, the median over runs of its
@@ -170,8 +188,10 @@ def compare_engines(files: Sequence[Path], runners: Sequence, labels: Sequence[s
             "ratio_is_noise": ratio_is_noise(e2e, engine),
         }
         if k:
-            entry["vs_first"] = {"engine": ratio(engine_runs[k], engine_runs[0]),
-                                 "end_to_end": ratio(e2e_runs[k], e2e_runs[0])}
+            entry["vs_first"] = {
+                "engine": ratio(engine_runs[k], engine_runs[0]),
+                "end_to_end": ratio(e2e_runs[k], e2e_runs[0]),
+            }
         engines.append(entry)
     first = engines[0]
     return {

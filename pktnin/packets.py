@@ -8,9 +8,10 @@ paths -> capture files (recursive, sorted) -> RawBatch chunks (compiled record w
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -121,7 +122,7 @@ def iter_raw_batches(
     reader_kwargs: dict | None = None,
     named: set[Path] | None = None,
     should_stop=None,
-) -> Iterator[tuple[FileReport, "RawBatch | None"]]:
+) -> Iterator[tuple[FileReport, RawBatch | None]]:
     """The record walk over each file in turn, with the per-file error handling every consumer shares.
 
     Yields (report, raw) for each chunk of records, then (report, None) once the file is finished; the report

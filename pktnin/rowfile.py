@@ -7,9 +7,9 @@ src_addr/dst_addr uint8 [N,16], src_port, dst_port, vlan, flow_key, layout_versi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -55,7 +55,9 @@ def synthetic_packets(packets: int, seed: int = 0) -> list[tuple[float, bytes]]:
         name, transport, port, v6_share, sizes = FLOW_KINDS[i % len(FLOW_KINDS)]
         round_ = i // len(FLOW_KINDS)
         v6 = int((round_ + 1) * v6_share) > int(round_ * v6_share) or (round_ == 1 and v6_share > 0)
-        flows.append((name, transport, port, v6, sizes, _addr(rng, v6), _addr(rng, v6), int(rng.integers(32768, 61000))))
+        flows.append(
+            (name, transport, port, v6, sizes, _addr(rng, v6), _addr(rng, v6), int(rng.integers(32768, 61000)))
+        )
     out = []
     ts = 1_700_000_000.0
     for i in range(packets):
@@ -65,8 +67,15 @@ def synthetic_packets(packets: int, seed: int = 0) -> list[tuple[float, bytes]]:
         sport, dport = (cport, port) if upstream else (port, cport)
         data = _payload(name, int(sizes[int(rng.integers(len(sizes)))]), rng)
         if transport == "tcp":
-            l4 = dpkt.tcp.TCP(sport=sport, dport=dport, seq=int(rng.integers(2**32)), ack=int(rng.integers(2**32)),
-                              flags=dpkt.tcp.TH_ACK | (dpkt.tcp.TH_PUSH if data else 0), win=502, data=data)
+            l4 = dpkt.tcp.TCP(
+                sport=sport,
+                dport=dport,
+                seq=int(rng.integers(2**32)),
+                ack=int(rng.integers(2**32)),
+                flags=dpkt.tcp.TH_ACK | (dpkt.tcp.TH_PUSH if data else 0),
+                win=502,
+                data=data,
+            )
             proto = dpkt.ip.IP_PROTO_TCP
         else:
             l4 = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
@@ -79,7 +88,9 @@ def synthetic_packets(packets: int, seed: int = 0) -> list[tuple[float, bytes]]:
         else:
             ip = dpkt.ip.IP(src=src, dst=dst, p=proto, ttl=64, id=i & 0xFFFF, data=l4)
             eth_type = dpkt.ethernet.ETH_TYPE_IP
-        frame = dpkt.ethernet.Ethernet(src=b"\x02\x00\x00\x00\x00\x01", dst=b"\x02\x00\x00\x00\x00\x02", type=eth_type, data=ip)
+        frame = dpkt.ethernet.Ethernet(
+            src=b"\x02\x00\x00\x00\x00\x01", dst=b"\x02\x00\x00\x00\x00\x02", type=eth_type, data=ip
+        )
         ts += float(rng.exponential(2e-4))
         out.append((ts, bytes(frame)))
     return out
@@ -95,7 +106,6 @@ def write_synthetic_capture(path: str | os.PathLike, packets: int = 20000, seed:
         for ts, frame in synthetic_packets(packets, seed):
             writer.writepkt(frame, ts=ts)
     return path
-
 
 
 EXAMPLES = (("office-mix.pcap", 600, 1), ("branch-site.pcap", 400, 2), ("night-batch.pcap", 250, 3))

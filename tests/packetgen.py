@@ -334,7 +334,9 @@ def mixed_traffic(seed: int, n: int, flows: int = 6, max_payload: int = 300) -> 
         if kind == 6:
             pkt = ethernet(ipv4(udp(sport, dport, payload), proto=17, src=client, dst=server), vlans=[(0x8100, 7)])
         elif kind == 7:
-            pkt = ethernet(ipv6(udp(sport, dport, payload), next_header=17, src="2001:db8::1", dst=f"2001:db8::{seed + 2:x}"))
+            pkt = ethernet(
+                ipv6(udp(sport, dport, payload), next_header=17, src="2001:db8::1", dst=f"2001:db8::{seed + 2:x}")
+            )
         elif kind == 8:
             pkt = ethernet(ipv4(udp(5353 + flow, 53, payload), proto=17, src=client, dst=server))
         elif kind == 9:

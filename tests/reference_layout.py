@@ -11,8 +11,17 @@ import numpy as np
 
 ROW = 1500
 BODY = 1460
-REASONS = ["kept", "unsupported-link", "non-ip", "fragment", "non-tcp-udp", "malformed", "dns", "no-payload",
-           "ts-overflow"]  # the last is the capture reader's (a time outside int64 ns): never a packet's parse result
+REASONS = [
+    "kept",
+    "unsupported-link",
+    "non-ip",
+    "fragment",
+    "non-tcp-udp",
+    "malformed",
+    "dns",
+    "no-payload",
+    "ts-overflow",
+]  # the last is the capture reader's (a time outside int64 ns): never a packet's parse result
 IPV6_FAMILIES = {10, 24, 28, 30}
 VLAN_TPIDS = {0x8100, 0x88A8, 0x9100}
 

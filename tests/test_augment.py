@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import packetgen as pg
 import pytest
 
-import packetgen as pg
 from pktnin import layout
 from pktnin.kernels import cpu
 from pktnin.trainer.augment import jitter_capture_fields

@@ -42,7 +42,9 @@ def test_examples_are_the_generated_ones(tmp_path):
 def test_bench_json_reports_every_stage(tmp_path):
     model = tiny_model(tmp_path / "tiny.onnx", ["web", "voip", "vpn"])
     capture = write_synthetic_capture(tmp_path / "cap.pcap", packets=300, seed=1)
-    result = runner.invoke(app, ["bench", str(capture), "--model", str(model), "--runs", "2", "--batch", "64", "--json"])
+    result = runner.invoke(
+        app, ["bench", str(capture), "--model", str(model), "--runs", "2", "--batch", "64", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == "onnxruntime" and report["files"] == 1
@@ -95,8 +97,9 @@ def test_iter_packets_with_reused_rows_and_threads_matches_the_default(tmp_path)
     capture = write_synthetic_capture(tmp_path / "cap.pcap", packets=6000, seed=3)
     plain = list(iter_packets([capture], max_records=2500))
     rows, meta, reports = [], [], []
-    for batch in iter_packets([capture], max_records=2500, threads=2, reuse_rows=True, flow_keys=False,
-                              reports=reports):
+    for batch in iter_packets(
+        [capture], max_records=2500, threads=2, reuse_rows=True, flow_keys=False, reports=reports
+    ):
         rows.append(batch.rows.copy())  # the next batch may overwrite these buffers
         meta.append({k: v.copy() for k, v in batch.meta.items()})
     assert np.array_equal(np.concatenate(rows), np.concatenate([b.rows for b in plain]))

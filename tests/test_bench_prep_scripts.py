@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 import pcapgen
+
 from pktnin.kernels.capture import CaptureReader
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-from make_big_capture import make_big_capture
+from make_big_capture import make_big_capture  # noqa: E402 - bench/ is put on the path first
 
 
 def packets(seed: int, n: int) -> list[bytes]:
@@ -52,8 +52,17 @@ def test_big_capture_replays_ethernet_records_in_file_order(tmp_path):
 def test_profile_reports_every_stage(tmp_path):
     capture = pcapgen.write_pcap(tmp_path / "x.pcap", packets(4, 3000))
     out = tmp_path / "profile.json"
-    cmd = [sys.executable, str(BENCH / "profile_prep.py"), str(capture), "--runs", "1", "--chunk", "1000",
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(BENCH / "profile_prep.py"),
+        str(capture),
+        "--runs",
+        "1",
+        "--chunk",
+        "1000",
+        "--json",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert done.returncode == 0, done.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from onnx_fixtures import tiny_model
+
 from pktnin.dataset.format import DatasetWriter, load_dataset, write_dataset
 
 pytest.importorskip("sklearn")
@@ -76,8 +76,22 @@ def test_file_bootstrap_compares_with_the_reference(dataset, tmp_path):
 
 def test_baselines_per_split_and_source_and_saved_predictions(two_sources, tmp_path):
     out, preds = tmp_path / "b.json", tmp_path / "pred"
-    done = run("baselines.py", str(two_sources), "--json", str(out), "--trees", "30", "--forests", "balanced",
-               "--eval", "val,test", "--max-fit-per-class", "60", "--save-predictions", str(preds))
+    done = run(
+        "baselines.py",
+        str(two_sources),
+        "--json",
+        str(out),
+        "--trees",
+        "30",
+        "--forests",
+        "balanced",
+        "--eval",
+        "val,test",
+        "--max-fit-per-class",
+        "60",
+        "--save-predictions",
+        str(preds),
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["forest_fit_rows"] == 3 * 60 and report["fit_rows"] == 360
@@ -91,30 +105,71 @@ def test_baselines_per_split_and_source_and_saved_predictions(two_sources, tmp_p
     assert saved["test_probs"].shape == (120, 3) and saved["val_idx"].size == 120
 
     boot = tmp_path / "boot.json"
-    done = run("file_bootstrap.py", str(two_sources), "--predictions", f"rf={preds / 'RF_1500_bytes_balanced.npz'}",
-               "--predictions", f"port={preds / 'port_lookup.npz'}", "--reference", "rf", "--source", "two",
-               "--replicates", "200", "--json", str(boot))
+    done = run(
+        "file_bootstrap.py",
+        str(two_sources),
+        "--predictions",
+        f"rf={preds / 'RF_1500_bytes_balanced.npz'}",
+        "--predictions",
+        f"port={preds / 'port_lookup.npz'}",
+        "--reference",
+        "rf",
+        "--source",
+        "two",
+        "--replicates",
+        "200",
+        "--json",
+        str(boot),
+    )
     assert done.returncode == 0, done.stderr
     b = json.loads(boot.read_text())
     assert b["test_files"] == 3 and b["test_packets"] == 60 and b["source"] == "two"
-    bad = run("file_bootstrap.py", str(two_sources), "--predictions", f"rf={preds / 'RF_1500_bytes_balanced.npz'}",
-              "--reference", "rf", "--source", "three")
+    bad = run(
+        "file_bootstrap.py",
+        str(two_sources),
+        "--predictions",
+        f"rf={preds / 'RF_1500_bytes_balanced.npz'}",
+        "--reference",
+        "rf",
+        "--source",
+        "three",
+    )
     assert bad.returncode != 0 and "three" in bad.stderr
 
 
 def test_port_fusion_tunes_beta_and_writes_the_fused_graph(two_sources, tmp_path):
     model = tiny_model(tmp_path / "tiny.onnx", CLASSES, seed=1)
     out = tmp_path / "fusion.json"
-    done = run("port_fusion.py", str(two_sources), "--model", f"tiny={model}", "--tune-sources", "one",
-               "--out-dir", str(tmp_path / "fused"), "--save-predictions", str(tmp_path / "pred"), "--json", str(out))
+    done = run(
+        "port_fusion.py",
+        str(two_sources),
+        "--model",
+        f"tiny={model}",
+        "--tune-sources",
+        "one",
+        "--out-dir",
+        str(tmp_path / "fused"),
+        "--save-predictions",
+        str(tmp_path / "pred"),
+        "--json",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     r = json.loads(out.read_text())["models"]["tiny"]
     assert 0 <= r["beta"] <= 1 and r["tuning_macro_f1"] >= r["tuning_network_macro_f1"]
     assert r["test"]["fused"]["report"]["macro_f1"] > r["test"]["network"]["report"]["macro_f1"]
     assert (tmp_path / "fused" / "tiny_port.onnx").is_file()
     assert np.load(tmp_path / "pred" / "tiny_port.npz")["test_probs"].shape == (120, 3)
-    given = run("port_fusion.py", str(two_sources), "--model", f"tiny={model}", "--given", "10,frequencies,0.3",
-                "--json", str(out))
+    given = run(
+        "port_fusion.py",
+        str(two_sources),
+        "--model",
+        f"tiny={model}",
+        "--given",
+        "10,frequencies,0.3",
+        "--json",
+        str(out),
+    )
     assert given.returncode == 0, given.stderr
     r = json.loads(out.read_text())["models"]["tiny"]
     assert (r["smoothing"], r["balanced"], r["beta"], r["given"]) == (10.0, False, 0.3, True)

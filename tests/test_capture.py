@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from pcapgen import (
     ns_of,
     pcap_bytes,
@@ -20,6 +19,7 @@ from pcapgen import (
     write_pcap,
     write_pcapng,
 )
+
 from pktnin.kernels.capture import (
     MAX_RECORD_LEN,
     CaptureError,
@@ -93,8 +93,9 @@ def test_pcap_fields(tmp_path, nanosecond, big_endian):
     for i, (t, d) in enumerate(zip(ts, data)):
         wirelen = len(d) + (i % 3) * 100 if i % 7 else max(1, len(d) - 1)  # caplen > wirelen is tolerated
         pkts.append((t, d, wirelen))
-    path = write_pcap(tmp_path / "f.cap", pkts, linktype=113, nanosecond=nanosecond, big_endian=big_endian,
-                      snaplen=1600)
+    path = write_pcap(
+        tmp_path / "f.cap", pkts, linktype=113, nanosecond=nanosecond, big_endian=big_endian, snaplen=1600
+    )
     got, reader = read_all(path, window_bytes=4096, max_records=37)
     assert reader.format == "pcap" and reader.fatal is None and reader.errors == []
     assert reader.corrupt_records == 0 and reader.frames == 300
@@ -118,7 +119,7 @@ def test_pcap_matches_dpkt(tmp_path):
     with open(path, "rb") as f:
         ref = list(dpkt.pcap.Reader(f))
     assert len(ref) == len(got)
-    for (frame, _, ts_ns, _, payload), (ts, buf) in zip(got, ref):
+    for (_, _, ts_ns, _, payload), (ts, buf) in zip(got, ref):
         assert payload == buf
         assert round(float(ts) * 1e6) == ts_ns // 1000
 
@@ -252,8 +253,10 @@ def test_pcapng_many_packets_windows_agree(tmp_path):
         recs.append(("spb", d) if kind == "spb" else (kind, i % 2, 1_000_000_000 * i + i, d))
         if i % 500 == 0:
             recs.append(("unknown", 0x0BAD, bytes(100_000)))  # larger than a small window
-    sections = [{"interfaces": [(1, 9), (113, None)], "records": recs[:1500]},
-                {"big_endian": True, "interfaces": [(1, 6), (101, 9)], "records": recs[1500:]}]
+    sections = [
+        {"interfaces": [(1, 9), (113, None)], "records": recs[:1500]},
+        {"big_endian": True, "interfaces": [(1, 6), (101, 9)], "records": recs[1500:]},
+    ]
     path = write_pcapng(tmp_path / "many.pcapng", sections)
     big, _ = read_all(path)
     small, _ = read_all(path, window_bytes=4096, max_records=100)
@@ -340,8 +343,11 @@ def _block(btype, body, big=False, length=None, trailer=None):
     e = ">" if big else "<"
     body = body + b"\0" * (-len(body) % 4)
     n = 12 + len(body)
-    return struct.pack(e + "II", btype, n if length is None else length) + body + struct.pack(
-        e + "I", n if trailer is None else trailer)
+    return (
+        struct.pack(e + "II", btype, n if length is None else length)
+        + body
+        + struct.pack(e + "I", n if trailer is None else trailer)
+    )
 
 
 GOOD_NG = [{"interfaces": [(1, None)], "records": [("epb", 0, 1000, b"good-1"), ("epb", 0, 2000, b"good-2")]}]
@@ -361,8 +367,11 @@ GOOD_NG = [{"interfaces": [(1, None)], "records": [("epb", 0, 1000, b"good-1"), 
 )
 def test_pcapng_impossible_blocks_are_fatal(tmp_path, bad, reason):
     good = pcapng_bytes(GOOD_NG)
-    tail = b"" if "truncated" in reason else pcapng_bytes(
-        [{"interfaces": [(1, None)], "records": [("epb", 0, 3000, b"after")]}])
+    tail = (
+        b""
+        if "truncated" in reason
+        else pcapng_bytes([{"interfaces": [(1, None)], "records": [("epb", 0, 3000, b"after")]}])
+    )
     path = tmp_path / "capture.pcapng"
     path.write_bytes(good + bad + tail)
     for window in (64 << 20, 4096):
@@ -397,8 +406,14 @@ def test_pcapng_corrupt_records_are_skipped():
     assert reader.fatal is None and reader.corrupt_records == 7 and reader.frames == 10
     offs = {}
     pos = len(head)
-    for name, blk in [("long", epb_long), ("noif", epb_noif), ("opb", opb_noif), ("short", epb_short),
-                      ("zero", epb_zero), ("idb", idb_short)]:
+    for name, blk in [
+        ("long", epb_long),
+        ("noif", epb_noif),
+        ("opb", opb_noif),
+        ("short", epb_short),
+        ("zero", epb_zero),
+        ("idb", idb_short),
+    ]:
         offs[name] = pos
         pos += len(blk)
     errs = {e.offset: e.reason for e in reader.errors}
@@ -423,8 +438,12 @@ def test_pcapng_oversized_record_is_skipped():
 
 
 def test_pcapng_interface_table_capacity():
-    sec = [{"interfaces": [(1, None), (113, None), (101, None)],
-            "records": [("epb", 0, 0, b"a"), ("epb", 1, 0, b"b"), ("epb", 2, 0, b"c")]}]
+    sec = [
+        {
+            "interfaces": [(1, None), (113, None), (101, None)],
+            "records": [("epb", 0, 0, b"a"), ("epb", 1, 0, b"b"), ("epb", 2, 0, b"c")],
+        }
+    ]
     reader = CaptureReader(pcapng_bytes(sec))
     reader.interface_capacity = 2  # interface 2 does not fit: its records count as undefined
     got = [bytes(raw.linktype) for raw in reader]
@@ -476,7 +495,7 @@ def test_corpus_reads_and_agrees_with_dpkt():
                 ref = list(dpkt.pcap.Reader(f))
             except (dpkt.dpkt.NeedData, ValueError):
                 continue
-        for frame, _, ts_ns, _, payload in got:
+        for frame, _, _, _, payload in got:
             assert ref[frame][1] == payload, (path, frame)
         nonempty = sum(1 for i, (_, buf) in enumerate(ref) if buf and (reader.fatal is None or i < reader.frames))
         assert nonempty == len(got), path

@@ -16,13 +16,37 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pcapgen import pcap_bytes, pcapng_bytes
+
 from pktnin.kernels.capture import MAX_RECORD_LEN, CaptureError, CaptureReader
 
 N_CASES = 100_000
-INTERESTING_U32 = [0, 1, 3, 4, 11, 12, 13, 15, 16, 20, 27, 28, 31, 32, 33, 0xFF, 0xFFFF, 0x10000,
-                   MAX_RECORD_LEN - 1, MAX_RECORD_LEN, MAX_RECORD_LEN + 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
+INTERESTING_U32 = [
+    0,
+    1,
+    3,
+    4,
+    11,
+    12,
+    13,
+    15,
+    16,
+    20,
+    27,
+    28,
+    31,
+    32,
+    33,
+    0xFF,
+    0xFFFF,
+    0x10000,
+    MAX_RECORD_LEN - 1,
+    MAX_RECORD_LEN,
+    MAX_RECORD_LEN + 1,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+]
 WINDOWS = [1, 7, 13, 64, 100, 512, 1 << 20]
 
 
@@ -80,8 +104,9 @@ def make_bases(rng) -> list[tuple[bytes, list[int]]]:
                         recs.append(("unknown", int(rng.integers(7, 2**31)), payload))
                     else:
                         recs.append(("idb", int(rng.integers(0, 300)), int(rng.choice([6, 9, 0x80 | 24]))))
-                sections.append({"big_endian": big1 ^ bool(s % 2), "interfaces": [(1, None), (113, 9), (101, 3)],
-                                 "records": recs})
+                sections.append(
+                    {"big_endian": big1 ^ bool(s % 2), "interfaces": [(1, None), (113, 9), (101, 3)], "records": recs}
+                )
             data = pcapng_bytes(sections)
             bases.append((data, _pcapng_fields(data)))
     return bases
@@ -93,7 +118,7 @@ def mutate(rng, data: bytes, fields: list[int]) -> bytes:
     if how == 0 or how == 6:  # bit flips (anywhere, or in the headers part)
         k = int(rng.integers(1, 9))
         pos = rng.integers(0, len(arr), k) if how == 0 else rng.integers(0, min(len(arr), 64), k)
-        arr[pos] ^= (np.uint8(1) << rng.integers(0, 8, k).astype(np.uint8))
+        arr[pos] ^= np.uint8(1) << rng.integers(0, 8, k).astype(np.uint8)
     if how == 1 or how == 5:  # truncation
         arr = arr[: int(rng.integers(0, len(arr) + 1))]
     if (how == 2 or how == 5) and fields:  # length-field corruption
@@ -140,8 +165,15 @@ def read_checked(data: bytes, window: int, max_records: int, table: int):
         assert fr[0] > last_frame and (n == 1 or np.all(np.diff(fr) > 0))
         last_frame = int(fr[-1])
         for i in range(n):
-            records.append((int(fr[i]), int(raw.linktype[i]), int(raw.ts_ns[i]), int(raw.wirelen[i]),
-                            raw.buf[off[i] : off[i] + cl[i]].tobytes()))
+            records.append(
+                (
+                    int(fr[i]),
+                    int(raw.linktype[i]),
+                    int(raw.ts_ns[i]),
+                    int(raw.wirelen[i]),
+                    raw.buf[off[i] : off[i] + cl[i]].tobytes(),
+                )
+            )
     assert reader.records == len(records)
     assert reader.frames == reader.records + reader.corrupt_records + reader.ts_overflow
     for err in reader.errors:
@@ -178,18 +210,25 @@ def run_fuzz(n_cases: int, seed: int) -> int:
     # the mutations reach every outcome: refused files, fatal errors and clean reads
     assert min(outcomes.values()) > n_cases // 100, outcomes
     return n_cases
+
+
 @pytest.mark.slow
 def test_fuzz_record_walk():
     assert run_fuzz(N_CASES, seed=12345) == N_CASES
+
+
 @pytest.mark.slow
 def test_fuzz_with_bounds_checking(tmp_path):
     # A fresh process compiles the walk with bounds checks (its own cache dir keeps them out of the normal cache).
     env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
     here = Path(__file__).parent
-    code = ("import sys, numba; assert numba.config.BOUNDSCHECK; sys.path.insert(0, sys.argv[1]); "
-            "import test_capture_fuzz as t; t.run_fuzz(3000, seed=7)")
-    proc = subprocess.run([sys.executable, "-c", code, str(here)], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=here.parent)
+    code = (
+        "import sys, numba; assert numba.config.BOUNDSCHECK; sys.path.insert(0, sys.argv[1]); "
+        "import test_capture_fuzz as t; t.run_fuzz(3000, seed=7)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(here)], env=env, capture_output=True, text=True, timeout=300, cwd=here.parent
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -200,8 +239,21 @@ def test_fuzz_with_bounds_checking(tmp_path):
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TS_UNITS = [0, 1, 2**31, 2**32 - 1, 2**32, 10**18, 2**62, 2**63 - 1, 2**63, 2**64 - 2, 2**64 - 1]
-TS_OFFSETS = [0, 1, -1, 2**31, -(2**31), 9_223_372_036, -9_223_372_036, 9_223_372_037, -9_223_372_037,
-              INT64_MAX, INT64_MIN, INT64_MAX - 1, INT64_MIN + 1]
+TS_OFFSETS = [
+    0,
+    1,
+    -1,
+    2**31,
+    -(2**31),
+    9_223_372_036,
+    -9_223_372_036,
+    9_223_372_037,
+    -9_223_372_037,
+    INT64_MAX,
+    INT64_MIN,
+    INT64_MAX - 1,
+    INT64_MIN + 1,
+]
 
 
 def _exact_ns(units: int, tsresol: int, off: int) -> int | None:
@@ -227,18 +279,29 @@ def _ts_case(rng) -> tuple[bytes, dict[int, int | None]]:
                 tsresol, off, opts = 6, 0, b""
                 for _ in range(int(rng.integers(0, 4))):  # options may repeat: the last one counts
                     if rng.random() < 0.6:
-                        tsresol = int(rng.integers(0, 256)) if rng.random() < 0.7 else int(rng.choice([6, 9, 0x80 | 63,
-                                                                                          0x80 | 64, 0xFF, 28, 29]))
+                        tsresol = (
+                            int(rng.integers(0, 256))
+                            if rng.random() < 0.7
+                            else int(rng.choice([6, 9, 0x80 | 63, 0x80 | 64, 0xFF, 28, 29]))
+                        )
                         opts += _option(e, 9, bytes([tsresol]))
                     else:
-                        off = TS_OFFSETS[int(rng.integers(len(TS_OFFSETS)))] if rng.random() < 0.7 else int(rng.integers(-2**63, 2**63))
+                        off = (
+                            TS_OFFSETS[int(rng.integers(len(TS_OFFSETS)))]
+                            if rng.random() < 0.7
+                            else int(rng.integers(-(2**63), 2**63))
+                        )
                         opts += _option(e, 14, struct.pack(e + "q", off))
                 if opts:
                     opts += struct.pack(e + "HH", 0, 0)
                 out.append(_block(e, 1, struct.pack(e + "HHI", 1, 0, 0) + opts))
                 ifaces.append((tsresol, off))
             if_id = int(rng.integers(0, len(ifaces)))
-            units = TS_UNITS[int(rng.integers(len(TS_UNITS)))] if rng.random() < 0.5 else int(rng.integers(0, 2**64, dtype=np.uint64))
+            units = (
+                TS_UNITS[int(rng.integers(len(TS_UNITS)))]
+                if rng.random() < 0.5
+                else int(rng.integers(0, 2**64, dtype=np.uint64))
+            )
             data = rng.bytes(int(rng.integers(1, 40)))
             if rng.random() < 0.8:
                 head = struct.pack(e + "IIIII", if_id, units >> 32, units & 0xFFFFFFFF, len(data), len(data))
@@ -306,8 +369,16 @@ def run_shrink_fuzz(n_cases: int, seed: int, tmp: Path) -> int:
         for k, raw in enumerate(reader, start=1):
             off, cl = raw.pkt_off, raw.caplen
             assert (off + cl).max() <= raw.buf.shape[0]
-            records += [(int(raw.frame[i]), int(raw.linktype[i]), int(raw.ts_ns[i]), int(raw.wirelen[i]),
-                         raw.buf[off[i] : off[i] + cl[i]].tobytes()) for i in range(raw.n)]
+            records += [
+                (
+                    int(raw.frame[i]),
+                    int(raw.linktype[i]),
+                    int(raw.ts_ns[i]),
+                    int(raw.wirelen[i]),
+                    raw.buf[off[i] : off[i] + cl[i]].tobytes(),
+                )
+                for i in range(raw.n)
+            ]
             if k == after:
                 os.truncate(path, new_size)
         assert records == full[0][: len(records)], f"case {case}: not a prefix"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pcapgen import pcap_bytes, pcapng_bytes
+
 from pktnin.kernels.capture import CaptureError, CaptureReader
 from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW
 from pktnin.packets import iter_packets, iter_raw_batches
@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _truncate_in_child(path: Path, size: int) -> None:
-    subprocess.run([sys.executable, "-c", "import os, sys; os.truncate(sys.argv[1], int(sys.argv[2]))",
-                    str(path), str(size)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.truncate(sys.argv[1], int(sys.argv[2]))", str(path), str(size)],
+        check=True,
+    )
 
 
 def _records(reader):
@@ -79,8 +81,14 @@ def test_file_cut_inside_the_window_being_walked_does_not_crash(tmp_path):
             n += raw.n
         print(n, reader.fatal)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     n = int(proc.stdout.split()[0])
     assert n == len(pkts)  # the window was read before the cut: its bytes are whole and consistent
@@ -108,7 +116,6 @@ def test_file_cut_reported_by_iter_packets_and_run_goes_on(tmp_path, monkeypatch
 def test_score_cli_reports_a_file_cut_short_mid_run(tmp_path):
     """`pktnin score` over a file that is truncated while it is read exits cleanly and names the cut."""
     from onnx_fixtures import tiny_model
-
     from packetgen import mixed_traffic
 
     path = tmp_path / "shrinking.pcap"
@@ -132,8 +139,14 @@ def test_score_cli_reports_a_file_cut_short_mid_run(tmp_path):
                     "--no-progress"]
         app()
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO),
-                          COLUMNS="250"), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="250"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 3, text[-3000:]  # the run finished; an input was cut short
     assert "file cut short at offset" in text and "Traceback" not in text
@@ -163,10 +176,39 @@ def _epb(e, if_id, units, data=b"\x00" * 4):
     return struct.pack(e + "II", 6, 12 + len(body)) + body + struct.pack(e + "I", 12 + len(body))
 
 
-UNITS = [0, 1, 999, 10**9 - 1, 10**9, 2**32 - 1, 2**32, 1_700_000_000 * 10**6, 2**62 + 12345, 2**63 - 1, 2**63,
-         2**63 + 1, 2**64 - 2, 2**64 - 1]
-OFFSETS = [0, 1, -1, 1_700_000_000, -1_700_000_000, 9_223_372_035, 9_223_372_036, 9_223_372_037,
-           -9_223_372_036, -9_223_372_037, -9_223_372_038, 2**62, -(2**62), INT64_MAX, INT64_MIN]
+UNITS = [
+    0,
+    1,
+    999,
+    10**9 - 1,
+    10**9,
+    2**32 - 1,
+    2**32,
+    1_700_000_000 * 10**6,
+    2**62 + 12345,
+    2**63 - 1,
+    2**63,
+    2**63 + 1,
+    2**64 - 2,
+    2**64 - 1,
+]
+OFFSETS = [
+    0,
+    1,
+    -1,
+    1_700_000_000,
+    -1_700_000_000,
+    9_223_372_035,
+    9_223_372_036,
+    9_223_372_037,
+    -9_223_372_036,
+    -9_223_372_037,
+    -9_223_372_038,
+    2**62,
+    -(2**62),
+    INT64_MAX,
+    INT64_MIN,
+]
 
 
 def _check_resolution(tsresol: int, big: bool, rng) -> int:
@@ -203,8 +245,16 @@ def test_every_if_tsresol_byte_is_exact_or_flagged():
 def test_ts_overflow_is_a_skip_reason_in_reports(tmp_path):
     path = tmp_path / "overflow.pcapng"
     frame = bytes(12) + b"\x08\x00" + bytes(46)  # Ethernet, IPv4 (malformed body: skipped, but counted)
-    path.write_bytes(pcapng_bytes([{"interfaces": [(1, 0)], "records": [
-        ("raw", _epb("<", 0, 2**40, frame)), ("raw", _epb("<", 0, 5, frame))]}]))
+    path.write_bytes(
+        pcapng_bytes(
+            [
+                {
+                    "interfaces": [(1, 0)],
+                    "records": [("raw", _epb("<", 0, 2**40, frame)), ("raw", _epb("<", 0, 5, frame))],
+                }
+            ]
+        )
+    )
     reports = []
     list(iter_packets([path], reports=reports))
     (report,) = reports

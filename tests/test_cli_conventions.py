@@ -196,7 +196,7 @@ def test_evaluate_maps_a_subset_of_the_classes_by_name(tmp_path):
     data = _dataset(tmp_path, ["vpn", "web"])  # a subset, in another order
     result = invoke(["evaluate", model, "--data", data, "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["classes"] == ["web", "voip", "vpn"] and report["data_classes"] == ["vpn", "web"]
     per_class = {r["class"]: r for r in report["packet"]["per_class"]}
     assert per_class["vpn"]["support"] == 40 and per_class["web"]["support"] == 40
@@ -330,7 +330,15 @@ def test_tensorflow_start_up_logs_stay_quiet_unless_verbose(tmp_path):
     noise = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "cuda drivers")
     assert not [line for line in quiet.stderr.splitlines() if any(n in line for n in noise)], quiet.stderr
     # -v lets them through (export-onnx, on the checkpoint just trained): the lines above are the ones TF prints
-    export = [sys.executable, "-m", "pktnin", "export-onnx", str(tmp_path / "m.keras"), "--out", str(tmp_path / "m.onnx")]
+    export = [
+        sys.executable,
+        "-m",
+        "pktnin",
+        "export-onnx",
+        str(tmp_path / "m.keras"),
+        "--out",
+        str(tmp_path / "m.onnx"),
+    ]
     verbose = subprocess.run([*export, "-v"], capture_output=True, text=True, env=env, timeout=600)
     assert verbose.returncode == 0, verbose.stderr
     assert any(n in verbose.stderr for n in noise), verbose.stderr

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import packetgen as pg
 import pytest
 
-import packetgen as pg
 from pktnin import layout
 from pktnin.kernels import cpu
 

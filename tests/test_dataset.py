@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from packetgen import ethernet, ipv4, ipv6, tcp, udp
 from pcapgen import write_pcap, write_pcapng
+from typer.testing import CliRunner
+
 from pktnin.cli import app
 from pktnin.dataset.build import build_dataset
 from pktnin.dataset.detect import detect_source
@@ -81,8 +81,15 @@ def small_arrays(n=50, seed=0):
 
 def test_write_load_round_trip(tmp_path):
     rows, labels, split, flow = small_arrays()
-    out = write_dataset(tmp_path / "d", rows, labels, split, flow, {"classes": ["a", "b", "c"], "task": "t"},
-                        file_index=np.arange(50) % 4)
+    out = write_dataset(
+        tmp_path / "d",
+        rows,
+        labels,
+        split,
+        flow,
+        {"classes": ["a", "b", "c"], "task": "t"},
+        file_index=np.arange(50) % 4,
+    )
     d = load_dataset(out)
     assert isinstance(d.rows, np.memmap) and d.rows.dtype == np.uint8 and d.rows.shape == (50, ROW_LEN)
     assert np.array_equal(d.rows, rows)
@@ -271,8 +278,17 @@ def test_iscx_task_a_balances_vpn(iscx_tree, tmp_path):
     assert 8 not in tags and 9 not in tags and 10 not in tags  # Gmail, SCP, Tor are not in task A
     assert tags[11] == 6 and tags[12] == 10
     labels = {t: d.classes[int(d.labels[row_tag(d.rows) == t][0])] for t in tags}
-    assert labels == {1: "Facebook", 2: "Facebook", 3: "AIM", 4: "AIM", 5: "Skype", 6: "Skype", 7: "Skype",
-                      11: "Email", 12: "Torrent"}
+    assert labels == {
+        1: "Facebook",
+        2: "Facebook",
+        3: "AIM",
+        4: "AIM",
+        5: "Skype",
+        6: "Skype",
+        7: "Skype",
+        11: "Email",
+        12: "Torrent",
+    }
     skipped = dict(report.skipped_files)
     assert "matches no ISCX" in skipped[str(Path("NonVPN/notes.txt"))]
     assert "not part of task A" in skipped[str(Path("NonVPN/scpDown1.pcap"))]
@@ -298,8 +314,18 @@ def test_iscx_task_b_traffic_types_and_cap(iscx_tree, tmp_path):
     tags = tag_counts(d)
     assert 9 not in tags and 10 not in tags  # SCP and Tor have no traffic type
     # every packet's label agrees with its file
-    expected = {1: "Chat", 2: "VPN-Chat", 3: "Chat", 4: "VPN-Chat", 5: "File Transfer", 6: "VoIP",
-                7: "VPN-File Transfer", 8: "Email", 11: "Email", 12: "P2P"}
+    expected = {
+        1: "Chat",
+        2: "VPN-Chat",
+        3: "Chat",
+        4: "VPN-Chat",
+        5: "File Transfer",
+        6: "VoIP",
+        7: "VPN-File Transfer",
+        8: "Email",
+        11: "Email",
+        12: "P2P",
+    }
     for t, name in expected.items():
         assert {d.classes[i] for i in d.labels[row_tag(d.rows) == t]} == {name}
 
@@ -339,7 +365,12 @@ def test_class_dirs(tmp_path):
         assert len(set(d.split[sel].tolist())) == 1  # a file lies in one split
         assert sel.sum() == {1: 40, 2: 30, 3: 50, 4: 20, 5: 25}[t]
     assert np.all(d.file >= 0) and {d.meta["sources"][f] for f in d.file} == {
-        "alpha/one.pcap", "alpha/deeper/two.pcapng", "beta/three.pcap", "beta/four.pcap", "beta/five.pcap"}
+        "alpha/one.pcap",
+        "alpha/deeper/two.pcapng",
+        "beta/three.pcap",
+        "beta/four.pcap",
+        "beta/five.pcap",
+    }
     skipped = dict(report.skipped_files)
     assert skipped["stray.pcap"] == "not inside a class directory" and "empty/" in skipped
     # flows are distinct per file
@@ -354,8 +385,7 @@ def test_class_dirs(tmp_path):
 # Flow-label CSV
 # ---------------------------------------------------------------------------------------------------------------
 
-CSV_FIELDS = ["file", "proto", "addr_a", "port_a", "addr_b", "port_b", "vlan", "category", "task_category",
-              "task_app"]
+CSV_FIELDS = ["file", "proto", "addr_a", "port_a", "addr_b", "port_b", "vlan", "category", "task_category", "task_app"]
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
@@ -376,10 +406,16 @@ def csv_corpus(tmp_path_factory):
     pcaps.mkdir()
     f1 = []
     for i in range(10):  # both directions
-        f1.append(tcp_frame(1, i, "10.0.0.1", 40001, "10.0.0.2", 443) if i % 2 == 0
-                  else tcp_frame(1, i, "10.0.0.2", 443, "10.0.0.1", 40001))
-        f1.append(udp_frame(2, i, "10.0.0.1", 5000, "10.0.0.3", 3478) if i % 2 == 0
-                  else udp_frame(2, i, "10.0.0.3", 3478, "10.0.0.1", 5000))
+        f1.append(
+            tcp_frame(1, i, "10.0.0.1", 40001, "10.0.0.2", 443)
+            if i % 2 == 0
+            else tcp_frame(1, i, "10.0.0.2", 443, "10.0.0.1", 40001)
+        )
+        f1.append(
+            udp_frame(2, i, "10.0.0.1", 5000, "10.0.0.3", 3478)
+            if i % 2 == 0
+            else udp_frame(2, i, "10.0.0.3", 3478, "10.0.0.1", 5000)
+        )
         f1.append(tcp_frame(3, i, "10.0.0.1", 40003, "10.0.0.9", 80))
         f1.append(tcp_frame(4, i, "10.0.0.1", 40004, "10.0.0.9", 80))
     write_pcap(pcaps / "one.pcap", f1)
@@ -392,15 +428,26 @@ def csv_corpus(tmp_path_factory):
         f2.append(tcp_frame(9, i, "10.1.0.5", 40009, "10.1.0.6", 443))
     sub = pcaps / "sub"
     sub.mkdir()
-    write_pcapng(sub / "two.pcapng",
-                 [{"interfaces": [(1, 6)], "records": [("epb", 0, i * 1000, f) for i, f in enumerate(f2)]}])
+    write_pcapng(
+        sub / "two.pcapng", [{"interfaces": [(1, 6)], "records": [("epb", 0, i * 1000, f) for i, f in enumerate(f2)]}]
+    )
     f3 = [tcp_frame(10, i, "10.2.0.1", 40010, "10.2.0.2", 443) for i in range(12)]
     f3 += [udp_frame(11, i, "10.2.0.1", 40011, "10.2.0.3", 3478) for i in range(12)]
     write_pcap(pcaps / "three.pcap", f3)
 
     def row(file, proto, a, pa, b, pb, cat, vlan=0, app=""):
-        return dict(file=file, proto=proto, addr_a=a, port_a=pa, addr_b=b, port_b=pb, vlan=vlan,
-                    category=cat or "Other", task_category=cat, task_app=app)
+        return dict(
+            file=file,
+            proto=proto,
+            addr_a=a,
+            port_a=pa,
+            addr_b=b,
+            port_b=pb,
+            vlan=vlan,
+            category=cat or "Other",
+            task_category=cat,
+            task_app=app,
+        )
 
     rows = [
         row("one.pcap", "TCP", "10.0.0.2", 443, "10.0.0.1", 40001, "Web", app="TLS"),
@@ -417,9 +464,16 @@ def csv_corpus(tmp_path_factory):
         row("missing.pcap", "TCP", "10.9.0.1", 1, "10.9.0.2", 2, "Web"),
     ]
     write_csv(root / "labels.csv", CSV_FIELDS, rows)
-    write_csv(root / "file_splits.csv", ["file", "split"],
-              [{"file": "one.pcap", "split": "train"}, {"file": "sub/two.pcapng", "split": "val"},
-               {"file": "three.pcap", "split": "test"}, {"file": "missing.pcap", "split": "train"}])
+    write_csv(
+        root / "file_splits.csv",
+        ["file", "split"],
+        [
+            {"file": "one.pcap", "split": "train"},
+            {"file": "sub/two.pcapng", "split": "val"},
+            {"file": "three.pcap", "split": "test"},
+            {"file": "missing.pcap", "split": "train"},
+        ],
+    )
     (root / "classes.json").write_text(json.dumps({"CAT": ["Web", "VoIP", "Chat", "Unused"], "APP": ["TLS", "RTP"]}))
     return root
 
@@ -468,7 +522,11 @@ def test_csv_split_column_and_conflicts(csv_corpus, tmp_path):
     assert d.classes == ["HTTP", "RTP", "TLS"]  # no classes.json here: sorted labels
     tags = row_tag(d.rows)
     assert {t: d.classes[int(d.labels[tags == t][0])] for t in set(tags.tolist())} == {
-        1: "TLS", 2: "RTP", 5: "HTTP", 10: "TLS"}
+        1: "TLS",
+        2: "RTP",
+        5: "HTTP",
+        10: "TLS",
+    }
     assert set(d.split[tags == 5].tolist()) == {2} and set(d.split[tags == 10].tolist()) == {1}
     assert report.skipped_files == []  # missing.pcap has no task_app label, so it is not needed
 
@@ -547,24 +605,44 @@ def second_csv(tmp_path_factory):
     labels_dir, pcaps = root / "labels", root / "captures"
     labels_dir.mkdir()
     pcaps.mkdir()
-    write_pcap(pcaps / "train.pcap", [tcp_frame(21, i, "10.5.0.1", 41021, "10.5.0.2", 443) for i in range(6)]
-               + [udp_frame(22, i, "10.5.0.1", 41022, "10.5.0.3", 3478) for i in range(4)]
-               + [tcp_frame(24, i, "10.5.0.1", 41024, "10.5.0.4", 7777) for i in range(3)])
+    write_pcap(
+        pcaps / "train.pcap",
+        [tcp_frame(21, i, "10.5.0.1", 41021, "10.5.0.2", 443) for i in range(6)]
+        + [udp_frame(22, i, "10.5.0.1", 41022, "10.5.0.3", 3478) for i in range(4)]
+        + [tcp_frame(24, i, "10.5.0.1", 41024, "10.5.0.4", 7777) for i in range(3)],
+    )
     write_pcap(pcaps / "held.pcap", [tcp_frame(23, i, "10.5.0.1", 41023, "10.5.0.2", 5222) for i in range(5)])
 
     def row(file, proto, a, pa, b, pb, cat):
-        return dict(file=file, proto=proto, addr_a=a, port_a=pa, addr_b=b, port_b=pb, vlan=0, category=cat,
-                    task_category=cat, task_app="")
+        return dict(
+            file=file,
+            proto=proto,
+            addr_a=a,
+            port_a=pa,
+            addr_b=b,
+            port_b=pb,
+            vlan=0,
+            category=cat,
+            task_category=cat,
+            task_app="",
+        )
 
-    write_csv(labels_dir / "labels.csv", CSV_FIELDS, [
-        row("train.pcap", "TCP", "10.5.0.1", 41021, "10.5.0.2", 443, "Web"),
-        row("train.pcap", "UDP", "10.5.0.1", 41022, "10.5.0.3", 3478, "VoIP"),
-        row("train.pcap", "TCP", "10.5.0.1", 41024, "10.5.0.4", 7777, "Gaming"),
-        row("held.pcap", "TCP", "10.5.0.1", 41023, "10.5.0.2", 5222, "Chat"),
-        row("held.pcap", "UDP", "2001:507::1:200:8600::2", 53, "2001:db8::1", 2396, "Web"),  # two '::'
-    ])
-    write_csv(labels_dir / "file_splits.csv", ["file", "split"],
-              [{"file": "train.pcap", "split": "train"}, {"file": "held.pcap", "split": "test"}])
+    write_csv(
+        labels_dir / "labels.csv",
+        CSV_FIELDS,
+        [
+            row("train.pcap", "TCP", "10.5.0.1", 41021, "10.5.0.2", 443, "Web"),
+            row("train.pcap", "UDP", "10.5.0.1", 41022, "10.5.0.3", 3478, "VoIP"),
+            row("train.pcap", "TCP", "10.5.0.1", 41024, "10.5.0.4", 7777, "Gaming"),
+            row("held.pcap", "TCP", "10.5.0.1", 41023, "10.5.0.2", 5222, "Chat"),
+            row("held.pcap", "UDP", "2001:507::1:200:8600::2", 53, "2001:db8::1", 2396, "Web"),  # two '::'
+        ],
+    )
+    write_csv(
+        labels_dir / "file_splits.csv",
+        ["file", "split"],
+        [{"file": "train.pcap", "split": "train"}, {"file": "held.pcap", "split": "test"}],
+    )
     return labels_dir / "labels.csv", pcaps
 
 
@@ -572,7 +650,9 @@ def test_two_sources_one_dataset(csv_corpus, second_csv, tmp_path):
     labels_csv, pcaps = second_csv
     single = build_dataset(BuildOptions(csv_corpus / "labels.csv", tmp_path / "one", kind="csv"))
     one = load_dataset(tmp_path / "one")
-    report = build_dataset(BuildOptions(csv_corpus / "labels.csv", tmp_path / "two", more_sources=[(labels_csv, pcaps)]))
+    report = build_dataset(
+        BuildOptions(csv_corpus / "labels.csv", tmp_path / "two", more_sources=[(labels_csv, pcaps)])
+    )
     d = load_dataset(tmp_path / "two")
     n1 = len(one)
     # the first source's rows come first, byte for byte, with its labels, splits and flows
@@ -604,8 +684,9 @@ def test_two_sources_one_dataset(csv_corpus, second_csv, tmp_path):
 
 def test_two_sources_random_split_and_caps(csv_corpus, second_csv, tmp_path):
     labels_csv, pcaps = second_csv
-    build_dataset(BuildOptions(csv_corpus, tmp_path / "r", split="random", max_per_class=9,
-                               more_sources=[(labels_csv, pcaps)]))
+    build_dataset(
+        BuildOptions(csv_corpus, tmp_path / "r", split="random", max_per_class=9, more_sources=[(labels_csv, pcaps)])
+    )
     d = load_dataset(tmp_path / "r")
     assert d.meta["split_mode"] == "random"
     for part in d.meta["inputs"]:  # the cap holds per source
@@ -628,14 +709,16 @@ def test_cli_build_two_sources(csv_corpus, second_csv, tmp_path):
     labels_csv, pcaps = second_csv
     runner = CliRunner()
     out = tmp_path / "d"
-    result = runner.invoke(app, ["dataset", "build", str(csv_corpus), f"{labels_csv}:{pcaps}", "--out", str(out),
-                                 "--no-progress"])
+    result = runner.invoke(
+        app, ["dataset", "build", str(csv_corpus), f"{labels_csv}:{pcaps}", "--out", str(out), "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "(labels," in result.output and "(csvsrc0," in result.output  # a counts table per source
     d = load_dataset(out)
     assert len(d.meta["inputs"]) == 2 and d.meta["counts"]["test"]["Chat"] == 5
-    bad = runner.invoke(app, ["dataset", "build", str(csv_corpus), str(labels_csv), "--pcaps", str(pcaps),
-                              "--out", str(tmp_path / "e")])
+    bad = runner.invoke(
+        app, ["dataset", "build", str(csv_corpus), str(labels_csv), "--pcaps", str(pcaps), "--out", str(tmp_path / "e")]
+    )
     assert bad.exit_code != 0 and "single source" in bad.output
     bad = runner.invoke(app, ["dataset", "build", str(csv_corpus), str(labels_csv), "--out", str(tmp_path / "e")])
     assert bad.exit_code != 0 and "not found" in bad.output

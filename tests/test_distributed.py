@@ -49,16 +49,20 @@ def files(tmp_path_factory) -> list[Path]:
     # reported once per kind with the first offset, as for the whole file.
     write_pcap(root / "big.pcap", [p if i % 90 != 45 else (p[0], b"") for i, p in enumerate(pk)])
     epb = [("epb", 0 if i % 110 != 60 else 7, ts, d) for i, (ts, d) in enumerate(pk)]
-    write_pcapng(root / "big.pcapng", [
-        {"interfaces": [(1, 9)], "records": epb[:150]},
-        {"big_endian": True, "interfaces": [(1, 6)], "records": epb[150:]},
-    ])
+    write_pcapng(
+        root / "big.pcapng",
+        [
+            {"interfaces": [(1, 9)], "records": epb[:150]},
+            {"big_endian": True, "interfaces": [(1, 6)], "records": epb[150:]},
+        ],
+    )
     return find_captures([root])
 
 
 def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
-    return ScoreOptions(out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16,
-                        model_id=str(model), **kw)
+    return ScoreOptions(
+        out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16, model_id=str(model), **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,13 @@ def _same_as_local(out: Path, result, local_tables) -> None:
     assert result.label_counts.tolist() == local.label_counts.tolist()
     for got, want in zip(result.reports, local.reports):
         assert (got.records, got.kept, got.corrupt_records, got.skip_counts, got.failed, got.stopped_early) == (
-            want.records, want.kept, want.corrupt_records, want.skip_counts, want.failed, want.stopped_early)
+            want.records,
+            want.kept,
+            want.corrupt_records,
+            want.skip_counts,
+            want.failed,
+            want.stopped_early,
+        )
         assert got.errors == want.errors
     assert sorted(p.name for p in out.parent.iterdir()) == ["flows.parquet", "p.parquet"]
 
@@ -85,7 +95,11 @@ def test_shards_split_the_big_files(files):
     per_file = {}
     for s in shards:
         per_file[Path(s.path).name] = per_file.get(Path(s.path).name, 0) + 1
-    assert per_file["big.pcap"] >= 3 and per_file["big.pcapng"] >= 3 and per_file["empty.pcap"] == per_file["notes.txt"] == 1
+    assert (
+        per_file["big.pcap"] >= 3
+        and per_file["big.pcapng"] >= 3
+        and per_file["empty.pcap"] == per_file["notes.txt"] == 1
+    )
 
 
 def test_sharded_local_run_matches_score_files(files, model, local_tables, tmp_path):
@@ -117,13 +131,15 @@ def test_keep_parts_leaves_a_parquet_dataset(files, model, local_tables, tmp_pat
     out = tmp_path / "run" / "p.parquet"
     opts = _opts(out, model)
     runner = open_runner(model, "onnxruntime")
-    result = score_sharded(files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT,
-                           step_records=STEP, keep_parts=True)
+    result = score_sharded(
+        files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT, step_records=STEP, keep_parts=True
+    )
     assert not out.exists() and result.outputs[0] == out.with_name("p.parquet.parts")
     kept = pq.read_table(result.outputs[0])  # the shard summaries under _shards/ are not part of the dataset
     order = {str(p): i for i, p in enumerate(files)}
-    rows = sorted(zip(kept.column("file").to_pylist(), kept.column("frame").to_pylist()),
-                  key=lambda r: (order[r[0]], r[1]))
+    rows = sorted(
+        zip(kept.column("file").to_pylist(), kept.column("frame").to_pylist()), key=lambda r: (order[r[0]], r[1])
+    )
     local = local_tables[0]
     assert rows == list(zip(local.column("file").to_pylist(), local.column("frame").to_pylist()))
     assert pq.read_table(out.with_name("flows.parquet")).equals(local_tables[1])
@@ -155,8 +171,9 @@ def test_driver_killed_9_then_resume(files, model, local_tables, tmp_path):
         score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP)
     """)
     env = {**os.environ, "PKTNIN_CACHE_DIR": os.environ["PKTNIN_CACHE_DIR"]}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert proc.stdout.readline().strip() == "stalled", proc.stderr.read()
     finally:
@@ -213,8 +230,9 @@ def local_ray():
     from pktnin.distributed.ray_engine import ray_session
 
     pythonpath = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}
+    )
     with ray_session():  # uses the running Ray and leaves it alone
         yield ray
     ray.shutdown()
@@ -277,10 +295,31 @@ def test_cli_engine_ray_matches_local(local_ray, files, model, local_tables, tmp
     from pktnin.cli import app
 
     out = tmp_path / "run" / "p.parquet"
-    args = ["score", *map(str, files), "--model", str(model), "--backend", "onnxruntime", "--out", str(out),
-            "--flows", str(out.with_name("flows.parquet")), "--probs", "--batch", "16", "--no-progress",
-            "--engine", "ray", "--actors", "2", "--split-bytes", "25k"]
+    args = [
+        "score",
+        *map(str, files),
+        "--model",
+        str(model),
+        "--backend",
+        "onnxruntime",
+        "--out",
+        str(out),
+        "--flows",
+        str(out.with_name("flows.parquet")),
+        "--probs",
+        "--batch",
+        "16",
+        "--no-progress",
+        "--engine",
+        "ray",
+        "--actors",
+        "2",
+        "--split-bytes",
+        "25k",
+    ]
     result = CliRunner().invoke(app, args)  # two actors, the big files in several shards each
     assert result.exit_code == 3, result.output  # the inputs include broken files, as the local run's
-    assert pq.read_table(out).equals(local_tables[0]) and pq.read_table(out.with_name("flows.parquet")).equals(local_tables[1])
+    assert pq.read_table(out).equals(local_tables[0]) and pq.read_table(out.with_name("flows.parquet")).equals(
+        local_tables[1]
+    )
     assert f"{local_tables[2].packets:,} packets scored from {len(files)} files" in result.output

@@ -170,7 +170,7 @@ def test_runner_interface_and_preallocated_output(onnx_models, keras_probs):
     rows, expected = keras_probs
     runner = OnnxRuntimeRunner(onnx_models["uint8"], intra_threads=1, max_batch=16)
     with pytest.raises(RuntimeError, match="load"):
-        runner.classes
+        _ = runner.classes
     with runner:
         assert runner.classes == CLASSES and runner.alpha == ALPHA
         assert isinstance(runner, ModelRunner) and not isinstance(runner, DeviceRunner)
@@ -240,8 +240,19 @@ def test_cli_build_engine_without_tensorrt(onnx_models, tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == ["error: TensorRT is not installed (pip install 'pktnin[gpu]' on a machine with an NVIDIA GPU)"]
     assert not (tmp_path / "m.plan").exists()
-    bad = runner.invoke(app, ["build-engine", str(onnx_models["float32"]), "--out", str(tmp_path / "m.plan"),
-                              "--max-batch", "64", "--opt-batch", "128"])
+    bad = runner.invoke(
+        app,
+        [
+            "build-engine",
+            str(onnx_models["float32"]),
+            "--out",
+            str(tmp_path / "m.plan"),
+            "--max-batch",
+            "64",
+            "--opt-batch",
+            "128",
+        ],
+    )
     assert bad.exit_code == 2 and "--opt-batch" in bad.output
     bad = runner.invoke(app, ["build-engine", str(onnx_models["float32"]), "--out", "m.plan", "--precision", "int4"])
     assert bad.exit_code == 2 and "precision" in bad.output
@@ -259,7 +270,12 @@ def test_fp16_strategy_by_tensorrt_version():
 
 def test_sidecar_round_trip_and_mismatch(tmp_path):
     from pktnin.engine.sidecar import (
-        check_plan_compatible, make_sidecar, read_sidecar, sidecar_model_info, sidecar_path, write_sidecar,
+        check_plan_compatible,
+        make_sidecar,
+        read_sidecar,
+        sidecar_model_info,
+        sidecar_path,
+        write_sidecar,
     )
 
     info = ModelInfo(tuple(CLASSES), ALPHA, LAYOUT_VERSION, "nin_parallel", "float32")
@@ -373,10 +389,13 @@ def small_capture(tmp_path_factory):
     from packetgen import ethernet, ipv4, tcp, udp
     from pcapgen import write_pcap
 
-    packets = [ethernet(ipv4(tcp(sport=40000 + i, payload=bytes((i + j) % 256 for j in range(20 + 37 * i)))))
-               for i in range(8)]
-    packets += [ethernet(ipv4(udp(dport=53, payload=b"q" * 30), proto=17)),  # skipped: dns
-                ethernet(ipv4(udp(payload=b"v" * 300), proto=17))]
+    packets = [
+        ethernet(ipv4(tcp(sport=40000 + i, payload=bytes((i + j) % 256 for j in range(20 + 37 * i))))) for i in range(8)
+    ]
+    packets += [
+        ethernet(ipv4(udp(dport=53, payload=b"q" * 30), proto=17)),  # skipped: dns
+        ethernet(ipv4(udp(payload=b"v" * 300), proto=17)),
+    ]
     folder = tmp_path_factory.mktemp("captures")
     write_pcap(folder / "small.pcap", packets)
     return folder
@@ -391,7 +410,7 @@ def test_gpu_check_cpu_parts(small_capture, tmp_path):
 
     # The replayed batch for the throughput section is the captures' records repeated.
     files = gpu_check.capture_files(small_capture)
-    (_, raw), = list(gpu_check.iter_raw(files, chunk=64))
+    ((_, raw),) = list(gpu_check.iter_raw(files, chunk=64))
     once, _ = gpu_check.cpu_reference(raw, "paper")
     replayed, meta = gpu_check.cpu_reference(gpu_check.replay_raw(files, 25), "paper")
     assert raw.n == 10 and once.shape[0] == 9  # the DNS packet is skipped
@@ -422,7 +441,11 @@ def test_gpu_check_script_under_simulator(small_capture, tmp_path):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     run = subprocess.run(
         [sys.executable, str(script), "--captures", str(small_capture), "--out", str(tmp_path), "--max-packets", "10"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -523,8 +546,14 @@ class FakeGPU:
             dest.reshape(-1).view(np.uint8)[:] = src.mem[: dest.nbytes]
 
         self.pycuda_driver = types.SimpleNamespace(
-            init=lambda: None, Device=Device, mem_alloc=DeviceAllocation, Stream=Handle, Event=Handle,
-            pagelocked_empty=lambda shape, dtype: np.zeros(shape, dtype), memcpy_htod_async=htod, memcpy_dtoh_async=dtoh,
+            init=lambda: None,
+            Device=Device,
+            mem_alloc=DeviceAllocation,
+            Stream=Handle,
+            Event=Handle,
+            pagelocked_empty=lambda shape, dtype: np.zeros(shape, dtype),
+            memcpy_htod_async=htod,
+            memcpy_dtoh_async=dtoh,
         )
         self.pycuda = types.SimpleNamespace(driver=self.pycuda_driver)
         self.trt = self._tensorrt(trt_version)
@@ -657,10 +686,16 @@ class FakeGPU:
                 pass
 
         return types.SimpleNamespace(
-            __version__=version, Logger=Logger, Builder=Builder, OnnxParser=Parser, Runtime=Runtime,
+            __version__=version,
+            Logger=Logger,
+            Builder=Builder,
+            OnnxParser=Parser,
+            Runtime=Runtime,
             nptype=lambda name: dtypes[name],
-            NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag, BuilderFlag=BuilderFlag,
-            MemoryPoolType=MemoryPoolType, TensorIOMode=TensorIOMode,
+            NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag,
+            BuilderFlag=BuilderFlag,
+            MemoryPoolType=MemoryPoolType,
+            TensorIOMode=TensorIOMode,
         )
 
     def install(self, monkeypatch):
@@ -683,8 +718,15 @@ def test_trt_build_and_run_flow_tensorrt10(onnx_models, keras_probs, tmp_path, m
 
     gpu = FakeGPU("10.8.0").install(monkeypatch)
     cache_file = tmp_path / "timing.cache"
-    plan = build_engine(onnx_models["float32"], tmp_path / "m.plan", precision="fp16", max_batch=24, opt_batch=8,
-                        timing_cache=cache_file, workspace_mb=64)
+    plan = build_engine(
+        onnx_models["float32"],
+        tmp_path / "m.plan",
+        precision="fp16",
+        max_batch=24,
+        opt_batch=8,
+        timing_cache=cache_file,
+        workspace_mb=64,
+    )
     build = gpu.builds[-1]
     flags = build["config"].flags
     assert [(f.name, int(f)) for f in flags] == [("FP16", 0)] and build["flags"] == 0  # TensorRT 10: builder flag
@@ -694,7 +736,11 @@ def test_trt_build_and_run_flow_tensorrt10(onnx_models, keras_probs, tmp_path, m
     assert build["onnx"] == onnx_models["float32"].read_bytes()
     assert cache_file.read_bytes() == b"+tuned"
     sidecar = read_sidecar(plan)
-    assert (sidecar["tensorrt_version"], sidecar["gpu_name"], sidecar["compute_capability"]) == ("10.8.0", "Fake GPU 80GB", "9.0")
+    assert (sidecar["tensorrt_version"], sidecar["gpu_name"], sidecar["compute_capability"]) == (
+        "10.8.0",
+        "Fake GPU 80GB",
+        "9.0",
+    )
     assert (sidecar["precision"], sidecar["max_batch"], sidecar["classes"]) == ("fp16", 24, CLASSES)
 
     rows, expected = keras_probs
@@ -711,7 +757,9 @@ def test_trt_build_and_run_flow_tensorrt10(onnx_models, keras_probs, tmp_path, m
         runner.submit(1, 5)
         with pytest.raises(RuntimeError, match="in flight"):
             runner.submit(1, 5)
-        np.testing.assert_allclose(runner.collect(1, np.empty((5, len(CLASSES)), np.float32)), expected[:5], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            runner.collect(1, np.empty((5, len(CLASSES)), np.float32)), expected[:5], atol=1e-5, rtol=0
+        )
     assert not gpu.memory  # every device buffer freed
 
     gpu.trt.__version__ = "10.9.0"  # a plan from another TensorRT

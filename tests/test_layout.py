@@ -6,12 +6,12 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import packetgen as pg
 import pytest
+import reference_layout as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import packetgen as pg
-import reference_layout as ref
 from pktnin import layout
 from pktnin.kernels import cpu
 

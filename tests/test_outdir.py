@@ -9,24 +9,20 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
 from onnx_fixtures import tiny_model
 from packetgen import mixed_traffic
 from pcapgen import pcap_bytes, write_pcap
+from typer.testing import CliRunner
 
 from pktnin.cli import app
-from pktnin.packets import find_captures
-from pktnin.score import ScoreOptions, score_files
+from pktnin.score import ScoreOptions, outdir, score_files
 from pktnin.score import manifest as mf
-from pktnin.score import outdir
 from pktnin.score.outdir import OutputBusyError, OutputNotWritableError, UnsafeOutputError
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
@@ -103,8 +99,11 @@ def test_planted_parts_symlink_is_not_followed(tmp_path, inputs, model, resume):
     assert _tree(victim) == before  # nothing outside the outputs touched
     assert sorted(os.listdir(shared)) == ["out.parquet.parts"]  # no output, no lock or temporary left
     # The command says so in one line and fails.
-    res = CliRunner().invoke(app, ["score", *map(str, inputs), "--model", str(model), "--out", str(out),
-                                   "--no-progress"] + (["--resume"] if resume else []))
+    res = CliRunner().invoke(
+        app,
+        ["score", *map(str, inputs), "--model", str(model), "--out", str(out), "--no-progress"]
+        + (["--resume"] if resume else []),
+    )
     text = " ".join(res.output.split())
     assert res.exit_code != 0 and "symbolic link" in text and "Traceback" not in text
     assert _tree(victim) == before
@@ -119,11 +118,21 @@ def test_planted_manifest_and_part_are_not_trusted(tmp_path, inputs, model):
     parts.mkdir()
     forged = pa.table({"file": [str(inputs[0])], "label": ["forged"]})
     pq.write_table(forged, parts / "00000000-000001.packets.parquet")
-    entry = {"stamp": mf.file_stamp(inputs[0]), "part": "00000000-000001.packets.parquet", "flows_part": None,
-             "packets": 1, "flows": 0, "label_counts": [1, 0, 0, 0], "report": {"index": 0, "path": str(inputs[0])}}
+    entry = {
+        "stamp": mf.file_stamp(inputs[0]),
+        "part": "00000000-000001.packets.parquet",
+        "flows_part": None,
+        "packets": 1,
+        "flows": 0,
+        "label_counts": [1, 0, 0, 0],
+        "report": {"index": 0, "path": str(inputs[0])},
+    }
     settings = opts.settings(CLASSES)
-    manifest = {"version": mf.MANIFEST_VERSION, "settings": settings,
-                "files": {mf.file_key(p): dict(entry, stamp=mf.file_stamp(p)) for p in inputs}}
+    manifest = {
+        "version": mf.MANIFEST_VERSION,
+        "settings": settings,
+        "files": {mf.file_key(p): dict(entry, stamp=mf.file_stamp(p)) for p in inputs},
+    }
     (shared / "out.parquet.manifest.json").write_text(json.dumps(manifest))
     for p in (parts / "00000000-000001.packets.parquet", parts, shared / "out.parquet.manifest.json"):
         _as_other_user(p)
@@ -192,8 +201,9 @@ score_files([Path(p) for p in {inputs!r}], _runner(model), _opts(Path({out!r}), 
 @pytest.mark.parametrize("suffix,at", [(".manifest.json", 2), (".manifest.json", 3), ("out.parquet", 1)])
 def test_kill_during_a_save_then_resume_leaves_no_temporary_files(tmp_path, inputs, model, suffix, at):
     out = tmp_path / "run" / "out.parquet"
-    script = KILL_SCRIPT.format(tests=str(TESTS), suffix=suffix, at=at, model=str(model),
-                                inputs=[str(p) for p in inputs], out=str(out))
+    script = KILL_SCRIPT.format(
+        tests=str(TESTS), suffix=suffix, at=at, model=str(model), inputs=[str(p) for p in inputs], out=str(out)
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
     stray = [n for n in os.listdir(out.parent) if n.endswith(".tmp")]
@@ -234,8 +244,14 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, inputs, model):
                         "--out", {str(out)!r}, "--no-progress"]
             app()
         """)
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="250"))
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="250"),
+        )
         text = proc.stdout + proc.stderr
         assert proc.returncode == 1 and "another pktnin run is writing" in text and "Traceback" not in text
     assert not out.exists()
@@ -253,8 +269,12 @@ def test_two_concurrent_runs_one_refused_or_after_the_other(tmp_path, inputs, mo
         app()
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="250")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     texts = [p.communicate(timeout=300)[0] for p in procs]
     codes = [p.returncode for p in procs]
     # Each either ran to the end or found the output busy (refused, exit 1); never a raw error on a rename.
@@ -368,9 +388,15 @@ def test_preprocess_read_only_directory(tmp_path, inputs):
                 pytest.skip("the checkout or Python is not usable by an unprivileged user")
             preexec = lambda: (os.setgid(65534), os.setuid(65534))  # noqa: E731
         env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(cache), NUMBA_CACHE_DIR=str(cache), COLUMNS="250")
-        proc = subprocess.run([sys.executable, "-m", "pktnin.cli", "preprocess", str(cap), "--out",
-                               str(ro / "x.npz"), "--no-progress"], cwd=base, env=env, capture_output=True,
-                              text=True, timeout=300, preexec_fn=preexec)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pktnin.cli", "preprocess", str(cap), "--out", str(ro / "x.npz"), "--no-progress"],
+            cwd=base,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=preexec,
+        )
         text = proc.stdout + proc.stderr
         assert proc.returncode == 1, text[-3000:]
         assert f"cannot write {ro / 'x.npz'}: Permission denied" in text and "Traceback" not in text

@@ -5,28 +5,39 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import packetgen as pg
+import pcapgen
 from typer.testing import CliRunner
 
 from pktnin.cli import app
 from pktnin.layout import ROW_LEN
-import packetgen as pg
-import pcapgen
 
 runner = CliRunner()
 
 
 def _tls_like(i: int) -> bytes:
-    return pg.ethernet(pg.ipv4(pg.tcp(sport=40000 + i, dport=443, payload=pg.payload_bytes(100 + i)), src="10.0.0.1", dst="10.0.0.2"))
+    return pg.ethernet(
+        pg.ipv4(pg.tcp(sport=40000 + i, dport=443, payload=pg.payload_bytes(100 + i)), src="10.0.0.1", dst="10.0.0.2")
+    )
 
 
 def _make_tree(tmp_path):
     """Two good captures (pcap + pcapng, one in a sub-folder), a text file, an empty file, a truncated capture."""
     root = tmp_path / "caps"
     (root / "sub").mkdir(parents=True)
-    pcapgen.write_pcap(root / "a.pcap", [_tls_like(i) for i in range(5)] + [pg.ethernet(pg.ipv4(pg.udp(dport=53, payload=b"q"), proto=17))])
+    pcapgen.write_pcap(
+        root / "a.pcap",
+        [_tls_like(i) for i in range(5)] + [pg.ethernet(pg.ipv4(pg.udp(dport=53, payload=b"q"), proto=17))],
+    )
     pcapgen.write_pcapng(
         root / "sub" / "b.capture",  # named like nothing: detected by magic
-        [{"big_endian": True, "interfaces": [(101, None)], "records": [("epb", 0, 1_000, pg.ipv4(pg.tcp(payload=b"x" * 7)))]}],
+        [
+            {
+                "big_endian": True,
+                "interfaces": [(101, None)],
+                "records": [("epb", 0, 1_000, pg.ipv4(pg.tcp(payload=b"x" * 7)))],
+            }
+        ],
     )
     (root / "notes.txt").write_text("not a capture\n")
     (root / "empty.pcap").write_bytes(b"")
@@ -67,7 +78,9 @@ def test_preprocess_writes_rows_metadata_and_reports_bad_files(tmp_path):
 def test_preprocess_keep_dns_and_strict_mask(tmp_path):
     root = _make_tree(tmp_path)
     out = tmp_path / "rows.npz"
-    result = runner.invoke(app, ["preprocess", str(root / "a.pcap"), "--out", str(out), "--keep-dns", "--mask", "strict", "--no-progress"])
+    result = runner.invoke(
+        app, ["preprocess", str(root / "a.pcap"), "--out", str(out), "--keep-dns", "--mask", "strict", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     data = np.load(out)
     assert data["x"].shape[0] == 6

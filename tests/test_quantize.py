@@ -77,18 +77,25 @@ def conv_mlp_model(path: Path, classes: list[str], conv_w, conv_b, w1, b1, w2, b
         n("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
     ]
     graph = helper.make_graph(
-        nodes, "conv_mlp",
+        nodes,
+        "conv_mlp",
         [helper.make_tensor_value_info("row", TensorProto.UINT8, ["batch", ROW_LEN])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", len(classes)])],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pktnin-tests")
     model.ir_version = 8
-    helper.set_model_props(model, {
-        "pktnin.classes": json.dumps(classes), "pktnin.alpha": "null", "pktnin.layout_version": "1",
-        "pktnin.preset": "conv_mlp", "pktnin.input_dtype": "uint8",
-        "pktnin.provenance": json.dumps({"trained": "tests"}),
-    })
+    helper.set_model_props(
+        model,
+        {
+            "pktnin.classes": json.dumps(classes),
+            "pktnin.alpha": "null",
+            "pktnin.layout_version": "1",
+            "pktnin.preset": "conv_mlp",
+            "pktnin.input_dtype": "uint8",
+            "pktnin.provenance": json.dumps({"trained": "tests"}),
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path
@@ -116,8 +123,16 @@ def trained(tmp_path_factory):
     mlp = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0).fit(features(rows), labels)
     assert mlp.score(features(held_rows), held_labels) > 0.8  # it learned the flow kinds
     classes = sorted(set(KINDS.values()))
-    path = conv_mlp_model(tmp / "conv_mlp.onnx", classes, conv_w, conv_b,
-                          mlp.coefs_[0], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1])
+    path = conv_mlp_model(
+        tmp / "conv_mlp.onnx",
+        classes,
+        conv_w,
+        conv_b,
+        mlp.coefs_[0],
+        mlp.intercepts_[0],
+        mlp.coefs_[1],
+        mlp.intercepts_[1],
+    )
     return path, rows, labels, held_rows, held_labels
 
 
@@ -126,8 +141,15 @@ def quantized(trained):
     from pktnin.engine.quantize import quantize_model
 
     path, rows, _, held_rows, _ = trained
-    result = quantize_model(path, path.with_name("conv_mlp.int8.onnx"), rows[:256], held_rows[:600],
-                            methods=("minmax",), exclude_levels=("none", "edges"), max_extra_excluded=1)
+    result = quantize_model(
+        path,
+        path.with_name("conv_mlp.int8.onnx"),
+        rows[:256],
+        held_rows[:600],
+        methods=("minmax",),
+        exclude_levels=("none", "edges"),
+        max_extra_excluded=1,
+    )
     return result
 
 
@@ -323,8 +345,16 @@ def test_tensorrt_takes_only_symmetric_qdq(trained, quantized, tmp_path):
     with pytest.raises(ValueError, match="pktnin quantize"):
         qdq_build_precision(path, "int8")  # a float model
     assert qdq_build_precision(path, "fp16") == "fp16"
-    trt_form = quantize_model(path, tmp_path / "trt.int8.onnx", rows[:128], held_rows[:300], methods=("minmax",),
-                              exclude_levels=("edges",), target="tensorrt", max_extra_excluded=0)
+    trt_form = quantize_model(
+        path,
+        tmp_path / "trt.int8.onnx",
+        rows[:128],
+        held_rows[:300],
+        methods=("minmax",),
+        exclude_levels=("edges",),
+        target="tensorrt",
+        max_extra_excluded=0,
+    )
     assert qdq_build_precision(trt_form.path, "fp32") == "int8"
 
 
@@ -341,17 +371,62 @@ def test_quantize_and_score_cli(trained, tmp_path, monkeypatch):
     data = write_dataset_dir(tmp_path / "ds", rows, labels, held_rows, held_labels)
     model = Path(shutil.copy(path, tmp_path / "m.onnx"))
     cli = CliRunner()
-    result = cli.invoke(app, ["quantize", str(model), "--data", str(data), "--calibration-rows", "200",
-                              "--validation-rows", "400", "--methods", "minmax", "--agreement", "0.9"])
+    result = cli.invoke(
+        app,
+        [
+            "quantize",
+            str(model),
+            "--data",
+            str(data),
+            "--calibration-rows",
+            "200",
+            "--validation-rows",
+            "400",
+            "--methods",
+            "minmax",
+            "--agreement",
+            "0.9",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.int8.onnx").is_file() and "argmax agreement" in result.output
     capture = write_synthetic_capture(tmp_path / "cap.pcap", packets=300, seed=3)
-    result = cli.invoke(app, ["score", str(capture), "--model", str(model), "--precision", "int8",
-                              "--engine-workers", "1", "--out", str(tmp_path / "p.parquet"), "--no-progress"])
+    result = cli.invoke(
+        app,
+        [
+            "score",
+            str(capture),
+            "--model",
+            str(model),
+            "--precision",
+            "int8",
+            "--engine-workers",
+            "1",
+            "--out",
+            str(tmp_path / "p.parquet"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "engine: onnxruntime int8" in result.output
-    result = cli.invoke(app, ["bench", str(capture), "--model", str(model), "--precision", "fp32,int8",
-                              "--engine-workers", "1", "--runs", "1", "--batch", "64", "--json"])
+    result = cli.invoke(
+        app,
+        [
+            "bench",
+            str(capture),
+            "--model",
+            str(model),
+            "--precision",
+            "fp32,int8",
+            "--engine-workers",
+            "1",
+            "--runs",
+            "1",
+            "--batch",
+            "64",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert [e["engine_precision"] for e in report["engines"]] == ["fp32", "int8"]
@@ -384,9 +459,22 @@ def test_engine_bench_rooflines(trained, quantized):
     line = bench_engine.roofline(entry, 7072, {"fp32": 1e11, "int8": 4e11})
     assert line["achieved_gops"] == pytest.approx(1000 * 2 * 7072 / 1e9)
     assert line["peak_fraction"] == pytest.approx(1000 * 2 * 7072 / 4e11)
-    args = bench_engine.parse_args(["--model", str(path), "--int8", str(quantized.path), "--engines",
-                                    "ort-fp32,ort-int8-sessions", "--runs", "2", "--seconds", "0.1",
-                                    "--gemm-size", "128"])
+    args = bench_engine.parse_args(
+        [
+            "--model",
+            str(path),
+            "--int8",
+            str(quantized.path),
+            "--engines",
+            "ort-fp32,ort-int8-sessions",
+            "--runs",
+            "2",
+            "--seconds",
+            "0.1",
+            "--gemm-size",
+            "128",
+        ]
+    )
     report = bench_engine.bench_engines(args)
     rows = {r["engine"]: r for r in report["results"]}
     assert set(rows) == {"ort-fp32", "ort-int8-sessions"}

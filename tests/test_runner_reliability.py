@@ -9,11 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from onnx_fixtures import tiny_model
 from packetgen import mixed_traffic
 from pcapgen import write_pcap
+from typer.testing import CliRunner
 
 from pktnin.cli import app
 from pktnin.engine.ort_runner import OnnxRuntimeRunner
@@ -55,8 +54,9 @@ def test_broken_model_files_raise_one_clear_error(tmp_path, good_model, how):
 def test_score_with_a_broken_model_prints_one_line(tmp_path, good_model, how):
     path = _broken(tmp_path, good_model, how)
     cap = write_pcap(tmp_path / "c.pcap", mixed_traffic(0, 10))
-    res = CliRunner().invoke(app, ["score", str(cap), "--model", str(path), "--out", str(tmp_path / "o.parquet"),
-                                   "--no-progress"])
+    res = CliRunner().invoke(
+        app, ["score", str(cap), "--model", str(path), "--out", str(tmp_path / "o.parquet"), "--no-progress"]
+    )
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and f"error: {path}: " in text
     assert "Traceback" not in text
@@ -80,8 +80,9 @@ def test_no_telemetry_files_under_the_users_cache(tmp_path, good_model):
         onnxruntime.InferenceSession({str(good_model)!r})  # later sessions too
         print("ran")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and "ran" in proc.stdout, proc.stderr[-2000:]
     written = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
     assert written == [], written

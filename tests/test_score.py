@@ -18,11 +18,10 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
 from onnx_fixtures import reference_probs, tiny_model
 from packetgen import mixed_traffic
 from pcapgen import write_pcap, write_pcapng
+from typer.testing import CliRunner
 
 from pktnin.cli import app
 from pktnin.cli.errors import EXIT_PARTIAL
@@ -143,8 +142,9 @@ def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
     # One flow checked against a direct computation: the mean of its packets' probabilities.
     name0, key0 = expected["names"][0], expected["meta"]["flow_key"][0]
     members = (np.array(expected["names"]) == name0) & (expected["meta"]["flow_key"] == key0)
-    row = f.filter(pa.compute.and_(pa.compute.equal(f["file"], name0),
-                                   pa.compute.equal(f["addr_a"], t["src_addr"][0]))).to_pylist()
+    row = f.filter(
+        pa.compute.and_(pa.compute.equal(f["file"], name0), pa.compute.equal(f["addr_a"], t["src_addr"][0]))
+    ).to_pylist()
     row = [r for r in row if r["port_a"] == t["src_port"][0].as_py()][0]
     assert row["packets"] == members.sum() and row["flow_id"] == key0  # joins the packet rows' flow_id
     np.testing.assert_allclose([row[f"p_{c}"] for c in CLASSES], expected["probs"][members].mean(axis=0), rtol=1e-5)
@@ -187,8 +187,9 @@ def test_only_bad_files_fails(tmp_path, model):
 
 # -- resume ------------------------------------------------------------------------------------------------
 def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
-    return ScoreOptions(out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16,
-                        model_id=str(model), part_rows=1, **kw)
+    return ScoreOptions(
+        out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16, model_id=str(model), part_rows=1, **kw
+    )
 
 
 def _runner(model: Path):
@@ -254,6 +255,7 @@ def test_resume_redoes_changed_files_and_settings(tmp_path, model):
         fail_after_two.saved += len(reports)
         if fail_after_two.saved >= 3:
             raise RuntimeError("injected fault")
+
     fail_after_two.saved = 0
     with pytest.raises(RuntimeError, match="injected fault"):
         score_files(files, _runner(model), _opts(out, model), on_saved=fail_after_two)
@@ -273,7 +275,7 @@ def test_resume_redoes_changed_files_and_settings(tmp_path, model):
     fail_after_two.saved = 0
     with pytest.raises(RuntimeError):
         score_files(files, _runner(model), _opts(out, model, force=True), on_saved=fail_after_two)
-    with pytest.raises(OutputError, match="mask: \"paper\" -> \"strict\""):
+    with pytest.raises(OutputError, match='mask: "paper" -> "strict"'):
         score_files(files, _runner(model), _opts(out, model, resume=True, mask="strict"))
     res = score_files(files, _runner(model), _opts(out, model, resume=True, mask="strict", force=True))
     assert res.resumed == 0
@@ -483,8 +485,7 @@ def test_flow_accumulator_merges_incrementally(monkeypatch):
         assert row["packets"] == members.sum()
         assert row["port_a"] == whole["src_port"][first]
         assert row["first_ts"].timestamp() * 1e9 == pytest.approx(whole["ts_ns"][members].min(), abs=1000)
-        np.testing.assert_allclose([row["p_a"], row["p_b"], row["p_c"]],
-                                   probs[members].mean(axis=0), rtol=1e-5)
+        np.testing.assert_allclose([row["p_a"], row["p_b"], row["p_c"]], probs[members].mean(axis=0), rtol=1e-5)
 
 
 def test_format_addresses_v4_and_v6():

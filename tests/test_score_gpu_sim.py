@@ -41,7 +41,9 @@ def make_captures(root: Path) -> Path:
     """Five captures (pcap and pcapng, one of 3 packets, one cut short) and a text file: 62 records."""
     root.mkdir(parents=True, exist_ok=True)
     write_pcap(root / "a.pcap", mixed_traffic(1, 20), nanosecond=True)
-    write_pcapng(root / "b.pcapng", [{"interfaces": [(1, 9)], "records": [("epb", 0, ts, d) for ts, d in mixed_traffic(2, 13)]}])
+    write_pcapng(
+        root / "b.pcapng", [{"interfaces": [(1, 9)], "records": [("epb", 0, ts, d) for ts, d in mixed_traffic(2, 13)]}]
+    )
     write_pcap(root / "c_tiny.pcap", mixed_traffic(3, 3), nanosecond=True)
     write_pcap(root / "d.pcap", mixed_traffic(4, 17), nanosecond=True)
     whole = write_pcap(root / "e_cut.pcap", mixed_traffic(5, 9), nanosecond=True).read_bytes()
@@ -127,11 +129,10 @@ def run_child(spec_path: str) -> None:
     import warnings
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # uint64 wrap-around in the flow hash
+    from pktnin.engine.protocols import DeviceRunner
     from pktnin.packets import find_captures
     from pktnin.score import manifest as mf
     from pktnin.score import score_files
-
-    from pktnin.engine.protocols import DeviceRunner
 
     spec = json.loads(Path(spec_path).read_text())
     files = find_captures([spec["captures"]])

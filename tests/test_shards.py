@@ -30,8 +30,9 @@ def records(reader: CaptureReader) -> list[tuple]:
         for i in range(raw.n):
             off = int(raw.pkt_off[i])
             data = bytes(raw.buf[off : off + int(raw.caplen[i])])
-            out.append((int(raw.frame[i]), raw.base + off, int(raw.ts_ns[i]), int(raw.linktype[i]),
-                        int(raw.wirelen[i]), data))
+            out.append(
+                (int(raw.frame[i]), raw.base + off, int(raw.ts_ns[i]), int(raw.linktype[i]), int(raw.wirelen[i]), data)
+            )
     return out
 
 
@@ -59,12 +60,21 @@ def private_cache(tmp_path, monkeypatch):
 def _pcapng_sections(seed: int) -> list[dict]:
     pk = mixed_traffic(seed, 90)
     return [
-        {"big_endian": False, "interfaces": [(1, 6), (1, 9)],
-         "records": [("epb", i % 2, ts, d) for i, (ts, d) in enumerate(pk[:30])] + [("idb", 1, 0x80 | 20)]
-         + [("epb", 2, ts, d) for ts, d in pk[30:40]] + [("unknown", 0x99, b"xyz")]},
-        {"big_endian": True, "interfaces": [(1, 9)],
-         "records": [("epb", 0, ts, d) for ts, d in pk[40:70]] + [("spb", d) for _, d in pk[70:75]]
-         + [("epb", 5, 0, pk[75][1])]},  # an undefined interface: counted corrupt, in whichever shard
+        {
+            "big_endian": False,
+            "interfaces": [(1, 6), (1, 9)],
+            "records": [("epb", i % 2, ts, d) for i, (ts, d) in enumerate(pk[:30])]
+            + [("idb", 1, 0x80 | 20)]
+            + [("epb", 2, ts, d) for ts, d in pk[30:40]]
+            + [("unknown", 0x99, b"xyz")],
+        },
+        {
+            "big_endian": True,
+            "interfaces": [(1, 9)],
+            "records": [("epb", 0, ts, d) for ts, d in pk[40:70]]
+            + [("spb", d) for _, d in pk[70:75]]
+            + [("epb", 5, 0, pk[75][1])],
+        },  # an undefined interface: counted corrupt, in whichever shard
         {"big_endian": False, "interfaces": [(1, None)], "records": [("opb", 0, ts, d) for ts, d in pk[76:90]]},
     ]
 
@@ -76,8 +86,10 @@ def captures(tmp_path) -> list[Path]:
         write_pcap(tmp_path / "le.pcap", pk),
         write_pcap(tmp_path / "be_ns.pcap", pk, big_endian=True, nanosecond=True),
         write_pcapng(tmp_path / "multi.pcapng", _pcapng_sections(4)),
-        write_pcapng(tmp_path / "be.pcapng", [{"big_endian": True, "interfaces": [(1, 9)],
-                                               "records": [("epb", 0, ts, d) for ts, d in pk]}]),
+        write_pcapng(
+            tmp_path / "be.pcapng",
+            [{"big_endian": True, "interfaces": [(1, 9)], "records": [("epb", 0, ts, d) for ts, d in pk]}],
+        ),
     ]
 
 
@@ -118,8 +130,16 @@ def records_of_batches(batches) -> list[tuple]:
     for raw in batches:
         for i in range(raw.n):
             off = int(raw.pkt_off[i])
-            out.append((int(raw.frame[i]), raw.base + off, int(raw.ts_ns[i]), int(raw.linktype[i]),
-                        int(raw.wirelen[i]), bytes(raw.buf[off : off + int(raw.caplen[i])])))
+            out.append(
+                (
+                    int(raw.frame[i]),
+                    raw.base + off,
+                    int(raw.ts_ns[i]),
+                    int(raw.linktype[i]),
+                    int(raw.wirelen[i]),
+                    bytes(raw.buf[off : off + int(raw.caplen[i])]),
+                )
+            )
     return out
 
 

@@ -17,23 +17,23 @@ from onnx_fixtures import reference_probs, tiny_model  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from pktnin.cli import app  # noqa: E402
+from pktnin.dataset.format import load_dataset, write_dataset  # noqa: E402
 from pktnin.engine.export import checkpoint_provenance  # noqa: E402
 from pktnin.errors import UsageError  # noqa: E402
 from pktnin.layout import CAPTURE_FIELDS  # noqa: E402
 from pktnin.trainer import checkpoint as ckpt  # noqa: E402
-from pktnin.dataset.format import load_dataset, write_dataset  # noqa: E402
 from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
 from pktnin.trainer.fusion import fuse  # noqa: E402
 from pktnin.trainer.train import (  # noqa: E402
     TrainSettings,
     balanced_class_weights,
-    training_sample_weights,
     branch_checkpoint_path,
     logs_dir_for,
     make_tf_dataset,
     predict_rows,
     select_training_rows,
     train,
+    training_sample_weights,
 )
 
 pytestmark = pytest.mark.tf
@@ -66,8 +66,7 @@ def dataset_dir(tmp_path_factory):
 def trained(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "nin1.keras"
     summary = train(
-        "nin1", dataset_dir, out,
-        TrainSettings(epochs=3, batch=16, seed=1, width=LEARN_WIDTH), progress=False
+        "nin1", dataset_dir, out, TrainSettings(epochs=3, batch=16, seed=1, width=LEARN_WIDTH), progress=False
     )
     return out, summary
 
@@ -139,8 +138,11 @@ def test_training_is_deterministic(dataset_dir, tmp_path):
 def test_parallel_fused_checkpoint_is_alpha_mix_of_branches(dataset_dir, tmp_path):
     out = tmp_path / "par.keras"
     summary = train(
-        "nin_parallel", dataset_dir, out,
-        TrainSettings(epochs=1, batch=32, seed=2, width=WIDTH, max_train=240), progress=False
+        "nin_parallel",
+        dataset_dir,
+        out,
+        TrainSettings(epochs=1, batch=32, seed=2, width=WIDTH, max_train=240),
+        progress=False,
     )
     alpha = summary["alpha"]
     meta = ckpt.load_metadata(out)
@@ -181,8 +183,11 @@ def test_refit_on_train_and_val_runs_the_given_epochs_and_claims_no_validation_s
     rows_both = data.indices("train").size + data.indices("val").size
     out = tmp_path / "refit.keras"
     summary = train(
-        "nin1", dataset_dir, out,
-        TrainSettings(epochs=2, batch=32, seed=1, width=WIDTH, fit="train+val", patience=1), progress=False
+        "nin1",
+        dataset_dir,
+        out,
+        TrainSettings(epochs=2, batch=32, seed=1, width=WIDTH, fit="train+val", patience=1),
+        progress=False,
     )
     meta = ckpt.load_metadata(out)
     assert meta["metrics"] is None and summary["val_macro_f1"] is None
@@ -190,8 +195,11 @@ def test_refit_on_train_and_val_runs_the_given_epochs_and_claims_no_validation_s
     assert summary["epochs_run"] == 2 and meta["training"]["best_epoch"] == 2  # no early stop, last epoch kept
     with pytest.raises(ValueError, match="alpha"):
         train(
-            "nin_parallel", dataset_dir, tmp_path / "p.keras",
-            TrainSettings(epochs=1, width=WIDTH, fit="train+val"), progress=False
+            "nin_parallel",
+            dataset_dir,
+            tmp_path / "p.keras",
+            TrainSettings(epochs=1, width=WIDTH, fit="train+val"),
+            progress=False,
         )
     fused = tmp_path / "fixed.keras"
     result = CliRunner().invoke(
@@ -204,8 +212,11 @@ def test_fuse_with_a_given_alpha_skips_the_search(dataset_dir, tmp_path):
     nin1, nin2 = tmp_path / "n1.keras", tmp_path / "n2.keras"
     for name, path in (("nin1", nin1), ("nin2", nin2)):
         train(
-            name, dataset_dir, path,
-            TrainSettings(epochs=1, batch=32, seed=1, width=WIDTH, max_train=64, fit="train+val"), progress=False
+            name,
+            dataset_dir,
+            path,
+            TrainSettings(epochs=1, batch=32, seed=1, width=WIDTH, max_train=64, fit="train+val"),
+            progress=False,
         )
     out = tmp_path / "fixed.keras"
     result = CliRunner().invoke(
@@ -378,8 +389,11 @@ def test_header_jitter_changes_only_capture_fields_in_the_pipeline(tmp_path):
 def test_header_jitter_is_recorded_and_refused_for_strict_rows(dataset_dir, tmp_path):
     out = tmp_path / "jit.keras"
     train(
-        "nin1", dataset_dir, out,
-        TrainSettings(epochs=1, batch=32, seed=1, width=WIDTH, augment="header-jitter"), progress=False
+        "nin1",
+        dataset_dir,
+        out,
+        TrainSettings(epochs=1, batch=32, seed=1, width=WIDTH, augment="header-jitter"),
+        progress=False,
     )
     assert ckpt.load_metadata(out)["training"]["augment"] == "header-jitter"
     assert checkpoint_provenance(ckpt.load_metadata(out))["augment"] == "header-jitter"
@@ -387,8 +401,11 @@ def test_header_jitter_is_recorded_and_refused_for_strict_rows(dataset_dir, tmp_
     strict = write_dataset(tmp_path / "strict", rows, y, split, flow, {"classes": CLASSES, "mask": "strict"})
     with pytest.raises(ValueError, match="paper mask"):
         train(
-            "nin1", strict, tmp_path / "s.keras",
-            TrainSettings(epochs=1, width=WIDTH, augment="header-jitter"), progress=False
+            "nin1",
+            strict,
+            tmp_path / "s.keras",
+            TrainSettings(epochs=1, width=WIDTH, augment="header-jitter"),
+            progress=False,
         )
     result = CliRunner().invoke(
         app, ["train", "nin1", "--data", str(dataset_dir), "--out", str(tmp_path / "x.keras"), "--augment", "noise"]

@@ -4,10 +4,10 @@ output agrees with the plain-Python reference on a random sample of the records.
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import packetgen as pg
+import pytest
 import reference_layout as ref
+
 from pktnin import layout
 from pktnin.kernels import cpu
 
@@ -84,6 +84,8 @@ def test_fuzz_no_crash_and_matches_reference_on_sample(seed):
                 assert int(meta["flow_key"][r]) == fields["flow_key"], f"record {i}"
                 assert meta["src_addr"][r].tobytes() == fields["src_addr"], f"record {i}"
                 assert (int(meta["src_port"][r]), int(meta["dst_port"][r])) == (fields["src_port"], fields["dst_port"])
+
+
 @pytest.mark.slow
 def test_fuzz_pure_random_records():
     """Random offsets/lengths/link types over random bytes, including records that run past the buffer."""
@@ -110,10 +112,14 @@ def test_fuzz_timestamps_and_frames_pass_through():
     raw = fuzz_batch(13)
     n = raw["pkt_off"].shape[0]
     rng = np.random.default_rng(14)
-    ends = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1, -1, 0, 1, np.iinfo(np.int64).max],
-                    dtype=np.int64)
-    raw["ts_ns"] = np.where(rng.random(n) < 0.3, rng.choice(ends, n),
-                            rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, dtype=np.int64))
+    ends = np.array(
+        [np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1, -1, 0, 1, np.iinfo(np.int64).max], dtype=np.int64
+    )
+    raw["ts_ns"] = np.where(
+        rng.random(n) < 0.3,
+        rng.choice(ends, n),
+        rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, dtype=np.int64),
+    )
     raw["frame"] = np.sort(rng.choice(10 * n, n, replace=False)).astype(np.int64)
     rows, meta = cpu.transform(raw, "paper", False)
     kept = meta["index"]

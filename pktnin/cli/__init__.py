@@ -46,6 +46,7 @@ def _root(
 ) -> None:
     """Packet-level encrypted traffic classification with deep and parallel Network-in-Network models."""
 
+
 # Each command module exposes register(app). Heavy imports (tensorflow, onnx, GPU libraries) stay inside
 # the command functions so that `pktnin --help` and the CPU path start fast and without the extras.
 # Listed in the order a user meets them: score captures, then the training and engine tools.

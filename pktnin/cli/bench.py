@@ -73,13 +73,19 @@ def run(
     model: ModelOption = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
     precision: Annotated[
-        str, typer.Option("--precision", help="auto, fp32, bf16 or int8; several comma-separated are measured "
-                          "interleaved in one run and compared with the first; PRECISION@N fixes that engine's "
-                          "sessions (fp32@1: one session, as the scorer ran before).")
+        str,
+        typer.Option(
+            "--precision",
+            help="auto, fp32, bf16 or int8; several comma-separated are measured "
+            "interleaved in one run and compared with the first; PRECISION@N fixes that engine's "
+            "sessions (fp32@1: one session, as the scorer ran before).",
+        ),
     ] = "auto",
     engine_workers: Annotated[
-        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one session, N = N single-thread sessions, "
-                          "0 = measure.")
+        int,
+        typer.Option(
+            "--engine-workers", min=0, help="CPU: 1 = one session, N = N single-thread sessions, 0 = measure."
+        ),
     ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Runs per stage; medians are reported.")] = 3,
@@ -125,8 +131,9 @@ def run(
                 files = find_captures(paths)
                 model_path = resolve_model(model)
                 for name, sessions in layouts:
-                    runners.append(open_runner(model_path, backend, max_batch=batch, precision=name,
-                                               engine_workers=sessions))
+                    runners.append(
+                        open_runner(model_path, backend, max_batch=batch, precision=name, engine_workers=sessions)
+                    )
             warning = mask_warning(model_path, mask)
             if warning:
                 warn(warning)
@@ -240,8 +247,7 @@ def prep(
         files = find_captures(paths)
     with exit_codes(setup=False):
         with file_progress(len(files), "bench prep", enabled=not as_json) as bar:
-            result = prep_throughput(files, opts, progress=bar, threads=threads, chunk=chunk,
-                                     flow_keys=flow_keys)
+            result = prep_throughput(files, opts, progress=bar, threads=threads, chunk=chunk, flow_keys=flow_keys)
     if as_json:
         typer.echo(json.dumps(result))
     else:

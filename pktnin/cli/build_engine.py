@@ -24,11 +24,18 @@ def build_engine(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .plan file; MODEL.plan.json is written beside it.")],
     precision: Annotated[
-        str, typer.Option("--precision", help="fp32, fp16 or int8 (a QDQ model from `pktnin quantize --target tensorrt` builds int8 whatever is given).")
+        str,
+        typer.Option(
+            "--precision",
+            help="fp32, fp16 or int8 (a QDQ model from `pktnin quantize --target tensorrt` builds int8 whatever is given).",
+        ),
     ] = "fp32",
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine accepts.")] = DEFAULT_MAX_BATCH,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Largest batch the engine accepts.")
+    ] = DEFAULT_MAX_BATCH,
     opt_batch: Annotated[
-        Optional[int], typer.Option("--opt-batch", help="Batch size TensorRT tunes for (default: min(max batch, 1024)).")
+        Optional[int],
+        typer.Option("--opt-batch", help="Batch size TensorRT tunes for (default: min(max batch, 1024))."),
     ] = None,
     timing_cache: Annotated[
         Optional[Path], typer.Option("--timing-cache", help="Timing cache file, read if present and updated.")
@@ -38,9 +45,9 @@ def build_engine(
     ] = DEFAULT_WORKSPACE_MB,
 ) -> None:
     """Build a TensorRT engine (one optimization profile: batch 1 .. max batch) for this GPU and TensorRT."""
-    from pktnin.engine.trt_build import build_engine as build, check_build_args
-
     from pktnin.engine.catalog import resolve_model
+    from pktnin.engine.trt_build import build_engine as build
+    from pktnin.engine.trt_build import check_build_args
 
     with exit_codes():
         check_build_args(precision, max_batch, opt_batch, workspace_mb)

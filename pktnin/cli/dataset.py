@@ -30,9 +30,7 @@ def build(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write (atomically).")],
-    kind: Annotated[
-        str, typer.Option("--source", help="Source kind: auto, iscx, class-dirs or csv.")
-    ] = "auto",
+    kind: Annotated[str, typer.Option("--source", help="Source kind: auto, iscx, class-dirs or csv.")] = "auto",
     task: Annotated[
         Optional[str], typer.Option("--task", help="ISCX task: A (14 applications) or B (12 traffic types).")
     ] = None,

@@ -20,7 +20,11 @@ def export_onnx(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file (written atomically).")],
     input_dtype: Annotated[
-        str, typer.Option("--input-dtype", help="uint8: raw bytes, /255 inside the graph (the CPU default); float32: bytes/255 (TensorRT plans).")
+        str,
+        typer.Option(
+            "--input-dtype",
+            help="uint8: raw bytes, /255 inside the graph (the CPU default); float32: bytes/255 (TensorRT plans).",
+        ),
     ] = "uint8",
     opset: Annotated[int, typer.Option("--opset", help=f"ONNX opset, 13..{MAX_OPSET}.")] = DEFAULT_OPSET,
     verbose: VerboseOption = False,

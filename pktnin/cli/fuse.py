@@ -13,17 +13,15 @@ from pktnin.cli.options import VerboseOption, silence_tensorflow
 
 
 def fuse(
-    nin1: Annotated[
-        Path, typer.Argument(metavar="NIN1", help="Trained nin1 (header) checkpoint.", show_default=False)
-    ],
-    nin2: Annotated[
-        Path, typer.Argument(metavar="NIN2", help="Trained nin2 (body) checkpoint.", show_default=False)
-    ],
+    nin1: Annotated[Path, typer.Argument(metavar="NIN1", help="Trained nin1 (header) checkpoint.", show_default=False)],
+    nin2: Annotated[Path, typer.Argument(metavar="NIN2", help="Trained nin2 (body) checkpoint.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory whose validation split picks alpha.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Fused checkpoint NAME.keras (NAME.json beside).")],
     alpha: Annotated[
         Optional[float],
-        typer.Option("--alpha", min=0.0, max=1.0, help="Use this alpha instead of searching (branches refit on train+val)."),
+        typer.Option(
+            "--alpha", min=0.0, max=1.0, help="Use this alpha instead of searching (branches refit on train+val)."
+        ),
     ] = None,
     verbose: VerboseOption = False,
 ) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, List
 
 import typer
-
 from rich.markup import escape
 
 from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table

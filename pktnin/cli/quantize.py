@@ -12,19 +12,26 @@ from pktnin.cli.errors import exit_codes, usage
 
 
 def quantize(
-    model: Annotated[
-        Optional[Path], typer.Argument(help="A float32 .onnx model (default: the bundled model).")
-    ] = None,
+    model: Annotated[Optional[Path], typer.Argument(help="A float32 .onnx model (default: the bundled model).")] = None,
     data: Annotated[
-        Path, typer.Option("--data", "-d", help="Dataset directory: calibration rows from its train split, checks on val.")
+        Path,
+        typer.Option("--data", "-d", help="Dataset directory: calibration rows from its train split, checks on val."),
     ] = ...,  # type: ignore[assignment]  # typer's marker of a required option after optional arguments
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", "-o", help="Output .onnx (default: MODEL.int8.onnx beside it, or the cache for the "
-                     "bundled model, where --precision finds it)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output .onnx (default: MODEL.int8.onnx beside it, or the cache for the "
+            "bundled model, where --precision finds it).",
+        ),
     ] = None,
-    calibration_rows: Annotated[int, typer.Option("--calibration-rows", min=16, help="Training rows for the activation ranges.")] = 512,
-    validation_rows: Annotated[int, typer.Option("--validation-rows", min=100, help="Validation rows for the agreement checks.")] = 2000,
+    calibration_rows: Annotated[
+        int, typer.Option("--calibration-rows", min=16, help="Training rows for the activation ranges.")
+    ] = 512,
+    validation_rows: Annotated[
+        int, typer.Option("--validation-rows", min=100, help="Validation rows for the agreement checks.")
+    ] = 2000,
     methods: Annotated[
         str, typer.Option("--methods", help="Calibration methods to try, comma-separated: minmax, percentile, entropy.")
     ] = "minmax,percentile",
@@ -71,10 +78,18 @@ def quantize(
         val, _ = q.dataset_rows(dataset, "val", validation_rows, seed + 1)
         target_path = out if out is not None else default_int8_path(src)
     with exit_codes(setup=False):
-        console.print(f"calibrating on {len(cal):,} train rows, checking on {len(val):,} val rows of {escape(str(data))}",
-                      highlight=False)
+        console.print(
+            f"calibrating on {len(cal):,} train rows, checking on {len(val):,} val rows of {escape(str(data))}",
+            highlight=False,
+        )
         result = q.quantize_model(
-            src, target_path, cal, val, methods=method_list, target=target, target_agreement=agreement,
+            src,
+            target_path,
+            cal,
+            val,
+            methods=method_list,
+            target=target,
+            target_agreement=agreement,
             provenance={"dataset": str(Path(data).resolve()), "seed": seed},
             log=lambda line: console.print("  " + escape(line), highlight=False),
         )
@@ -89,8 +104,10 @@ def quantize(
         highlight=False,
     )
     if not result.reached_target:
-        console.print(f"[yellow]warning:[/yellow] below the {agreement:.3f} agreement asked for: "
-                      "`--precision auto` will not pick it")
+        console.print(
+            f"[yellow]warning:[/yellow] below the {agreement:.3f} agreement asked for: "
+            "`--precision auto` will not pick it"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -30,8 +30,12 @@ def score(
         str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
     ] = "auto",
     engine_workers: Annotated[
-        int, typer.Option("--engine-workers", min=0, help="CPU: 1 = one multi-thread session, N = N single-thread "
-                          "sessions, 0 = measure and use the faster.")
+        int,
+        typer.Option(
+            "--engine-workers",
+            min=0,
+            help="CPU: 1 = one multi-thread session, N = N single-thread sessions, 0 = measure and use the faster.",
+        ),
     ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
     out: Annotated[
@@ -124,7 +128,9 @@ def score(
     if not quiet:
         _print_summary(result)
         if job.runner.engine_label:
-            console.print(f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False)
+            console.print(
+                f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False
+            )
     write_summary(summary, run_summary(result, job.model_path, job.runner))
     check_inputs_read(result.reports)
 

@@ -16,9 +16,7 @@ PRESETS_HELP = ", ".join(PRESETS)
 
 
 def train(
-    model: Annotated[
-        str, typer.Argument(metavar="PRESET", help=f"Model preset: {PRESETS_HELP}.", show_default=False)
-    ],
+    model: Annotated[str, typer.Argument(metavar="PRESET", help=f"Model preset: {PRESETS_HELP}.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory (pktnin dataset build).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint NAME.keras (NAME.json is written beside).")],
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum number of epochs.")] = 10,
@@ -38,7 +36,11 @@ def train(
         typer.Option("--max-per-flow", min=1, help="Use at most N training rows of each flow (seeded sample)."),
     ] = None,
     class_weighting: Annotated[
-        str, typer.Option("--class-weighting", help="none; balanced (inverse class frequency); file (balanced, and capture files equal within a class).")
+        str,
+        typer.Option(
+            "--class-weighting",
+            help="none; balanced (inverse class frequency); file (balanced, and capture files equal within a class).",
+        ),
     ] = "none",
     patience: Annotated[
         int, typer.Option("--patience", min=1, help="Stop after N epochs without a better validation macro-F1.")

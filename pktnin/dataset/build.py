@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,7 @@ def build_dataset(options: BuildOptions, progress: ProgressFn | None = None) -> 
         for o, source in zip(per_source, sources):
 
             def shifted(files: int, packets: int, f0: int = files_before, p0: int = packets_before) -> None:
+                assert progress is not None  # only passed on when there is a progress callback
                 progress(f0 + files, p0 + packets)
 
             got = collect(source, o, writer, None if progress is None else shifted)
@@ -210,7 +212,7 @@ def finish(
             if r.errors and not r.failed
         ]
         files += [prefixed(i, relative_name(f, source.root)) for f in source.files]
-    meta = dict(
+    meta: dict[str, Any] = dict(
         source_kind=first.kind if len({s.kind for s in sources}) == 1 else "mixed",
         task=first.task,
         label_column=first.label_column,

@@ -236,7 +236,7 @@ def read(options: BuildOptions) -> Source:
     capture file. Split by capture file as the CSV says, or (split "random") packets at random 68/16/16."""
     csv_path = options.source
     pcaps = options.pcaps
-    if not pcaps.is_dir():
+    if pcaps is None or not pcaps.is_dir():
         raise NotADirectoryError(f"{pcaps}: capture folder not found (give it with --pcaps)")
     flows = read_flow_labels(csv_path, options.label_column, options.classes)
 

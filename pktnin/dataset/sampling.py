@@ -50,6 +50,7 @@ class Reservoir:
         rev_slots = slot[hit][::-1]
         uniq, first_in_rev = np.unique(rev_slots, return_index=True)
         src = hit[::-1][first_in_rev]
+        assert self._full is not None  # the reservoir is full from here on
         full_rows, full_file, full_flow, full_seq = self._full
         full_rows[uniq] = rows[src]
         full_file[uniq] = file_idx[src]

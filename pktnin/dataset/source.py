@@ -27,7 +27,7 @@ class Source:
     files: list[Path]
     classes: list[str]
     label_batch: LabelFn
-    group_caps: list[int | None]
+    group_caps: Sequence[int | None]
     group_class: list[int]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out before reading
     file_split: list[int] | None = None

@@ -1,15 +1,15 @@
 """The driver side of a sharded scoring run, whatever runs the shards (no Ray import here).
 
-    score_sharded(files, opts, classes, execute, ...)
-        1. settings (the local run's plus the shard layout), the resume manifest (score.manifest: one format
-           for both engines, its entries here keyed by shard id), the parts folder;
-        2. shards (distributed.shards, index pass for large files) minus the shards finished before;
-        3. execute(todo, parts_dir) -> iterator of shard summaries, in any order; each one is recorded in the
-           manifest (saved at most every SAVE_S seconds and at the end: a summary also lies beside its part,
-           so a kill in between loses nothing);
-        4. the outputs: packet parts concatenated in input order (files, then byte ranges), flows reduced per
-           file from the shards' partials, both written atomically; then the parts and manifest are removed
-           (with keep_parts the packet parts stay in OUT.parts/ as a Parquet dataset and only flows are written).
+score_sharded(files, opts, classes, execute, ...)
+    1. settings (the local run's plus the shard layout), the resume manifest (score.manifest: one format
+       for both engines, its entries here keyed by shard id), the parts folder;
+    2. shards (distributed.shards, index pass for large files) minus the shards finished before;
+    3. execute(todo, parts_dir) -> iterator of shard summaries, in any order; each one is recorded in the
+       manifest (saved at most every SAVE_S seconds and at the end: a summary also lies beside its part,
+       so a kill in between loses nothing);
+    4. the outputs: packet parts concatenated in input order (files, then byte ranges), flows reduced per
+       file from the shards' partials, both written atomically; then the parts and manifest are removed
+       (with keep_parts the packet parts stay in OUT.parts/ as a Parquet dataset and only flows are written).
 """
 
 from __future__ import annotations
@@ -67,8 +67,7 @@ def score_sharded(
     (one run per output, nothing planted is used or removed)."""
     targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
     with outdir.output_lock(targets):
-        return _score_locked(files, opts, classes, execute, split_bytes, progress, keep_parts, step_records,
-                             targets)
+        return _score_locked(files, opts, classes, execute, split_bytes, progress, keep_parts, step_records, targets)
 
 
 def _score_locked(files, opts, classes, execute, split_bytes, progress, keep_parts, step_records, targets):
@@ -135,8 +134,12 @@ def _score_locked(files, opts, classes, execute, split_bytes, progress, keep_par
     if opts.flows_out is not None:
         fschema = flow_schema(classes, opts.probs)
         counter = [0]
-        n_flows = write_batches(_flow_batches(files, shards_of_file, finished, parts, classes, fschema, counter),
-                                opts.flows_out, fschema, opts.fmt)
+        n_flows = write_batches(
+            _flow_batches(files, shards_of_file, finished, parts, classes, fschema, counter),
+            opts.flows_out,
+            fschema,
+            opts.fmt,
+        )
         outputs.append(opts.flows_out)
     if not keep_parts:
         _prune(parts, set())

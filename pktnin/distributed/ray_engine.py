@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pktnin.distributed.shards import Shard
 from pktnin.score.options import ScoreOptions
@@ -38,8 +39,9 @@ class RunnerSpec:
     def __call__(self, threads: int):
         from pktnin.engine.runners import open_runner
 
-        return open_runner(self.model_path, self.backend, intra_threads=threads, max_batch=self.batch,
-                           precision=self.precision)
+        return open_runner(
+            self.model_path, self.backend, intra_threads=threads, max_batch=self.batch, precision=self.precision
+        )
 
 
 def warm_kernels() -> None:
@@ -52,7 +54,11 @@ def warm_kernels() -> None:
     from pktnin.kernels.cpu import transform
 
     frame = bytes(12) + b"\x08\x00" + bytes([0x45, 0, 0, 40]) + bytes(4) + bytes([64, 6, 0, 0]) + bytes(8) + bytes(20)
-    pcap = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame
+    pcap = (
+        struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+        + struct.pack("<IIII", 0, 0, len(frame), len(frame))
+        + frame
+    )
     shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
     idb = struct.pack("<IIHHI", 1, 20, 1, 0, 0) + struct.pack("<I", 20)
     body = struct.pack("<IIIII", 0, 0, 0, len(frame), len(frame)) + frame
@@ -91,7 +97,9 @@ class ShardScorer:
         import numba
 
         cpus = max(1, int(threads))
-        numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(
+            min(cpus, getattr(numba.config, "NUMBA_NUM_THREADS"))
+        )  # set from the environment at run time
         with build_lock(runner_spec):
             self.runner = runner_spec(cpus)  # ONNX Runtime intra-op threads = the actor's CPUs
         self.options = options
@@ -140,7 +148,7 @@ def ray_execute(
         gpus = num_gpus
         if gpus is None and resources.get("GPU", 0) and getattr(runner_spec, "backend", "auto") != "onnxruntime":
             gpus = 1  # one GPU per actor: the TensorRT engine and the CUDA prep stay on it
-        ds = ray.data.from_items(
+        ds: Any = ray.data.from_items(
             [{"shard": json.dumps(s.to_dict())} for s in todo], override_num_blocks=len(todo)
         )  # one block per shard: shards go to whichever actor is free
         ds = ds.map_batches(

@@ -121,7 +121,9 @@ def cached_index(path: str | os.PathLike, split_bytes: int, step_records: int = 
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(cache) as tmp:
-                tmp.write_text(json.dumps({"path": real, "stamp": stamp, "cuts": [[c.offset, c.frame, c.state] for c in cuts]}))
+                tmp.write_text(
+                    json.dumps({"path": real, "stamp": stamp, "cuts": [[c.offset, c.frame, c.state] for c in cuts]})
+                )
         except OSError:
             pass  # a read-only cache only costs the walk next time
     return cuts

@@ -111,7 +111,8 @@ class ShardWriter:
             flow_state = flow_state_path(self.parts_dir, self.shard.id)
             flow_state.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(flow_state) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **self.flows.state())
+                np.savez(fh, **self.flows.state())  # type: ignore[arg-type]  # numpy stub reads names as allow_pickle
+        assert self.report is not None, "a shard is finished only after its FileEnd"
         summary = {
             "id": self.shard.id,
             "file_index": self.shard.file_index,
@@ -206,7 +207,9 @@ def _check_stamp(shard: Shard) -> None:
 
 
 # How kernels.capture words a kind of skipped record in a file's errors (CaptureError text of _warn_reason).
-_SKIPPED_KIND = re.compile(r"^(?P<head>.*): offset (?P<offset>\d+): (?P<what>.*) \(first of (?P<count>\d+) in this file, skipped\)$")
+_SKIPPED_KIND = re.compile(
+    r"^(?P<head>.*): offset (?P<offset>\d+): (?P<what>.*) \(first of (?P<count>\d+) in this file, skipped\)$"
+)
 
 
 def merge_reports(summaries: list[dict]) -> FileReport:
@@ -238,6 +241,7 @@ def merge_reports(summaries: list[dict]) -> FileReport:
                     kinds[m["what"]] = [int(m["offset"]), int(m["count"]), m["head"]]
         firsts = sorted((off, what, count, head) for what, (off, count, head) in kinds.items())
         merged.errors = [
-            f"{head}: offset {off}: {what} (first of {count} in this file, skipped)" for off, what, count, head in firsts
+            f"{head}: offset {off}: {what} (first of {count} in this file, skipped)"
+            for off, what, count, head in firsts
         ] + others
     return merged

@@ -168,4 +168,3 @@ def recorded_speed(model_path: str | os.PathLike) -> dict | None:
     if not speeds:
         return None
     return speeds.get(file_sha256(model_path))
-

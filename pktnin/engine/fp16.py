@@ -33,7 +33,8 @@ def convert_model_to_fp16(proto):
     # but gets a float16 value_info, which the checker rejects; keep such casts in float32 (the converter
     # then inserts a float32 -> float16 cast after them).
     non_float_inputs = {
-        value.name for value in proto.graph.input
+        value.name
+        for value in proto.graph.input
         if value.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16)
     }
     input_casts = [

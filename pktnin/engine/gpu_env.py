@@ -8,13 +8,15 @@ engine's buffers and stream.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from pktnin.engine.runner_base import EngineUnavailableError
 
 TENSORRT_MISSING = "TensorRT is not installed (pip install 'pktnin[gpu]' on a machine with an NVIDIA GPU)"
-PYCUDA_MISSING = "pycuda is not installed (pip install 'pktnin[gpu]' on a machine with an NVIDIA GPU and the CUDA toolkit)"
+PYCUDA_MISSING = (
+    "pycuda is not installed (pip install 'pktnin[gpu]' on a machine with an NVIDIA GPU and the CUDA toolkit)"
+)
 NO_GPU = "no NVIDIA GPU found"
 
 _lock = threading.Lock()
@@ -25,7 +27,9 @@ def require_tensorrt():
     try:
         import tensorrt
     except (ImportError, OSError) as exc:
-        raise EngineUnavailableError(TENSORRT_MISSING if isinstance(exc, ImportError) else f"TensorRT cannot load: {exc}") from None
+        raise EngineUnavailableError(
+            TENSORRT_MISSING if isinstance(exc, ImportError) else f"TensorRT cannot load: {exc}"
+        ) from None
     return tensorrt
 
 
@@ -33,12 +37,16 @@ def require_pycuda():
     try:
         import pycuda.driver as cuda
     except (ImportError, OSError) as exc:
-        raise EngineUnavailableError(PYCUDA_MISSING if isinstance(exc, ImportError) else f"pycuda cannot load: {exc}") from None
+        raise EngineUnavailableError(
+            PYCUDA_MISSING if isinstance(exc, ImportError) else f"pycuda cannot load: {exc}"
+        ) from None
     try:
         cuda.init()
         count = cuda.Device.count()
     except Exception as exc:  # pycuda raises its own LogicError/RuntimeError when there is no driver
-        raise EngineUnavailableError(f"{NO_GPU} (CUDA driver: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise EngineUnavailableError(
+            f"{NO_GPU} (CUDA driver: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     if count == 0:
         raise EngineUnavailableError(NO_GPU)
     return cuda

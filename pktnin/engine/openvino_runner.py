@@ -73,7 +73,7 @@ class OpenVinoRunner(Runner):
         self._compiled = None
         self._requests: list = []
 
-    def load(self) -> "OpenVinoRunner":
+    def load(self) -> OpenVinoRunner:
         if self._compiled is not None:
             return self
         ov = require_openvino()
@@ -149,4 +149,3 @@ def _metadata(model) -> dict[str, str]:
         return {}
     keys = list(info["framework"].keys()) if hasattr(info["framework"], "keys") else []
     return {k: model.get_rt_info(["framework", k]).astype(str) for k in keys if k.startswith(META_PREFIX)}
-

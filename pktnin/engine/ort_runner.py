@@ -87,7 +87,7 @@ class OnnxRuntimeRunner(Runner):
         self._binding: Any | None = None
         self._scratch: np.ndarray | None = None  # float32 rows when the model takes float32 and rows come as bytes
 
-    def load(self) -> "OnnxRuntimeRunner":
+    def load(self) -> OnnxRuntimeRunner:
         if self._session is not None:
             return self
         ort = import_onnxruntime()

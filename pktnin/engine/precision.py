@@ -83,8 +83,9 @@ def model_props(path: str | os.PathLike) -> dict[str, str]:
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except ort_errors() as exc:
-            raise ModelMismatchError(f"{path}: not a usable ONNX model (corrupt or truncated?): "
-                                     f"{_ort_reason(exc)}") from None
+            raise ModelMismatchError(
+                f"{path}: not a usable ONNX model (corrupt or truncated?): {_ort_reason(exc)}"
+            ) from None
         return dict(session.get_modelmeta().custom_metadata_map)
     from google.protobuf.message import DecodeError
 
@@ -143,8 +144,12 @@ def openvino_available() -> bool:
     return True
 
 
-def candidate_engines(model_path: str | os.PathLike, backend: str = "auto", min_agreement: float = AUTO_MIN_AGREEMENT,
-                      workers: int | None = None) -> list[Engine]:
+def candidate_engines(
+    model_path: str | os.PathLike,
+    backend: str = "auto",
+    min_agreement: float = AUTO_MIN_AGREEMENT,
+    workers: int | None = None,
+) -> list[Engine]:
     """Engines `auto` may pick for this model: float32 first, then those whose recorded agreement qualifies.
 
     backend "auto" considers both CPU backends (OpenVINO only when installed); workers None considers one
@@ -203,9 +208,16 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
     props = model_props(model_path)
     if model_precision(props) == "int8":
         if precision != "int8":
-            raise ModelMismatchError(f"{model_path} is an int8 model; run it with --precision int8 (or auto), "
-                                     "or pass its float32 model")
-        return Engine(backend, "int8", str(model_path), workers, recorded_agreement(model_path).get(f"{backend}:int8", float("nan")))
+            raise ModelMismatchError(
+                f"{model_path} is an int8 model; run it with --precision int8 (or auto), or pass its float32 model"
+            )
+        return Engine(
+            backend,
+            "int8",
+            str(model_path),
+            workers,
+            recorded_agreement(model_path).get(f"{backend}:int8", float("nan")),
+        )
     if precision == "fp32":
         return Engine(backend, "fp32", str(model_path), workers)
     if precision == "bf16":
@@ -220,7 +232,9 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
                 f"no int8 model of {model_path}: make one with `pktnin quantize {model_path} --data DATASET` "
                 f"(it is written to {default_int8_path(model_path)})"
             )
-        return Engine(backend, "int8", str(int8), workers, recorded_agreement(int8).get(f"{backend}:int8", float("nan")))
+        return Engine(
+            backend, "int8", str(int8), workers, recorded_agreement(int8).get(f"{backend}:int8", float("nan"))
+        )
     raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
@@ -256,8 +270,9 @@ def timing_rows(n: int, seed: int = 0) -> np.ndarray:
     return rows
 
 
-def measure(runners: dict[str, Runner], batch: int, seconds: float = TIMING_SECONDS,
-            repeats: int = TIMING_REPEATS) -> dict[str, float]:
+def measure(
+    runners: dict[str, Runner], batch: int, seconds: float = TIMING_SECONDS, repeats: int = TIMING_REPEATS
+) -> dict[str, float]:
     """rows/s of each runner, interleaved (one timed slice of each in turn, `repeats` times); medians."""
     rows = timing_rows(batch)
     outs = {k: r.new_output(batch) for k, r in runners.items()}
@@ -298,9 +313,15 @@ def _timing_key(engines: list[Engine], batch: int, threads: int | None) -> Path:
     return cache.cache_dir() / "engine-timings" / f"{key}.json"
 
 
-def choose_engine(model_path: str | os.PathLike, backend: str = "auto", batch: int = 512, threads: int | None = None,
-                  workers: int | None = None, min_agreement: float = AUTO_MIN_AGREEMENT,
-                  use_cache: bool = True) -> Choice:
+def choose_engine(
+    model_path: str | os.PathLike,
+    backend: str = "auto",
+    batch: int = 512,
+    threads: int | None = None,
+    workers: int | None = None,
+    min_agreement: float = AUTO_MIN_AGREEMENT,
+    use_cache: bool = True,
+) -> Choice:
     """The fastest qualifying engine (see the module doc); measured once per machine and cached."""
     engines = candidate_engines(model_path, backend, min_agreement, workers)
     if not engines:
@@ -321,9 +342,14 @@ def choose_engine(model_path: str | os.PathLike, backend: str = "auto", batch: i
     return Choice(best, reason, timings)
 
 
-def open_cpu_runner(model_path: str | os.PathLike, backend: str = "auto", precision: str = "fp32",
-                    max_batch: int | None = None, threads: int | None = None,
-                    workers: int | None = None) -> tuple[Runner, Choice]:
+def open_cpu_runner(
+    model_path: str | os.PathLike,
+    backend: str = "auto",
+    precision: str = "fp32",
+    max_batch: int | None = None,
+    threads: int | None = None,
+    workers: int | None = None,
+) -> tuple[Runner, Choice]:
     """A loaded CPU runner for model_path at `precision` (auto: choose_engine) and why it was chosen."""
     if precision not in PRECISIONS:
         raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -73,7 +73,9 @@ def stratified_indices(
     queues: list[np.ndarray] = []
     for cls in np.unique(labels[indices]):
         of_class = indices[labels[indices] == cls]
-        per_file = [rng.permutation(of_class[files[of_class] == f]) for f in rng.permutation(np.unique(files[of_class]))]
+        per_file = [
+            rng.permutation(of_class[files[of_class] == f]) for f in rng.permutation(np.unique(files[of_class]))
+        ]
         depth = max(len(p) for p in per_file)
         order = [p[k] for k in range(depth) for p in per_file if k < len(p)]
         queues.append(np.asarray(order, dtype=np.int64))
@@ -382,7 +384,9 @@ def quantize_model(
             for method in methods:
                 cand = Candidate(method, level, excluded_nodes=excluded)
                 start = time.perf_counter()
-                out = quantize_qdq(prepared, Path(tmp) / f"q-{level}-{method}.onnx", calibration_rows, method, excluded, target)
+                out = quantize_qdq(
+                    prepared, Path(tmp) / f"q-{level}-{method}.onnx", calibration_rows, method, excluded, target
+                )
                 cand.agreement, cand.max_prob_diff = agreement(probabilities(out, validation_rows), reference)
                 cand.seconds = time.perf_counter() - start
                 candidates.append(cand)
@@ -395,8 +399,18 @@ def quantize_model(
         assert best is not None, "no exclusion level given"
         if best[0].agreement < target_agreement and max_extra_excluded > 0:
             best = _exclude_sensitive(
-                prepared, prepared_proto, Path(tmp), calibration_rows, validation_rows, reference, best, candidates,
-                target, target_agreement, max_extra_excluded, log,
+                prepared,
+                prepared_proto,
+                Path(tmp),
+                calibration_rows,
+                validation_rows,
+                reference,
+                best,
+                candidates,
+                target,
+                target_agreement,
+                max_extra_excluded,
+                log,
             )
     chosen, payload = best
     proto = onnx.load_model_from_string(payload)
@@ -444,22 +458,28 @@ def _exclude_sensitive(
     remaining = [n.name for n in _weighted_nodes(proto) if n.name not in chosen.excluded_nodes]
     sensitivity = []
     for name in remaining:
-        alone = quantize_qdq(prepared, tmp / "alone.onnx", calibration_rows, chosen.method,
-                             [x for x in all_nodes if x != name], target)
+        alone = quantize_qdq(
+            prepared, tmp / "alone.onnx", calibration_rows, chosen.method, [x for x in all_nodes if x != name], target
+        )
         sensitivity.append((agreement(probabilities(alone, validation_rows), reference)[0], name))
     sensitivity.sort()
     excluded = list(chosen.excluded_nodes)
     for score, name in sensitivity[:limit]:
         excluded.append(name)
-        cand = Candidate(chosen.method, f"{chosen.exclude}+{len(excluded) - len(chosen.excluded_nodes)}",
-                         excluded_nodes=sorted(excluded))
+        cand = Candidate(
+            chosen.method,
+            f"{chosen.exclude}+{len(excluded) - len(chosen.excluded_nodes)}",
+            excluded_nodes=sorted(excluded),
+        )
         start = time.perf_counter()
         out = quantize_qdq(prepared, tmp / "greedy.onnx", calibration_rows, cand.method, cand.excluded_nodes, target)
         cand.agreement, cand.max_prob_diff = agreement(probabilities(out, validation_rows), reference)
         cand.seconds = time.perf_counter() - start
         candidates.append(cand)
-        log(f"{cand.exclude:<13} {cand.method:<10} argmax agreement {cand.agreement:.4f}  max|dp| "
-            f"{cand.max_prob_diff:.3f}  (kept {name} in float32; alone it agreed {score:.4f})")
+        log(
+            f"{cand.exclude:<13} {cand.method:<10} argmax agreement {cand.agreement:.4f}  max|dp| "
+            f"{cand.max_prob_diff:.3f}  (kept {name} in float32; alone it agreed {score:.4f})"
+        )
         if cand.agreement > best[0].agreement:
             best = (cand, out.read_bytes())
         if cand.agreement >= goal:

@@ -52,8 +52,10 @@ class ModelInfo:
         }
 
     @classmethod
-    def from_metadata(cls, props: dict[str, str], source: str) -> "ModelInfo":
-        missing = [k for k in ("classes", "alpha", "layout_version", "preset", "input_dtype") if META_PREFIX + k not in props]
+    def from_metadata(cls, props: dict[str, str], source: str) -> ModelInfo:
+        missing = [
+            k for k in ("classes", "alpha", "layout_version", "preset", "input_dtype") if META_PREFIX + k not in props
+        ]
         if missing:
             raise ModelMismatchError(
                 f"{source}: not a pktnin model (metadata {', '.join(META_PREFIX + k for k in missing)} missing); "
@@ -100,7 +102,7 @@ class Runner(ABC):
 
     # -- the interface -------------------------------------------------------------------------------------
     @abstractmethod
-    def load(self) -> "Runner":
+    def load(self) -> Runner:
         """Open the model and allocate every buffer; returns self. Calling it twice does nothing."""
 
     @abstractmethod
@@ -150,7 +152,7 @@ class Runner(ABC):
         """Convenience: probabilities for rows in a new array."""
         return self.infer(rows, self.new_output(len(rows)))
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self.load()
 
     def __exit__(self, *exc) -> None:

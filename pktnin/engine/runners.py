@@ -94,10 +94,16 @@ def open_runner(
             if model_precision(model_props(onnx_path)) != "int8":
                 int8_path = find_int8(onnx_path)
                 if int8_path is None:
-                    raise FileNotFoundError(f"no int8 model of {path}: make one with `pktnin quantize --target tensorrt`")
+                    raise FileNotFoundError(
+                        f"no int8 model of {path}: make one with `pktnin quantize --target tensorrt`"
+                    )
                 source = int8_path
-        plan = path if path.suffix == ".plan" else cached_plan(
-            onnx_source(source), precision=trt_precision, max_batch=max_batch or DEFAULT_MAX_BATCH, device=device
+        plan = (
+            path
+            if path.suffix == ".plan"
+            else cached_plan(
+                onnx_source(source), precision=trt_precision, max_batch=max_batch or DEFAULT_MAX_BATCH, device=device
+            )
         )
         return TensorRTRunner(plan, device=device).load()
     if path.suffix == ".keras":
@@ -106,13 +112,17 @@ def open_runner(
         path = cached_onnx(path, input_dtype=ORT_INPUT_DTYPE)
     if chosen == "onnxruntime" and precision == "fp32" and engine_workers == 1:
         return OnnxRuntimeRunner(
-            path, intra_threads=intra_threads, inter_threads=inter_threads, graph_opt=graph_opt,
+            path,
+            intra_threads=intra_threads,
+            inter_threads=inter_threads,
+            graph_opt=graph_opt,
             max_batch=DEFAULT_MAX_BATCH if max_batch is None else max_batch,
         ).load()
     from pktnin.engine.precision import open_cpu_runner
 
     cpu_backend = "auto" if backend == "auto" else chosen
-    runner, choice = open_cpu_runner(path, cpu_backend, precision, max_batch=max_batch, threads=intra_threads,
-                                     workers=engine_workers)
+    runner, choice = open_cpu_runner(
+        path, cpu_backend, precision, max_batch=max_batch, threads=intra_threads, workers=engine_workers
+    )
     runner.engine_reason = choice.reason
     return runner

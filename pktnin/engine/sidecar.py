@@ -16,8 +16,19 @@ from pktnin.engine.runner_base import ModelInfo, ModelMismatchError
 
 SIDECAR_FORMAT = 1
 REQUIRED_KEYS = (
-    "format", "classes", "alpha", "layout_version", "preset", "input_dtype", "precision",
-    "tensorrt_version", "gpu_name", "compute_capability", "max_batch", "opt_batch", "source",
+    "format",
+    "classes",
+    "alpha",
+    "layout_version",
+    "preset",
+    "input_dtype",
+    "precision",
+    "tensorrt_version",
+    "gpu_name",
+    "compute_capability",
+    "max_batch",
+    "opt_batch",
+    "source",
 )
 
 

@@ -102,14 +102,23 @@ def build_engine(
     with atomic_path(out_path) as tmp_plan:
         tmp_plan.write_bytes(plan)
     sidecar = make_sidecar(
-        info, precision, trt.__version__, gpu_name, cc, max_batch, opt,
-        source=str(Path(model_path).resolve()), source_sha256=cache.file_sha256(src),
+        info,
+        precision,
+        trt.__version__,
+        gpu_name,
+        cc,
+        max_batch,
+        opt,
+        source=str(Path(model_path).resolve()),
+        source_sha256=cache.file_sha256(src),
     )
     write_sidecar(out_path, sidecar)
     return out_path
 
 
-def _build_serialized(trt, onnx_path: Path, strategy, max_batch: int, opt_batch: int, workspace_mb: int, timing_cache) -> bytes:
+def _build_serialized(
+    trt, onnx_path: Path, strategy, max_batch: int, opt_batch: int, workspace_mb: int, timing_cache
+) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -145,7 +154,9 @@ def _build_serialized(trt, onnx_path: Path, strategy, max_batch: int, opt_batch:
     return bytes(memoryview(plan))
 
 
-def cached_plan(onnx_path: str | os.PathLike, precision: str = "fp32", max_batch: int = DEFAULT_MAX_BATCH, device: int = 0) -> Path:
+def cached_plan(
+    onnx_path: str | os.PathLike, precision: str = "fp32", max_batch: int = DEFAULT_MAX_BATCH, device: int = 0
+) -> Path:
     """The plan for onnx_path on this GPU and TensorRT, built once and then reused from the cache."""
     trt = require_tensorrt()
     with context_current(device):  # raises EngineUnavailableError without pycuda or a GPU
@@ -155,6 +166,12 @@ def cached_plan(onnx_path: str | os.PathLike, precision: str = "fp32", max_batch
         {"precision": precision, "max_batch": max_batch, "tensorrt": trt.__version__, "gpu": gpu_name, "cc": list(cc)},
     )
     if not (target.is_file() and sidecar_path(target).is_file()):
-        build_engine(onnx_path, target, precision=precision, max_batch=max_batch,
-                     timing_cache=target.parent / "timing.cache", device=device)
+        build_engine(
+            onnx_path,
+            target,
+            precision=precision,
+            max_batch=max_batch,
+            timing_cache=target.parent / "timing.cache",
+            device=device,
+        )
     return target

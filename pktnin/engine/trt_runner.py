@@ -72,7 +72,7 @@ class TensorRTRunner(Runner):
         self._slots: list[_Slot] = []
         self._in_dtype: np.dtype | None = None
 
-    def load(self) -> "TensorRTRunner":
+    def load(self) -> TensorRTRunner:
         if self._engine is not None:
             return self
         trt = require_tensorrt()
@@ -87,12 +87,16 @@ class TensorRTRunner(Runner):
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
-                raise ModelMismatchError(f"{self.path}: TensorRT could not deserialize the plan; rebuild it with `pktnin build-engine`")
+                raise ModelMismatchError(
+                    f"{self.path}: TensorRT could not deserialize the plan; rebuild it with `pktnin build-engine`"
+                )
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
             outputs = [n for n in names if n not in inputs]
             if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
-                raise ModelMismatchError(f"{self.path}: expected tensors {INPUT_NAME!r} -> {OUTPUT_NAME!r}, got {inputs} -> {outputs}")
+                raise ModelMismatchError(
+                    f"{self.path}: expected tensors {INPUT_NAME!r} -> {OUTPUT_NAME!r}, got {inputs} -> {outputs}"
+                )
             max_batch = int(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])
             self._in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(INPUT_NAME)))
             out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(OUTPUT_NAME)))

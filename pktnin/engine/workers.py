@@ -25,8 +25,9 @@ MIN_ROWS_PER_WORKER = 16  # below this a slice costs more to hand out than it sa
 class SessionPoolRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: str | os.PathLike, workers: int, max_batch: int = DEFAULT_MAX_BATCH,
-                 graph_opt: str = "all") -> None:
+    def __init__(
+        self, onnx_path: str | os.PathLike, workers: int, max_batch: int = DEFAULT_MAX_BATCH, graph_opt: str = "all"
+    ) -> None:
         super().__init__()
         if workers < 2:
             raise OptionError(f"a session pool needs at least 2 workers, got {workers}")
@@ -37,14 +38,17 @@ class SessionPoolRunner(Runner):
         self._runners: list[OnnxRuntimeRunner] = []
         self._pool: ThreadPoolExecutor | None = None
 
-    def load(self) -> "SessionPoolRunner":
+    def load(self) -> SessionPoolRunner:
         if self._pool is not None:
             return self
         runners = []
         try:
             for _ in range(self.workers):
-                runners.append(OnnxRuntimeRunner(self.path, intra_threads=1, inter_threads=1,
-                                                 graph_opt=self.graph_opt, max_batch=self._max_batch).load())
+                runners.append(
+                    OnnxRuntimeRunner(
+                        self.path, intra_threads=1, inter_threads=1, graph_opt=self.graph_opt, max_batch=self._max_batch
+                    ).load()
+                )
         except BaseException:
             for r in runners:
                 r.close()

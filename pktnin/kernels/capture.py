@@ -182,7 +182,7 @@ class ReaderState(NamedTuple):
         return [self.big_endian, self.n_interfaces, [list(row) for row in self.interfaces]]
 
     @classmethod
-    def from_json(cls, data) -> "ReaderState":
+    def from_json(cls, data) -> ReaderState:
         big, n, rows = data
         return cls(bool(big), int(n), tuple(tuple(int(v) for v in row) for row in rows))
 
@@ -232,17 +232,9 @@ def _u16(buf, p, big):
 def _u32(buf, p, big):
     if big:
         return (
-            (np.int64(buf[p]) << 24)
-            | (np.int64(buf[p + 1]) << 16)
-            | (np.int64(buf[p + 2]) << 8)
-            | np.int64(buf[p + 3])
+            (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
         )
-    return (
-        np.int64(buf[p])
-        | (np.int64(buf[p + 1]) << 8)
-        | (np.int64(buf[p + 2]) << 16)
-        | (np.int64(buf[p + 3]) << 24)
-    )
+    return np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 3]) << 24)
 
 
 @njit(cache=True, inline="always")
@@ -271,8 +263,9 @@ def _clamp_i32(v):
 
 
 @njit(cache=True)
-def _walk_pcap(buf, pos, file_off, file_size, big, nanosecond, linktype,
-               pkt_off, caplen, wirelen, ltype, ts_ns, frame, st):
+def _walk_pcap(
+    buf, pos, file_off, file_size, big, nanosecond, linktype, pkt_off, caplen, wirelen, ltype, ts_ns, frame, st
+):
     """Walk classic pcap records from buf[pos]; buf starts at file offset file_off. Returns (status, pos, n)."""
     end = buf.shape[0]
     cap = pkt_off.shape[0]
@@ -463,8 +456,7 @@ def _parse_idb(buf, pos, blen, big, ifs, st, boff):
 
 
 @njit(cache=True)
-def _walk_pcapng(buf, pos, file_off, file_size, ifs,
-                 pkt_off, caplen, wirelen, ltype, ts_ns, frame, st):
+def _walk_pcapng(buf, pos, file_off, file_size, ifs, pkt_off, caplen, wirelen, ltype, ts_ns, frame, st):
     """Walk pcapng blocks from buf[pos]; buf starts at file offset file_off. Returns (status, pos, n)."""
     end = buf.shape[0]
     cap = pkt_off.shape[0]
@@ -707,9 +699,18 @@ class CaptureReader:
 
     interface_capacity = _IFACE_CAPACITY  # pcapng interfaces per section kept; higher ids count as undefined
 
-    def __init__(self, path, window_bytes: int = WINDOW_BYTES, max_records: int = 65536, *, start: int | None = None,
-                 stop: int | None = None, first_frame: int = 0, state: ReaderState | None = None,
-                 should_stop=None):
+    def __init__(
+        self,
+        path,
+        window_bytes: int = WINDOW_BYTES,
+        max_records: int = 65536,
+        *,
+        start: int | None = None,
+        stop: int | None = None,
+        first_frame: int = 0,
+        state: ReaderState | None = None,
+        should_stop=None,
+    ):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
         if (start is not None and start < 0) or (stop is not None and stop < (start or 0)) or first_frame < 0:
@@ -929,11 +930,26 @@ class CaptureReader:
                 ts_ns = np.empty(cap, np.int64)
                 frame = np.empty(cap, np.int64)
                 if self.format == "pcap":
-                    status, bpos, n = _walk_pcap(buf, bpos, map_off, size, big, nanosecond, link,
-                                                 pkt_off, caplen, wirelen, ltype, ts_ns, frame, st)
+                    status, bpos, n = _walk_pcap(
+                        buf,
+                        bpos,
+                        map_off,
+                        size,
+                        big,
+                        nanosecond,
+                        link,
+                        pkt_off,
+                        caplen,
+                        wirelen,
+                        ltype,
+                        ts_ns,
+                        frame,
+                        st,
+                    )
                 else:
-                    status, bpos, n = _walk_pcapng(buf, bpos, map_off, size, ifs,
-                                                   pkt_off, caplen, wirelen, ltype, ts_ns, frame, st)
+                    status, bpos, n = _walk_pcapng(
+                        buf, bpos, map_off, size, ifs, pkt_off, caplen, wirelen, ltype, ts_ns, frame, st
+                    )
                 self.offset = map_off + bpos
                 if n:
                     self.records += n

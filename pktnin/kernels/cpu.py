@@ -258,8 +258,15 @@ class RangePrep:
     Ranges are at least `min_range` records, so small batches run on one thread.
     """
 
-    def __init__(self, mask=layout.MASK_PAPER, keep_dns: bool = False, threads: int = 1, reuse: bool = False,
-                 flow_keys: bool = True, min_range: int = 2048):
+    def __init__(
+        self,
+        mask=layout.MASK_PAPER,
+        keep_dns: bool = False,
+        threads: int = 1,
+        reuse: bool = False,
+        flow_keys: bool = True,
+        min_range: int = 2048,
+    ):
         if threads < 1 or min_range < 1:
             raise ValueError("threads and min_range must be positive")
         self.mask = layout.mask_code(mask)

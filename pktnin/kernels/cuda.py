@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from pktnin import layout
-from pktnin.kernels.cpu import RAW_FIELDS, RAW_DTYPES
+from pktnin.kernels.cpu import RAW_DTYPES, RAW_FIELDS
 from pktnin.schema import META_COLUMNS, empty_meta, meta_dtype
 
 _THREADS = 256
@@ -46,6 +46,7 @@ def _kernels():
         return _compiled
     # A module global (not a local): the simulator swaps the numba.cuda module it finds in a kernel's globals.
     from numba import cuda
+
     parse_packet = cuda.jit(device=True)(layout.parse_packet)
     row_byte = cuda.jit(device=True)(layout.row_byte)
     copy_addresses = cuda.jit(device=True)(layout.copy_addresses)

@@ -15,6 +15,7 @@ import select
 import stat
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,7 @@ class PipeReader:
                 self._own = False
             except (AttributeError, OSError, ValueError):  # a replaced stdin (tests, notebooks): plain reads
                 self._fd = None
-                self._file = stdin
+                self._file: Any = stdin  # a binary stream (sys.stdin.buffer or its stand-in)
         else:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO's open() would wait for a writer
             os.set_blocking(fd, True)
@@ -99,6 +100,7 @@ class PipeReader:
         self.count = 0
 
     def read(self, n: int) -> bytes:
+        data: bytes
         if self._fd is None:
             data = self._file.read(n)
         else:

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pktnin.engine.protocols import DeviceRunner
 from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
-from pktnin.engine.protocols import DeviceRunner
 from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
 
 if TYPE_CHECKING:
@@ -78,8 +78,13 @@ def own_raw(raw):
 
 
 def iter_raw(
-    files: Iterable[Path], reports: list[FileReport], max_records: int, first_index: int = 0,
-    reader_kwargs: dict | None = None, named: set[Path] | None = None, should_stop=None,
+    files: Iterable[Path],
+    reports: list[FileReport],
+    max_records: int,
+    first_index: int = 0,
+    reader_kwargs: dict | None = None,
+    named: set[Path] | None = None,
+    should_stop=None,
 ) -> Iterator[RawChunk]:
     """packets.iter_packets without the transform: RawChunks, and one FileReport per file appended to `reports`
     when the file is finished (`kept` and `skip_counts` are left to whoever runs the transform)."""
@@ -90,8 +95,15 @@ def iter_raw(
             yield RawChunk(report.index, report.path, own_raw(raw))
 
 
-def read_raw_stage(stages: Stages, todo: list[tuple[int, Path]], out_q: queue.Queue, max_records: int,
-                   reader_kwargs: dict | None = None, named: set[Path] | None = None, progress=None) -> None:
+def read_raw_stage(
+    stages: Stages,
+    todo: list[tuple[int, Path]],
+    out_q: queue.Queue,
+    max_records: int,
+    reader_kwargs: dict | None = None,
+    named: set[Path] | None = None,
+    progress=None,
+) -> None:
     """RawChunks and a FileEnd (kept and skip counts still missing) per (index, path) in todo, then DONE.
     `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard); `progress` (optional) gets
     add_bytes(n) as files are read."""

@@ -31,8 +31,10 @@ MANIFEST_VERSION = 2
 CONTENT_SPAN = 1 << 20  # bytes hashed at each end of an input file
 
 # Part names the writer gives ("<run id>-<seq>.packets.parquet") and their temporaries while written.
-_OWN_PART = re.compile(r"[0-9a-f]{8}-[0-9]{6}\.(packets|flows)\.parquet|\.[0-9a-f]{8}-[0-9]{6}\.(packets|flows)\.parquet"
-                       r"\.[A-Za-z0-9_]{8}\.tmp")
+_OWN_PART = re.compile(
+    r"[0-9a-f]{8}-[0-9]{6}\.(packets|flows)\.parquet|\.[0-9a-f]{8}-[0-9]{6}\.(packets|flows)\.parquet"
+    r"\.[A-Za-z0-9_]{8}\.tmp"
+)
 
 
 def manifest_path(out: Path) -> Path:
@@ -87,7 +89,7 @@ class Manifest:
         self.files: dict[str, dict] = files or {}
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest | None":
+    def load(cls, path: Path) -> Manifest | None:
         """The manifest at `path`, or None when there is none or it cannot be parsed (then nothing is reused).
 
         Raises outdir.UnsafeOutputError when the name holds a link, someone else's file or one others can write."""

@@ -21,9 +21,9 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pktnin.errors import UsageError
 
@@ -102,8 +102,9 @@ def _lock_one(path: Path, out: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise OutputBusyError(f"another pktnin run is writing {out} (it holds {path}); wait for it to finish "
-                                  "or choose another output") from None
+            raise OutputBusyError(
+                f"another pktnin run is writing {out} (it holds {path}); wait for it to finish or choose another output"
+            ) from None
         st, now = os.fstat(fd), _lstat(path)
         if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
             if not stat.S_ISREG(st.st_mode):
@@ -287,4 +288,5 @@ def check_writable(target: Path, need_bytes: int = 0) -> None:
         raise OutputNotWritableError(f"cannot write {target}: {exc.strerror or exc}") from None
     if need_bytes > free:
         raise OutputNotWritableError(
-            f"cannot write {target}: it needs {need_bytes:,} bytes and {parent} has {free:,} free")
+            f"cannot write {target}: it needs {need_bytes:,} bytes and {parent} has {free:,} free"
+        )

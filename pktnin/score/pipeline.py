@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 

@@ -74,8 +74,17 @@ class ScoreWriter:
     on_saved: optional, called with the reports of a part's files once the part and the manifest are saved.
     """
 
-    def __init__(self, opts: ScoreOptions, classes: list[str], manifest: mf.Manifest, parts: Path,
-                 stamps: dict[int, dict], next_todo: dict[int, int | None], progress=None, on_saved=None) -> None:
+    def __init__(
+        self,
+        opts: ScoreOptions,
+        classes: list[str],
+        manifest: mf.Manifest,
+        parts: Path,
+        stamps: dict[int, dict | None],
+        next_todo: dict[int, int | None],
+        progress=None,
+        on_saved=None,
+    ) -> None:
         self.opts = opts
         self.classes = pa.array(classes, type=pa.string())
         self.n_classes = len(classes)

@@ -7,9 +7,9 @@ of IPv6 addresses (rare, and RFC 5952 compression is not worth re-implementing).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa

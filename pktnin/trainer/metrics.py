@@ -14,7 +14,7 @@ Conventions (they match scikit-learn's defaults with zero_division=0):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -116,9 +116,7 @@ def flow_probabilities(
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     flow_ids = np.asarray(flow_ids).ravel()
     if not (probs.shape[0] == y_true.size == flow_ids.size):
-        raise ValueError(
-            f"probs has {probs.shape[0]} rows, y_true {y_true.size} labels, flow_ids {flow_ids.size} ids"
-        )
+        raise ValueError(f"probs has {probs.shape[0]} rows, y_true {y_true.size} labels, flow_ids {flow_ids.size} ids")
     num_classes = probs.shape[1]
     if y_true.size and (y_true.min() < 0 or y_true.max() >= num_classes):
         raise ValueError(f"y_true holds labels outside 0..{num_classes - 1}")

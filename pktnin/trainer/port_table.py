@@ -133,38 +133,40 @@ def fuse_port_onnx(
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"port/const/{name}"))
         return f"port/const/{name}"
 
-    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+    def add_node(op: str, inputs: list[str], name: str, **attrs) -> str:
         graph.node.append(helper.make_node(op, inputs, [f"port/{name}"], name=f"port/{name}", **attrs))
         return f"port/{name}"
 
     def column(i: int) -> str:  # int32 [batch]: row byte i
-        return node("Gather", [head, const(f"byte{i}", np.int64(i))], f"byte{i}", axis=1)
+        return add_node("Gather", [head, const(f"byte{i}", np.int64(i))], f"byte{i}", axis=1)
 
-    head = node("Cast", [node("Slice", [INPUT_NAME, const("s0", [0]), const("s24", [24]), const("ax1", [1])],
+    head = add_node("Cast", [add_node("Slice", [INPUT_NAME, const("s0", [0]), const("s24", [24]), const("ax1", [1])],
                               "head_u8")], "head", to=TensorProto.INT32)  # fmt: skip
     b256, b16 = const("256", np.int32(256)), const("16", np.int32(16))
-    version = node("Div", [column(0), b16], "version")
-    is_v4 = node("Equal", [version, const("4", np.int32(4))], "is_v4")
-    proto = node("Where", [is_v4, column(_IPV4_PROTOCOL_BYTE), column(ROW_IPV6_NEXT_HEADER_BYTE)], "proto")
-    udp = node("Cast", [node("Equal", [proto, const("17", np.int32(_UDP))], "is_udp")], "udp", to=TensorProto.INT32)
-    sport = node("Add", [node("Mul", [column(20), b256], "sport_hi"), column(21)], "sport")
-    dport = node("Add", [node("Mul", [column(22), b256], "dport_hi"), column(23)], "dport")
-    low = node("Min", [sport, dport], "lower_port")
-    key = node("Add", [node("Mul", [udp, const("65536", np.int32(65536))], "udp_off"), low], "key")
-    pos = node("Gather", [const("index", table.dense_index()), key], "pos", axis=0)
-    y_port = node("Gather", [const("table", table.probs), pos], "y_port", axis=0)
+    version = add_node("Div", [column(0), b16], "version")
+    is_v4 = add_node("Equal", [version, const("4", np.int32(4))], "is_v4")
+    proto = add_node("Where", [is_v4, column(_IPV4_PROTOCOL_BYTE), column(ROW_IPV6_NEXT_HEADER_BYTE)], "proto")
+    udp = add_node(
+        "Cast", [add_node("Equal", [proto, const("17", np.int32(_UDP))], "is_udp")], "udp", to=TensorProto.INT32
+    )
+    sport = add_node("Add", [add_node("Mul", [column(20), b256], "sport_hi"), column(21)], "sport")
+    dport = add_node("Add", [add_node("Mul", [column(22), b256], "dport_hi"), column(23)], "dport")
+    low = add_node("Min", [sport, dport], "lower_port")
+    key = add_node("Add", [add_node("Mul", [udp, const("65536", np.int32(65536))], "udp_off"), low], "key")
+    pos = add_node("Gather", [const("index", table.dense_index()), key], "pos", axis=0)
+    y_port = add_node("Gather", [const("table", table.probs), pos], "y_port", axis=0)
     graph.node.append(helper.make_node(
-        "Sum", [node("Mul", [y_port, const("beta", np.float32(beta))], "weighted_port"),
-                node("Mul", [net_out, const("one_minus_beta", np.float32(1.0 - beta))], "weighted_net")],
+        "Sum", [add_node("Mul", [y_port, const("beta", np.float32(beta))], "weighted_port"),
+                add_node("Mul", [net_out, const("one_minus_beta", np.float32(1.0 - beta))], "weighted_net")],
         [OUTPUT_NAME], name="port/fuse"))  # fmt: skip
 
     base_preset = props.get(META_PREFIX + "preset", "unknown")
     meta = {
         META_PREFIX + "preset": base_preset + PORT_SUFFIX,
         META_PREFIX + "port_beta": json.dumps(beta),
-        META_PREFIX + "port_provenance": json.dumps({**provenance, "smoothing": table.smoothing,
-                                                     "balanced": table.balanced,
-                                                     "keys_seen": int(table.keys.size)}),  # fmt: skip
+        META_PREFIX + "port_provenance": json.dumps(
+            {**provenance, "smoothing": table.smoothing, "balanced": table.balanced, "keys_seen": int(table.keys.size)}
+        ),  # fmt: skip
     }
     kept = [p for p in model.metadata_props if p.key not in meta]
     del model.metadata_props[:]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 from pktnin.errors import OptionError
 from pktnin.layout import BODY_LEN, HEADER_LEN, ROW_LEN
@@ -70,7 +70,7 @@ class Softmax:
     pass
 
 
-Layer = Union[Conv, MaxPool, Flatten, Dense, GlobalAvgPool, Dropout, Softmax]
+Layer = Conv | MaxPool | Flatten | Dense | GlobalAvgPool | Dropout | Softmax
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ without. Measure again (`pktnin train ... --xla`) on another build before turnin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
