@@ -45,14 +45,15 @@ def ort_errors() -> tuple[type[BaseException], ...]:
     return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
 
 
-def _ort_reason(exc: BaseException) -> str:
-    """The useful end of an ONNX Runtime message ('[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from
-    m.onnx failed:Protobuf parsing failed.' -> 'INVALID_PROTOBUF: Protobuf parsing failed')."""
+def unusable_model(path, exc: BaseException) -> ModelMismatchError:
+    """One line for a model file ONNX Runtime cannot load, with the useful end of its message ('[ONNXRuntimeError]
+    : 7 : INVALID_PROTOBUF : Load model from m.onnx failed:Protobuf parsing failed.' -> 'INVALID_PROTOBUF:
+    Protobuf parsing failed')."""
     text = " ".join(str(exc).split())
     parts = [p.strip() for p in text.split(" : ")]
     code = parts[2] if len(parts) > 3 else type(exc).__name__
     detail = parts[-1].split("failed:", 1)[-1].strip().rstrip(".")
-    return f"{code}: {detail}"
+    return ModelMismatchError(f"{path}: not a usable ONNX model (corrupt or truncated?): {code}: {detail}")
 
 
 class OnnxRuntimeRunner(Runner):
@@ -116,9 +117,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except ort_errors() as exc:
-            raise ModelMismatchError(
-                f"{self.path}: not a usable ONNX model (corrupt or truncated?): {_ort_reason(exc)}"
-            ) from None
+            raise unusable_model(self.path, exc) from None
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(self.path))
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:

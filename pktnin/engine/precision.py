@@ -76,16 +76,14 @@ def model_props(path: str | os.PathLike) -> dict[str, str]:
     except ImportError:
         import onnxruntime as ort
 
-        from pktnin.engine.ort_runner import _ort_reason, ort_errors
+        from pktnin.engine.ort_runner import ort_errors, unusable_model
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except ort_errors() as exc:
-            raise ModelMismatchError(
-                f"{path}: not a usable ONNX model (corrupt or truncated?): {_ort_reason(exc)}"
-            ) from None
+            raise unusable_model(path, exc) from None
         return dict(session.get_modelmeta().custom_metadata_map)
     from google.protobuf.message import DecodeError
 
