@@ -134,6 +134,18 @@ def failed_files_table(reports: Iterable) -> Group | None:
     return Group(*lines)
 
 
+def print_file_reports(reports: list, skips: dict[str, int]) -> None:
+    """What a run's files gave besides rows: skipped packets per reason, files with errors, non-captures."""
+    if skips:
+        console.print(skip_table(skips))
+    failed = failed_files_table(reports)
+    if failed is not None:
+        console.print(failed)
+    skipped = not_captures_line(reports)
+    if skipped is not None:
+        console.print(escape(skipped), soft_wrap=True)
+
+
 def not_captures_line(reports: Iterable) -> str | None:
     """One line naming the files found in folders that are not captures (no failure of the run)."""
     names = [str(r.path) for r in reports if getattr(r, "not_capture", False)]

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, List
 
 import typer
-from rich.markup import escape
 
-from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table
+from pktnin.cli.console import console, file_progress, print_file_reports
 from pktnin.cli.errors import check_inputs_read, exit_codes
 from pktnin.cli.options import QuietOption, SummaryOption, check_summary_path, write_summary
 
@@ -58,14 +57,7 @@ def preprocess(
         },
     )
     if not quiet:
-        if skips:
-            console.print(skip_table(skips))
-        failed = failed_files_table(result.reports)
-        if failed is not None:
-            console.print(failed)
-        skipped = not_captures_line(result.reports)
-        if skipped is not None:
-            console.print(escape(skipped), soft_wrap=True)
+        print_file_reports(result.reports, skips)
         console.print(f"{result.rows:,} rows from {len(files)} files -> {out}")
     check_inputs_read(result.reports)
 

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.markup import escape
 
-from pktnin.cli.console import console, failed_files_table, file_progress, not_captures_line, skip_table, warn
+from pktnin.cli.console import console, file_progress, print_file_reports, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
 from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 
@@ -179,15 +178,7 @@ def _print_summary(result) -> None:
         if count:
             labels.add_row(name, f"{count:,}", f"{count / total:.1%}")
     console.print(labels)
-    skips = total_skips(result.reports)
-    if skips:
-        console.print(skip_table(skips))
-    failed = failed_files_table(result.reports)
-    if failed is not None:
-        console.print(failed)
-    skipped = not_captures_line(result.reports)
-    if skipped is not None:
-        console.print(escape(skipped), soft_wrap=True)
+    print_file_reports(result.reports, total_skips(result.reports))
     resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
     console.print(
         f"{result.packets:,} packets scored from {len(result.files)} files{resumed} in {result.seconds:.2f} s: "

@@ -31,11 +31,10 @@ from pktnin.score.cpu_stages import engine_stage, read_stage
 from pktnin.score.flows import FlowAccumulator
 from pktnin.score.options import ScoreOptions
 from pktnin.score.stages import DONE, Scored, Stages
-from pktnin.score.writer_stage import Part
+from pktnin.score.writer_stage import Part, ScoredBuffer
 from pktnin.score.writers import packet_batch, packet_schema
 
 STATE_DIR = "_shards"
-WRITE_ROWS = 16384  # scored rows gathered before they become one Arrow batch
 
 
 def summary_path(parts_dir: Path, shard_id: str) -> Path:
@@ -80,22 +79,18 @@ class ShardWriter:
         self.flows = FlowAccumulator(self.n_classes) if opts.flows_out is not None else None
         self.label_counts = np.zeros(self.n_classes, dtype=np.int64)
         self.report: FileReport | None = None
-        self.waiting: list[Scored] = []
-        self.waiting_rows = 0
+        self.waiting = ScoredBuffer()
 
     def scored(self, item: Scored) -> None:
-        self.waiting.append(item)
-        self.waiting_rows += len(item.probs)
-        if self.waiting_rows >= WRITE_ROWS:
+        if self.waiting.add(item):
             self._write_waiting()
 
     def _write_waiting(self) -> None:
-        if not self.waiting:
+        gathered = self.waiting.take()
+        if gathered is None:
             return
-        items, self.waiting, self.waiting_rows = self.waiting, [], 0
-        meta = {k: np.concatenate([it.meta[k] for it in items]) for k in items[0].meta}
-        probs = np.concatenate([it.probs for it in items])
-        batch, idx = packet_batch(str(items[0].path), meta, probs, self.classes, self.part.schema)
+        name, meta, probs = gathered
+        batch, idx = packet_batch(name, meta, probs, self.classes, self.part.schema)
         self.part.write_packets(batch)
         self.label_counts += np.bincount(idx, minlength=self.n_classes)
         if self.flows is not None:

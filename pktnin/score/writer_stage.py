@@ -27,6 +27,29 @@ from pktnin.score.writers import PartWriter, packet_batch, packet_schema
 WRITE_ROWS = 16384  # scored rows gathered before they become one Arrow batch
 
 
+class ScoredBuffer:
+    """Scored pieces of one file gathered until WRITE_ROWS: pieces are at most one engine batch, and one Arrow
+    batch per gathered piece makes the Arrow work per call worth its overhead."""
+
+    def __init__(self) -> None:
+        self.items: list[Scored] = []
+        self.rows = 0
+
+    def add(self, item: Scored) -> bool:
+        """Keep `item`; True when enough rows wait to be written."""
+        self.items.append(item)
+        self.rows += len(item.probs)
+        return self.rows >= WRITE_ROWS
+
+    def take(self) -> tuple[str, dict[str, np.ndarray], np.ndarray] | None:
+        """(file name, metadata, probabilities) of every waiting piece, concatenated; None when nothing waits."""
+        if not self.items:
+            return None
+        items, self.items, self.rows = self.items, [], 0
+        meta = {k: np.concatenate([it.meta[k] for it in items]) for k in items[0].meta}
+        return str(items[0].path), meta, np.concatenate([it.probs for it in items])
+
+
 class Part:
     """The open part: packet rows (and flows) of a run of consecutive input files, renamed into place by close()."""
 
@@ -99,8 +122,7 @@ class ScoreWriter:
         self.file_rows = 0
         self.file_counts = np.zeros(self.n_classes, dtype=np.int64)
         self.file_flows: FlowAccumulator | None = None
-        self.waiting: list[Scored] = []  # scored pieces of the current file not yet written
-        self.waiting_rows = 0
+        self.waiting = ScoredBuffer()  # scored pieces of the current file not yet written
         self.packets = 0
         self.records = 0
 
@@ -111,19 +133,15 @@ class ScoreWriter:
         return self.part
 
     def scored(self, item: Scored) -> None:
-        # Pieces are at most one engine batch; gathering them makes the Arrow work per call worth its overhead.
-        self.waiting.append(item)
-        self.waiting_rows += len(item.probs)
-        if self.waiting_rows >= WRITE_ROWS:
+        if self.waiting.add(item):
             self._write_waiting()
 
     def _write_waiting(self) -> None:
-        if not self.waiting:
+        gathered = self.waiting.take()
+        if gathered is None:
             return
-        items, self.waiting, self.waiting_rows = self.waiting, [], 0
-        meta = {k: np.concatenate([it.meta[k] for it in items]) for k in items[0].meta}
-        probs = np.concatenate([it.probs for it in items])
-        batch, idx = packet_batch(str(items[0].path), meta, probs, self.classes, self.schema)
+        name, meta, probs = gathered
+        batch, idx = packet_batch(name, meta, probs, self.classes, self.schema)
         self._open_part().write_packets(batch)
         self.file_rows += len(idx)
         self.file_counts += np.bincount(idx, minlength=self.n_classes)
