@@ -76,6 +76,11 @@ def _same_as_local(out: Path, result, local_tables) -> None:
     packets, flows, local = local_tables
     assert pq.read_table(out).equals(packets)  # every column, every row, in order
     assert pq.read_table(out.with_name("flows.parquet")).equals(flows)
+    for got, want in ((out, packets), (out.with_name("flows.parquet"), flows)):  # what produced the rows
+        assert (
+            pq.read_table(got).schema.metadata == want.schema.metadata
+            and b"pktnin.model_sha256" in want.schema.metadata
+        )
     assert result.label_counts.tolist() == local.label_counts.tolist()
     for got, want in zip(result.reports, local.reports):
         assert (got.records, got.kept, got.corrupt_records, got.skip_counts, got.failed, got.stopped_early) == (

@@ -125,8 +125,9 @@ def _score_locked(files, opts, classes, execute, split_bytes, progress, keep_par
     schema = packet_schema(classes, opts.probs)
     outputs: list[Path] = []
     rows = sum(s["packets"] for s in ordered)
+    metadata = opts.metadata(classes)  # what produced the rows, as in the local engine's outputs
     if not keep_parts:
-        rows = assemble([parts / s["part"] for s in ordered if s.get("part")], out, schema, opts.fmt)
+        rows = assemble([parts / s["part"] for s in ordered if s.get("part")], out, schema, opts.fmt, metadata)
         outputs.append(out)
     else:
         outputs.append(parts)
@@ -139,6 +140,7 @@ def _score_locked(files, opts, classes, execute, split_bytes, progress, keep_par
             opts.flows_out,
             fschema,
             opts.fmt,
+            metadata,
         )
         outputs.append(opts.flows_out)
     if not keep_parts:
