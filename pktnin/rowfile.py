@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pktnin.atomic import atomic_path
+from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN, mask_code
 from pktnin.packets import FileReport, iter_packets
 from pktnin.schema import META_COLUMNS, concat_meta
@@ -36,6 +37,15 @@ class RowFileResult:
     out: Path
     rows: int
     reports: list[FileReport]
+
+
+def check_row_file_target(out: str | os.PathLike, force: bool = False) -> None:
+    """Raise OptionError before any work when `out` names a folder, or an existing file and not `force`."""
+    target = Path(out)
+    if target.is_dir():
+        raise OptionError(f"--out {target} is a folder: name a file, e.g. {target / 'rows.npz'}")
+    if target.exists() and not force:
+        raise OptionError(f"--out {target} exists: choose another name, or --force to replace it")
 
 
 def write_row_file(

@@ -115,7 +115,7 @@ def test_missing_path_names_the_path_in_every_command(files, tmp_path):
 @pytest.mark.parametrize("command", ["score", "preprocess"])
 def test_exit_1_when_nothing_read_3_when_some_inputs_failed_0_when_all_read(files, tmp_path, command):
     extra = ["--model", files["model"]] if command == "score" else []
-    force = ["--force"] if command == "score" else []  # score refuses to replace an output
+    force = ["--force"]  # both refuse to replace an existing output
     out = tmp_path / ("p.parquet" if command == "score" else "r.npz")
     only_bad = invoke(command, files["junk"], *extra, "--out", out, "--no-progress")
     assert only_bad.exit_code == EXIT_FAILED, only_bad.output

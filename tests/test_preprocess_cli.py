@@ -137,3 +137,18 @@ def test_empty_and_full_npz_store_the_schema_dtypes(tmp_path):
             assert data[name].shape[1:] == shape, name
     for key in ("x", "file_id"):
         assert outputs["full"][key].dtype == outputs["empty"][key].dtype
+
+
+def test_existing_output_is_kept_unless_force(tmp_path):
+    root = _make_tree(tmp_path)
+    out = tmp_path / "rows.npz"
+    out.write_bytes(b"someone's earlier file")
+    args = ["preprocess", str(root), "--out", str(out), "--no-progress"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--force" in refused.output
+    assert out.read_bytes() == b"someone's earlier file"  # untouched, and no work done
+    folder = runner.invoke(app, ["preprocess", str(root), "--out", str(tmp_path), "--no-progress"])
+    assert folder.exit_code == 2 and "is a folder" in folder.output
+    replaced = runner.invoke(app, [*args, "--force"])
+    assert replaced.exit_code in (0, 3), replaced.output  # the tree holds a non-capture file
+    assert len(np.load(out)["x"]) > 0

@@ -23,6 +23,7 @@ def preprocess(
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     quiet: QuietOption = False,
     summary: SummaryOption = None,
 ) -> None:
@@ -32,10 +33,11 @@ def preprocess(
     src_addr/dst_addr uint8 [N,16], src_port, dst_port, vlan, flow_key, layout_version.
     """
     from pktnin.packets import find_captures, named_captures, total_skips
-    from pktnin.rowfile import PrepOptions, write_row_file
+    from pktnin.rowfile import PrepOptions, check_row_file_target, write_row_file
 
     with exit_codes():
         opts = PrepOptions(mask=mask, keep_dns=keep_dns)
+        check_row_file_target(out, force)
         files = find_captures(paths)
         check_summary_path(summary)
     with exit_codes(setup=False):
