@@ -9,7 +9,8 @@ that reads rows in place), in this order, all in this one process:
   parse       walk + layout.parse_packet of every record, nothing written (a profiling kernel, below)
   prep-nofk   walk + the one-pass transform without flow keys (what the packet writer needs)
   prep        walk + the one-pass transform with every metadata column (flow aggregation needs flow_key)
-  prep-2t     as prep, two threads splitting each chunk by record ranges
+  prep-2t     as prep on two threads: the walk on one, a few chunks ahead (packets.read_ahead), the transform
+              on the other (what iter_packets does with two threads)
   cached      the one-pass transform (every column) of the file's first chunk, again and again for as many
               records as the file holds: the compute cost alone, with the chunk and its rows in cache
 
@@ -39,7 +40,7 @@ from numba import njit
 from pktnin import layout
 from pktnin.kernels import cpu
 from pktnin.kernels.capture import CaptureReader
-from pktnin.packets import REUSED_PIECE_RECORDS
+from pktnin.packets import REUSED_PIECE_RECORDS, read_ahead
 
 _parse_packet = njit(nogil=True)(layout.parse_packet)
 
@@ -67,11 +68,12 @@ def run_stage(stage: str, path: Path, chunk: int) -> dict:
     reader = CaptureReader(path, max_records=chunk)
     records = kept = 0
     skip = np.empty(chunk, dtype=np.uint8)
-    threads = 2 if stage == "prep-2t" else 1
-    piece = REUSED_PIECE_RECORDS * threads  # as iter_packets(reuse_rows=True) does
-    prep = cpu.RangePrep(threads=threads, reuse=True, flow_keys=stage != "prep-nofk", min_range=REUSED_PIECE_RECORDS)
+    piece = REUSED_PIECE_RECORDS  # as iter_packets(reuse_rows=True) does with one transform thread
+    prep = cpu.RangePrep(reuse=True, flow_keys=stage != "prep-nofk", min_range=REUSED_PIECE_RECORDS)
     cpu_start = time.process_time()
     start = time.perf_counter()
+    if stage == "prep-2t":
+        reader = read_ahead(lambda stopped: iter(CaptureReader(path, max_records=chunk)))
     if stage == "cached":
         total = sum(r.n for r in CaptureReader(path, max_records=chunk))
         raw = next(iter(CaptureReader(path, max_records=chunk)))

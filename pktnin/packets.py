@@ -8,10 +8,12 @@ paths -> capture files (recursive, sorted) -> RawBatch chunks (compiled record w
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,11 @@ from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, mask_code
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
 
+
+T = TypeVar("T")
+
+# Chunks the record walk may run ahead of the transform when it has a thread of its own.
+READ_AHEAD_CHUNKS = 2
 
 # Records per thread in each piece of a chunk when rows are reused: ~1 MB of rows, what a core's cache holds.
 REUSED_PIECE_RECORDS = 1024
@@ -166,6 +173,47 @@ def iter_raw_batches(
         yield report, None
 
 
+def read_ahead(make_items: Callable[[Callable[[], bool]], Iterator[T]], depth: int = READ_AHEAD_CHUNKS) -> Iterator[T]:
+    """The items of make_items(stopped) produced on a thread of their own, at most `depth` ahead of the consumer
+    (a bounded queue): the record walk of the next chunk overlaps the transform of this one. `stopped()` turns
+    true once the consumer has gone (closed or failed), so a producer waiting on a stream can give up. An
+    exception of the producer is raised in the consumer, after the items produced before it."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in make_items(stop.is_set):
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((False, exc))
+
+    producer = threading.Thread(target=produce, name="pktnin-read", daemon=True)
+    producer.start()
+    try:
+        while True:
+            more, item = items.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
 def iter_packets(
     files: Iterable[str | os.PathLike],
     mask: str = "paper",
@@ -198,8 +246,17 @@ def iter_packets(
         threads = numba.get_num_threads()
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
     min_range = REUSED_PIECE_RECORDS if reuse_rows else 2048
-    with RangePrep(mask_code(mask), keep_dns, threads, reuse_rows, flow_keys, min_range) as prep:
-        for report, raw in iter_raw_batches(files, max_records, first_index, reader_kwargs, named, should_stop):
+    walk_thread = threads > 1
+    prep_threads = threads - 1 if walk_thread else 1
+
+    def walk(stopped=None):
+        stop = should_stop
+        if stopped is not None:
+            stop = stopped if should_stop is None else (lambda: stopped() or should_stop())
+        return iter_raw_batches(files, max_records, first_index, reader_kwargs, named, stop)
+
+    with RangePrep(mask_code(mask), keep_dns, prep_threads, reuse_rows, flow_keys, min_range) as prep:
+        for report, raw in read_ahead(walk) if walk_thread else walk():
             if raw is None:
                 report.skip_counts.update({SKIP_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c})
                 counts[:] = 0
@@ -207,7 +264,7 @@ def iter_packets(
                     reports.append(report)
                 continue
             # Reused rows go out in small pieces, each consumed while still in cache before the next overwrites it.
-            pieces = prep.pieces(raw, REUSED_PIECE_RECORDS * threads) if reuse_rows else [prep(raw)]
+            pieces = prep.pieces(raw, REUSED_PIECE_RECORDS * prep_threads) if reuse_rows else [prep(raw)]
             for prepared in pieces:
                 counts += prepared.skip_counts
                 for rows, meta in prepared.parts:
