@@ -175,7 +175,43 @@ def test_parallel_fused_checkpoint_is_alpha_mix_of_branches(dataset_dir, tmp_pat
         app, ["fuse", str(branch_checkpoint_path(out, "nin2")), str(branch_checkpoint_path(out, "nin1")),
               "--data", str(dataset_dir), "--out", str(tmp_path / "bad.keras")],
     )  # fmt: skip
-    assert swapped.exit_code != 0 and "expected a nin1 checkpoint" in " ".join(swapped.output.split())
+    assert swapped.exit_code != 0 and "no preset fuses 'nin2' and 'nin1'" in " ".join(swapped.output.split())
+
+
+def test_small_body_fusion_trained_in_mixed_precision_is_saved_in_float32(dataset_dir, tmp_path):
+    """nin_parallel_small (NIN1 + NIN_small on the body, beyond the paper) in mixed_bfloat16: every checkpoint
+    computes in float32, the fused one is Eq. 3 of its branches, its ONNX export matches Keras, and `pktnin fuse`
+    recognises the pair."""
+    import onnxruntime as ort
+
+    from pktnin.engine.export import export_onnx
+
+    out = tmp_path / "small.keras"
+    settings = TrainSettings(epochs=1, batch=32, seed=2, width=WIDTH, max_train=200, precision="mixed_bfloat16")
+    summary = train("nin_parallel_small", dataset_dir, out, settings, progress=False)
+    meta = ckpt.load_metadata(out)
+    assert meta["preset"] == "nin_parallel_small" and set(meta["training"]["branches"]) == {"nin1", "nin_small_body"}
+    assert meta["training"]["branches"]["nin_small_body"]["settings"]["precision"] == "mixed_bfloat16"
+    fused, _ = ckpt.load_checkpoint(out)
+    body, body_meta = ckpt.load_checkpoint(branch_checkpoint_path(out, "nin_small_body"))
+    assert body_meta["preset"] == "nin_small_body"
+    for model in (fused, body):
+        assert {layer.dtype_policy.name for layer in model._flatten_layers()} == {"float32"}
+    data = load_dataset(dataset_dir)
+    idx = data.indices("test")[:64]
+    p1 = predict_rows(ckpt.load_checkpoint(branch_checkpoint_path(out, "nin1"))[0], data.rows, idx)
+    p2 = predict_rows(body, data.rows, idx)
+    expected = fuse(p1, p2, summary["alpha"])
+    np.testing.assert_allclose(predict_rows(fused, data.rows, idx), expected, atol=1e-5)
+    onnx_path = export_onnx(out, tmp_path / "small.onnx", input_dtype="uint8")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: data.rows[idx]}
+    np.testing.assert_allclose(session.run(None, feed)[0], expected, atol=1e-4)
+    refused = CliRunner().invoke(
+        app, ["fuse", str(branch_checkpoint_path(out, "nin1")), str(branch_checkpoint_path(out, "nin_small_body")),
+              "--data", str(dataset_dir), "--out", str(tmp_path / "again.keras")],
+    )  # fmt: skip
+    assert refused.exit_code == 0 and "nin_parallel_small" in refused.output, refused.output
 
 
 def test_refit_on_train_and_val_runs_the_given_epochs_and_claims_no_validation_score(dataset_dir, tmp_path):
@@ -205,7 +241,7 @@ def test_refit_on_train_and_val_runs_the_given_epochs_and_claims_no_validation_s
     result = CliRunner().invoke(
         app, ["fuse", str(out), str(out), "--data", str(dataset_dir), "--out", str(fused), "--alpha", "0.3"]
     )
-    assert result.exit_code != 0 and "expected a nin2 checkpoint" in " ".join(result.output.split())
+    assert result.exit_code != 0 and "no preset fuses 'nin1' and 'nin1'" in " ".join(result.output.split())
 
 
 def test_fuse_with_a_given_alpha_skips_the_search(dataset_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""`pktnin fuse`: NIN_parallel from two trained branch checkpoints, alpha picked on validation."""
+"""`pktnin fuse`: NIN_parallel (or NIN1 + NIN_small on the body) from two trained branch checkpoints, alpha picked
+on validation."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pktnin.cli.options import VerboseOption, silence_tensorflow
 
 def fuse(
     nin1: Annotated[Path, typer.Argument(metavar="NIN1", help="Trained nin1 (header) checkpoint.", show_default=False)],
-    nin2: Annotated[Path, typer.Argument(metavar="NIN2", help="Trained nin2 (body) checkpoint.", show_default=False)],
+    nin2: Annotated[
+        Path,
+        typer.Argument(metavar="NIN2", help="Trained body checkpoint: nin2, or nin_small_body.", show_default=False),
+    ],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory whose validation split picks alpha.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Fused checkpoint NAME.keras (NAME.json beside).")],
     alpha: Annotated[
@@ -36,12 +40,12 @@ def fuse(
         summary = fuse_checkpoints(nin1, nin2, data, out, alpha=alpha)
     if summary["val_macro_f1"] is None:
         console.print(
-            f"nin_parallel: branches refit on train+val, alpha {summary['alpha']:.2f} -> {summary['checkpoint']}"
+            f"{summary['preset']}: branches refit on train+val, alpha {summary['alpha']:.2f} -> {summary['checkpoint']}"
         )
         return
     branches = "; ".join(f"{n} {b['val_macro_f1']:.4f}" for n, b in summary["branches"].items())
     console.print(
-        f"nin_parallel: validation macro-F1 {summary['val_macro_f1']:.4f} with alpha {summary['alpha']:.2f} "
+        f"{summary['preset']}: validation macro-F1 {summary['val_macro_f1']:.4f} with alpha {summary['alpha']:.2f} "
         f"({branches}) -> {summary['checkpoint']}"
     )
 

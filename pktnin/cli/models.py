@@ -38,7 +38,10 @@ def models_table(rows: list[dict], num_classes: int) -> Table:
         cells = [r["preset"], f"{start}:{stop} ({r['input_bytes']})", f"{r['params']:,}", f"{r['flops']:.3e}"]
         if num_classes != PAPER_CLASSES:
             cells += [f"{r['params_12']:,}", f"{r['flops_12']:.3e}"]
-        cells += [f"{r['paper_params']:.3e}", f"{r['paper_flops']:.3e}", r["paper_source"]]
+        if r["paper_params"] is None:
+            cells += ["-", "-", r["paper_source"]]
+        else:
+            cells += [f"{r['paper_params']:.3e}", f"{r['paper_flops']:.3e}", r["paper_source"]]
         table.add_row(*cells)
     return table
 

@@ -29,7 +29,8 @@ def _keras_layer(spec: P.Layer, name: str):
     if isinstance(spec, P.Dropout):
         return keras.layers.Dropout(spec.rate, name=name)
     if isinstance(spec, P.Softmax):
-        return keras.layers.Softmax(name=name)
+        # float32 also under a mixed-precision training policy: probabilities and the loss stay exact
+        return keras.layers.Softmax(name=name, dtype="float32")
     raise TypeError(f"unknown layer spec {spec!r}")
 
 
@@ -51,13 +52,14 @@ def build_model(preset: str, num_classes: int, dropout: float = 0.1, width: floa
 
     dropout: rate of the Dropout layers (the paper's "ratio of 0.9" read as keep probability 0.9).
     width: factor on every filter and unit count except the classes (e.g. 1/16 for quick tests).
-    nin_parallel: fresh NIN1 and NIN2 fused with alpha 0.5; after training use build_parallel instead.
+    A fusion (nin_parallel, nin_parallel_small): fresh branches fused with alpha 0.5; after training use
+    build_parallel instead.
     """
     spec = P.get_preset(preset)
     P.check_build_args(num_classes, width, dropout)
     if spec.branches:
         header, body = (build_model(b, num_classes, dropout=dropout, width=width) for b in spec.branches)
-        return build_parallel(header, body, 0.5)
+        return build_parallel(header, body, 0.5, name=preset)
     return build_model_on_bytes(preset, spec.start, spec.stop, num_classes, dropout, width, name=preset)
 
 
@@ -76,10 +78,13 @@ def build_model_on_bytes(
     return keras.Model(rows, x, name=name or f"{preset}_{start}_{stop}")
 
 
-def build_parallel(nin1_model: keras.Model, nin2_model: keras.Model, alpha: float) -> keras.Model:
-    """NIN_parallel as one model: row [batch, 1500] -> alpha * NIN1(row) + (1 - alpha) * NIN2(row).
+def build_parallel(
+    nin1_model: keras.Model, nin2_model: keras.Model, alpha: float, name: str = P.PARALLEL_PRESET
+) -> keras.Model:
+    """A fusion as one model: row [batch, 1500] -> alpha * header(row) + (1 - alpha) * body(row) (Eq. 3).
 
     The two trained models are used as they are (same layers, same weights); each slices its own bytes.
+    `name`: the fused preset (nin_parallel; nin_parallel_small for NIN1 + NIN_small on the body).
     """
     for model in (nin1_model, nin2_model):
         if tuple(model.input_shape) != (None, ROW_LEN):
@@ -90,4 +95,4 @@ def build_parallel(nin1_model: keras.Model, nin2_model: keras.Model, alpha: floa
         raise ValueError(f"both branch models are named {nin1_model.name!r}; the fused model needs distinct names")
     rows = keras.Input(shape=(ROW_LEN,), dtype="float32", name="row")
     fused = AlphaFusion(alpha, name="alpha_fusion")([nin1_model(rows), nin2_model(rows)])
-    return keras.Model(rows, fused, name=P.PARALLEL_PRESET)
+    return keras.Model(rows, fused, name=name)

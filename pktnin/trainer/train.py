@@ -14,7 +14,8 @@ without. Measure again (`pktnin train ... --xla`) on another build before turnin
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,9 +28,13 @@ from pktnin.trainer import checkpoint as ckpt
 from pktnin.trainer.augment import AUGMENTATIONS, jitter_capture_fields
 from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha
 from pktnin.trainer.metrics import classification_report
-from pktnin.trainer.presets import PARALLEL_PRESET
+from pktnin.trainer.presets import PARALLEL_PRESET, fusion_of, get_preset
 
 CLASS_WEIGHTING = ("none", "balanced", "file")
+# Keras precision policies: mixed_bfloat16 computes in bfloat16 with float32 weights (this CPU has AVX-512 BF16:
+# 1.2x (NIN1) to 1.9x (NIN_small on the body) the float32 training rate, bench/results/train-throughput.json).
+# Checkpoints are saved in float32 either way.
+PRECISIONS = ("float32", "mixed_bfloat16")
 FIT_SPLITS = {"train": (SPLIT_TRAIN,), "train+val": (SPLIT_TRAIN, SPLIT_VAL)}
 
 
@@ -232,8 +237,11 @@ class TrainSettings:
     max_per_flow: int | None = None
     fit: str = "train"  # "train+val": refit on both splits for a fixed number of epochs (no early stopping)
     augment: str = "none"  # "header-jitter": random bytes in the capture fields of training rows
+    precision: str = "float32"  # or "mixed_bfloat16" (PRECISIONS)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.fit not in FIT_SPLITS:
             raise OptionError(f"fit must be one of {tuple(FIT_SPLITS)}, got {self.fit!r}")
         if self.class_weighting not in CLASS_WEIGHTING:
@@ -267,8 +275,8 @@ def train(
     Returns a summary dict (its settings and history are also stored in the checkpoint metadata under
     "training"). `build` replaces trainer.models.build_model (same signature) for experiments.
     """
-    if preset == PARALLEL_PRESET:
-        return train_parallel(data_dir, out_ckpt, settings, progress=progress, build=build, alpha=alpha)
+    if get_preset(preset).branches:
+        return train_parallel(data_dir, out_ckpt, settings, progress=progress, build=build, alpha=alpha, preset=preset)
     data = _open_dataset(data_dir)
     result = _train_single(preset, data, out_ckpt, settings, progress, build, logs_dir_for(out_ckpt))
     return result["summary"]
@@ -300,7 +308,18 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
         raise OptionError(f"header-jitter needs rows of the paper mask profile; {data.path} has {data.meta['mask']!r}")
 
     seed_everything(s.seed)
-    model = build(preset, num_classes, dropout=s.dropout, width=s.width)
+    with precision_policy(s.precision):
+        model = build(preset, num_classes, dropout=s.dropout, width=s.width)
+
+    def float32_model():
+        """The model as it is saved and returned: float32 layers (a copy when it trained in mixed precision)."""
+        if s.precision == "float32":
+            return model
+        with precision_policy("float32"):
+            copy = build(preset, num_classes, dropout=s.dropout, width=s.width)
+        copy.set_weights(model.get_weights())  # mixed precision keeps float32 weights
+        return copy
+
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(),
@@ -318,7 +337,7 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     def save_best(epoch: int, report: dict | None) -> None:
         training_meta["best_epoch"] = epoch + 1
         meta = ckpt.make_metadata(preset, classes, data.path, data.meta, report, training=training_meta)
-        ckpt.save_checkpoint(model, keras_path, meta)
+        ckpt.save_checkpoint(float32_model(), keras_path, meta)
 
     from pktnin.trainer.callbacks import RichProgress, ScalarLog, ValidationF1
 
@@ -331,7 +350,8 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
         ScalarLog(log_dir),
     ]
     started = time.perf_counter()
-    history = model.fit(train_ds, epochs=s.epochs, verbose=0, callbacks=callbacks, shuffle=False)  # tf.data shuffles
+    with precision_policy(s.precision):
+        history = model.fit(train_ds, epochs=s.epochs, verbose=0, callbacks=callbacks, shuffle=False)  # tf shuffles
     elapsed = time.perf_counter() - started
     if refit:  # the last epoch is the model; there is no held-out split left to report on
         save_best(s.epochs - 1, None)
@@ -355,7 +375,20 @@ def _train_single(preset, data, out_ckpt, settings: TrainSettings, progress, bui
     for key in ("epochs_run", "history", "train_packets_per_s", "seconds"):
         meta["training"][key] = summary[key]
     ckpt.write_json_atomic(json_path, meta)
-    return {"model": model, "summary": summary, "val_idx": val_idx}
+    return {"model": float32_model(), "summary": summary, "val_idx": val_idx}
+
+
+@contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Keras's global precision policy set to `name` inside the block (layers built there keep it)."""
+    import keras
+
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
 
 
 def branch_checkpoint_path(out_ckpt: str | Path, branch: str) -> Path:
@@ -373,13 +406,15 @@ def train_parallel(
     build_parallel: Callable | None = None,
     grid: np.ndarray = DEFAULT_GRID,
     alpha: float | None = None,
+    preset: str = PARALLEL_PRESET,
 ) -> dict:
-    """Train NIN1 (header) and NIN2 (body) on whole rows, pick alpha by validation macro-F1, save one model.
+    """Train the two branches of a fusion preset (nin_parallel: NIN1 on the header, NIN2 on the body) on whole
+    rows, pick alpha by validation macro-F1, save one model.
 
     A refit (settings.fit "train+val") needs `alpha` given: the validation rows were trained on.
     """
     if settings.fit != "train" and alpha is None:
-        raise OptionError("a nin_parallel refit on train+val needs alpha from a run that kept validation apart")
+        raise OptionError(f"a {preset} refit on train+val needs alpha from a run that kept validation apart")
     if build_parallel is None:
         from pktnin.trainer.models import build_parallel as default_build_parallel
 
@@ -387,14 +422,14 @@ def train_parallel(
     data = _open_dataset(data_dir)
     log_dir = logs_dir_for(out_ckpt)
     branches = {}
-    for name in ("nin1", "nin2"):
+    for name in get_preset(preset).branches:
         branch_path = branch_checkpoint_path(out_ckpt, name)
         branches[name] = _train_single(name, data, branch_path, settings, progress, build, log_dir / name)
 
     models = {name: b["model"] for name, b in branches.items()}
     summaries = {n: b["summary"] for n, b in branches.items()}
-    val_idx = branches["nin1"]["val_idx"]
-    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid, alpha)
+    val_idx = next(iter(branches.values()))["val_idx"]
+    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid, alpha, preset)
 
 
 def fuse_checkpoints(
@@ -405,15 +440,19 @@ def fuse_checkpoints(
     grid: np.ndarray = DEFAULT_GRID,
     alpha: float | None = None,
 ) -> dict:
-    """Fuse two trained branch checkpoints: alpha by validation macro-F1 (or the given one), one model saved."""
+    """Fuse two trained branch checkpoints (header, body: nin1 with nin2 or nin_small_body): alpha by validation
+    macro-F1 (or the given one), one model saved as the preset that fuses them."""
     from pktnin.trainer.models import build_parallel
 
     data = _open_dataset(data_dir)
+    loaded = [(path, *ckpt.load_checkpoint(path)) for path in (nin1_ckpt, nin2_ckpt)]
+    try:
+        preset = fusion_of(*(str(meta.get("preset")) for _, _, meta in loaded))
+    except OptionError as exc:
+        raise UsageError(f"{nin1_ckpt} and {nin2_ckpt}: {exc}") from None
     models, summaries = {}, {}
-    for name, path in (("nin1", nin1_ckpt), ("nin2", nin2_ckpt)):
-        model, meta = ckpt.load_checkpoint(path)
-        if meta.get("preset") != name:
-            raise UsageError(f"{path}: expected a {name} checkpoint, found preset {meta.get('preset')!r}")
+    for path, model, meta in loaded:
+        name = meta["preset"]
         if list(meta.get("classes", [])) != list(data.meta["classes"]):
             raise UsageError(f"{path}: its classes differ from the dataset's")
         training = meta.get("training", {})
@@ -426,18 +465,20 @@ def fuse_checkpoints(
             "settings": training,
         }
     val_idx = select_split_rows(data.split, SPLIT_VAL, 0)
-    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid, alpha)
+    return _fuse_and_save(data, out_ckpt, models, summaries, val_idx, build_parallel, grid, alpha, preset)
 
 
 def _fuse_and_save(
-    data, out_ckpt, models: dict, summaries: dict, val_idx, build_parallel: Callable, grid, alpha: float | None = None
-) -> dict:
+    data, out_ckpt, models: dict, summaries: dict, val_idx, build_parallel: Callable, grid, alpha: float | None = None,
+    preset: str = PARALLEL_PRESET,
+) -> dict:  # fmt: skip
     """Alpha search on the validation rows `val_idx` (Eq. 3) unless `alpha` is given, then the fused model saved
-    as one checkpoint."""
+    as one checkpoint of `preset` (models: its branches by preset name)."""
+    header, body = get_preset(preset).branches
     classes = list(data.meta["classes"])
     y_val = np.asarray(data.labels)[val_idx].astype(np.int64)  # val_idx is sorted, like predict_rows's output
-    p1 = predict_rows(models["nin1"], data.rows, val_idx)
-    p2 = predict_rows(models["nin2"], data.rows, val_idx)
+    p1 = predict_rows(models[header], data.rows, val_idx)
+    p2 = predict_rows(models[body], data.rows, val_idx)
     if alpha is None:
         alpha, curve = search_alpha(p1, p2, y_val, grid)
     elif not 0.0 <= alpha <= 1.0:
@@ -449,7 +490,7 @@ def _fuse_and_save(
     # Branches refit on train+val: their validation score would measure nothing.
     report = None if refit else classification_report(y_val, fused_probs.argmax(axis=1), classes)
 
-    fused = build_parallel(ckpt.uncompiled_copy(models["nin1"]), ckpt.uncompiled_copy(models["nin2"]), alpha)
+    fused = build_parallel(ckpt.uncompiled_copy(models[header]), ckpt.uncompiled_copy(models[body]), alpha, name=preset)
     # The saved graph must compute exactly Eq. 3 with the chosen alpha.
     check = val_idx[:256]
     got = predict_rows(fused, data.rows, check)
@@ -457,7 +498,7 @@ def _fuse_and_save(
         raise RuntimeError("fused model output differs from alpha * p1 + (1 - alpha) * p2")
 
     summary = {
-        "preset": PARALLEL_PRESET,
+        "preset": preset,
         "checkpoint": str(ckpt.checkpoint_paths(out_ckpt)[0]),
         "alpha": alpha,
         "val_macro_f1": None if report is None else report["macro_f1"],
@@ -466,7 +507,7 @@ def _fuse_and_save(
         "branches": summaries,
     }
     meta = ckpt.make_metadata(
-        PARALLEL_PRESET, classes, data.path, data.meta, report, alpha=alpha,
+        preset, classes, data.path, data.meta, report, alpha=alpha,
         training={
             "fit": "train+val" if refit else "train",
             "alpha_curve": summary["alpha_curve"],
