@@ -207,17 +207,55 @@ def test_int8_metadata_carries_provenance_and_agreement(trained, quantized):
 def test_exclusion_levels_name_edges_and_fusion():
     from pktnin.engine.quantize import nodes_to_exclude
 
-    path = Path(__file__).resolve().parents[1] / "pktnin" / "models" / "nin_parallel.onnx"
+    path = Path(__file__).resolve().parents[1] / "pktnin" / "models" / "nin_parallel_small_port.onnx"
     proto = onnx.load(str(path), load_external_data=False)
     edges = nodes_to_exclude(proto, "edges")
     fusion = nodes_to_exclude(proto, "edges+fusion")
-    assert nodes_to_exclude(proto, "none") == []
-    assert any("nin1_1/conv1_1" in n for n in edges) and any("nin2_1/conv1_1" in n for n in edges)
-    assert any("nin1_1/dense3_1" in n for n in edges) and any("nin2_1/conv15_1" in n for n in edges)
+    assert all(n.startswith("port/") for n in nodes_to_exclude(proto, "none"))  # only the port branch
+    assert any("nin1_1/conv1_1" in n for n in edges) and any("nin_small_body_1/conv1_1" in n for n in edges)
+    assert any("nin1_1/dense3_1" in n for n in edges) and any("nin_small_body_1/conv16_1" in n for n in edges)
     assert sum(1 for n in edges if n.endswith("Softmax")) == 2
     assert set(edges) < set(fusion) and any("alpha_fusion" in n for n in fusion)
     with pytest.raises(ValueError):
         nodes_to_exclude(proto, "most")
+
+
+def test_port_branch_of_a_fused_model_stays_float32(trained, tmp_path):
+    """The port table and the fusion of a port-fused model are never quantized, at any exclusion level."""
+    from pktnin.engine.quantize import nodes_to_exclude, quantize_model
+    from pktnin.trainer.port_table import PORT_NODE_PREFIX, PortTable, fuse_port_onnx
+
+    path, rows, labels, held_rows, _ = trained
+    table = PortTable.fit(rows, labels, len(KINDS))
+    fused = fuse_port_onnx(path, table, 0.4, tmp_path / "fused.onnx", {"data": "test"})
+    proto = onnx.load(str(fused))
+    port_nodes = {n.name for n in proto.graph.node if n.name.startswith(PORT_NODE_PREFIX)}
+    assert len(port_nodes) > 10
+    for level in ("none", "edges", "edges+fusion"):
+        assert port_nodes <= set(nodes_to_exclude(proto, level))
+    assert not port_nodes & set(nodes_to_exclude(onnx.load(str(path)), "edges+fusion"))
+    result = quantize_model(fused, tmp_path / "fused.int8.onnx", rows[:256], held_rows[:400], methods=("minmax",),
+                            exclude_levels=("none",), max_extra_excluded=0)  # fmt: skip
+    q = onnx.load(str(result.path))
+    table_name = f"{PORT_NODE_PREFIX}const/table"
+    assert any(init.name == table_name and init.data_type == TensorProto.FLOAT for init in q.graph.initializer)
+    assert not [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0].startswith(table_name)]
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # the network itself is int8
+    assert result.chosen.agreement > 0.97
+
+
+def test_a_refit_model_is_checked_on_rows_it_never_trained_on(trained, tmp_path):
+    from pktnin.engine.quantize import check_split, read_props, set_props
+
+    path = trained[0]
+    assert check_split(path) == "val"
+    proto = onnx.load(str(path))
+    props = read_props(path)
+    props["pktnin.provenance"] = json.dumps({"fit": "train+val"})
+    set_props(proto, props)
+    refit = tmp_path / "refit.onnx"
+    onnx.save(proto, str(refit))
+    assert check_split(refit) == "test"
 
 
 def test_stratified_sample_spreads_over_classes_and_files():

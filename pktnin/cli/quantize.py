@@ -15,7 +15,11 @@ def quantize(
     model: Annotated[Optional[Path], typer.Argument(help="A float32 .onnx model (default: the bundled model).")] = None,
     data: Annotated[
         Path,
-        typer.Option("--data", "-d", help="Dataset directory: calibration rows from its train split, checks on val."),
+        typer.Option(
+            "--data",
+            "-d",
+            help="Dataset directory: calibration rows from its train split, checks on val (test for a refit model).",
+        ),
     ] = ...,  # type: ignore[assignment]  # typer's marker of a required option after optional arguments
     out: Annotated[
         Optional[Path],
@@ -47,7 +51,7 @@ def quantize(
 
     Calibration rows come from the dataset's training split, spread over classes and capture files. The
     calibration method and the layers kept in float32 are chosen by argmax agreement with the float32 model on
-    validation rows; that agreement (and OpenVINO's bf16 and int8 agreement, when OpenVINO is installed) is
+    validation rows (test rows for a model refit on train+val: it trained on the validation rows); that agreement (and OpenVINO's bf16 and int8 agreement, when OpenVINO is installed) is
     recorded in the output's metadata, where `--precision auto` reads it.
     """
     from pktnin.dataset.format import load_dataset
@@ -75,11 +79,13 @@ def quantize(
             usage(f"{src} is already int8; quantize its float32 model")
         dataset = load_dataset(data)
         cal, _ = q.dataset_rows(dataset, "train", calibration_rows, seed)
-        val, _ = q.dataset_rows(dataset, "val", validation_rows, seed + 1)
+        checked_on = q.check_split(src)
+        val, _ = q.dataset_rows(dataset, checked_on, validation_rows, seed + 1)
         target_path = out if out is not None else default_int8_path(src)
     with exit_codes(setup=False):
         console.print(
-            f"calibrating on {len(cal):,} train rows, checking on {len(val):,} val rows of {escape(str(data))}",
+            f"calibrating on {len(cal):,} train rows, checking on {len(val):,} {checked_on} rows of "
+            f"{escape(str(data))}" + (" (the model was refit on train+val)" if checked_on == "test" else ""),
             highlight=False,
         )
         result = q.quantize_model(
@@ -92,6 +98,7 @@ def quantize(
             target_agreement=agreement,
             provenance={"dataset": str(Path(data).resolve()), "seed": seed},
             log=lambda line: console.print("  " + escape(line), highlight=False),
+            validation_split=checked_on,
         )
         extra = q.check_openvino(src, result.path, val)
         if extra:
@@ -100,7 +107,7 @@ def quantize(
     console.print(
         f"{result.path}: {chosen.method} calibration, {len(chosen.excluded_nodes)} nodes kept in float32 "
         f"({chosen.exclude}); argmax agreement with float32 {chosen.agreement:.4f} on {result.validation_rows:,} "
-        f"val rows" + "".join(f"; {k} {v:.4f}" for k, v in (extra or {}).items()),
+        f"{checked_on} rows" + "".join(f"; {k} {v:.4f}" for k, v in (extra or {}).items()),
         highlight=False,
     )
     if not result.reached_target:

@@ -91,6 +91,14 @@ def stratified_indices(
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
+def check_split(model_path: str | os.PathLike) -> str:
+    """The split whose rows check agreement with float32: validation, unless the model was refit on train+val
+    (its provenance says so). Agreement needs no labels, but on rows a model trained on it is close to 1 and says
+    nothing about the captures it will score; the test rows are then the unseen ones."""
+    provenance = json.loads(read_props(model_path).get(META_PREFIX + "provenance", "{}") or "{}")
+    return "test" if provenance.get("fit") == "train+val" else "val"
+
+
 def dataset_rows(dataset, split: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(rows, their dataset indices): up to n rows of `split`, stratified by class and capture file."""
     idx = dataset.indices(split)
@@ -110,12 +118,17 @@ def nodes_to_exclude(proto, level: str) -> list[str]:
 
     edges: the first weighted layer reached from the input along each branch, and each softmax with the nodes
     back to the last weighted layer before it (most sensitive: raw bytes in, logits out); +fusion: also every node after the first Softmax on the
-    way to the output (the alpha-weighted sum of the branches' probabilities).
+    way to the output (the alpha-weighted sum of the branches' probabilities). At every level, the port branch of
+    a port-fused model (its table of class probabilities, the key arithmetic and the fusion) stays float32: it
+    costs next to nothing and a table quantized to 256 levels would move the fused probabilities.
     """
+    from pktnin.trainer.port_table import PORT_NODE_PREFIX
+
     if level not in EXCLUDE_LEVELS:
         raise OptionError(f"exclusion level must be one of {', '.join(EXCLUDE_LEVELS)}, got {level!r}")
+    port_branch = [n.name for n in proto.graph.node if n.name.startswith(PORT_NODE_PREFIX)]
     if level == "none":
-        return []
+        return sorted(port_branch)
     graph = proto.graph
     producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list] = {}
@@ -164,7 +177,7 @@ def nodes_to_exclude(proto, level: str) -> list[str]:
             on_output_path.add(node.name)
             stack.extend(node.input)
         excluded.extend(sorted(on_output_path))
-    return sorted(set(excluded))
+    return sorted(set(excluded) | set(port_branch))
 
 
 # -- quantization --------------------------------------------------------------------------------------------
@@ -352,6 +365,7 @@ def quantize_model(
     provenance: dict | None = None,
     max_extra_excluded: int = 4,
     log=None,
+    validation_split: str = "val",
 ) -> QuantizeResult:
     """Quantize src with every (exclusion level, method) in order until one agrees with float32 on at least
     target_agreement of the validation rows; the least-excluded such candidate wins (fewer float32 nodes run
@@ -425,7 +439,7 @@ def quantize_model(
         "calibration": {"rows": int(len(calibration_rows)), "split": "train", "stratified": "class,file"},
         "validation": {
             "rows": int(len(validation_rows)),
-            "split": "val",
+            "split": validation_split,
             "argmax_agreement": chosen.agreement,
             "max_prob_diff": chosen.max_prob_diff,
             "target_agreement": target_agreement,

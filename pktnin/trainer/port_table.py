@@ -26,6 +26,7 @@ _IPV4_PROTOCOL_BYTE = 9
 _UDP = 17
 _PORT_BYTES = (20, 21, 22, 23)  # source port, destination port (big-endian) at the start of the transport segment
 PORT_SUFFIX = "_port"  # preset of a fused model: <network preset>_port
+PORT_NODE_PREFIX = "port/"  # names of the nodes and constants fuse_port_onnx adds
 
 
 def port_keys(rows: np.ndarray) -> np.ndarray:
@@ -130,12 +131,13 @@ def fuse_port_onnx(
         node.input[:] = [net_out if i == OUTPUT_NAME else i for i in node.input]
 
     def const(name: str, value) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"port/const/{name}"))
-        return f"port/const/{name}"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{PORT_NODE_PREFIX}const/{name}"))
+        return f"{PORT_NODE_PREFIX}const/{name}"
 
     def add_node(op: str, inputs: list[str], name: str, **attrs) -> str:
-        graph.node.append(helper.make_node(op, inputs, [f"port/{name}"], name=f"port/{name}", **attrs))
-        return f"port/{name}"
+        out = f"{PORT_NODE_PREFIX}{name}"
+        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
 
     def column(i: int) -> str:  # int32 [batch]: row byte i
         return add_node("Gather", [head, const(f"byte{i}", np.int64(i))], f"byte{i}", axis=1)
