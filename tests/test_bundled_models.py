@@ -17,7 +17,7 @@ from pktnin.packets import find_captures, iter_packets
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = (ROOT.parent / "shared" / "corpus" / "pcaps").resolve()
-BUNDLED = ("nin_parallel.onnx", "nin1_header.onnx")
+BUNDLED = ("nin_parallel_small_port.onnx", "nin1_port.onnx")
 
 
 def _meta(path: Path) -> dict:
@@ -38,8 +38,22 @@ def test_bundled_models_fit_and_say_what_trained_them():
         assert provenance["data"]["split_mode"] == "by-file" and provenance["data"]["label_column"] == "task_category"
         if provenance.get("fit") == "train+val":  # a refit was selected on validation before it was refit
             assert provenance["validation_macro_f1"] is None
-    assert _meta(MODELS_DIR / "nin_parallel.onnx")["pktnin.preset"] == "nin_parallel"
-    assert 0.0 <= json.loads(_meta(MODELS_DIR / "nin_parallel.onnx")["pktnin.alpha"]) <= 1.0
+    default = _meta(MODELS_DIR / "nin_parallel_small_port.onnx")
+    assert default["pktnin.preset"] == "nin_parallel_small_port" and 0.0 <= json.loads(default["pktnin.alpha"]) <= 1.0
+    assert 0.0 < json.loads(default["pktnin.port_beta"]) < 1.0
+    # two labeled sources, refit on train+val after the choice on validation
+    assert len(json.loads(default["pktnin.provenance"])["data"]["labels_csv"]) == 2
+
+
+def test_int8_companions_are_the_quantized_bundled_models():
+    from pktnin.engine.precision import find_int8, recorded_agreement
+
+    for name in BUNDLED:
+        int8 = find_int8(MODELS_DIR / name)
+        assert int8 is not None and int8.parent == MODELS_DIR
+        quant = json.loads(_meta(int8)["pktnin.quantization"])
+        assert quant["validation"]["split"] == "test"  # refit models: checked on rows they never trained on
+        assert 0.98 <= recorded_agreement(int8)["onnxruntime:int8"] <= 1.0
 
 
 def _rows(limit: int) -> np.ndarray:

@@ -57,11 +57,11 @@ def bundled_dir(tmp_path, monkeypatch):
 
 def test_score_takes_a_bundled_model_by_name(tmp_path, capture):
     out = tmp_path / "p.parquet"
-    result = invoke(["score", capture, "--model", "nin1_header", "--out", out, "--no-progress"])
+    result = invoke(["score", capture, "--model", "nin1_port", "--out", out, "--no-progress"])
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.num_rows > 0
-    by_path = invoke(["score", capture, "--model", ROOT / "pktnin/models/nin1_header.onnx", "--out",
+    by_path = invoke(["score", capture, "--model", ROOT / "pktnin/models/nin1_port.onnx", "--out",
                       tmp_path / "q.parquet", "--no-progress"])  # fmt: skip
     assert by_path.exit_code == 0, by_path.output
     assert pq.read_table(tmp_path / "q.parquet").column("label").to_pylist() == table.column("label").to_pylist()
@@ -76,7 +76,7 @@ def test_an_unknown_model_name_exits_2_naming_the_bundled_models(tmp_path, captu
     }[command]
     result = invoke(args)
     assert result.exit_code == 2, result.output
-    assert "nin3" in result.output and "nin1_header" in result.output and "nin_parallel" in result.output
+    assert "nin3" in result.output and "nin1_port" in result.output and "nin_parallel_small_port" in result.output
 
 
 @pytest.mark.parametrize("command", ["score", "bench", "evaluate"])
@@ -105,13 +105,13 @@ def test_models_lists_the_bundled_models_with_their_provenance():
     result = invoke(["models", "--json"])
     assert result.exit_code == 0, result.output
     bundled = {m["name"]: m for m in json.loads(result.stdout)["bundled"]}
-    assert set(bundled) == {"nin1_header", "nin_parallel"}
+    assert set(bundled) == {"nin1_port", "nin_parallel_small_port"}
     for model in bundled.values():
         assert len(model["classes"]) == 18 and model["input_dtype"] == "uint8" and model["size_bytes"] > 1e6
         assert model["trained"]["mask"] == "paper" and model["trained"]["split"] == "by-file"
-    assert bundled["nin_parallel"]["alpha"] == pytest.approx(0.48)
+    assert bundled["nin_parallel_small_port"]["alpha"] == pytest.approx(0.47)
     table = invoke(["models"])
-    assert table.exit_code == 0 and "Bundled models" in table.output and "nin1_header" in table.output
+    assert table.exit_code == 0 and "Bundled models" in table.output and "nin1_port" in table.output
 
 
 def test_bench_records_a_speed_that_models_shows(capture, bundled_dir, tmp_path):
@@ -261,7 +261,7 @@ def test_version():
 def test_score_quiet_and_summary(tmp_path, capture):
     summary = tmp_path / "run.json"
     out = tmp_path / "p.parquet"
-    result = invoke(["score", capture, "--model", "nin1_header", "--out", out, "--quiet", "--summary", summary])
+    result = invoke(["score", capture, "--model", "nin1_port", "--out", out, "--quiet", "--summary", summary])
     assert result.exit_code == 0, result.output
     assert result.output == ""
     report = json.loads(summary.read_text())

@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 MODEL_HELP = (
-    "A bundled model by name (nin_parallel, nin1_header: see `pktnin models`) or a model file "
-    "(.onnx, .keras checkpoint, .plan engine). Default: nin_parallel."
+    "A bundled model by name (nin_parallel_small_port, nin1_port: see `pktnin models`) or a model file "
+    "(.onnx, .keras checkpoint, .plan engine). Default: nin_parallel_small_port."
 )
 
 ModelOption = Annotated[

@@ -1,7 +1,7 @@
 """Bundled models by name, what their metadata says (classes, training provenance, mask), and the speeds that
 `pktnin bench` recorded for a model on this machine.
 
-A model option takes either a file or the name of a bundled model (`nin1_header`, `nin_parallel`), so a user
+A model option takes either a file or the name of a bundled model (`nin_parallel_small_port`, `nin1_port`), so a user
 never needs the site-packages path. The record of measured speeds lives in the cache directory beside the
 derived models (pktnin.engine.cache), keyed by the model file's hash: a figure is for one file on one machine.
 """
@@ -21,8 +21,11 @@ SPEEDS_FILE = "bench-speeds.json"
 
 
 def bundled_models() -> list[Path]:
-    """The .onnx files shipped in pktnin/models, by name."""
-    return sorted(MODELS_DIR.glob("*.onnx"))
+    """The float32 .onnx models shipped in pktnin/models, by name (an int8 companion, NAME.int8.onnx, is the
+    same model in another precision: `--precision` picks it, not `--model`)."""
+    from pktnin.engine.precision import INT8_SUFFIX
+
+    return sorted(p for p in MODELS_DIR.glob("*.onnx") if not p.name.endswith(INT8_SUFFIX))
 
 
 def bundled_names() -> list[str]:

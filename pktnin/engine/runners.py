@@ -20,15 +20,17 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 # (docs/engine.md) while skipping that pass and its buffer; the CPU kernel already produces uint8 rows.
 ORT_INPUT_DTYPE = "uint8"
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL_NAMES = ("nin_parallel.onnx",)
+DEFAULT_MODEL_NAMES = ("nin_parallel_small_port.onnx",)
 
 
 def default_model_path() -> Path:
-    """The model bundled in pktnin/models: nin_parallel.onnx, else the only .onnx file there."""
+    """The default bundled model: pktnin/models/nin_parallel_small_port.onnx, else the only .onnx file there."""
     for name in DEFAULT_MODEL_NAMES:
         if (MODELS_DIR / name).is_file():
             return MODELS_DIR / name
-    found = sorted(MODELS_DIR.glob("*.onnx"))
+    from pktnin.engine.catalog import bundled_models  # the float32 models, without their int8 companions
+
+    found = bundled_models()
     if len(found) == 1:
         return found[0]
     if not found:
