@@ -160,6 +160,44 @@ def test_export_real_nin_parallel(tmp_path):
         got = runner.predict(rows)
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
         assert np.abs(half.predict(rows) - got).max() < 1e-2
+    # the export keeps the convolution stacks 4-D: no Squeeze/Unsqueeze left between two layers of a branch
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("Squeeze") <= 4 and ops.count("Unsqueeze") <= 4  # at most one in and one out per branch
+
+
+def test_simplify_conv1d_keeps_the_values_and_drops_the_reshapes(tmp_path):
+    """tf2onnx's Conv1D/MaxPooling1D graph against the same graph kept 4-D with folded biases: same outputs."""
+    pytest.importorskip("tensorflow")
+    import keras
+    import onnx
+
+    from pktnin.engine.export import keras_to_onnx
+    from pktnin.engine.graph_rewrite import simplify_conv1d
+    from pktnin.trainer.models import build_model
+
+    keras.utils.set_random_seed(4)
+    model = build_model("nin_small_body", 5, width=1 / 8)
+    proto = keras_to_onnx(model, "uint8")
+    before = [node.op_type for node in proto.graph.node]
+    folded, dropped = simplify_conv1d(proto)
+    after = [node.op_type for node in proto.graph.node]
+    assert dropped >= 8  # biases: folded here when the converter left them as Adds (it does for some graphs)
+    assert after.count("Squeeze") == before.count("Squeeze") - dropped
+    assert after.count("Add") == before.count("Add") - folded
+    onnx.checker.check_model(proto, full_check=True)
+    plain, simple = tmp_path / "plain.onnx", tmp_path / "simple.onnx"
+    onnx.save(keras_to_onnx(model, "uint8"), str(plain))
+    onnx.save(proto, str(simple))
+    rows = gen_rows(64, seed=9)
+    import onnxruntime as ort
+
+    def probs(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: rows})[0]
+
+    np.testing.assert_allclose(probs(simple), probs(plain), atol=1e-6, rtol=0)
 
 
 # -- runners ------------------------------------------------------------------------------------------------

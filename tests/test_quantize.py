@@ -154,7 +154,8 @@ def quantized(trained):
 
 
 def test_fold_conv_bias_keeps_the_outputs(trained, tmp_path):
-    from pktnin.engine.quantize import fold_conv_bias, probabilities
+    from pktnin.engine.graph_rewrite import fold_conv_bias
+    from pktnin.engine.quantize import probabilities
 
     path, rows, *_ = trained
     proto = onnx.load(str(path))

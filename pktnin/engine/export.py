@@ -82,7 +82,10 @@ def export_keras_model(
     model, out_path: str | os.PathLike, info: ModelInfo, opset: int = DEFAULT_OPSET, provenance: dict | None = None
 ) -> Path:
     """Convert an in-memory Keras model (input float32 [batch,1500] = bytes/255, output probabilities)."""
+    from pktnin.engine.graph_rewrite import simplify_conv1d
+
     proto = keras_to_onnx(model, info.input_dtype, opset)
+    simplify_conv1d(proto)
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if num_classes != len(info.classes):
         raise ModelMismatchError(f"the model outputs {num_classes} classes but its metadata lists {len(info.classes)}")

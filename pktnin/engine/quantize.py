@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.engine.graph_rewrite import simplify_conv1d
 from pktnin.engine.runner_base import INPUT_NAME, META_PREFIX
 from pktnin.errors import OptionError
 
@@ -181,68 +182,15 @@ def nodes_to_exclude(proto, level: str) -> list[str]:
 
 
 # -- quantization --------------------------------------------------------------------------------------------
-def fold_conv_bias(proto) -> int:
-    """Move `Conv -> Squeeze -> Add(bias [1,C,1])` biases into the Conv (in place); returns how many.
-
-    The Keras export adds each Conv1D bias after squeezing the 2-D convolution back to 1-D. Left there, every
-    convolution output gets its own quantization step before the bias and ONNX Runtime cannot fuse the
-    convolution, bias and ReLU into one int8 kernel.
-    """
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {v.name for v in proto.graph.output}
-    folded = 0
-    removed = []
-    for conv in proto.graph.node:
-        if conv.op_type != "Conv" or len(conv.input) > 2 or conv.input[1] not in inits:
-            continue
-        after = consumers.get(conv.output[0], [])
-        if len(after) != 1 or after[0].op_type != "Squeeze" or conv.output[0] in outputs:
-            continue
-        squeeze = after[0]
-        after = consumers.get(squeeze.output[0], [])
-        if len(after) != 1 or after[0].op_type != "Add" or squeeze.output[0] in outputs:
-            continue
-        add = after[0]
-        bias_name = add.input[1] if add.input[0] == squeeze.output[0] else add.input[0]
-        if bias_name not in inits:
-            continue
-        bias = numpy_helper.to_array(inits[bias_name])
-        channels = inits[conv.input[1]].dims[0]
-        if bias.size != channels or bias.ndim != 3 or bias.shape[1] != channels:
-            continue
-        name = conv.name + "/folded_bias"
-        proto.graph.initializer.append(numpy_helper.from_array(bias.reshape(channels).astype(np.float32), name))
-        conv.input.append(name)
-        # The Squeeze now produces what the Add produced.
-        for node in consumers.get(add.output[0], []):
-            node.input[:] = [squeeze.output[0] if i == add.output[0] else i for i in node.input]
-        for value in proto.graph.output:
-            if value.name == add.output[0]:
-                squeeze.output[0] = add.output[0]
-                for node in consumers.get(add.output[0], []):
-                    node.input[:] = [add.output[0] if i == squeeze.output[0] else i for i in node.input]
-        removed.append(add)
-        folded += 1
-    for node in removed:
-        proto.graph.node.remove(node)
-    return folded
-
-
 def preprocess(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Conv biases folded (fold_conv_bias), then shape inference and ONNX Runtime's basic graph rewrites
+    """Conv1D layers kept 4-D with their biases folded (graph_rewrite.simplify_conv1d), then shape inference and ONNX Runtime's basic graph rewrites
     (constant folding, MatMul+Add into Gemm, ...), so fewer activations need their own quantization step and
     more of the graph fuses into int8 kernels."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     proto = onnx.load_model(str(src))
-    fold_conv_bias(proto)
+    simplify_conv1d(proto)  # a no-op on a model exported by this version (export does it)
     folded = Path(dst).with_name(Path(dst).stem + "-folded.onnx")
     onnx.save_model(proto, str(folded))
     quant_pre_process(str(folded), str(dst), skip_symbolic_shape=False, skip_onnx_shape=False)
