@@ -56,6 +56,18 @@ def test_int8_companions_are_the_quantized_bundled_models():
         assert 0.98 <= recorded_agreement(int8)["onnxruntime:int8"] <= 1.0
 
 
+def test_metadata_is_read_without_the_onnx_package(monkeypatch):
+    """A plain install has ONNX Runtime but not onnx: the model's metadata still reads (score needs it)."""
+    import sys
+
+    from pktnin.engine.catalog import model_provenance, onnx_metadata
+
+    path = MODELS_DIR / BUNDLED[0]
+    with_onnx = onnx_metadata(path)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    assert onnx_metadata(path) == with_onnx and model_provenance(path)["data"]["split_mode"] == "by-file"
+
+
 def _rows(limit: int) -> np.ndarray:
     """Real rows when the corpus is here (a spread of files), else the example captures' rows."""
     files = find_captures([CORPUS])[::7] if CORPUS.is_dir() else find_captures([ROOT / "examples"])

@@ -57,11 +57,11 @@ def resolve_model(spec: str | os.PathLike | None) -> Path:
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The key/value metadata of an ONNX file (the graph's weights are not kept)."""
-    import onnx
+    """The key/value metadata of an ONNX file: through onnx when installed, else ONNX Runtime (a plain
+    `pip install pktnin` has no onnx)."""
+    from pktnin.engine.precision import model_props
 
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
+    return model_props(path)
 
 
 def model_provenance(path: str | os.PathLike) -> dict | None:
