@@ -187,6 +187,8 @@ def test_simplify_conv1d_keeps_the_values_and_drops_the_reshapes(tmp_path):
     assert after.count("Squeeze") == before.count("Squeeze") - dropped
     assert after.count("Add") == before.count("Add") - folded
     onnx.checker.check_model(proto, full_check=True)
+    read = {name for node in proto.graph.node for name in node.input}
+    assert all(t.name in read for t in proto.graph.initializer)
     plain, simple = tmp_path / "plain.onnx", tmp_path / "simple.onnx"
     onnx.save(keras_to_onnx(model, "uint8"), str(plain))
     onnx.save(proto, str(simple))

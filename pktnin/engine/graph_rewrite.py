@@ -127,9 +127,13 @@ def drop_squeeze_pairs(proto) -> int:
 
 def simplify_conv1d(proto) -> tuple[int, int]:
     """fold_conv_bias, then drop_squeeze_pairs (in place); returns (biases folded, pairs dropped). Stale shape
-    annotations of the values in between are removed (the tensors there are now 4-D)."""
+    annotations of the values in between and the constants nothing reads any more are removed."""
     folded = fold_conv_bias(proto)
     dropped = drop_squeeze_pairs(proto)
     if folded or dropped:
         del proto.graph.value_info[:]
+        read = {name for node in proto.graph.node for name in node.input}
+        unused = [t for t in proto.graph.initializer if t.name not in read]  # the removed nodes' axes and biases
+        for tensor in unused:
+            proto.graph.initializer.remove(tensor)
     return folded, dropped

@@ -98,6 +98,7 @@ class OnnxRuntimeRunner(Runner):
         if self.path.stat().st_size == 0:
             raise ModelMismatchError(f"{self.path}: not an ONNX model: the file is empty")
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's notes on graph clean-up are not the user's business
         options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -79,6 +79,7 @@ def model_props(path: str | os.PathLike) -> dict[str, str]:
         from pktnin.engine.ort_runner import ort_errors, unusable_model
 
         options = ort.SessionOptions()
+        options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
