@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,44 +173,38 @@ def iter_raw_batches(
 
 
 def read_ahead(make_items: Callable[[Callable[[], bool]], Iterator[T]], depth: int = READ_AHEAD_CHUNKS) -> Iterator[T]:
-    """The items of make_items(stopped) produced on a thread of their own, at most `depth` ahead of the consumer
-    (a bounded queue): the record walk of the next chunk overlaps the transform of this one. `stopped()` turns
-    true once the consumer has gone (closed or failed), so a producer waiting on a stream can give up. An
-    exception of the producer is raised in the consumer, after the items produced before it."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    """The items of make_items(stopped) produced on a thread of their own, at most `depth` ahead of the consumer,
+    through the scoring pipeline's stage runtime (pktnin.score.stages: a bounded queue, a stop flag that every wait
+    polls): the record walk of the next chunk overlaps the transform of this one. `stopped()` turns true once the
+    consumer has gone (closed or failed), so a producer waiting on a stream can give up. An exception of the
+    producer is raised in the consumer, after the items produced before it."""
+    from pktnin.score.stages import DONE, Stages, Stopped
 
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+    stages = Stages()
+    items: queue.Queue = queue.Queue(maxsize=depth)
 
     def produce() -> None:
-        try:
-            for item in make_items(stop.is_set):
-                if not put((True, item)):
-                    return
-            put((False, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            put((False, exc))
+        for item in make_items(stages.stop.is_set):
+            stages.put(items, item)
+        stages.put(items, DONE)
 
-    producer = threading.Thread(target=produce, name="pktnin-read", daemon=True)
-    producer.start()
+    stages.thread("pktnin-read", produce)
     try:
         while True:
-            more, item = items.get()
-            if not more:
-                if item is not None:
-                    raise item
+            try:
+                item = stages.get(items)
+            except Stopped:  # the producer failed: what it produced before comes first, then its error
+                while not items.empty():
+                    item = items.get_nowait()
+                    if item is not DONE:
+                        yield item
+                stages.raise_error()
+                return
+            if item is DONE:
                 return
             yield item
     finally:
-        stop.set()
-        producer.join()
+        stages.finish()
 
 
 def iter_packets(
