@@ -102,7 +102,7 @@ def cpu_used() -> float:
 
 def run_local(inputs, opts, model, threads):
     from pktnin.engine.runners import open_runner
-    from pktnin.score import score_files
+    from pktnin.scoring import score_files
 
     runs = []
     for name, files in inputs:
@@ -185,7 +185,7 @@ def main() -> None:
 
     from pktnin.engine.cache import file_sha256
     from pktnin.engine.runners import default_model_path
-    from pktnin.score import ScoreOptions
+    from pktnin.scoring import ScoreOptions
     from pktnin.synth import write_synthetic_capture
 
     model = (args.model or default_model_path()).resolve()

@@ -67,9 +67,9 @@ class ScoreJob:
     ) -> ScoreJob:
         """Raises UsageError (OptionError, OutputError) or FileNotFoundError for what cannot work, before any
         packet is read."""
-        from pktnin.score import ScoreOptions
-        from pktnin.score.manifest import manifest_path, parts_dir
-        from pktnin.score.outputs import check_outputs
+        from pktnin.scoring import ScoreOptions
+        from pktnin.scoring.manifest import manifest_path, parts_dir
+        from pktnin.scoring.outputs import check_outputs
 
         opts = ScoreOptions(
             out=Path(out), flows_out=None if flows is None else Path(flows), fmt=fmt, probs=probs, resume=resume,
@@ -99,7 +99,7 @@ class ScoreJob:
 
     def run(self, progress=None):
         """Score every file into the outputs; returns the ScoreResult. Closes the model."""
-        from pktnin.score import score_files
+        from pktnin.scoring import score_files
 
         try:
             if self.ray is not None:
@@ -112,7 +112,7 @@ class ScoreJob:
         finally:
             self.runner.close()
         if self.opts.report is not None:
-            from pktnin.score.outputs import write_report
+            from pktnin.scoring.outputs import write_report
 
             write_report(result.reports, self.opts.report)
         return result
@@ -142,12 +142,12 @@ def iter_scores(
     are scored: memory stays bounded whatever the inputs' size. `reports`, when given, receives one FileReport
     per input file as it is finished. Stopping the iteration early stops the run."""
     from pktnin.engine.protocols import DeviceRunner
-    from pktnin.score import ScoreOptions
-    from pktnin.score.cpu_stages import engine_stage, read_stage
-    from pktnin.score.pipeline import READ_QUEUE, SCORED_QUEUE
-    from pktnin.score.stages import DONE, Scored, Stages, Stopped
-    from pktnin.score.writer_stage import WRITE_ROWS
-    from pktnin.score.writers import packet_batch, packet_schema
+    from pktnin.scoring import ScoreOptions
+    from pktnin.scoring.cpu_stages import engine_stage, read_stage
+    from pktnin.scoring.pipeline import READ_QUEUE, SCORED_QUEUE
+    from pktnin.scoring.stages import DONE, Scored, Stages, Stopped
+    from pktnin.scoring.writer_stage import WRITE_ROWS
+    from pktnin.scoring.writers import packet_batch, packet_schema
 
     opts = ScoreOptions(out=Path("-"), fmt="parquet", probs=probs, keep_dns=keep_dns, mask=mask, batch=batch,
                         prep_threads=prep_threads)  # fmt: skip
@@ -174,7 +174,7 @@ def iter_scores(
 
     try:
         if isinstance(runner, DeviceRunner):
-            from pktnin.score import gpu_stages
+            from pktnin.scoring import gpu_stages
 
             size = gpu_stages.device_batch_size(runner, batch)
             stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, size, named)
@@ -219,7 +219,7 @@ def score(paths: Sequence[PathLike], model: PathLike | None = None, **kw) -> pa.
     batches = list(iter_scores(paths, model, **kw))
     if batches:
         return pa.Table.from_batches(batches)
-    from pktnin.score.writers import packet_schema
+    from pktnin.scoring.writers import packet_schema
 
     runner, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH), "fp32")
     try:

@@ -22,7 +22,7 @@ from pktnin.distributed.shards import make_shards
 from pktnin.distributed.worker import score_shard, summary_path
 from pktnin.engine.runners import open_runner
 from pktnin.packets import find_captures
-from pktnin.score import ScoreOptions, score_files
+from pktnin.scoring import ScoreOptions, score_files
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 TESTS = Path(__file__).resolve().parent

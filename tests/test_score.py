@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 from pktnin.cli import app
 from pktnin.cli.errors import EXIT_PARTIAL
 from pktnin.packets import PacketBatch, find_captures, iter_packets
-from pktnin.score import ScoreOptions, score_files
-from pktnin.score import flows as flows_mod
-from pktnin.score.flows import FlowAccumulator, flow_schema
-from pktnin.score.outputs import OutputError
-from pktnin.score.writers import format_addresses
+from pktnin.scoring import ScoreOptions, score_files
+from pktnin.scoring import flows as flows_mod
+from pktnin.scoring.flows import FlowAccumulator, flow_schema
+from pktnin.scoring.outputs import OutputError
+from pktnin.scoring.writers import format_addresses
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 TESTS = Path(__file__).resolve().parent
@@ -209,7 +209,7 @@ def test_resume_after_sigkill(tmp_path, model):
         from pathlib import Path
         from test_score import _opts, _runner
         from pktnin.packets import find_captures, iter_packets
-        from pktnin.score import score_files
+        from pktnin.scoring import score_files
 
         def stalling(files, **kw):  # the fourth file never finishes: the run is killed in the middle of it
             for b in iter_packets(files, **kw):
@@ -383,8 +383,8 @@ def test_stages_run_on_their_own(tmp_path):
     """The read and engine stages of the CPU path, wired by hand, without score_files or a writer."""
     import queue
 
-    from pktnin.score.cpu_stages import engine_stage, read_stage
-    from pktnin.score.stages import DONE, FileEnd, Scored, Stages
+    from pktnin.scoring.cpu_stages import engine_stage, read_stage
+    from pktnin.scoring.stages import DONE, FileEnd, Scored, Stages
 
     files = _fake_files(tmp_path, 2)
     sizes = {0: [5, 30], 1: [7]}
@@ -410,7 +410,7 @@ def test_stages_run_on_their_own(tmp_path):
 def test_stage_error_reaches_the_caller_and_stops_the_others():
     import queue
 
-    from pktnin.score.stages import Stages, Stopped
+    from pktnin.scoring.stages import Stages, Stopped
 
     stages = Stages()
     q: queue.Queue = queue.Queue(maxsize=1)

@@ -240,7 +240,7 @@ def test_outputs_are_checked_before_work_starts(tmp_path, caps, model):
 
 
 def test_earlier_progress_is_not_discarded_without_force(tmp_path, caps, model):
-    from pktnin.score.manifest import MANIFEST_VERSION, manifest_path
+    from pktnin.scoring.manifest import MANIFEST_VERSION, manifest_path
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -284,7 +284,7 @@ def test_a_real_resume_with_the_same_settings_is_accepted(tmp_path, caps, model)
     def killed(reports):
         raise KeyboardInterrupt
 
-    from pktnin.score import score_files
+    from pktnin.scoring import score_files
 
     with pytest.raises(KeyboardInterrupt):
         score_files(job.files, job.runner, job.opts, on_saved=killed)
@@ -377,7 +377,7 @@ def test_progress_moves_by_bytes_within_a_file(tmp_path, model):
         def add_bytes(self, n):
             seen.append(("bytes", n))
 
-    from pktnin.score import cpu_stages
+    from pktnin.scoring import cpu_stages
 
     job = ScoreJob.prepare([big], tmp_path / "p.parquet", model)
     old = cpu_stages.READ_CHUNK

@@ -97,7 +97,7 @@ def score(
     """
     from pktnin.api import ScoreJob
     from pktnin.distributed.run import engine_options
-    from pktnin.score.cpu_stages import input_size
+    from pktnin.scoring.cpu_stages import input_size
 
     if fmt is None and out is None:
         fmt = "parquet"

@@ -35,11 +35,11 @@ from pktnin.distributed.worker import (
     load_summary,
     merge_reports,
 )
-from pktnin.score import manifest as mf
-from pktnin.score import outdir
-from pktnin.score.flows import FlowAccumulator, flow_schema
-from pktnin.score.options import ScoreOptions, ScoreResult
-from pktnin.score.writers import assemble, packet_schema, write_batches
+from pktnin.scoring import manifest as mf
+from pktnin.scoring import outdir
+from pktnin.scoring.flows import FlowAccumulator, flow_schema
+from pktnin.scoring.options import ScoreOptions, ScoreResult
+from pktnin.scoring.writers import assemble, packet_schema, write_batches
 
 SAVE_S = 2.0
 LAYOUT = "shards-1"  # in the settings: a local run's parts (per file run) are not reused here, nor the reverse

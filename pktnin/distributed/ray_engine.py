@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pktnin.distributed.shards import Shard
-from pktnin.score.options import ScoreOptions
+from pktnin.scoring.options import ScoreOptions
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,13 @@ from pktnin.atomic import atomic_path
 from pktnin.distributed.shards import Shard
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, iter_packets
-from pktnin.score import manifest as mf
-from pktnin.score.cpu_stages import engine_stage, read_stage
-from pktnin.score.flows import FlowAccumulator
-from pktnin.score.options import ScoreOptions
-from pktnin.score.stages import DONE, Scored, Stages
-from pktnin.score.writer_stage import Part, ScoredBuffer
-from pktnin.score.writers import packet_batch, packet_schema
+from pktnin.scoring import manifest as mf
+from pktnin.scoring.cpu_stages import engine_stage, read_stage
+from pktnin.scoring.flows import FlowAccumulator
+from pktnin.scoring.options import ScoreOptions
+from pktnin.scoring.stages import DONE, Scored, Stages
+from pktnin.scoring.writer_stage import Part, ScoredBuffer
+from pktnin.scoring.writers import packet_batch, packet_schema
 
 STATE_DIR = "_shards"
 
@@ -163,7 +163,7 @@ def score_shard(shard: Shard, runner: ModelRunner | DeviceRunner, options: Score
     scored_q: queue.Queue = queue.Queue(maxsize=16)
     try:
         if isinstance(runner, DeviceRunner):
-            from pktnin.score import gpu_stages
+            from pktnin.scoring import gpu_stages
 
             batch = gpu_stages.device_batch_size(runner, options.batch)
             stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch, reader_kwargs)

@@ -37,7 +37,7 @@ import numpy as np
 from pktnin.engine.protocols import DeviceRunner
 from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
-from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
+from pktnin.scoring.stages import DONE, FileEnd, Scored, Stages, Stopped
 
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
@@ -108,7 +108,7 @@ def read_raw_stage(
     `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard); `progress` (optional) gets
     add_bytes(n) as files are read."""
     from pktnin.kernels.capture import ReadStopped
-    from pktnin.score.cpu_stages import input_size
+    from pktnin.scoring.cpu_stages import input_size
 
     add_bytes = getattr(progress, "add_bytes", None)
     for index, path in todo:

@@ -5,7 +5,7 @@ Layout beside the output OUT:
                         each time a part is closed
     OUT.parts/          Parquet parts, in a directory of mode 0700; one part holds the rows of a run of consecutive
                         input files (and a flow part their flows)
-    OUT.lock            held (flock) by the running run; see pktnin.score.outdir for the safety rules
+    OUT.lock            held (flock) by the running run; see pktnin.scoring.outdir for the safety rules
 An entry: stamp (size, mtime_ns, content), part, flows_part (names or null), packets, flows, label_counts,
 report. `content` is a hash of the file's first and last MiB (the whole file when smaller than 2 MiB): a cheap
 check that catches content rewritten with its size and mtime restored, without reading whole captures again.
@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pktnin.packets import FileReport
-from pktnin.score import outdir
+from pktnin.scoring import outdir
 
 MANIFEST_VERSION = 2
 CONTENT_SPAN = 1 << 20  # bytes hashed at each end of an input file

@@ -20,14 +20,14 @@ import numpy as np
 
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, PacketBatch, iter_packets
-from pktnin.score import manifest as mf
-from pktnin.score import outdir
-from pktnin.score.cpu_stages import engine_stage, read_stage
-from pktnin.score.options import ScoreOptions, ScoreResult
-from pktnin.score.outputs import check_outputs
-from pktnin.score.stages import Stages
-from pktnin.score.writer_stage import ScoreWriter, write_stage
-from pktnin.score.writers import assemble
+from pktnin.scoring import manifest as mf
+from pktnin.scoring import outdir
+from pktnin.scoring.cpu_stages import engine_stage, read_stage
+from pktnin.scoring.options import ScoreOptions, ScoreResult
+from pktnin.scoring.outputs import check_outputs
+from pktnin.scoring.stages import Stages
+from pktnin.scoring.writer_stage import ScoreWriter, write_stage
+from pktnin.scoring.writers import assemble
 
 READ_QUEUE = 4  # chunks waiting for the engine
 SCORED_QUEUE = 16  # scored pieces waiting for the writer
@@ -86,7 +86,7 @@ def _score_locked(files, runner, opts, progress, source, on_saved, targets, name
     try:
         if isinstance(runner, DeviceRunner):
             # GPU: raw records go to the device; the CUDA prep kernel writes the engine's input.
-            from pktnin.score import gpu_stages
+            from pktnin.scoring import gpu_stages
 
             batch = gpu_stages.device_batch_size(runner, opts.batch)
             stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch, None, named,

@@ -10,7 +10,7 @@ import numpy as np
 from pktnin.errors import OptionError
 from pktnin.layout import mask_code
 from pktnin.packets import FileReport
-from pktnin.score.writers import FORMATS
+from pktnin.scoring.writers import FORMATS
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ScoreOptions:
     part_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        from pktnin.score.outputs import format_for
+        from pktnin.scoring.outputs import format_for
 
         self.out = Path(self.out)
         self.fmt = format_for(self.out, self.fmt)

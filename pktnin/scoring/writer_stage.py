@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from pktnin.packets import FileReport
-from pktnin.score import manifest as mf
-from pktnin.score.flows import FlowAccumulator, flow_schema
-from pktnin.score.options import ScoreOptions
-from pktnin.score.stages import DONE, Scored, Stages
-from pktnin.score.writers import PartWriter, packet_batch, packet_schema
+from pktnin.scoring import manifest as mf
+from pktnin.scoring.flows import FlowAccumulator, flow_schema
+from pktnin.scoring.options import ScoreOptions
+from pktnin.scoring.stages import DONE, Scored, Stages
+from pktnin.scoring.writers import PartWriter, packet_batch, packet_schema
 
 WRITE_ROWS = 16384  # scored rows gathered before they become one Arrow batch
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from pktnin.atomic import atomic_path
 from pktnin.errors import UsageError
 from pktnin.packets import FileReport
-from pktnin.score import manifest as mf
-from pktnin.score.writers import FORMATS
+from pktnin.scoring import manifest as mf
+from pktnin.scoring.writers import FORMATS
 
 REPORT_FORMATS = (".json", ".csv")
 

@@ -19,7 +19,7 @@ import numpy as np
 from pktnin.engine.protocols import ModelRunner
 from pktnin.layout import ROW_LEN
 from pktnin.packets import FileReport, PacketBatch, iter_packets
-from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
+from pktnin.scoring.stages import DONE, FileEnd, Scored, Stages, Stopped
 
 READ_CHUNK = 8192  # records per read+prep chunk: ~12 MB of rows
 
