@@ -44,7 +44,7 @@ def inputs(tmp_path_factory) -> list[Path]:
 
 
 def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
-    return ScoreOptions(out=out, flows_out=None, batch=16, model_id=str(model), part_rows=1, **kw)
+    return ScoreOptions(out=out, flows_out=None, batch=16, model_id=str(model), unit_files=1, **kw)
 
 
 def _runner(model: Path):

@@ -1,28 +1,26 @@
-"""The writer stage of the scoring pipeline: Scored pieces and FileEnd markers in, Parquet parts out.
+"""The writer stage of a unit: Scored pieces and FileEnd markers in, one Parquet part out.
 
-Per-packet Arrow batches go into the open part's packet file, per-flow aggregation into its flow file; at a
-FileEnd the file's manifest entry joins the part, and the part is closed (renamed into place) and recorded in
-the manifest when the next file to score does not follow this one, or the part is big or old enough. A killed
-run so loses at most one part, and `--resume` reuses every recorded one. The final outputs are assembled from
-the parts afterwards (pipeline.score_files).
+Per-packet Arrow batches go into the unit's part (renamed into place when the unit is finished); per piece of
+the unit, its counts, report and per-flow partial sums are kept for the unit's summary (unit_run). The final
+outputs are assembled from the parts afterwards (scoring.run).
 """
 
 from __future__ import annotations
 
 import queue
-import secrets
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pktnin.packets import FileReport
-from pktnin.scoring import manifest as mf
-from pktnin.scoring.flows import FlowAccumulator, flow_schema
+from pktnin.scoring.flows import FlowAccumulator
+from pktnin.scoring.manifest import report_to_dict
+from pktnin.scoring.messages import Progress, Scored
 from pktnin.scoring.options import ScoreOptions
-from pktnin.scoring.stages import DONE, Scored, Stages
+from pktnin.scoring.units import Unit
 from pktnin.scoring.writers import PartWriter, packet_batch, packet_schema
+from pktnin.stages import DONE, Stages
 
 WRITE_ROWS = 16384  # scored rows gathered before they become one Arrow batch
 
@@ -51,17 +49,13 @@ class ScoredBuffer:
 
 
 class Part:
-    """The open part: packet rows (and flows) of a run of consecutive input files, renamed into place by close()."""
+    """The packet rows of one unit, written under a temporary name and renamed into place by close()."""
 
-    def __init__(self, parts: Path, name: str, schema: pa.Schema, fschema: pa.Schema | None) -> None:
+    def __init__(self, parts: Path, name: str, schema: pa.Schema) -> None:
         self.packet_name = f"{name}.packets.parquet"
-        self.flow_name = f"{name}.flows.parquet"
         self.parts = parts
-        self.schema, self.fschema = schema, fschema
+        self.schema = schema
         self.packets: PartWriter | None = None
-        self.flows: PartWriter | None = None
-        self.finished: list[tuple[Path, dict]] = []  # (input file, manifest entry) of the files in this part
-        self.opened = time.monotonic()
 
     @property
     def rows(self) -> int:
@@ -72,65 +66,39 @@ class Part:
             self.packets = PartWriter(self.parts / self.packet_name, self.schema)
         self.packets.write(batch)
 
-    def write_flows(self, table: pa.Table) -> None:
-        if self.flows is None:
-            self.flows = PartWriter(self.parts / self.flow_name, self.fschema)
-        self.flows.write(table)
-
-    def close(self) -> list[tuple[Path, dict]]:
-        for writer in (self.packets, self.flows):
-            if writer is not None:
-                writer.close()
-        return self.finished
+    def close(self) -> None:
+        if self.packets is not None:
+            self.packets.close()
 
     def abort(self) -> None:
-        for writer in (self.packets, self.flows):
-            if writer is not None:
-                writer.abort()
+        if self.packets is not None:
+            self.packets.abort()
 
 
-class ScoreWriter:
-    """Consumes scored pieces and FileEnd markers in order; closes parts and records them in the manifest.
-
-    stamps: file index -> file_stamp taken before reading; next_todo: file index -> index of the next file
-    this run scores (None for the last); progress: optional, with add_packets(n) and file_done();
-    on_saved: optional, called with the reports of a part's files once the part and the manifest are saved.
-    """
+class UnitWriter:
+    """Scored pieces and FileEnd markers of one unit -> its packet part, and per piece (a file or a byte range
+    of one) its counts, report and, with flows, its per-flow partial sums; finish() saves the flow partials and
+    the unit's summary (unit_run). `progress` (optional) gets add_packets(n) as rows are written."""
 
     def __init__(
-        self,
-        opts: ScoreOptions,
-        classes: list[str],
-        manifest: mf.Manifest,
-        parts: Path,
-        stamps: dict[int, dict | None],
-        next_todo: dict[int, int | None],
-        progress=None,
-        on_saved=None,
+        self, unit: Unit, opts: ScoreOptions, classes: list[str], parts_dir: Path, progress: Progress | None = None
     ) -> None:
-        self.opts = opts
+        self.unit, self.parts_dir = unit, Path(parts_dir)
         self.classes = pa.array(classes, type=pa.string())
         self.n_classes = len(classes)
-        self.schema = packet_schema(classes, opts.probs)
-        self.fschema = flow_schema(classes, opts.probs) if opts.flows_out is not None else None
-        self.manifest, self.parts = manifest, parts
-        self.stamps, self.next_todo = stamps, next_todo
-        self.progress, self.on_saved = progress, on_saved
-        self.run_id = secrets.token_hex(4)  # part names never collide with the reused parts of earlier runs
-        self.part_seq = 0
-        self.part: Part | None = None
-        self.file_rows = 0
-        self.file_counts = np.zeros(self.n_classes, dtype=np.int64)
-        self.file_flows: FlowAccumulator | None = None
+        self.part = Part(self.parts_dir, unit.id, packet_schema(classes, opts.probs))
+        self.with_flows = opts.flows_out is not None
+        self.progress = progress
+        self.piece_of = {p.file_index: p for p in unit.pieces}
+        self.finished: list[dict] = []  # per finished piece, in order
+        self.flow_states: dict[str, np.ndarray] = {}  # "<piece number>.<name>": the pieces' flow partials
         self.waiting = ScoredBuffer()  # scored pieces of the current file not yet written
-        self.packets = 0
-        self.records = 0
+        self._new_piece()
 
-    def _open_part(self) -> Part:
-        if self.part is None:
-            self.part_seq += 1
-            self.part = Part(self.parts, f"{self.run_id}-{self.part_seq:06d}", self.schema, self.fschema)
-        return self.part
+    def _new_piece(self) -> None:
+        self.rows = 0
+        self.counts = np.zeros(self.n_classes, dtype=np.int64)
+        self.flows = FlowAccumulator(self.n_classes) if self.with_flows else None
 
     def scored(self, item: Scored) -> None:
         if self.waiting.add(item):
@@ -141,72 +109,53 @@ class ScoreWriter:
         if gathered is None:
             return
         name, meta, probs = gathered
-        batch, idx = packet_batch(name, meta, probs, self.classes, self.schema)
-        self._open_part().write_packets(batch)
-        self.file_rows += len(idx)
-        self.file_counts += np.bincount(idx, minlength=self.n_classes)
-        if self.fschema is not None:
-            if self.file_flows is None:
-                self.file_flows = FlowAccumulator(self.n_classes)
-            self.file_flows.add(meta, probs)
-        self.packets += len(idx)
+        batch, idx = packet_batch(name, meta, probs, self.classes, self.part.schema)
+        self.part.write_packets(batch)
+        self.rows += len(idx)
+        self.counts += np.bincount(idx, minlength=self.n_classes)
+        if self.flows is not None:
+            self.flows.add(meta, probs)
         if self.progress is not None:
             self.progress.add_packets(len(idx))
 
     def file_end(self, report: FileReport) -> None:
         self._write_waiting()
-        part = self._open_part()
-        n_flows = 0
-        if self.file_flows is not None:
-            table = self.file_flows.table(str(report.path), self.classes, self.fschema)
-            part.write_flows(table)
-            n_flows = table.num_rows
-        entry = {
-            "stamp": self.stamps[report.index],
-            "part": part.packet_name if self.file_rows else None,
-            "flows_part": part.flow_name if n_flows else None,
-            "packets": self.file_rows,
-            "flows": n_flows,
-            "label_counts": self.file_counts.tolist(),
-            "report": mf.report_to_dict(report),
-        }
-        part.finished.append((report.path, entry))
-        self.file_rows, self.file_flows = 0, None
-        self.file_counts = np.zeros(self.n_classes, dtype=np.int64)
-        self.records += report.records
-        if self.progress is not None:
-            self.progress.file_done()
-        # A part covers consecutive input files only, so the final output keeps the input order.
-        following = self.next_todo[report.index]
-        if (
-            following != report.index + 1
-            or part.rows >= self.opts.part_rows
-            or time.monotonic() - part.opened >= self.opts.part_seconds
-        ):
-            self.close_part()
+        piece = self.piece_of[report.index]
+        number = len(self.finished)
+        has_flows = self.flows is not None and self.flows.flows > 0
+        if has_flows:
+            assert self.flows is not None
+            self.flow_states.update({f"{number}.{k}": v for k, v in self.flows.state().items()})
+        self.finished.append(
+            {
+                "file_index": piece.file_index,
+                "piece": piece.part,
+                "pieces": piece.parts,
+                "stamp": piece.stamp,
+                "packets": self.rows,
+                "label_counts": self.counts.tolist(),
+                "report": report_to_dict(report),
+                "flows": has_flows,
+            }
+        )
+        self._new_piece()
 
-    def close_part(self) -> None:
-        if self.part is None:
-            return
-        part, self.part = self.part, None
-        finished = part.close()
-        self.manifest.record(finished)
-        if self.on_saved is not None:
-            self.on_saved([mf.report_from_dict(e["report"]) for _, e in finished])
+    def close(self) -> tuple[str | None, dict[str, np.ndarray]]:
+        """Close the part; (its name, None when it holds no row) and the flow partials to save."""
+        self._write_waiting()
+        self.part.close()
+        return (self.part.packet_name if self.part.rows else None), self.flow_states
 
     def abort(self) -> None:
-        """Drop the open part (its temporary files); closed parts stay for --resume."""
-        if self.part is not None:
-            self.part.abort()
-            self.part = None
+        """Drop the part's temporary file."""
+        self.part.abort()
 
 
-def write_stage(stages: Stages, writer: ScoreWriter, in_q: queue.Queue) -> None:
-    """Scored and FileEnd in, until DONE; then the last part is closed."""
+def write_stage(stages: Stages, writer: UnitWriter, in_q: queue.Queue) -> None:
+    """Scored and FileEnd in, until DONE."""
     while True:
         item = stages.get(in_q)
         if item is DONE:
-            writer.close_part()
             return
         if isinstance(item, Scored):
             writer.scored(item)

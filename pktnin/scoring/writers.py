@@ -190,3 +190,11 @@ def write_batches(
         finally:
             writer.close()
     return rows
+
+
+def format_for(out: Path | None, fmt: str | None) -> str:
+    """The output format: `fmt` when given, else from the suffix of `out` (.csv or .parquet), else parquet."""
+    if fmt is not None:
+        return fmt
+    suffix = "" if out is None else Path(out).suffix.lower().lstrip(".")
+    return suffix if suffix in FORMATS else "parquet"
