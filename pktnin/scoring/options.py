@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin import __version__
 from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, mask_code
 from pktnin.packets import FileReport
 from pktnin.scoring.writers import FORMATS, format_for
+from pktnin.version import __version__
 
 DEFAULT_UNIT_BYTES = 256 << 20
 DEFAULT_UNIT_FILES = 1024
