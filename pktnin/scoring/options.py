@@ -88,6 +88,20 @@ class ScoreOptions:
         }
 
 
+@dataclass(frozen=True)
+class ChainSettings:
+    """What the stages of a unit's chain (scoring.chain) need to know of a run's options."""
+
+    mask: str = "paper"
+    keep_dns: bool = False
+    batch: int = 256
+    prep_threads: int | None = 1  # numba threads of the CPU prep; None: numba's default
+
+    @classmethod
+    def of(cls, opts: ScoreOptions) -> ChainSettings:
+        return cls(opts.mask, opts.keep_dns, opts.batch, opts.prep_threads)
+
+
 @dataclass
 class ScoreResult:
     files: list[Path]
