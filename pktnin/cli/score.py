@@ -7,13 +7,10 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from pktnin.api import ScoreJob
 from pktnin.cli.console import console, file_progress, print_file_reports, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
 from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
-from pktnin.distributed.run import executor_options, parse_size
 from pktnin.errors import OptionError
-from pktnin.scoring.cpu_stages import input_size
 
 DEFAULT_BATCH = 512
 
@@ -108,6 +105,11 @@ def score(
     With `--executor ray` the units of work are scored by Ray actors (same outputs, same `--resume`).
     """
 
+    # The scoring modules load numba, Arrow and the engines: imported when the command runs, not for --help.
+    from pktnin.api import ScoreJob
+    from pktnin.distributed.run import executor_options
+    from pktnin.scoring.cpu_stages import input_size
+
     if fmt is None and out is None:
         fmt = "parquet"
     out = out or Path(f"predictions.{fmt}")
@@ -145,6 +147,8 @@ def score(
 
 
 def size_option(option: str, text: str) -> int:
+    from pktnin.distributed.run import parse_size
+
     try:
         return parse_size(text)
     except ValueError as exc:
