@@ -14,6 +14,7 @@ Paths are capture files, folders (walked recursively) or "-" (standard input). `
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,7 @@ class ScoreJob:
     model_path: Path
     backend: str = "auto"
     ray: Any = None  # distributed.run.RayOptions: score by shards on Ray instead of in this process
+    choice: Any = None  # engine.EngineChoice: what runs the model and why
 
     @classmethod
     def prepare(
@@ -83,19 +85,21 @@ class ScoreJob:
             from pktnin.errors import UsageError
 
             raise UsageError("no capture files found in the given paths")
-        runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
+        runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
         try:
             opts = replace(
                 opts,
                 prep_threads=prep_threads or _default_prep_threads(runner),
                 model_id=_model_id(model_path, runner),
                 model_name=Path(model_path).name,
+                engine=choice.label,
+                agreement=json.dumps(choice.agreement, sort_keys=True),
             )
             check_outputs(opts, opts.settings(list(runner.classes)))
         except BaseException:
             runner.close()
             raise
-        return cls(files, named_captures(files, paths), runner, opts, Path(model_path), backend, ray)
+        return cls(files, named_captures(files, paths), runner, opts, Path(model_path), backend, ray, choice)
 
     def run(self, progress=None):
         """Score every file into the outputs; returns the ScoreResult. Closes the model."""
@@ -153,9 +157,10 @@ def iter_scores(
                         prep_threads=prep_threads)  # fmt: skip
     files = find_captures(paths)
     named = named_captures(files, paths)
-    runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
+    runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
     opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner),
-                   model_id=_model_id(model_path, runner), model_name=Path(model_path).name)  # fmt: skip
+                   model_id=_model_id(model_path, runner), model_name=Path(model_path).name, engine=choice.label,
+                   agreement=json.dumps(choice.agreement, sort_keys=True))  # fmt: skip
     classes = list(runner.classes)
     schema = packet_schema(classes, probs).with_metadata(opts.metadata(classes))
     class_names = pa.array(classes, type=pa.string())
@@ -221,7 +226,7 @@ def score(paths: Sequence[PathLike], model: PathLike | None = None, **kw) -> pa.
         return pa.Table.from_batches(batches)
     from pktnin.score.writers import packet_schema
 
-    runner, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH), "fp32")
+    runner, _, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH), "fp32")
     try:
         return packet_schema(list(runner.classes), kw.get("probs", False)).empty_table()
     finally:
@@ -259,15 +264,16 @@ def open_model(
     precision: str = "auto",
     engine_workers: int | None = None,
 ):
-    """(runner, model path): the model given, or the bundled default. `precision` auto picks the fastest engine
-    that agrees with fp32; `engine_workers` None measures one multi-thread session against single-thread ones."""
-    from pktnin.engine.catalog import resolve_model
-    from pktnin.engine.runners import open_runner
+    """(runner, model path, engine choice): the model given, or the bundled default. `precision` auto picks the
+    fastest engine that agrees with fp32; `engine_workers` None measures one multi-thread session against
+    single-thread ones."""
+    from pktnin.engine.bundled import resolve_model
+    from pktnin.engine.runners import open_runner_with_choice
 
     model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
-    runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
-                         engine_workers=engine_workers)  # fmt: skip
-    return runner, model_path
+    runner, choice = open_runner_with_choice(model_path, backend, intra_threads=threads, max_batch=batch,
+                                             precision=precision, engine_workers=engine_workers)  # fmt: skip
+    return runner, model_path, choice
 
 
 def _default_prep_threads(runner) -> int | None:

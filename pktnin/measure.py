@@ -122,6 +122,7 @@ def ratio_is_noise(e2e: dict, engine: dict) -> bool:
 def compare_engines(
     files: Sequence[Path],
     runners: Sequence,
+    choices: Sequence,
     labels: Sequence[str],
     batch: int,
     runs: int,
@@ -173,14 +174,15 @@ def compare_engines(
         return statistics.median(a["packets_per_s"] / b["packets_per_s"] for a, b in zip(runs_k, runs_0))
 
     engines = []
-    for k, (label, runner) in enumerate(zip(labels, runners)):
+    for k, (label, runner, choice) in enumerate(zip(labels, runners, choices)):
         engine, e2e = median_run(engine_runs[k]), median_run(e2e_runs[k])
         entry = {
             "asked": label,
             "backend": runner.backend,
             "engine_precision": runner.precision,
-            "engine_label": runner.engine_label or f"{runner.backend} {runner.precision}",
-            "engine_reason": runner.engine_reason,
+            "engine_label": choice.label,
+            "engine_reason": choice.reason,
+            "agreement": choice.agreement,
             "engine": engine,
             "end_to_end": e2e,
             # Prep and the engine count differently (records read vs rows scored), so compare rows/s.

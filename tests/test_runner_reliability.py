@@ -15,8 +15,8 @@ from pcapgen import write_pcap
 from typer.testing import CliRunner
 
 from pktnin.cli import app
+from pktnin.engine.errors import ModelMismatchError
 from pktnin.engine.ort_runner import OnnxRuntimeRunner
-from pktnin.engine.runner_base import ModelMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -56,8 +56,7 @@ def quantize(
     """
     from pktnin.dataset.format import load_dataset
     from pktnin.engine import quantize as q
-    from pktnin.engine.precision import default_int8_path
-    from pktnin.engine.runners import default_model_path
+    from pktnin.engine.bundled import default_int8_path, default_model_path
 
     with exit_codes():
         try:
@@ -102,7 +101,7 @@ def quantize(
         )
         extra = q.check_openvino(src, result.path, val)
         if extra:
-            q.record_agreement(result.path, extra)
+            q.record_agreement(result.path, {k: {q.SELECTION_SET: v} for k, v in extra.items()})
     chosen = result.chosen
     console.print(
         f"{result.path}: {chosen.method} calibration, {len(chosen.excluded_nodes)} nodes kept in float32 "

@@ -21,8 +21,27 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.engine.cache import file_sha256
+from pktnin.engine.export import save_onnx
 from pktnin.engine.graph_rewrite import simplify_conv1d
-from pktnin.engine.runner_base import INPUT_NAME, META_PREFIX
+from pktnin.engine.model_file import (
+    AGREEMENT_KEY,
+    INPUT_NAME,
+    PRECISION_KEY,
+    PROVENANCE_KEY,
+    QUANTIZATION_KEY,
+    SELECTION_SET,
+    agreement_json,
+    agreement_record,
+    agreement_rows,
+    json_prop,
+    model_precision,
+    read_props,
+    set_props,
+)
+from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16, openvino_available
+from pktnin.engine.ort_runner import OnnxRuntimeRunner
+from pktnin.engine.port_table import PORT_NODE_PREFIX
 from pktnin.errors import OptionError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -31,9 +50,6 @@ EXCLUDE_LEVELS = ("none", "edges", "edges+fusion")
 # what TensorRT's explicit quantization accepts.
 TARGETS = ("cpu", "tensorrt")
 TARGET_AGREEMENT = 0.995
-QUANT_META_KEY = META_PREFIX + "quantization"
-PRECISION_KEY = META_PREFIX + "precision"
-AGREEMENT_KEY = META_PREFIX + "agreement"  # {"<backend>:<precision>": agreement with float32, ...}
 CALIBRATION_BATCH = 64
 
 
@@ -96,7 +112,7 @@ def check_split(model_path: str | os.PathLike) -> str:
     """The split whose rows check agreement with float32: validation, unless the model was refit on train+val
     (its provenance says so). Agreement needs no labels, but on rows a model trained on it is close to 1 and says
     nothing about the captures it will score; the test rows are then the unseen ones."""
-    provenance = json.loads(read_props(model_path).get(META_PREFIX + "provenance", "{}") or "{}")
+    provenance = json_prop(read_props(model_path), PROVENANCE_KEY, {})
     return "test" if provenance.get("fit") == "train+val" else "val"
 
 
@@ -123,8 +139,6 @@ def nodes_to_exclude(proto, level: str) -> list[str]:
     a port-fused model (its table of class probabilities, the key arithmetic and the fusion) stays float32: it
     costs next to nothing and a table quantized to 256 levels would move the fused probabilities.
     """
-    from pktnin.trainer.port_table import PORT_NODE_PREFIX
-
     if level not in EXCLUDE_LEVELS:
         raise OptionError(f"exclusion level must be one of {', '.join(EXCLUDE_LEVELS)}, got {level!r}")
     port_branch = [n.name for n in proto.graph.node if n.name.startswith(PORT_NODE_PREFIX)]
@@ -260,8 +274,6 @@ def quantize_qdq(
 
 def probabilities(model_path: str | os.PathLike, rows: np.ndarray, batch: int = 256) -> np.ndarray:
     """float32 probabilities of an ONNX model on uint8 rows (ONNX Runtime, CPU)."""
-    from pktnin.engine.ort_runner import OnnxRuntimeRunner
-
     with OnnxRuntimeRunner(model_path, max_batch=batch) as runner:
         return runner.predict(np.ascontiguousarray(rows))
 
@@ -271,24 +283,6 @@ def agreement(probs: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     if probs.shape != reference.shape:
         raise OptionError(f"shapes differ: {probs.shape} vs {reference.shape}")
     return float((probs.argmax(1) == reference.argmax(1)).mean()), float(np.abs(probs - reference).max())
-
-
-def set_props(proto, props: dict[str, str]) -> None:
-    """Replace or add metadata_props entries."""
-    keep = [p for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def read_props(path: str | os.PathLike) -> dict[str, str]:
-    """metadata_props of an ONNX file, without loading its weights into a session."""
-    import onnx
-
-    proto = onnx.load_model(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 @dataclass
@@ -321,15 +315,12 @@ def quantize_model(
     pktnin.precision, pktnin.quantization and pktnin.agreement."""
     import onnx
 
-    from pktnin.engine.cache import file_sha256
-    from pktnin.engine.export import save_onnx
-
     log = log or (lambda msg: None)
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"model {src} not found")
     source_props = read_props(src)
-    if source_props.get(PRECISION_KEY, "fp32") != "fp32":
+    if model_precision(source_props) != "fp32":
         raise OptionError(f"{src}: already quantized ({source_props[PRECISION_KEY]}); quantize the float32 model")
     reference = probabilities(src, validation_rows)
     candidates: list[Candidate] = []
@@ -400,8 +391,10 @@ def quantize_model(
     }
     props = {k: v for k, v in source_props.items()}
     props[PRECISION_KEY] = "int8"
-    props[QUANT_META_KEY] = json.dumps(quant_meta, sort_keys=True)
-    props[AGREEMENT_KEY] = json.dumps({"onnxruntime:int8": chosen.agreement, "rows": int(len(validation_rows))})
+    props[QUANTIZATION_KEY] = json.dumps(quant_meta, sort_keys=True)
+    props[AGREEMENT_KEY] = agreement_json(
+        {"onnxruntime:int8": {SELECTION_SET: chosen.agreement}}, {SELECTION_SET: int(len(validation_rows))}
+    )
     set_props(proto, props)
     proto.producer_name = "pktnin"
     path = save_onnx(proto, dst)
@@ -449,23 +442,26 @@ def _exclude_sensitive(
     return best
 
 
-def record_agreement(path: str | os.PathLike, results: dict[str, float]) -> None:
-    """Merge {"<backend>:<precision>": agreement} into a quantized model's pktnin.agreement (rewritten atomically)."""
+def record_agreement(
+    path: str | os.PathLike, results: dict[str, dict[str, float]], rows: dict[str, int] | None = None
+) -> None:
+    """Merge {"<backend>:<precision>": {check set: agreement}} (and {check set: rows}) into a quantized model's
+    pktnin.agreement (rewritten atomically)."""
     import onnx
-
-    from pktnin.engine.export import save_onnx
 
     proto = onnx.load_model(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
-    current = json.loads(props.get(AGREEMENT_KEY, "{}"))
-    current.update({k: float(v) for k, v in results.items()})
-    set_props(proto, {AGREEMENT_KEY: json.dumps(current, sort_keys=True)})
+    engines, counts = agreement_record(props), agreement_rows(props)
+    for key, sets in results.items():
+        engines.setdefault(key, {}).update({name: float(v) for name, v in sets.items()})
+    counts.update(rows or {})
+    set_props(proto, {AGREEMENT_KEY: agreement_json(engines, counts)})
     save_onnx(proto, path)
 
 
 def is_quantized(path: str | os.PathLike) -> bool:
     """True for a model written by quantize_model (pktnin.precision = int8)."""
-    return read_props(path).get(PRECISION_KEY) == "int8"
+    return model_precision(read_props(path)) == "int8"
 
 
 def check_tensorrt_qdq(path: str | os.PathLike) -> None:
@@ -491,9 +487,6 @@ def check_tensorrt_qdq(path: str | os.PathLike) -> None:
 def check_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, rows: np.ndarray) -> dict[str, float]:
     """Argmax agreement with float32 (ONNX Runtime) of OpenVINO int8 on int8_path and, where the CPU has bf16,
     OpenVINO bf16 on fp32_path; {} when OpenVINO is not installed."""
-    from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16
-    from pktnin.engine.precision import openvino_available
-
     if not openvino_available():
         return {}
     reference = probabilities(fp32_path, rows)

@@ -30,6 +30,8 @@ class ScoreOptions:
     prep_threads: int | None = 1
     model_id: str = ""  # identifies the model's content (hash), for the manifest
     model_name: str = ""  # the model's file name, for the outputs' metadata
+    engine: str = ""  # what runs the model (engine.EngineChoice.label), for the outputs' metadata
+    agreement: str = ""  # its recorded agreement with float32 per check set (JSON), for the outputs' metadata
     # A part (and the manifest) is saved when it holds this many rows or is this old at the end of a file:
     # a kill loses at most that much work, and many small files do not cost a rename each.
     part_rows: int = 262144
@@ -69,6 +71,8 @@ class ScoreOptions:
             "pktnin.model_sha256": model_hash,
             "pktnin.backend": backend,
             "pktnin.precision": precision,
+            "pktnin.engine": self.engine,
+            "pktnin.agreement": self.agreement,
             "pktnin.classes": ",".join(classes),
             "pktnin.mask": self.mask,
             "pktnin.keep_dns": str(self.keep_dns).lower(),

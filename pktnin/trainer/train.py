@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin import checkpoint as ckpt
 from pktnin.dataset.format import SPLIT_TRAIN, SPLIT_VAL
 from pktnin.errors import OptionError, UsageError
 from pktnin.layout import ROW_LEN
-from pktnin.trainer import checkpoint as ckpt
 from pktnin.trainer.augment import AUGMENTATIONS, jitter_capture_fields
 from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha
 from pktnin.trainer.metrics import classification_report
