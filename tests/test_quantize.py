@@ -149,6 +149,7 @@ def quantized(trained):
         methods=("minmax",),
         exclude_levels=("none", "edges"),
         max_extra_excluded=1,
+        checks={"held": held_rows[600:]},
     )
     return result
 
@@ -199,7 +200,10 @@ def test_int8_metadata_carries_provenance_and_agreement(trained, quantized):
     assert quant["calibration"] == {"rows": 256, "split": "train", "stratified": "class,file"}
     assert quant["validation"]["argmax_agreement"] == quantized.chosen.agreement
     agreement = json.loads(props["pktnin.agreement"])
-    assert agreement["engines"]["onnxruntime:int8"]["selection"] == quantized.chosen.agreement
+    ort = agreement["engines"]["onnxruntime:int8"]
+    assert ort["selection"] == quantized.chosen.agreement and set(ort) == {"selection", "held"}
+    assert agreement["rows"] == {"selection": 600, "held": len(trained[3]) - 600}
+    assert quantized.checks["onnxruntime:int8"] == ort  # what the result reports is what the file records
     info = read_model_info(quantized.path)
     assert info.classes == read_model_info(path).classes and info.preset == "conv_mlp"
 
@@ -334,6 +338,49 @@ def test_auto_takes_the_fastest_agreeing_engine(trained, quantized, tmp_path, mo
     assert choice.engine.precision == "int8" and "2.50x" in choice.reason
     monkeypatch.setattr(prec, "timed", fake({"fp32": 100.0, "int8": 80.0}))
     assert prec.choose_engine(model, "onnxruntime", batch=64, workers=1, min_agreement=0.9).engine.precision == "fp32"
+
+
+def test_auto_needs_agreement_on_every_held_out_set(trained, quantized, tmp_path, monkeypatch):
+    """An engine measured only on the rows that chose its quantization (older files) is not eligible; one held-out
+    set below the bound rules it out; at or above it on all of them it is a candidate."""
+    import shutil
+
+    import onnx
+
+    from pktnin.engine import precision as prec
+    from pktnin.engine.model_file import AGREEMENT_KEY, set_props
+    from pktnin.engine.quantize import record_agreement
+
+    monkeypatch.setattr(prec, "openvino_available", lambda: False)
+    model = shutil.copy(trained[0], tmp_path / "m.onnx")
+    int8 = Path(shutil.copy(quantized.path, tmp_path / "m.int8.onnx"))
+    proto = onnx.load(str(int8))
+    set_props(proto, {AGREEMENT_KEY: json.dumps({"onnxruntime:int8": 0.999, "rows": 600})})  # the older form
+    onnx.save(proto, str(int8))
+    assert prec.recorded_agreement(int8) == {"onnxruntime:int8": (("selection", 0.999),)}
+    assert [e.precision for e in prec.candidate_engines(model, "onnxruntime", workers=1)] == ["fp32"]
+    record_agreement(int8, {"onnxruntime:int8": {"test:a": 0.999, "synthetic": 0.994}})
+    assert [e.precision for e in prec.candidate_engines(model, "onnxruntime", workers=1)] == ["fp32"]
+    record_agreement(int8, {"onnxruntime:int8": {"synthetic": 0.995}})
+    engines = prec.candidate_engines(model, "onnxruntime", workers=1)
+    assert [e.precision for e in engines] == ["fp32", "int8"]
+    assert engines[1].held_out_agreement() == 0.995 and dict(engines[1].agreement)["selection"] == 0.999
+
+
+def test_synthetic_check_rows_are_reproducible_and_odd():
+    from pktnin.engine.check_rows import synthetic_rows
+
+    first, again, other = synthetic_rows(600, seed=5), synthetic_rows(600, seed=5), synthetic_rows(600, seed=6)
+    assert set(first) == {"synthetic", "odd", "services"}
+    for name, rows in first.items():
+        assert rows.dtype == np.uint8 and rows.shape[1] == 1500 and len(rows) > 100
+        np.testing.assert_array_equal(rows, again[name])
+        assert not np.array_equal(rows[:50], other[name][:50])
+    # The odd set holds truncated captures: rows whose payload stops short of the packet's.
+    assert (first["odd"][:, 40:].sum(1) == 0).sum() == 0  # every row kept some payload (empty ones are skipped)
+    ports = first["services"][:, 20:24].astype(int)
+    server = np.minimum(ports[:, 0] * 256 + ports[:, 1], ports[:, 2] * 256 + ports[:, 3])
+    assert len(np.unique(server)) > 6  # services on other ports than the synthetic set's six
 
 
 def test_int8_without_a_quantized_model_says_how_to_make_one(trained, tmp_path):

@@ -34,12 +34,6 @@ SPEEDS_FILE = "bench-speeds.json"
 __all__ = ["MODELS_DIR", "bundled_models", "bundled_names", "is_bundled", "resolve_model"]
 
 
-def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The key/value metadata of an ONNX file: through onnx when installed, else ONNX Runtime (a plain
-    `pip install pktnin` has no onnx)."""
-    return read_props(path)
-
-
 def model_provenance(path: str | os.PathLike) -> dict | None:
     """What trained a model (data source, split, mask, counts), or None when the file does not say.
 
@@ -48,7 +42,7 @@ def model_provenance(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     try:
         if path.suffix == ".onnx":
-            return json_prop(onnx_metadata(path), PROVENANCE_KEY)
+            return json_prop(read_props(path), PROVENANCE_KEY)
         if path.suffix == ".keras":
             meta = json.loads(path.with_suffix(".json").read_text())
             return {"data": meta.get("data", {}), "created": meta.get("created")}
@@ -78,7 +72,7 @@ def mask_warning(path: str | os.PathLike, mask: str) -> str | None:
 def describe_bundled(path: Path) -> dict:
     """One bundled model: name, preset, classes, input, file size, provenance, the agreement of its int8 and
     bf16 engines with float32 per check set, and the speed recorded on this machine."""
-    meta = onnx_metadata(path)
+    meta = read_props(path)
     provenance = json_prop(meta, PROVENANCE_KEY, {})
     data = provenance.get("data") or {}
     return {

@@ -235,6 +235,10 @@ def quantize_qdq(
     if calibration_rows.ndim != 2 or calibration_rows.dtype != np.uint8 or len(calibration_rows) == 0:
         raise OptionError("calibration rows must be a non-empty uint8 [n, 1500] array")
 
+    # Equal batches: ONNX Runtime's histogram calibrators stack the batches' outputs into one array.
+    whole = len(calibration_rows) // CALIBRATION_BATCH * CALIBRATION_BATCH
+    calibration_rows = calibration_rows[: whole or len(calibration_rows)]
+
     class Rows(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = iter(
@@ -292,7 +296,8 @@ class QuantizeResult:
     candidates: list[Candidate]
     calibration_rows: int
     validation_rows: int
-    reached_target: bool
+    reached_target: bool  # on the validation rows and every held-out check set
+    checks: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> {check set: agreement}
 
 
 def quantize_model(
@@ -308,11 +313,16 @@ def quantize_model(
     max_extra_excluded: int = 4,
     log=None,
     validation_split: str = "val",
+    checks: dict[str, np.ndarray] | None = None,
 ) -> QuantizeResult:
     """Quantize src with every (exclusion level, method) in order until one agrees with float32 on at least
     target_agreement of the validation rows; the least-excluded such candidate wins (fewer float32 nodes run
     faster), the best-agreeing one when none reaches it. Writes dst atomically with the metadata of src plus
-    pktnin.precision, pktnin.quantization and pktnin.agreement."""
+    pktnin.precision, pktnin.quantization and pktnin.agreement.
+
+    `checks` are held-out check sets ({name: rows}) that took no part in the choice: the chosen model's engines
+    (ONNX Runtime int8, and OpenVINO's when installed) are measured on them and on the validation rows (check set
+    "selection") and recorded; the target counts as reached only when every held-out set reaches it too."""
     import onnx
 
     log = log or (lambda msg: None)
@@ -398,9 +408,10 @@ def quantize_model(
     set_props(proto, props)
     proto.producer_name = "pktnin"
     path = save_onnx(proto, dst)
-    return QuantizeResult(
-        path, chosen, candidates, len(calibration_rows), len(validation_rows), chosen.agreement >= target_agreement
-    )
+    measured = record_checks(src, path, {SELECTION_SET: validation_rows, **(checks or {})})
+    held_out = {name: v for name, v in measured["onnxruntime:int8"].items() if name != SELECTION_SET}
+    reached = chosen.agreement >= target_agreement and all(v >= target_agreement for v in held_out.values())
+    return QuantizeResult(path, chosen, candidates, len(calibration_rows), len(validation_rows), reached, measured)
 
 
 def _exclude_sensitive(
@@ -484,15 +495,80 @@ def check_tensorrt_qdq(path: str | os.PathLike) -> None:
             )
 
 
-def check_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, rows: np.ndarray) -> dict[str, float]:
-    """Argmax agreement with float32 (ONNX Runtime) of OpenVINO int8 on int8_path and, where the CPU has bf16,
-    OpenVINO bf16 on fp32_path; {} when OpenVINO is not installed."""
-    if not openvino_available():
-        return {}
-    reference = probabilities(fp32_path, rows)
-    results = {}
-    checks = [("openvino:int8", int8_path, "int8")] + ([("openvino:bf16", fp32_path, "bf16")] if cpu_has_bf16() else [])
-    for key, path, precision in checks:
-        with OpenVinoRunner(path, precision=precision) as runner:
-            results[key] = agreement(runner.predict(np.ascontiguousarray(rows)), reference)[0]
+def check_engines(
+    fp32_path: str | os.PathLike, int8_path: str | os.PathLike, sets: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Argmax agreement with float32 (ONNX Runtime) on each check set, of ONNX Runtime int8 and, when OpenVINO is
+    installed, of OpenVINO int8 and (where the CPU has bf16) OpenVINO bf16 of the float32 model:
+    {"<backend>:<precision>": {check set: agreement}} (model_file.agreement_record)."""
+    engines: list[tuple[str, str | os.PathLike, str]] = [("onnxruntime:int8", int8_path, "int8")]
+    if openvino_available():
+        engines.append(("openvino:int8", int8_path, "int8"))
+        if cpu_has_bf16():
+            engines.append(("openvino:bf16", fp32_path, "bf16"))
+    results: dict[str, dict[str, float]] = {key: {} for key, _, _ in engines}
+    for name, rows in sets.items():
+        if len(rows) == 0:
+            continue
+        rows = np.ascontiguousarray(rows)
+        reference = probabilities(fp32_path, rows)
+        for key, path, precision in engines:
+            if key.startswith("onnxruntime"):
+                probs = probabilities(path, rows)
+            else:
+                with OpenVinoRunner(path, precision=precision) as runner:
+                    probs = runner.predict(rows)
+            results[key][name] = agreement(probs, reference)[0]
     return results
+
+
+def record_checks(
+    fp32_path: str | os.PathLike, int8_path: str | os.PathLike, sets: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """check_engines on every set, written into the int8 model's pktnin.agreement with the sets' row counts."""
+    results = check_engines(fp32_path, int8_path, sets)
+    record_agreement(int8_path, results, {name: int(len(rows)) for name, rows in sets.items() if len(rows)})
+    return results
+
+
+def check_indices(dataset, model_path: str | os.PathLike, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(selection indices, held-out indices, split name) of the dataset rows for checking an int8 model.
+
+    A model trained on train: validation rows choose the quantization, test rows are held out. A model refit on
+    train+val: the test split's capture files are split in two halves, one choosing, the other held out, so no
+    held-out capture was seen by training or by the choice."""
+    if check_split(model_path) == "val":
+        return dataset.indices("val"), dataset.indices("test"), "test"
+    test = dataset.indices("test")
+    if test.size == 0:
+        raise OptionError(f"{dataset.path}: the test split is empty")
+    files = dataset.file[test] if dataset.file is not None else test
+    unique = np.unique(files)
+    held = np.random.default_rng(seed).permutation(unique)[: max(1, unique.size // 2)]
+    is_held = np.isin(files, held)
+    return test[~is_held], test[is_held], "test"
+
+
+def held_out_sets(
+    dataset, indices: np.ndarray, split: str, rows_per_source: int, synthetic: dict[str, np.ndarray], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """{check set: rows} no quantization choice saw: up to rows_per_source of `indices` per source of the dataset
+    ("<split>:<source>", stratified by class and file) and the synthetic and odd rows given."""
+    sets: dict[str, np.ndarray] = {}
+    sources = dataset.meta.get("inputs") or []
+    if dataset.source is None or not sources:
+        groups = {"all": indices}
+    else:
+        groups = {
+            _source_name(sources[k]): indices[dataset.source[indices] == k] for k in np.unique(dataset.source[indices])
+        }
+    for name, members in groups.items():
+        if members.size:
+            chosen = stratified_indices(members, dataset.labels, dataset.file, rows_per_source, seed)
+            sets[f"{split}:{name}"] = np.ascontiguousarray(dataset.rows[chosen])
+    return {**sets, **synthetic}
+
+
+def _source_name(entry) -> str:
+    """A dataset source's name (meta["inputs"] entries carry one), else its position."""
+    return str(entry.get("name")) if isinstance(entry, dict) and entry.get("name") else str(entry)
