@@ -4,7 +4,7 @@ Runtime, one multi-thread session or several single-thread ones.
 int8 runs the QDQ model made by `pktnin quantize` from this float32 model: the file beside it
 (NAME.int8.onnx) or the one in the cache (made for the bundled model). Its metadata records the argmax agreement
 of each quantized engine with float32 per check set (model_file.agreement_record): the rows that chose the
-quantization, and held-out sets it never saw (each source's test files, synthetic and odd traffic).
+quantization, and held-out sets it never saw (each source's test files; synthetic, odd and unusual-port traffic).
 
 `auto` keeps the engines whose agreement is at least AUTO_MIN_AGREEMENT on every held-out set (float32 always
 qualifies; an engine measured only on the rows that chose it does not), times each on this machine at the run's
@@ -43,7 +43,6 @@ from pktnin.layout import ROW_LEN
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 CPU_BACKENDS = ("onnxruntime", "openvino")
 AUTO_MIN_AGREEMENT = 0.995
-INT8_SUFFIX = ".int8.onnx"
 TIMING_SECONDS = 0.25  # per engine and repeat when auto measures (at least one batch)
 TIMING_REPEATS = 3
 TIMING_BATCH = 128  # rows per timed call: enough to rank engines, small enough to time a large model quickly

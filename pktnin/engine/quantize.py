@@ -402,9 +402,7 @@ def quantize_model(
     props = {k: v for k, v in source_props.items()}
     props[PRECISION_KEY] = "int8"
     props[QUANTIZATION_KEY] = json.dumps(quant_meta, sort_keys=True)
-    props[AGREEMENT_KEY] = agreement_json(
-        {"onnxruntime:int8": {SELECTION_SET: chosen.agreement}}, {SELECTION_SET: int(len(validation_rows))}
-    )
+    props.pop(AGREEMENT_KEY, None)  # written by record_checks below, per engine and check set
     set_props(proto, props)
     proto.producer_name = "pktnin"
     path = save_onnx(proto, dst)
