@@ -109,9 +109,13 @@ def test_models_lists_the_bundled_models_with_their_provenance():
     for model in bundled.values():
         assert len(model["classes"]) == 18 and model["input_dtype"] == "uint8" and model["size_bytes"] > 1e6
         assert model["trained"]["mask"] == "paper" and model["trained"]["split"] == "by-file"
+        # each engine's agreement with float32 per check set, held-out sets included
+        ort = model["agreement"]["engines"]["onnxruntime:int8"]
+        assert {"test:corpus", "synthetic", "services"} <= set(ort) and model["agreement"]["rows"]["services"] > 0
     assert bundled["nin_parallel_small_port"]["alpha"] == pytest.approx(0.47)
     table = invoke(["models"])
     assert table.exit_code == 0 and "Bundled models" in table.output and "nin1_port" in table.output
+    assert "agreement with fp32" in table.output and "onnxruntime:int8" in table.output
 
 
 def test_bench_records_a_speed_that_models_shows(capture, bundled_dir, tmp_path):
