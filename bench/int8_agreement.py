@@ -91,7 +91,10 @@ def on_dataset(folder: Path, rows_per_source: int, record: bool) -> dict:
     from pktnin.dataset.format import load_dataset
 
     dataset = load_dataset(folder)
-    sets = held_out_sets(dataset, dataset.indices("test"), "test", rows_per_source, synthetic_rows(seed=1000))
+    # The sizes and seed of `pktnin quantize`'s defaults (--check-rows 3000, --seed 0).
+    sets = held_out_sets(
+        dataset, dataset.indices("test"), "test", rows_per_source, synthetic_rows(rows_per_source, seed=1000)
+    )
     print({name: len(r) for name, r in sets.items()})
     result: dict = {"dataset": str(folder), "rows": {k: int(len(v)) for k, v in sets.items()}, "models": {}}
     for fp32 in bundled_models():
@@ -113,7 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--captures", type=Path)
     ap.add_argument("--dataset", type=Path)
-    ap.add_argument("--rows-per-source", type=int, default=4000)
+    ap.add_argument("--rows-per-source", type=int, default=3000, help="and synthetic packets per set")
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
