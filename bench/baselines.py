@@ -3,7 +3,7 @@
 Port lookup: the training split's majority class for each (TCP/UDP, port) pair, taking the lower of the two ports
 of a packet (usually the server's); unseen ports get the training split's most common class; `port table,
 balanced`: the argmax of the same table's smoothed distribution with classes weighted equally (the port branch of
-pktnin.trainer.port_table). Random forest: 100
+pktnin.engine.port_table). Random forest: 100
 trees (scikit-learn) on the 1500 uint8 bytes, on the header bytes 0..39 and on the body bytes 40..1499, unweighted
 and with the sample weightings the networks train with (`balanced`: classes equal; `file`: classes equal and the
 capture files of a class equal; pktnin.trainer.data.training_sample_weights). Macro-F1 as in the paper
@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pktnin.dataset.format import load_dataset  # noqa: E402
+from pktnin.engine.port_table import PortTable  # noqa: E402
 from pktnin.trainer.data import training_sample_weights  # noqa: E402
 from pktnin.trainer.metrics import evaluation_report  # noqa: E402
-from pktnin.trainer.port_table import PortTable  # noqa: E402
 
 FORESTS = (  # name, byte columns, sample weighting
     ("RF, 1500 bytes", slice(0, 1500), "none"),

@@ -183,8 +183,8 @@ def main() -> None:
     ap.add_argument("--save", type=Path)
     args = ap.parse_args()
 
+    from pktnin.engine.bundled import default_model_path
     from pktnin.engine.cache import file_sha256
-    from pktnin.engine.runners import default_model_path
     from pktnin.scoring import ScoreOptions
     from pktnin.synth import write_synthetic_capture
 

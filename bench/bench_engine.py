@@ -113,7 +113,7 @@ def random_model_onnx(preset: str, num_classes: int, input_dtype: str, workdir: 
     import keras
 
     from pktnin.engine.export import export_keras_model
-    from pktnin.engine.runner_base import ModelInfo
+    from pktnin.engine.model_file import ModelInfo
     from pktnin.layout import LAYOUT_VERSION
     from pktnin.trainer import models
     from pktnin.trainer.presets import PARALLEL_PRESET
@@ -147,7 +147,7 @@ def model_files(args, workdir: Path) -> dict[str, dict[str, Path]]:
                 d: export_onnx(args.model, workdir / f"{name}-{d}.onnx", input_dtype=d) for d in ("uint8", "float32")
             }
         }
-    from pktnin.engine.export import read_model_info
+    from pktnin.engine.model_file import read_model_info
 
     return {args.model.stem: {read_model_info(args.model).input_dtype: args.model}}
 
@@ -406,7 +406,8 @@ def roofline(entry: dict, macs: int, peaks: dict[str, float]) -> dict:
 
 def bench_engines(args) -> dict:
     """--engines: the CPU engines of pktnin.engine.precision on one model, interleaved, with rooflines."""
-    from pktnin.engine.precision import Engine, find_int8, open_engine
+    from pktnin.engine.model_file import find_int8
+    from pktnin.engine.precision import Engine, open_engine
 
     batch = int(args.batch.split(",")[0])
     rows, labels = eval_rows(args, max(batch * 4, 1024))

@@ -355,8 +355,8 @@ def handle_int(handle) -> int:
 def section_ort(args) -> dict:
     import onnxruntime as ort
 
+    from pktnin.engine.bundled import default_model_path
     from pktnin.engine.ort_runner import OnnxRuntimeRunner
-    from pktnin.engine.runners import default_model_path
 
     providers = ort.get_available_providers()
     report: dict = {"onnxruntime": ort.__version__, "providers": providers}

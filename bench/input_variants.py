@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from pktnin.checkpoint import load_checkpoint  # noqa: E402
 from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.layout import ROW_LEN  # noqa: E402
 from pktnin.trainer import models as M  # noqa: E402
 from pktnin.trainer import presets as P  # noqa: E402
-from pktnin.trainer.checkpoint import load_checkpoint  # noqa: E402
 from pktnin.trainer.data import predict_rows  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.train import TrainSettings, train  # noqa: E402

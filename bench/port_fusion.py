@@ -1,4 +1,4 @@
-"""The port cue fused with a network (pktnin.trainer.port_table): y = beta * y_port + (1 - beta) * y_net.
+"""The port cue fused with a network (pktnin.engine.port_table): y = beta * y_port + (1 - beta) * y_net.
 
 The port table is fit on `--fit` splits; its smoothing, its class weighting (classes equal, or as common as in
 training) and beta are chosen by validation macro-F1 (the rows of
@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import fit_rows, scores  # noqa: E402
 
 from pktnin.dataset.format import load_dataset  # noqa: E402
+from pktnin.engine.port_table import PortTable, fuse_port_onnx, predict_rows_in_chunks  # noqa: E402
 from pktnin.trainer.evaluate import Predictor  # noqa: E402
 from pktnin.trainer.fusion import DEFAULT_GRID, fuse, search_alpha  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
-from pktnin.trainer.port_table import PortTable, fuse_port_onnx, predict_rows_in_chunks  # noqa: E402
 
 SMOOTHING_GRID = (1.0, 10.0, 100.0, 1000.0)
 WEIGHTINGS = (True, False)  # the table's classes weighted equally, or as common as in training

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pktnin.dataset.flow_csv import flow_key_bytes, read_flow_labels  # noqa: E402
-from pktnin.engine.catalog import onnx_metadata, resolve_model  # noqa: E402
+from pktnin.engine.bundled import resolve_model  # noqa: E402
+from pktnin.engine.model_file import CLASSES_KEY, read_props  # noqa: E402
 from pktnin.trainer.metrics import classification_report  # noqa: E402
 
 RUN_FIELDS = ("engine", "files", "score_seconds", "score_exit_code", "packets_scored")
@@ -122,7 +123,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     model_path = resolve_model(args.model)
-    classes = json.loads(onnx_metadata(model_path)["pktnin.classes"])
+    classes = json.loads(read_props(model_path)[CLASSES_KEY])
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": str(args.model), "model_file": model_path.name, "split": args.split,
                      "precision": args.precision, "sources": {}}  # fmt: skip

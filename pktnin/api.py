@@ -14,6 +14,7 @@ Paths are capture files, folders (walked recursively) or "-" (standard input). `
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 from collections.abc import Iterator, Sequence
@@ -25,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from pktnin.distributed.run import RayOptions, score_on_ray
+from pktnin.engine.bundled import resolve_model
 from pktnin.engine.cache import file_sha256
-from pktnin.engine.catalog import resolve_model
-from pktnin.engine.runner_base import Runner
-from pktnin.engine.runners import open_runner
+from pktnin.engine.runner_base import EngineChoice, Runner
+from pktnin.engine.runners import open_runner_with_choice
 from pktnin.errors import UsageError
 from pktnin.packets import FileReport, find_captures, named_captures
 from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
@@ -58,6 +59,7 @@ class ScoreJob:
     model_path: Path
     backend: str = "auto"
     ray: RayOptions | None = None  # score the units on Ray instead of in this process
+    choice: EngineChoice | None = None  # what runs the model and why
 
     @classmethod
     def prepare(
@@ -97,19 +99,21 @@ class ScoreJob:
         files = [f for f in files if not _own_output(f, targets, parts_dir(opts.out))]
         if not files:
             raise UsageError("no capture files found in the given paths")
-        runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
+        runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
         try:
             opts = replace(
                 opts,
                 prep_threads=prep_threads or _default_prep_threads(runner),
                 model_id=_model_id(model_path, runner),
                 model_name=Path(model_path).name,
+                engine=choice.label,
+                agreement=json.dumps(choice.agreement, sort_keys=True),
             )
             check_outputs(opts, opts.settings(list(runner.classes)))
         except BaseException:
             runner.close()
             raise
-        return cls(files, named_captures(files, paths), runner, opts, Path(model_path), backend, ray)
+        return cls(files, named_captures(files, paths), runner, opts, Path(model_path), backend, ray, choice)
 
     def run(self, progress: Progress | None = None) -> ScoreResult:
         """Score every file into the outputs; returns the ScoreResult. Closes the model."""
@@ -159,10 +163,11 @@ def iter_scores(
                         prep_threads=prep_threads)  # fmt: skip
     files = find_captures(paths)
     named = named_captures(files, paths)
-    runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
+    runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
     try:
         opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner),
-                       model_id=_model_id(model_path, runner), model_name=Path(model_path).name)  # fmt: skip
+                       model_id=_model_id(model_path, runner), model_name=Path(model_path).name, engine=choice.label,
+                       agreement=json.dumps(choice.agreement, sort_keys=True))  # fmt: skip
         classes = list(runner.classes)
         schema = packet_schema(classes, probs).with_metadata(opts.metadata(classes))
         class_names = pa.array(classes, type=pa.string())
@@ -221,7 +226,7 @@ def score(paths: Sequence[PathLike], model: PathLike | None = None, **kw: Any) -
     batches = list(iter_scores(paths, model, **kw))
     if batches:
         return pa.Table.from_batches(batches)
-    runner, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH), "fp32")
+    runner, _, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH), "fp32")
     try:
         return packet_schema(list(runner.classes), kw.get("probs", False)).empty_table()
     finally:
@@ -256,13 +261,14 @@ def open_model(
     batch: int = DEFAULT_BATCH,
     precision: str = "auto",
     engine_workers: int | None = None,
-) -> tuple[Runner, Path]:
-    """(runner, model path): the model given, or the bundled default. `precision` auto picks the fastest engine
-    that agrees with fp32; `engine_workers` None measures one multi-thread session against single-thread ones."""
+) -> tuple[Runner, Path, EngineChoice]:
+    """(runner, model path, engine choice): the model given, or the bundled default. `precision` auto picks the
+    fastest engine that agrees with fp32; `engine_workers` None measures one multi-thread session against
+    single-thread ones."""
     model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
-    runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
-                         engine_workers=engine_workers)  # fmt: skip
-    return runner, model_path
+    runner, choice = open_runner_with_choice(model_path, backend, intra_threads=threads, max_batch=batch,
+                                             precision=precision, engine_workers=engine_workers)  # fmt: skip
+    return runner, model_path, choice
 
 
 def _default_prep_threads(runner: Runner) -> int | None:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pktnin.engine.precision import EngineChoice
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.engine.runner_base import Runner
 from pktnin.packets import iter_packets
@@ -135,6 +136,7 @@ def ratio_is_noise(e2e: dict, engine: dict) -> bool:
 def compare_engines(
     files: Sequence[Path],
     runners: Sequence[Runner],
+    choices: Sequence[EngineChoice],
     labels: Sequence[str],
     batch: int,
     runs: int,
@@ -186,14 +188,15 @@ def compare_engines(
         return statistics.median(a["packets_per_s"] / b["packets_per_s"] for a, b in zip(runs_k, runs_0))
 
     engines = []
-    for k, (label, runner) in enumerate(zip(labels, runners)):
+    for k, (label, runner, choice) in enumerate(zip(labels, runners, choices)):
         engine, e2e = median_run(engine_runs[k]), median_run(e2e_runs[k])
         entry = {
             "asked": label,
             "backend": runner.backend,
             "engine_precision": runner.precision,
-            "engine_label": runner.engine_label or f"{runner.backend} {runner.precision}",
-            "engine_reason": runner.engine_reason,
+            "engine_label": choice.label,
+            "engine_reason": choice.reason,
+            "agreement": choice.agreement,
             "engine": engine,
             "end_to_end": e2e,
             # Prep and the engine count differently (records read vs rows scored), so compare rows/s.

@@ -11,7 +11,7 @@ from onnx_fixtures import tiny_model
 from typer.testing import CliRunner
 
 from pktnin.cli import app
-from pktnin.engine.runners import default_model_path
+from pktnin.engine.bundled import default_model_path
 from pktnin.packets import iter_packets
 from pktnin.synth import EXAMPLES, synthetic_packets, write_synthetic_capture
 

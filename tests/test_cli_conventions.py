@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from pktnin import __version__
 from pktnin.cli import app
 from pktnin.dataset.format import write_dataset
-from pktnin.engine import catalog
+from pktnin.engine import bundled, catalog
 from pktnin.synth import write_synthetic_capture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def bundled_dir(tmp_path, monkeypatch):
     entry = proto.metadata_props.add()
     entry.key, entry.value = "pktnin.provenance", json.dumps({"data": {"mask": "paper", "n_rows": 123}, "fit": "train"})
     onnx.save(proto, str(path))
-    monkeypatch.setattr(catalog, "MODELS_DIR", folder)
+    monkeypatch.setattr(bundled, "MODELS_DIR", folder)
     monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
     return folder
 
@@ -109,14 +109,21 @@ def test_models_lists_the_bundled_models_with_their_provenance():
     for model in bundled.values():
         assert len(model["classes"]) == 18 and model["input_dtype"] == "uint8" and model["size_bytes"] > 1e6
         assert model["trained"]["mask"] == "paper" and model["trained"]["split"] == "by-file"
+        # each engine's agreement with float32 per check set, held-out sets included
+        ort = model["agreement"]["engines"]["onnxruntime:int8"]
+        assert {"test:corpus", "synthetic", "services"} <= set(ort) and model["agreement"]["rows"]["services"] > 0
     assert bundled["nin_parallel_small_port"]["alpha"] == pytest.approx(0.47)
     table = invoke(["models"])
     assert table.exit_code == 0 and "Bundled models" in table.output and "nin1_port" in table.output
+    assert "agreement with fp32" in table.output and "onnxruntime:int8" in table.output
 
 
 def test_bench_records_a_speed_that_models_shows(capture, bundled_dir, tmp_path):
     assert catalog.recorded_speed(bundled_dir / "tiny.onnx") is None
-    result = invoke(["bench", capture, "--model", "tiny", "--runs", "1", "--batch", "64", "--json"])
+    plain = invoke(["bench", capture, "--model", "tiny", "--runs", "1", "--batch", "64", "--json"])
+    assert plain.exit_code == 0, plain.output
+    assert catalog.recorded_speed(bundled_dir / "tiny.onnx") is None  # bench records only with --record
+    result = invoke(["bench", capture, "--model", "tiny", "--runs", "1", "--batch", "64", "--json", "--record"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     speed = catalog.recorded_speed(bundled_dir / "tiny.onnx")["onnxruntime"]
@@ -125,7 +132,7 @@ def test_bench_records_a_speed_that_models_shows(capture, bundled_dir, tmp_path)
     assert [m["name"] for m in listed] == ["tiny"] and listed[0]["speed"]["onnxruntime"] == speed
     assert listed[0]["trained"]["rows"] == 123
     elsewhere = tiny_model(tmp_path / "elsewhere.onnx", ["a", "b"])  # not bundled: nothing recorded
-    assert invoke(["bench", capture, "--model", elsewhere, "--runs", "1", "--json"]).exit_code == 0
+    assert invoke(["bench", capture, "--model", elsewhere, "--runs", "1", "--json", "--record"]).exit_code == 0
     assert catalog.recorded_speed(elsewhere) is None
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pktnin.engine.runner_base import EngineUnavailableError, ModelInfo, ModelMismatchError
+from pktnin.engine.errors import EngineUnavailableError, ModelMismatchError
+from pktnin.engine.model_file import ModelInfo
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
 
 CLASSES = ["chat", "email", "file", "stream", "voip"]
@@ -53,7 +54,7 @@ def keras_model():
 
 @pytest.fixture(scope="module")
 def checkpoint(keras_model, tmp_path_factory):
-    from pktnin.trainer.checkpoint import make_metadata, save_checkpoint
+    from pktnin.checkpoint import make_metadata, save_checkpoint
 
     meta = make_metadata("tiny", CLASSES, None, None, None, alpha=ALPHA)
     return save_checkpoint(keras_model, tmp_path_factory.mktemp("ckpt") / "tiny", meta)
@@ -124,7 +125,7 @@ def test_cli_export_onnx(checkpoint, tmp_path):
     from typer.testing import CliRunner
 
     from pktnin.cli import app
-    from pktnin.engine.export import read_model_info
+    from pktnin.engine.model_file import read_model_info
 
     out = tmp_path / "cli.onnx"
     result = CliRunner().invoke(app, ["export-onnx", str(checkpoint), "--out", str(out), "--input-dtype", "float32"])
@@ -140,10 +141,11 @@ def test_export_real_nin_parallel(tmp_path):
     pytest.importorskip("tensorflow")
     import keras
 
-    from pktnin.engine.export import export_onnx, read_model_info
+    from pktnin.checkpoint import make_metadata, save_checkpoint
+    from pktnin.engine.export import export_onnx
     from pktnin.engine.fp16 import convert_onnx_to_fp16
+    from pktnin.engine.model_file import read_model_info
     from pktnin.engine.ort_runner import OnnxRuntimeRunner
-    from pktnin.trainer.checkpoint import make_metadata, save_checkpoint
     from pktnin.trainer.models import build_model, build_parallel
 
     keras.utils.set_random_seed(3)
@@ -234,11 +236,11 @@ def test_runner_interface_and_preallocated_output(onnx_models, keras_probs):
 def test_runner_refuses_foreign_models(tmp_path, onnx_models):
     import onnx
 
-    from pktnin.engine.export import set_metadata
+    from pktnin.engine.model_file import set_model_info
     from pktnin.engine.ort_runner import OnnxRuntimeRunner
 
     proto = onnx.load(str(onnx_models["uint8"]))
-    set_metadata(proto, ModelInfo(tuple(CLASSES), None, LAYOUT_VERSION + 1, "tiny", "uint8"))
+    set_model_info(proto, ModelInfo(tuple(CLASSES), None, LAYOUT_VERSION + 1, "tiny", "uint8"))
     onnx.save(proto, str(tmp_path / "future.onnx"))
     with pytest.raises(ModelMismatchError, match=f"layout v{LAYOUT_VERSION + 1}"):
         OnnxRuntimeRunner(tmp_path / "future.onnx").load()
@@ -364,17 +366,17 @@ def test_fp16_onnx_matches_fp32(onnx_models, tmp_path):
 def test_checkpoint_export_is_cached_by_content(checkpoint, tmp_path, monkeypatch):
     import shutil
 
-    from pktnin.engine import cache, export
+    from pktnin.engine import export
 
     monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
     real_export = export.export_onnx
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: calls.append(a) or real_export(*a, **k))
 
-    first = cache.cached_onnx(checkpoint, input_dtype="uint8")
-    again = cache.cached_onnx(checkpoint, input_dtype="uint8")
+    first = export.cached_onnx(checkpoint, input_dtype="uint8")
+    again = export.cached_onnx(checkpoint, input_dtype="uint8")
     assert first == again and first.parent == tmp_path / "cache" / "onnx" and len(calls) == 1
-    other_dtype = cache.cached_onnx(checkpoint, input_dtype="float32")
+    other_dtype = export.cached_onnx(checkpoint, input_dtype="float32")
     assert other_dtype != first and len(calls) == 2
 
     # A copy with the same bytes hits the cache; an edited metadata file does not.
@@ -382,11 +384,11 @@ def test_checkpoint_export_is_cached_by_content(checkpoint, tmp_path, monkeypatc
     copy.parent.mkdir()
     shutil.copy(checkpoint, copy)
     shutil.copy(checkpoint.with_suffix(".json"), copy.with_suffix(".json"))
-    assert cache.cached_onnx(copy, input_dtype="uint8") == first and len(calls) == 2
+    assert export.cached_onnx(copy, input_dtype="uint8") == first and len(calls) == 2
     meta = json.loads(copy.with_suffix(".json").read_text())
     meta["alpha"] = 0.75
     copy.with_suffix(".json").write_text(json.dumps(meta))
-    edited = cache.cached_onnx(copy, input_dtype="uint8")
+    edited = export.cached_onnx(copy, input_dtype="uint8")
     assert edited != first and len(calls) == 3
 
     from pktnin.engine.runners import open_runner

@@ -215,7 +215,8 @@ def test_models_command_registered_on_the_app():
 def keras_env():
     pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
-    from pktnin.trainer import layers, models
+    from pktnin import keras_layers as layers
+    from pktnin.trainer import models
 
     return keras, layers, models
 

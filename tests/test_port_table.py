@@ -12,9 +12,9 @@ from onnx_fixtures import reference_probs, tiny_model
 from packetgen import ethernet, ipv4, ipv6, tcp, udp
 from pcapgen import write_pcap
 
+from pktnin.engine.port_table import PortTable, fuse_port_onnx, port_keys, predict_rows_in_chunks
 from pktnin.layout import ROW_LEN
 from pktnin.packets import iter_packets
-from pktnin.trainer.port_table import PortTable, fuse_port_onnx, port_keys, predict_rows_in_chunks
 
 CLASSES = ["a", "b", "c"]
 

@@ -149,6 +149,7 @@ def quantized(trained):
         methods=("minmax",),
         exclude_levels=("none", "edges"),
         max_extra_excluded=1,
+        checks={"held": held_rows[600:]},
     )
     return result
 
@@ -188,8 +189,7 @@ def test_int8_agrees_with_fp32_on_kernel_rows(trained, quantized):
 
 def test_int8_metadata_carries_provenance_and_agreement(trained, quantized):
     from pktnin.engine.cache import file_sha256
-    from pktnin.engine.export import read_model_info
-    from pktnin.engine.quantize import read_props
+    from pktnin.engine.model_file import read_model_info, read_props
 
     path = trained[0]
     props = read_props(quantized.path)
@@ -200,7 +200,10 @@ def test_int8_metadata_carries_provenance_and_agreement(trained, quantized):
     assert quant["calibration"] == {"rows": 256, "split": "train", "stratified": "class,file"}
     assert quant["validation"]["argmax_agreement"] == quantized.chosen.agreement
     agreement = json.loads(props["pktnin.agreement"])
-    assert agreement["onnxruntime:int8"] == quantized.chosen.agreement
+    ort = agreement["engines"]["onnxruntime:int8"]
+    assert ort["selection"] == quantized.chosen.agreement and set(ort) == {"selection", "held"}
+    assert agreement["rows"] == {"selection": 600, "held": len(trained[3]) - 600}
+    assert quantized.checks["onnxruntime:int8"] == ort  # what the result reports is what the file records
     info = read_model_info(quantized.path)
     assert info.classes == read_model_info(path).classes and info.preset == "conv_mlp"
 
@@ -223,8 +226,8 @@ def test_exclusion_levels_name_edges_and_fusion():
 
 def test_port_branch_of_a_fused_model_stays_float32(trained, tmp_path):
     """The port table and the fusion of a port-fused model are never quantized, at any exclusion level."""
+    from pktnin.engine.port_table import PORT_NODE_PREFIX, PortTable, fuse_port_onnx
     from pktnin.engine.quantize import nodes_to_exclude, quantize_model
-    from pktnin.trainer.port_table import PORT_NODE_PREFIX, PortTable, fuse_port_onnx
 
     path, rows, labels, held_rows, _ = trained
     table = PortTable.fit(rows, labels, len(KINDS))
@@ -246,7 +249,8 @@ def test_port_branch_of_a_fused_model_stays_float32(trained, tmp_path):
 
 
 def test_a_refit_model_is_checked_on_rows_it_never_trained_on(trained, tmp_path):
-    from pktnin.engine.quantize import check_split, read_props, set_props
+    from pktnin.engine.model_file import read_props, set_props
+    from pktnin.engine.quantize import check_split
 
     path = trained[0]
     assert check_split(path) == "val"
@@ -273,11 +277,12 @@ def test_stratified_sample_spreads_over_classes_and_files():
 
 
 def test_open_runner_int8_finds_the_quantized_model(trained, quantized):
-    from pktnin.engine.runners import open_runner
+    from pktnin.engine.runners import open_runner, open_runner_with_choice
 
     path, _, _, held_rows, _ = trained
-    with open_runner(path, "onnxruntime", precision="int8") as runner:
-        assert runner.precision == "int8" and "int8" in runner.engine_label
+    runner, choice = open_runner_with_choice(path, "onnxruntime", precision="int8")
+    with runner:
+        assert runner.precision == "int8" and "int8" in choice.label and choice.reason == "--precision int8"
         probs = runner.predict(held_rows[:64])
     with open_runner(quantized.path, "onnxruntime", precision="int8") as direct:
         np.testing.assert_allclose(direct.predict(held_rows[:64]), probs, atol=1e-6)
@@ -292,7 +297,14 @@ def test_auto_falls_back_to_fp32_when_no_faster_engine_agrees(trained, quantized
     monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
     model = shutil.copy(trained[0], tmp_path / "m.onnx")
     int8 = shutil.copy(quantized.path, tmp_path / "m.int8.onnx")
-    record_agreement(int8, {"onnxruntime:int8": 0.98, "openvino:int8": 0.97, "openvino:bf16": 0.99})
+    record_agreement(
+        int8,
+        {
+            "onnxruntime:int8": {"synthetic": 0.98},
+            "openvino:int8": {"synthetic": 0.97},
+            "openvino:bf16": {"synthetic": 0.99},
+        },
+    )
     engines = prec.candidate_engines(model, "auto")
     assert {e.precision for e in engines} == {"fp32"}
     choice = prec.choose_engine(model, "auto", batch=64)
@@ -309,10 +321,12 @@ def test_auto_takes_the_fastest_agreeing_engine(trained, quantized, tmp_path, mo
     import shutil
 
     from pktnin.engine import precision as prec
+    from pktnin.engine.quantize import record_agreement
 
     monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
     model = shutil.copy(trained[0], tmp_path / "m.onnx")
-    shutil.copy(quantized.path, tmp_path / "m.int8.onnx")
+    int8 = shutil.copy(quantized.path, tmp_path / "m.int8.onnx")
+    record_agreement(int8, {"onnxruntime:int8": {"synthetic": 0.95}})
     engines = prec.candidate_engines(model, "onnxruntime", min_agreement=0.9, workers=1)
     assert [e.precision for e in engines] == ["fp32", "int8"]
 
@@ -324,6 +338,49 @@ def test_auto_takes_the_fastest_agreeing_engine(trained, quantized, tmp_path, mo
     assert choice.engine.precision == "int8" and "2.50x" in choice.reason
     monkeypatch.setattr(prec, "timed", fake({"fp32": 100.0, "int8": 80.0}))
     assert prec.choose_engine(model, "onnxruntime", batch=64, workers=1, min_agreement=0.9).engine.precision == "fp32"
+
+
+def test_auto_needs_agreement_on_every_held_out_set(trained, quantized, tmp_path, monkeypatch):
+    """An engine measured only on the rows that chose its quantization (older files) is not eligible; one held-out
+    set below the bound rules it out; at or above it on all of them it is a candidate."""
+    import shutil
+
+    import onnx
+
+    from pktnin.engine import precision as prec
+    from pktnin.engine.model_file import AGREEMENT_KEY, set_props
+    from pktnin.engine.quantize import record_agreement
+
+    monkeypatch.setattr(prec, "openvino_available", lambda: False)
+    model = shutil.copy(trained[0], tmp_path / "m.onnx")
+    int8 = Path(shutil.copy(quantized.path, tmp_path / "m.int8.onnx"))
+    proto = onnx.load(str(int8))
+    set_props(proto, {AGREEMENT_KEY: json.dumps({"onnxruntime:int8": 0.999, "rows": 600})})  # the older form
+    onnx.save(proto, str(int8))
+    assert prec.recorded_agreement(int8) == {"onnxruntime:int8": (("selection", 0.999),)}
+    assert [e.precision for e in prec.candidate_engines(model, "onnxruntime", workers=1)] == ["fp32"]
+    record_agreement(int8, {"onnxruntime:int8": {"test:a": 0.999, "synthetic": 0.994}})
+    assert [e.precision for e in prec.candidate_engines(model, "onnxruntime", workers=1)] == ["fp32"]
+    record_agreement(int8, {"onnxruntime:int8": {"synthetic": 0.995}})
+    engines = prec.candidate_engines(model, "onnxruntime", workers=1)
+    assert [e.precision for e in engines] == ["fp32", "int8"]
+    assert engines[1].held_out_agreement() == 0.995 and dict(engines[1].agreement)["selection"] == 0.999
+
+
+def test_synthetic_check_rows_are_reproducible_and_odd():
+    from pktnin.engine.check_rows import synthetic_rows
+
+    first, again, other = synthetic_rows(600, seed=5), synthetic_rows(600, seed=5), synthetic_rows(600, seed=6)
+    assert set(first) == {"synthetic", "odd", "services"}
+    for name, rows in first.items():
+        assert rows.dtype == np.uint8 and rows.shape[1] == 1500 and len(rows) > 100
+        np.testing.assert_array_equal(rows, again[name])
+        assert not np.array_equal(rows[:50], other[name][:50])
+    # The odd set holds truncated captures: rows whose payload stops short of the packet's.
+    assert (first["odd"][:, 40:].sum(1) == 0).sum() == 0  # every row kept some payload (empty ones are skipped)
+    ports = first["services"][:, 20:24].astype(int)
+    server = np.minimum(ports[:, 0] * 256 + ports[:, 1], ports[:, 2] * 256 + ports[:, 3])
+    assert len(np.unique(server)) > 6  # services on other ports than the synthetic set's six
 
 
 def test_int8_without_a_quantized_model_says_how_to_make_one(trained, tmp_path):
@@ -351,9 +408,9 @@ def test_session_pool_matches_one_session(trained):
 
 def test_openvino_runner_matches_onnxruntime(trained, quantized):
     pytest.importorskip("openvino")
+    from pktnin.engine.errors import ModelMismatchError
     from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16
     from pktnin.engine.ort_runner import OnnxRuntimeRunner
-    from pktnin.engine.runner_base import ModelMismatchError
 
     path, _, _, held_rows, _ = trained
     with OnnxRuntimeRunner(path) as ref_runner:

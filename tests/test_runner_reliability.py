@@ -15,8 +15,8 @@ from pcapgen import write_pcap
 from typer.testing import CliRunner
 
 from pktnin.cli import app
+from pktnin.engine.errors import ModelMismatchError
 from pktnin.engine.ort_runner import OnnxRuntimeRunner
-from pktnin.engine.runner_base import ModelMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,3 +86,48 @@ def test_no_telemetry_files_under_the_users_cache(tmp_path, good_model):
     assert proc.returncode == 0 and "ran" in proc.stdout, proc.stderr[-2000:]
     written = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()]
     assert written == [], written
+
+
+def _int64_output_model(tmp_path: Path, good: Path, how: str) -> Path:
+    """The tiny model with its output turned into int64: class indices (ArgMax) or probabilities cast to int64."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(good))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["p" if o == "probs" else o for o in node.output]
+    if how == "argmax":
+        graph.node.append(helper.make_node("ArgMax", ["p"], ["probs"], axis=1, keepdims=0))
+        out = helper.make_tensor_value_info("probs", TensorProto.INT64, ["batch"])
+    else:
+        graph.node.append(helper.make_node("Cast", ["p"], ["probs"], to=TensorProto.INT64))
+        out = helper.make_tensor_value_info("probs", TensorProto.INT64, ["batch", 3])
+    del graph.output[:]
+    graph.output.append(out)
+    onnx.checker.check_model(model, full_check=True)  # a valid ONNX model
+    path = tmp_path / f"{how}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("how", ["argmax", "cast"])
+def test_a_model_whose_output_is_not_float_probabilities_is_refused_when_opened(tmp_path, good_model, how):
+    path = _int64_output_model(tmp_path, good_model, how)
+    with pytest.raises(ModelMismatchError, match="tensor\\(int64\\).*expected float32"):
+        OnnxRuntimeRunner(path).load()
+    from pktnin.engine.openvino_runner import OpenVinoRunner, openvino_available
+
+    if openvino_available():
+        with pytest.raises(ModelMismatchError, match="expected float32"):
+            OpenVinoRunner(path).load()
+    cap = write_pcap(tmp_path / "c.pcap", mixed_traffic(0, 10))
+    for precision in ("auto", "fp32"):
+        out = tmp_path / f"o-{precision}.parquet"
+        res = CliRunner().invoke(
+            app, ["score", str(cap), "--model", str(path), "--precision", precision, "--out", str(out), "--no-progress"]
+        )
+        assert res.exit_code == 2, res.output
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "int64" in lines[0], res.output
+        assert not out.exists()

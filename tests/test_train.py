@@ -16,12 +16,12 @@ pytest.importorskip("tensorflow")
 from onnx_fixtures import reference_probs, tiny_model  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from pktnin import checkpoint as ckpt  # noqa: E402
 from pktnin.cli import app  # noqa: E402
 from pktnin.dataset.format import load_dataset, write_dataset  # noqa: E402
 from pktnin.engine.export import checkpoint_provenance  # noqa: E402
 from pktnin.errors import UsageError  # noqa: E402
 from pktnin.layout import CAPTURE_FIELDS  # noqa: E402
-from pktnin.trainer import checkpoint as ckpt  # noqa: E402
 from pktnin.trainer.data import (  # noqa: E402
     balanced_class_weights,
     make_tf_dataset,

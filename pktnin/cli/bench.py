@@ -97,8 +97,11 @@ def run(
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     record: Annotated[
         bool,
-        typer.Option("--record/--no-record", help="Keep a bundled model's medians for `pktnin models` to show."),
-    ] = True,
+        typer.Option(
+            "--record/--no-record",
+            help="Keep a bundled model's medians in the cache folder for `pktnin models` to show (off by default).",
+        ),
+    ] = False,
     quiet: QuietOption = False,
     summary: SummaryOption = None,
 ) -> None:
@@ -111,7 +114,7 @@ def run(
     them alike, and the report gives each engine's medians and its ratio to the first.
     """
     from pktnin.engine.catalog import is_bundled, mask_warning, record_speed, resolve_model
-    from pktnin.engine.runners import open_runner
+    from pktnin.engine.runners import open_runner_with_choice
     from pktnin.errors import OptionError
     from pktnin.measure import compare_engines, spread
     from pktnin.packets import find_captures
@@ -121,6 +124,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="pktnin-bench-") as tmp:
         workdir = Path(tmp)
         runners: list = []
+        choices: list = []
         try:
             with exit_codes():
                 layouts = _precision_layouts(precision, engine_workers, OptionError)
@@ -131,16 +135,20 @@ def run(
                 files = find_captures(paths)
                 model_path = resolve_model(model)
                 for name, sessions in layouts:
-                    runners.append(
-                        open_runner(model_path, backend, max_batch=batch, precision=name, engine_workers=sessions)
+                    runner, choice = open_runner_with_choice(
+                        model_path, backend, max_batch=batch, precision=name, engine_workers=sessions
                     )
+                    runners.append(runner)
+                    choices.append(choice)
             warning = mask_warning(model_path, mask)
             if warning:
                 warn(warning)
             with exit_codes(setup=False):
                 labels = [p.strip() for p in precision.split(",")]
                 with _stage_progress(enabled=not (quiet or as_json)) as bars:
-                    measured = compare_engines(files, runners, labels, batch, runs, workdir, opts, progress=bars)
+                    measured = compare_engines(
+                        files, runners, choices, labels, batch, runs, workdir, opts, progress=bars
+                    )
                 result = {"model": str(model_path), **measured}
         finally:
             for runner in runners:

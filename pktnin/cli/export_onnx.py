@@ -30,8 +30,9 @@ def export_onnx(
     verbose: VerboseOption = False,
 ) -> None:
     """Export a checkpoint to ONNX: input `row` (batch x 1500), output `probs` (batch x classes), dynamic batch."""
-    from pktnin.engine.export import check_export_args, read_model_info
+    from pktnin.engine.export import check_export_args
     from pktnin.engine.export import export_onnx as export
+    from pktnin.engine.model_file import read_model_info
 
     with exit_codes():
         check_export_args(input_dtype, opset)

@@ -49,7 +49,9 @@ def models_table(rows: list[dict], num_classes: int) -> Table:
 def bundled_table(rows: list[dict]) -> Table:
     table = Table(
         title="Bundled models (--model NAME)",
-        caption="speed: medians `pktnin bench --model NAME` recorded on this machine (engine alone / end to end)",
+        caption="agreement: argmax agreement with float32, lowest over the held-out check sets (`--json` lists each "
+        "set); `--precision auto` picks an engine only at >= 99.5%. speed: medians `pktnin bench --model NAME "
+        "--record` recorded on this machine (engine alone / end to end)",
     )
     table.add_column("name")
     table.add_column("preset")
@@ -57,6 +59,7 @@ def bundled_table(rows: list[dict]) -> Table:
     table.add_column("input")
     table.add_column("size", justify="right")
     table.add_column("trained on")
+    table.add_column("agreement with fp32")
     table.add_column("packets/s")
     for r in rows:
         t = r["trained"]
@@ -74,9 +77,19 @@ def bundled_table(rows: list[dict]) -> Table:
         preset = r["preset"] + (f" (alpha {r['alpha']:.2f})" if r.get("alpha") is not None else "")
         table.add_row(
             r["name"], preset, str(len(r["classes"])), f"{r['input_dtype']} [1500]",
-            f"{r['size_bytes'] / 1e6:.1f} MB", trained or "not recorded", _speed_text(r["speed"]),
+            f"{r['size_bytes'] / 1e6:.1f} MB", trained or "not recorded", _agreement_text(r["agreement"]),
+            _speed_text(r["speed"]),
         )  # fmt: skip
     return table
+
+
+def _agreement_text(agreement: dict) -> str:
+    """Per engine, the lowest agreement over the held-out check sets ("selection" chose the quantization)."""
+    parts = []
+    for engine, per_set in sorted((agreement or {}).get("engines", {}).items()):
+        held = [v for name, v in per_set.items() if name != "selection"]
+        parts.append(f"{engine} {min(held):.2%}" if held else f"{engine} not checked on held-out rows")
+    return "; ".join(parts) or "no int8 form"
 
 
 def _speed_text(speed: dict | None) -> str:

@@ -138,11 +138,8 @@ def score(
 
     if not quiet:
         _print_summary(result)
-        if job.runner.engine_label:
-            console.print(
-                f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False
-            )
-    write_summary(summary, run_summary(result, job.model_path, job.runner))
+        console.print(f"engine: {engine_line(job.choice)}", markup=False, highlight=False)
+    write_summary(summary, run_summary(result, job.model_path, job.runner, job.choice))
     check_inputs_read(result.reports)
 
 
@@ -155,7 +152,15 @@ def size_option(option: str, text: str) -> int:
         raise OptionError(f"{option}: {exc}") from None
 
 
-def run_summary(result, model_path: Path, runner) -> dict:
+def engine_line(choice) -> str:
+    """What ran, why, and how far its labels may differ from float32's (the lowest recorded agreement)."""
+    line = f"{choice.label} ({choice.reason})"
+    if choice.agreement:
+        line += f"; agrees with float32 on >= {choice.min_agreement():.2%} of packets in every check set"
+    return line
+
+
+def run_summary(result, model_path: Path, runner, choice) -> dict:
     """What the end-of-run tables show, as one JSON-able dict (--summary)."""
     from pktnin.packets import total_skips
 
@@ -168,7 +173,9 @@ def run_summary(result, model_path: Path, runner) -> dict:
         "model": str(model_path),
         "backend": runner.backend,
         "precision": runner.precision,
-        "engine": runner.engine_label,
+        "engine": choice.label,
+        "engine_reason": choice.reason,
+        "agreement": choice.agreement,
         "files": len(result.files),
         "resumed_files": result.resumed,
         "packets": result.packets,

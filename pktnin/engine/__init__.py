@@ -1,17 +1,42 @@
-"""Inference engines: ONNX export, runners (ONNX Runtime on the CPU, TensorRT on the GPU), engine build.
+"""Inference engines: ONNX export, quantization, runners (ONNX Runtime and OpenVINO on the CPU, TensorRT on the
+GPU), engine choice and build.
 
-    export.py       checkpoint -> one ONNX graph (row [batch,1500] -> probs [batch,C]) with pktnin metadata
-    protocols.py    ModelRunner (classes, infer) and DeviceRunner (TensorRT's prep-on-device face) as Protocols
-    runner_base.py  Runner, the base class of the runners; ModelInfo, the engine error types
-    ort_runner.py   OnnxRuntimeRunner (IO binding into preallocated outputs)
-    trt_build.py    TensorRT plan + sidecar JSON; fp16.py: float16 ONNX for strongly typed TensorRT
-    trt_runner.py   TensorRTRunner (pycuda in the primary context, pinned buffers, two slots, zero-copy prep)
-    runners.py      open_runner(model, backend) and the bundled default model
-    cache.py        content-hash cache of derived files; sidecar.py, gpu_env.py: plan metadata, GPU imports
-GPU libraries are imported only inside the functions that need them.
+Modules, lowest first (each imports only modules above it in this list):
+    errors.py          EngineUnavailableError, ModelMismatchError
+    cache.py           the cache folder, content hashes, the CPU model name
+    model_file.py      the ONNX model file: tensor names, metadata keys, ModelInfo, int8 companion, agreement record
+    bundled.py         the models shipped in pktnin/models, model option name -> file
+    ort_session.py     ONNX Runtime import (telemetry off) and its errors
+    runner_base.py     Runner (infer checks, then the backend's _infer), EngineChoice
+    protocols.py       ModelRunner and DeviceRunner, what the scoring stages use
+    ort_runner.py      OnnxRuntimeRunner (IO binding into preallocated outputs)
+    workers.py         SessionPoolRunner (several single-thread ONNX Runtime sessions)
+    openvino_runner.py OpenVinoRunner (fp32, bf16, int8 on the CPU; the `openvino` extra)
+    graph_rewrite.py   Conv1D rewrites; port_table.py: the port-table branch fused into a model
+    export.py          checkpoint -> one ONNX graph; the checkpoint export cache
+    fp16.py            float16 ONNX for strongly typed TensorRT; gpu_env.py, sidecar.py: GPU imports, plan metadata
+    quantize.py        static int8 (QDQ) models checked against float32 on held-out rows
+    trt_build.py       TensorRT plan + sidecar; trt_runner.py: TensorRTRunner (pycuda, pinned buffers, two slots)
+    precision.py       which CPU engine runs (auto: the fastest that agrees with float32), engine timings
+    runners.py         open_runner / open_runner_with_choice: any model file -> a loaded runner
+    catalog.py         what `pktnin models` shows: bundled models' metadata, agreement, recorded speeds
+Optional libraries (onnx, openvino, tensorrt, pycuda, numba.cuda, tensorflow) are imported inside the functions
+that need them.
 """
 
-from pktnin.engine.runner_base import EngineUnavailableError, ModelInfo, ModelMismatchError, Runner
-from pktnin.engine.runners import default_model_path, open_runner
+from pktnin.engine.bundled import default_model_path
+from pktnin.engine.errors import EngineUnavailableError, ModelMismatchError
+from pktnin.engine.model_file import ModelInfo
+from pktnin.engine.runner_base import EngineChoice, Runner
+from pktnin.engine.runners import open_runner, open_runner_with_choice
 
-__all__ = ["EngineUnavailableError", "ModelInfo", "ModelMismatchError", "Runner", "default_model_path", "open_runner"]
+__all__ = [
+    "EngineChoice",
+    "EngineUnavailableError",
+    "ModelInfo",
+    "ModelMismatchError",
+    "Runner",
+    "default_model_path",
+    "open_runner",
+    "open_runner_with_choice",
+]

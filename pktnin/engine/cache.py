@@ -1,4 +1,5 @@
-"""Derived model files cached by content hash: checkpoint -> ONNX, ONNX -> TensorRT plan.
+"""Where derived files are cached, and the content hashes that key them (checkpoint -> ONNX in export.py,
+ONNX -> TensorRT plan in trt_build.py, int8 companions in model_file.py, engine timings in precision.py).
 
 The cache lives in $PKTNIN_CACHE_DIR, else $XDG_CACHE_HOME/pktnin, else ~/.cache/pktnin. A key hashes the
 source bytes together with every setting that changes the result, so an edited checkpoint or a different
@@ -10,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 
 CACHE_ENV = "PKTNIN_CACHE_DIR"
-# Bump when the export or build code changes what it writes for the same inputs.
-EXPORT_CODE_VERSION = 1
+# Bump when the build code changes what it writes for the same inputs.
 BUILD_CODE_VERSION = 1
 
 
@@ -24,6 +25,18 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "pktnin"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform reports: part of timing keys."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -41,26 +54,6 @@ def content_key(paths: Sequence[str | os.PathLike], settings: dict) -> str:
         digest.update(file_sha256(path).encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:24]
-
-
-def cached_onnx(ckpt_path: str | os.PathLike, input_dtype: str = "float32", opset: int | None = None) -> Path:
-    """The ONNX export of a checkpoint, made on first use and reused while the checkpoint is unchanged."""
-    from pktnin.engine import export
-    from pktnin.trainer.checkpoint import checkpoint_paths
-
-    opset = export.DEFAULT_OPSET if opset is None else opset
-    keras_path, json_path = checkpoint_paths(ckpt_path)
-    for path in (keras_path, json_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file {path} not found")
-    key = content_key(
-        [keras_path, json_path],
-        {"input_dtype": input_dtype, "opset": opset, "code": EXPORT_CODE_VERSION},
-    )
-    target = cache_dir() / "onnx" / f"{keras_path.stem}-{key}.onnx"
-    if not target.is_file():
-        export.export_onnx(keras_path, target, input_dtype=input_dtype, opset=opset)
-    return target
 
 
 def plan_cache_path(onnx_path: str | os.PathLike, settings: dict) -> Path:

@@ -10,58 +10,28 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pktnin.engine.runners import MODELS_DIR, default_model_path
-from pktnin.errors import UsageError
+from pktnin.atomic import atomic_path
+from pktnin.engine.bundled import MODELS_DIR, bundled_models, bundled_names, is_bundled, resolve_model
+from pktnin.engine.cache import cache_dir, cpu_model, file_sha256
+from pktnin.engine.model_file import (
+    ALPHA_KEY,
+    CLASSES_KEY,
+    INPUT_DTYPE_KEY,
+    PRESET_KEY,
+    PROVENANCE_KEY,
+    agreement_record,
+    agreement_rows,
+    find_int8,
+    json_prop,
+    read_props,
+)
+from pktnin.engine.openvino_runner import openvino_available
 
 SPEEDS_FILE = "bench-speeds.json"
-
-
-def bundled_models() -> list[Path]:
-    """The float32 .onnx models shipped in pktnin/models, by name (an int8 companion, NAME.int8.onnx, is the
-    same model in another precision: `--precision` picks it, not `--model`)."""
-    from pktnin.engine.precision import INT8_SUFFIX
-
-    return sorted(p for p in MODELS_DIR.glob("*.onnx") if not p.name.endswith(INT8_SUFFIX))
-
-
-def bundled_names() -> list[str]:
-    return [p.stem for p in bundled_models()]
-
-
-def is_bundled(path: str | os.PathLike) -> bool:
-    return Path(path).resolve().parent == MODELS_DIR.resolve()
-
-
-def resolve_model(spec: str | os.PathLike | None) -> Path:
-    """The model file for a model option: None -> the default bundled model; an existing path -> itself; a bare
-    name (no folder, no suffix or .onnx) -> the bundled model of that name, unless a file of that name is here.
-
-    Raises UsageError naming the bundled models when a bare name matches neither a file nor a bundled model.
-    """
-    if spec is None:
-        return default_model_path()
-    path = Path(spec)
-    if path.is_file():
-        return path
-    bare = str(spec) == path.name and path.suffix in ("", ".onnx")
-    if bare and (MODELS_DIR / f"{path.stem}.onnx").is_file():
-        return MODELS_DIR / f"{path.stem}.onnx"
-    if path.suffix == "":
-        names = ", ".join(bundled_names()) or "none"
-        raise UsageError(f"{spec}: no such model file and no bundled model of that name (bundled: {names})")
-    return path  # a file name that does not exist: the runner reports it with the usual message
-
-
-def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The key/value metadata of an ONNX file: through onnx when installed, else ONNX Runtime (a plain
-    `pip install pktnin` has no onnx)."""
-    from pktnin.engine.precision import model_props
-
-    return model_props(path)
+__all__ = ["MODELS_DIR", "bundled_models", "bundled_names", "is_bundled", "resolve_model"]
 
 
 def model_provenance(path: str | os.PathLike) -> dict | None:
@@ -72,8 +42,7 @@ def model_provenance(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     try:
         if path.suffix == ".onnx":
-            raw = onnx_metadata(path).get("pktnin.provenance")
-            return json.loads(raw) if raw else None
+            return json_prop(read_props(path), PROVENANCE_KEY)
         if path.suffix == ".keras":
             meta = json.loads(path.with_suffix(".json").read_text())
             return {"data": meta.get("data", {}), "created": meta.get("created")}
@@ -101,17 +70,18 @@ def mask_warning(path: str | os.PathLike, mask: str) -> str | None:
 
 
 def describe_bundled(path: Path) -> dict:
-    """One bundled model: name, preset, classes, input, file size, provenance and the recorded speed."""
-    meta = onnx_metadata(path)
-    provenance = json.loads(meta["pktnin.provenance"]) if meta.get("pktnin.provenance") else {}
+    """One bundled model: name, preset, classes, input, file size, provenance, the agreement of its int8 and
+    bf16 engines with float32 per check set, and the speed recorded on this machine."""
+    meta = read_props(path)
+    provenance = json_prop(meta, PROVENANCE_KEY, {})
     data = provenance.get("data") or {}
     return {
         "name": path.stem,
         "path": str(path),
-        "preset": meta.get("pktnin.preset"),
-        "alpha": json.loads(meta.get("pktnin.alpha", "null")),
-        "classes": json.loads(meta.get("pktnin.classes", "[]")),
-        "input_dtype": meta.get("pktnin.input_dtype"),
+        "preset": meta.get(PRESET_KEY),
+        "alpha": json_prop(meta, ALPHA_KEY),
+        "classes": json_prop(meta, CLASSES_KEY, []),
+        "input_dtype": meta.get(INPUT_DTYPE_KEY),
         "size_bytes": path.stat().st_size,
         "trained": {
             "created": provenance.get("created"),
@@ -123,13 +93,22 @@ def describe_bundled(path: Path) -> dict:
             "labels": data.get("label_column"),
             "source": data.get("source_kind"),
         },
+        "agreement": int8_agreement(path),
         "speed": recorded_speed(path),
     }
 
 
-def _speeds_path() -> Path:
-    from pktnin.engine.cache import cache_dir
+def int8_agreement(path: Path) -> dict:
+    """{"engines": {"<backend>:<precision>": {check set: agreement}}, "rows": {check set: rows}} recorded in the
+    model's int8 companion ({} without one)."""
+    int8 = find_int8(path)
+    if int8 is None:
+        return {}
+    props = read_props(int8)
+    return {"engines": agreement_record(props), "rows": agreement_rows(props)}
 
+
+def _speeds_path() -> Path:
     return cache_dir() / SPEEDS_FILE
 
 
@@ -142,9 +121,6 @@ def _read_speeds() -> dict:
 
 def record_speed(model_path: str | os.PathLike, result: dict) -> Path:
     """Keep the medians of one `pktnin bench` result for this model file (latest per backend wins)."""
-    from pktnin.atomic import atomic_path
-    from pktnin.engine.cache import file_sha256
-
     speeds = _read_speeds()
     entry = speeds.setdefault(file_sha256(model_path), {})
     entry[result["backend"]] = {
@@ -153,7 +129,7 @@ def record_speed(model_path: str | os.PathLike, result: dict) -> Path:
         "batch": result["batch"],
         "rows": result["rows"],
         "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     path = _speeds_path()
@@ -164,10 +140,14 @@ def record_speed(model_path: str | os.PathLike, result: dict) -> Path:
 
 
 def recorded_speed(model_path: str | os.PathLike) -> dict | None:
-    """{backend: medians} that `pktnin bench` recorded for this model file, or None when never measured."""
-    from pktnin.engine.cache import file_sha256
-
-    speeds = _read_speeds()
-    if not speeds:
-        return None
-    return speeds.get(file_sha256(model_path))
+    """{backend: medians} that `pktnin bench --record` recorded for this model file on this CPU, for the backends
+    installed here, or None when there are none."""
+    entry = _read_speeds().get(file_sha256(model_path)) or {}
+    installed = {"onnxruntime", "tensorrt"} | ({"openvino"} if openvino_available() else set())
+    here = cpu_model()
+    kept = {
+        backend: figures
+        for backend, figures in entry.items()
+        if backend.split()[0] in installed and figures.get("machine") == here
+    }
+    return kept or None

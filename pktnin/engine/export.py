@@ -13,13 +13,27 @@ import os
 from pathlib import Path
 
 from pktnin.atomic import atomic_path
-from pktnin.engine.runner_base import INPUT_DTYPES, INPUT_NAME, OUTPUT_NAME, ModelInfo, ModelMismatchError
+from pktnin.checkpoint import checkpoint_paths, load_checkpoint
+from pktnin.engine.cache import cache_dir, content_key
+from pktnin.engine.errors import ModelMismatchError
+from pktnin.engine.graph_rewrite import simplify_conv1d
+from pktnin.engine.model_file import (
+    INPUT_DTYPES,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PROVENANCE_KEY,
+    ModelInfo,
+    set_model_info,
+    set_props,
+)
 from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
 
 DEFAULT_OPSET = 17
 MAX_OPSET = 18  # tf2onnx 1.17 refuses newer opsets
 BATCH_DIM = "batch"
+# Bump when the export code changes what it writes for the same checkpoint.
+EXPORT_CODE_VERSION = 1
 
 
 def export_onnx(
@@ -29,8 +43,6 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
 ) -> Path:
     """Export a checkpoint (NAME.keras + NAME.json) to ONNX at out_path (written atomically); returns out_path."""
-    from pktnin.trainer.checkpoint import load_checkpoint
-
     check_export_args(input_dtype, opset)
     model, meta = load_checkpoint(ckpt_path)
     info = model_info_from_checkpoint_meta(meta, input_dtype, source=str(ckpt_path))
@@ -82,18 +94,31 @@ def export_keras_model(
     model, out_path: str | os.PathLike, info: ModelInfo, opset: int = DEFAULT_OPSET, provenance: dict | None = None
 ) -> Path:
     """Convert an in-memory Keras model (input float32 [batch,1500] = bytes/255, output probabilities)."""
-    from pktnin.engine.graph_rewrite import simplify_conv1d
-
     proto = keras_to_onnx(model, info.input_dtype, opset)
     simplify_conv1d(proto)
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if num_classes != len(info.classes):
         raise ModelMismatchError(f"the model outputs {num_classes} classes but its metadata lists {len(info.classes)}")
-    set_metadata(proto, info)
+    set_model_info(proto, info)
     if provenance is not None:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "pktnin.provenance", json.dumps(provenance, sort_keys=True)
+        set_props(proto, {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
     return save_onnx(proto, out_path)
+
+
+def cached_onnx(ckpt_path: str | os.PathLike, input_dtype: str = "float32", opset: int = DEFAULT_OPSET) -> Path:
+    """The ONNX export of a checkpoint, made on first use and reused while the checkpoint is unchanged (cached by
+    content hash in pktnin.engine.cache)."""
+    keras_path, json_path = checkpoint_paths(ckpt_path)
+    for path in (keras_path, json_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file {path} not found")
+    key = content_key(
+        [keras_path, json_path], {"input_dtype": input_dtype, "opset": opset, "code": EXPORT_CODE_VERSION}
+    )
+    target = cache_dir() / "onnx" / f"{keras_path.stem}-{key}.onnx"
+    if not target.is_file():
+        export_onnx(keras_path, target, input_dtype=input_dtype, opset=opset)
+    return target
 
 
 def save_onnx(proto, out_path: str | os.PathLike) -> Path:
@@ -138,25 +163,6 @@ def keras_to_onnx(model, input_dtype: str = "float32", opset: int = DEFAULT_OPSE
         raise ValueError("the model's output has no fixed class dimension")
     proto.producer_name = "pktnin"
     return proto
-
-
-def set_metadata(proto, info: ModelInfo) -> None:
-    """Replace the pktnin.* metadata_props of proto with info's."""
-    keep = [p for p in proto.metadata_props if not p.key.startswith("pktnin.")]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in info.to_metadata().items():
-        entry = proto.metadata_props.add()
-        entry.key = key
-        entry.value = value
-
-
-def read_model_info(onnx_path: str | os.PathLike) -> ModelInfo:
-    """ModelInfo from an ONNX file's metadata (through onnx, so the weights are not loaded into a session)."""
-    import onnx
-
-    proto = onnx.load_model(str(onnx_path), load_external_data=False)
-    return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
 
 
 def check_export_args(input_dtype: str, opset: int) -> None:

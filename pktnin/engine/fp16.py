@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pktnin.engine.export import save_onnx
+
 FP16_STRATEGY_FLAG = "builder-flag"  # TensorRT <= 10: float32 graph + BuilderFlag.FP16
 FP16_STRATEGY_ONNX = "onnx-fp16"  # TensorRT >= 11: float16 graph, strongly typed network
 
@@ -59,7 +61,5 @@ def convert_model_to_fp16(proto):
 def convert_onnx_to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Write the float16 version of the ONNX file src to dst (atomically); returns dst."""
     import onnx
-
-    from pktnin.engine.export import save_onnx
 
     return save_onnx(convert_model_to_fp16(onnx.load_model(str(src))), dst)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pktnin.engine.runner_base import EngineUnavailableError
+from pktnin.engine.errors import EngineUnavailableError
 
 TENSORRT_MISSING = "TensorRT is not installed (pip install 'pktnin[gpu]' on a machine with an NVIDIA GPU)"
 PYCUDA_MISSING = (

@@ -14,15 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin.engine.runner_base import (
-    DEFAULT_MAX_BATCH,
-    INPUT_NAME,
-    META_PREFIX,
-    EngineUnavailableError,
-    ModelInfo,
-    ModelMismatchError,
-    Runner,
-)
+from pktnin.engine.errors import EngineUnavailableError, ModelMismatchError
+from pktnin.engine.model_file import INPUT_NAME, META_PREFIX, ModelInfo, model_precision
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH, Runner
 from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
@@ -37,6 +31,14 @@ def require_openvino():
     except ImportError:
         raise EngineUnavailableError("OpenVINO is not installed: pip install 'pktnin[openvino]'") from None
     return openvino
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def cpu_has_bf16() -> bool:
@@ -81,8 +83,9 @@ class OpenVinoRunner(Runner):
             raise FileNotFoundError(f"ONNX model {self.path} not found")
         core = ov.Core()
         model = core.read_model(str(self.path))
-        info = ModelInfo.from_metadata(_metadata(model), str(self.path))
-        quantized = _metadata(model).get(META_PREFIX + "precision", "fp32") == "int8"
+        props = _metadata(model)
+        info = ModelInfo.from_metadata(props, str(self.path))
+        quantized = model_precision(props) == "int8"
         if (self.precision == "int8") != quantized:
             raise ModelMismatchError(
                 f"{self.path}: OpenVINO int8 runs the QDQ model from `pktnin quantize`; "
@@ -96,6 +99,11 @@ class OpenVinoRunner(Runner):
         shape = inputs[0].get_partial_shape()
         if shape.rank.get_length() != 2 or not shape[1].is_static or shape[1].get_length() != ROW_LEN:
             raise ModelMismatchError(f"{self.path}: expected input [batch, {ROW_LEN}], got {shape}")
+        out_type = outputs[0].get_element_type()
+        if out_type != ov.Type.f32:
+            raise ModelMismatchError(
+                f"{self.path}: output is {out_type}, expected float32 class probabilities (tensor(float))"
+            )
         config: dict[str, str | int] = {
             "PERFORMANCE_HINT": "THROUGHPUT",
             # int8 graphs take their precision from the QDQ nodes; the float parts stay float32 there.
@@ -112,12 +120,7 @@ class OpenVinoRunner(Runner):
         self.info = info
         return self
 
-    def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        n = self._check_io(rows, out)
-        if n == 0:
-            return out[:0]
-        if rows.dtype != np.uint8 and self.input_dtype == "uint8":
-            raise OptionError("this model takes uint8 rows (bytes)")
+    def _infer(self, rows: np.ndarray, out: np.ndarray, n: int) -> np.ndarray:
         if rows.dtype == np.uint8 and self.input_dtype == "float32":
             rows = rows.astype(np.float32) * np.float32(1.0 / 255.0)
         nreq = len(self._requests)

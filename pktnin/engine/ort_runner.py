@@ -8,52 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from pktnin.engine.runner_base import (
-    DEFAULT_MAX_BATCH,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ModelInfo,
-    ModelMismatchError,
-    Runner,
-)
+from pktnin.engine.errors import ModelMismatchError
+from pktnin.engine.model_file import INPUT_NAME, OUTPUT_NAME, ModelInfo, model_precision
+from pktnin.engine.ort_session import import_onnxruntime, ort_errors, unusable_model
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH, Runner
 from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
-
-# ONNX Runtime's telemetry: its environment, created when the module is first imported, otherwise writes a device
-# id and an event store under the user's cache directory (~/.cache/Microsoft/DeveloperTools/.onnxruntime) on every
-# run. The variable must be set before that import; a user's explicit setting is kept.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
-
-def import_onnxruntime():
-    """The onnxruntime module, its telemetry off (the variable above, and the API switch where it exists)."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    import onnxruntime as ort
-
-    if hasattr(ort, "disable_telemetry_events"):
-        ort.disable_telemetry_events()
-    return ort
-
-
-def ort_errors() -> tuple[type[BaseException], ...]:
-    """ONNX Runtime's own exception types (InvalidProtobuf, InvalidArgument, NoSuchFile, Fail, ...): they derive
-    from Exception directly, not from RuntimeError or ValueError."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
-
-
-def unusable_model(path, exc: BaseException) -> ModelMismatchError:
-    """One line for a model file ONNX Runtime cannot load, with the useful end of its message ('[ONNXRuntimeError]
-    : 7 : INVALID_PROTOBUF : Load model from m.onnx failed:Protobuf parsing failed.' -> 'INVALID_PROTOBUF:
-    Protobuf parsing failed')."""
-    text = " ".join(str(exc).split())
-    parts = [p.strip() for p in text.split(" : ")]
-    code = parts[2] if len(parts) > 3 else type(exc).__name__
-    detail = parts[-1].split("failed:", 1)[-1].strip().rstrip(".")
-    return ModelMismatchError(f"{path}: not a usable ONNX model (corrupt or truncated?): {code}: {detail}")
 
 
 class OnnxRuntimeRunner(Runner):
@@ -119,7 +81,8 @@ class OnnxRuntimeRunner(Runner):
             session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except ort_errors() as exc:
             raise unusable_model(self.path, exc) from None
-        info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(self.path))
+        props = session.get_modelmeta().custom_metadata_map
+        info = ModelInfo.from_metadata(props, str(self.path))
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
             raise ModelMismatchError(
@@ -131,18 +94,26 @@ class OnnxRuntimeRunner(Runner):
             raise ModelMismatchError(
                 f"{self.path}: input is {inputs[0].type} {inputs[0].shape}, metadata says {info.input_dtype} [batch,{ROW_LEN}]"
             )
-        if outputs[0].shape[1] != len(info.classes):
-            raise ModelMismatchError(f"{self.path}: {outputs[0].shape[1]} outputs but {len(info.classes)} classes")
+        if outputs[0].type != "tensor(float)":
+            raise ModelMismatchError(
+                f"{self.path}: output {OUTPUT_NAME!r} is {outputs[0].type}, expected float32 class probabilities "
+                "(tensor(float))"
+            )
+        if len(outputs[0].shape) != 2 or outputs[0].shape[1] != len(info.classes):
+            raise ModelMismatchError(
+                f"{self.path}: output shape {outputs[0].shape}, expected [batch, {len(info.classes)}] "
+                f"(one column per class)"
+            )
         self._session = session
         self._binding = session.io_binding()
         if info.input_dtype == "float32":
             self._scratch = np.empty((self._max_batch, ROW_LEN), dtype=np.float32)
+        self.precision = model_precision(props)
         self.info = info
         return self
 
-    def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        n = self._check_io(rows, out)
-        assert self._session is not None and self._binding is not None  # _check_io: loaded
+    def _infer(self, rows: np.ndarray, out: np.ndarray, n: int) -> np.ndarray:
+        assert self._session is not None and self._binding is not None  # infer() checked: loaded
         num_classes = out.shape[1]
         for start in range(0, n, self._max_batch):
             stop = min(n, start + self._max_batch)

@@ -3,19 +3,22 @@ Runtime, one multi-thread session or several single-thread ones.
 
 int8 runs the QDQ model made by `pktnin quantize` from this float32 model: the file beside it
 (NAME.int8.onnx) or the one in the cache (made for the bundled model). Its metadata records the argmax agreement
-of each quantized engine with float32 on the validation rows it was checked on (pktnin.agreement).
+of each quantized engine with float32 per check set (model_file.agreement_record): the rows that chose the
+quantization, and held-out sets it never saw (each source's test files; synthetic, odd and unusual-port traffic).
 
-`auto` keeps the engines whose recorded agreement is at least AUTO_MIN_AGREEMENT (float32 always qualifies),
-times each on this machine at the run's batch size, and opens the fastest; with nothing else qualifying it is
-float32 on ONNX Runtime. Timings are cached per model, machine, library versions and batch, so only the first
-run on a machine pays for them.
+`auto` keeps the engines whose agreement is at least AUTO_MIN_AGREEMENT on every held-out set (float32 always
+qualifies; an engine measured only on the rows that chose it does not), times each on this machine at the run's
+batch size, and opens the fastest; with nothing else qualifying it is float32 on ONNX Runtime. Timings are
+cached (cache.cache_dir()/engine-timings) keyed by what they measured: pktnin and backend versions, CPU model,
+cores and threads, the model files' hashes, batch; a record older than the installed pktnin or backends, or one
+whose repeats spread more than NOISY_SPREAD, is measured again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -23,25 +26,28 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.atomic import atomic_path
 from pktnin.engine import cache
-from pktnin.engine.runner_base import (
-    DEFAULT_MAX_BATCH,
-    META_PREFIX,
-    EngineUnavailableError,
-    ModelMismatchError,
-    Runner,
-)
+from pktnin.engine.bundled import default_int8_path
+from pktnin.engine.errors import EngineUnavailableError, ModelMismatchError
+from pktnin.engine.model_file import SELECTION_SET, agreement_record, find_int8, model_precision, read_props
+from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16, openvino_available
+from pktnin.engine.ort_runner import OnnxRuntimeRunner
+from pktnin.engine.ort_session import import_onnxruntime
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH, EngineChoice, Runner
+from pktnin.engine.workers import SessionPoolRunner
 from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
+from pktnin.version import __version__
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 CPU_BACKENDS = ("onnxruntime", "openvino")
 AUTO_MIN_AGREEMENT = 0.995
-INT8_SUFFIX = ".int8.onnx"
 TIMING_SECONDS = 0.25  # per engine and repeat when auto measures (at least one batch)
 TIMING_REPEATS = 3
 TIMING_BATCH = 128  # rows per timed call: enough to rank engines, small enough to time a large model quickly
-TIMING_CODE_VERSION = 1
+TIMING_CODE_VERSION = 2
+NOISY_SPREAD = 0.25  # (max - min) / median of an engine's repeats above which a cached timing is not trusted
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,25 @@ class Engine:
     precision: str  # fp32 | bf16 | int8
     path: str  # the ONNX file it runs
     workers: int = 1  # ONNX Runtime: 1 = one session with intra-op threads; N = N single-thread sessions
-    agreement: float = 1.0  # argmax agreement with float32 recorded in the int8 model (1.0 for float32)
+    # argmax agreement with float32 per check set, recorded in the int8 model ({} for float32 itself)
+    agreement: tuple[tuple[str, float], ...] = ()
 
     def label(self) -> str:
         layout = ""
         if self.backend == "onnxruntime":
             layout = f", {self.workers} single-thread sessions" if self.workers > 1 else ", one session"
         return f"{self.backend} {self.precision}{layout}"
+
+    def held_out_agreement(self) -> float:
+        """The lowest agreement over the held-out check sets (1.0 for float32; nan when none was measured)."""
+        if self.precision == "fp32":
+            return 1.0
+        held_out = [v for name, v in self.agreement if name != SELECTION_SET]
+        return min(held_out) if held_out else float("nan")
+
+    def qualifies(self, bound: float) -> bool:
+        value = self.held_out_agreement()
+        return not math.isnan(value) and value >= bound
 
 
 @dataclass
@@ -67,82 +85,19 @@ class Choice:
     reason: str
     timings: dict[str, float] | None = None  # engine label -> rows/s, when measured
 
-
-# -- the int8 companion --------------------------------------------------------------------------------------
-def model_props(path: str | os.PathLike) -> dict[str, str]:
-    """metadata_props of an ONNX file; through onnx when installed, else ONNX Runtime (loads the graph)."""
-    try:
-        import onnx
-    except ImportError:
-        import onnxruntime as ort
-
-        from pktnin.engine.ort_runner import ort_errors, unusable_model
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except ort_errors() as exc:
-            raise unusable_model(path, exc) from None
-        return dict(session.get_modelmeta().custom_metadata_map)
-    from google.protobuf.message import DecodeError
-
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except DecodeError as exc:  # a corrupt or truncated file: one line naming it, not protobuf's own
-        raise ModelMismatchError(f"{path}: not a usable ONNX model (corrupt or truncated?): {exc}") from None
-    return {p.key: p.value for p in proto.metadata_props}
+    def engine_choice(self) -> EngineChoice:
+        return EngineChoice(self.engine.label(), self.reason, dict(self.engine.agreement))
 
 
-def model_precision(props: dict[str, str]) -> str:
-    return props.get(META_PREFIX + "precision", "fp32")
-
-
-def int8_cache_path(fp32_path: str | os.PathLike) -> Path:
-    """Where `pktnin quantize` puts the int8 model of a float32 model it may not write beside (the bundled one)."""
-    return cache.cache_dir() / "int8" / f"{Path(fp32_path).stem}-{cache.file_sha256(fp32_path)[:24]}{INT8_SUFFIX}"
-
-
-def default_int8_path(fp32_path: str | os.PathLike) -> Path:
-    """NAME.int8.onnx beside the model when that folder is writable, else the cache path."""
-    fp32_path = Path(fp32_path)
-    beside = fp32_path.with_name(fp32_path.stem + INT8_SUFFIX)
-    from pktnin.engine.runners import MODELS_DIR
-
-    if fp32_path.resolve().parent == MODELS_DIR.resolve() or not os.access(fp32_path.parent, os.W_OK):
-        return int8_cache_path(fp32_path)
-    return beside
-
-
-def find_int8(fp32_path: str | os.PathLike) -> Path | None:
-    """The int8 model quantized from exactly this float32 file (checked by hash), or None."""
-    fp32_path = Path(fp32_path)
-    sha = cache.file_sha256(fp32_path)
-    for candidate in (fp32_path.with_name(fp32_path.stem + INT8_SUFFIX), int8_cache_path(fp32_path)):
-        if candidate.is_file():
-            quant = json.loads(model_props(candidate).get(META_PREFIX + "quantization", "{}"))
-            if quant.get("source_sha256") == sha:
-                return candidate
-    return None
-
-
-def recorded_agreement(int8_path: str | os.PathLike | None) -> dict[str, float]:
+def recorded_agreement(int8_path: str | os.PathLike | None) -> dict[str, tuple[tuple[str, float], ...]]:
+    """{"<backend>:<precision>": ((check set, agreement), ...)} recorded in an int8 model ({} for None)."""
     if int8_path is None:
         return {}
-    raw = json.loads(model_props(int8_path).get(META_PREFIX + "agreement", "{}"))
-    return {k: float(v) for k, v in raw.items() if ":" in k}
+    record = agreement_record(read_props(int8_path))
+    return {key: tuple(sorted(sets.items())) for key, sets in record.items()}
 
 
 # -- candidates ----------------------------------------------------------------------------------------------
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def candidate_engines(
     model_path: str | os.PathLike,
     backend: str = "auto",
@@ -155,29 +110,29 @@ def candidate_engines(
     session and one single-thread session per core for ONNX Runtime, a number fixes it.
     """
     model_path = Path(model_path)
-    props = model_props(model_path)
-    if model_precision(props) == "int8":
+    if model_precision(read_props(model_path)) == "int8":
         # Given the int8 model itself: it runs as asked on the backend given (ONNX Runtime for auto); OpenVINO
         # joins under auto only where its own run of the file agreed.
         agree = recorded_agreement(model_path)
         own = "onnxruntime" if backend == "auto" else backend
-        engines = [Engine(own, "int8", str(model_path), agreement=agree.get(f"{own}:int8", float("nan")))]
-        if backend == "auto" and openvino_available() and agree.get("openvino:int8", 0.0) >= min_agreement:
-            engines.append(Engine("openvino", "int8", str(model_path), agreement=agree["openvino:int8"]))
+        engines = [Engine(own, "int8", str(model_path), agreement=agree.get(f"{own}:int8", ()))]
+        ov = Engine("openvino", "int8", str(model_path), agreement=agree.get("openvino:int8", ()))
+        if backend == "auto" and openvino_available() and ov.qualifies(min_agreement):
+            engines.append(ov)
         return _with_layouts(engines, workers)
     int8 = find_int8(model_path)
     agree = recorded_agreement(int8)
     engines = [Engine("onnxruntime", "fp32", str(model_path))]
-    if int8 is not None and agree.get("onnxruntime:int8", 0.0) >= min_agreement:
-        engines.append(Engine("onnxruntime", "int8", str(int8), agreement=agree["onnxruntime:int8"]))
+    wanted = []
+    if int8 is not None:
+        wanted.append(Engine("onnxruntime", "int8", str(int8), agreement=agree.get("onnxruntime:int8", ())))
     if backend in ("auto", "openvino") and openvino_available():
-        from pktnin.engine.openvino_runner import cpu_has_bf16
-
         engines.append(Engine("openvino", "fp32", str(model_path)))
-        if cpu_has_bf16() and agree.get("openvino:bf16", 0.0) >= min_agreement:
-            engines.append(Engine("openvino", "bf16", str(model_path), agreement=agree["openvino:bf16"]))
-        if int8 is not None and agree.get("openvino:int8", 0.0) >= min_agreement:
-            engines.append(Engine("openvino", "int8", str(int8), agreement=agree["openvino:int8"]))
+        if cpu_has_bf16():
+            wanted.append(Engine("openvino", "bf16", str(model_path), agreement=agree.get("openvino:bf16", ())))
+        if int8 is not None:
+            wanted.append(Engine("openvino", "int8", str(int8), agreement=agree.get("openvino:int8", ())))
+    engines += [e for e in wanted if e.qualifies(min_agreement)]
     if backend != "auto":
         engines = [e for e in engines if e.backend == backend]
     return _with_layouts(engines, workers)
@@ -204,8 +159,7 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
     if backend == "auto":  # bf16 exists only on OpenVINO; everything else defaults to ONNX Runtime
         backend = "openvino" if precision == "bf16" else "onnxruntime"
     workers = workers or 1
-    props = model_props(model_path)
-    if model_precision(props) == "int8":
+    if model_precision(read_props(model_path)) == "int8":
         if precision != "int8":
             raise ModelMismatchError(
                 f"{model_path} is an int8 model; run it with --precision int8 (or auto), or pass its float32 model"
@@ -215,14 +169,14 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
             "int8",
             str(model_path),
             workers,
-            recorded_agreement(model_path).get(f"{backend}:int8", float("nan")),
+            recorded_agreement(model_path).get(f"{backend}:int8", ()),
         )
     if precision == "fp32":
         return Engine(backend, "fp32", str(model_path), workers)
     if precision == "bf16":
         if backend != "openvino":
             raise OptionError("bf16 runs on OpenVINO: add --backend openvino")
-        agree = recorded_agreement(find_int8(model_path)).get("openvino:bf16", float("nan"))
+        agree = recorded_agreement(find_int8(model_path)).get("openvino:bf16", ())
         return Engine("openvino", "bf16", str(model_path), 1, agree)
     if precision == "int8":
         int8 = find_int8(model_path)
@@ -231,9 +185,7 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
                 f"no int8 model of {model_path}: make one with `pktnin quantize {model_path} --data DATASET` "
                 f"(it is written to {default_int8_path(model_path)})"
             )
-        return Engine(
-            backend, "int8", str(int8), workers, recorded_agreement(int8).get(f"{backend}:int8", float("nan"))
-        )
+        return Engine(backend, "int8", str(int8), workers, recorded_agreement(int8).get(f"{backend}:int8", ()))
     raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
@@ -241,22 +193,11 @@ def fixed_engine(model_path: str | os.PathLike, backend: str, precision: str, wo
 def open_engine(engine: Engine, max_batch: int | None = None, threads: int | None = None) -> Runner:
     """A loaded runner for an engine (`threads`: intra-op threads of a one-session ONNX Runtime engine)."""
     batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
-    runner: Runner
     if engine.backend == "openvino":
-        from pktnin.engine.openvino_runner import OpenVinoRunner
-
-        runner = OpenVinoRunner(engine.path, precision=engine.precision, threads=threads, max_batch=batch).load()
-    elif engine.workers > 1:
-        from pktnin.engine.workers import SessionPoolRunner
-
-        runner = SessionPoolRunner(engine.path, engine.workers, max_batch=batch).load()
-    else:
-        from pktnin.engine.ort_runner import OnnxRuntimeRunner
-
-        runner = OnnxRuntimeRunner(engine.path, intra_threads=threads, max_batch=batch).load()
-    runner.precision = engine.precision
-    runner.engine_label = engine.label()
-    return runner
+        return OpenVinoRunner(engine.path, precision=engine.precision, threads=threads, max_batch=batch).load()
+    if engine.workers > 1:
+        return SessionPoolRunner(engine.path, engine.workers, max_batch=batch).load()
+    return OnnxRuntimeRunner(engine.path, intra_threads=threads, max_batch=batch).load()
 
 
 def timing_rows(n: int, seed: int = 0) -> np.ndarray:
@@ -269,10 +210,10 @@ def timing_rows(n: int, seed: int = 0) -> np.ndarray:
     return rows
 
 
-def measure(
+def measure_runs(
     runners: dict[str, Runner], batch: int, seconds: float = TIMING_SECONDS, repeats: int = TIMING_REPEATS
-) -> dict[str, float]:
-    """rows/s of each runner, interleaved (one timed slice of each in turn, `repeats` times); medians."""
+) -> dict[str, list[float]]:
+    """rows/s of each runner in each repeat, interleaved (one timed slice of each in turn, `repeats` times)."""
     rows = timing_rows(batch)
     outs = {k: r.new_output(batch) for k, r in runners.items()}
     for k, r in runners.items():
@@ -288,24 +229,48 @@ def measure(
                 if elapsed >= seconds:
                     break
             rates[k].append(done / elapsed)
-    return {k: statistics.median(v) for k, v in rates.items()}
+    return rates
 
 
-def _timing_key(engines: list[Engine], batch: int, threads: int | None) -> Path:
-    import onnxruntime
+def measure(
+    runners: dict[str, Runner], batch: int, seconds: float = TIMING_SECONDS, repeats: int = TIMING_REPEATS
+) -> dict[str, float]:
+    """Median rows/s of each runner over interleaved repeats (measure_runs)."""
+    return {k: statistics.median(v) for k, v in measure_runs(runners, batch, seconds, repeats).items()}
 
-    versions = {"onnxruntime": onnxruntime.__version__}
+
+def spread(rates: list[float]) -> float:
+    """(max - min) / median of repeated rates: how much the machine's load moved them."""
+    return (max(rates) - min(rates)) / statistics.median(rates) if rates else 0.0
+
+
+def backend_versions(engines: list[Engine]) -> dict[str, str]:
+    versions = {"pktnin": __version__, "onnxruntime": import_onnxruntime().__version__}
     if any(e.backend == "openvino" for e in engines):
         import openvino
 
         versions["openvino"] = openvino.__version__
+    return versions
+
+
+def install_time(engines: list[Engine]) -> float:
+    """When pktnin or a backend the engines use was last installed or changed (newest module file mtime)."""
+    files = [Path(__file__), Path(import_onnxruntime().__file__ or __file__)]  # this module stands for pktnin
+    if any(e.backend == "openvino" for e in engines):
+        import openvino
+
+        files.append(Path(openvino.__file__ or __file__))
+    return max(f.stat().st_mtime for f in files)
+
+
+def _timing_key(engines: list[Engine], batch: int, threads: int | None) -> Path:
     settings = {
-        "engines": [asdict(e) | {"path": Path(e.path).name} for e in engines],
+        "engines": [asdict(e) | {"path": Path(e.path).name, "agreement": None} for e in engines],
         "batch": batch,
         "threads": threads,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cache.cpu_model(),
         "cores": os.cpu_count(),
-        "versions": versions,
+        "versions": backend_versions(engines),
         "code": TIMING_CODE_VERSION,
     }
     key = cache.content_key(sorted({e.path for e in engines}), settings)
@@ -335,7 +300,7 @@ def choose_engine(
         f", {timings[best.label()] / reference:.2f}x {engines[0].label()}" if reference else ""
     )
     if best.precision == "fp32" and not any(e.precision != "fp32" for e in engines):
-        reason = f"no faster engine agrees with float32 on >= {min_agreement:.1%} of validation rows ({speed})"
+        reason = f"no faster engine agrees with float32 on >= {min_agreement:.1%} of held-out rows ({speed})"
     else:
         reason = f"fastest of {len(measured)} measured engines ({speed})"
     return Choice(best, reason, timings)
@@ -374,18 +339,27 @@ def _choose_layout(engines: list[Engine], batch: int, threads: int | None) -> Ch
     return Choice(best, f"session layout measured: {best.label().split(', ', 1)[1]}", timings)
 
 
+def cached_timings(key_file: Path, engines: list[Engine]) -> dict[str, float] | None:
+    """The timings recorded at key_file, unless missing, for other engines, older than the install, or noisy."""
+    try:
+        record = json.loads(key_file.read_text())
+        timings, spreads = record["rows_per_s"], record["spread"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not timings or not set(timings) <= {e.label() for e in engines}:
+        return None
+    if key_file.stat().st_mtime < install_time(engines) or max(spreads.values(), default=0.0) > NOISY_SPREAD:
+        return None
+    return timings
+
+
 def timed(engines: list[Engine], batch: int, threads: int | None, use_cache: bool = True) -> dict[str, float]:
     """rows/s per engine label, from the cache or measured now (engines that cannot open here are left out)."""
-    from pktnin.atomic import atomic_path
-
     key_file = _timing_key(engines, batch, threads)
-    if use_cache and key_file.is_file():
-        try:
-            timings = json.loads(key_file.read_text())["rows_per_s"]
-            if set(timings) <= {e.label() for e in engines} and timings:
-                return timings
-        except (ValueError, KeyError):
-            pass
+    if use_cache:
+        timings = cached_timings(key_file, engines)
+        if timings is not None:
+            return timings
     runners: dict[str, Runner] = {}
     try:
         for e in engines:
@@ -393,11 +367,20 @@ def timed(engines: list[Engine], batch: int, threads: int | None, use_cache: boo
                 runners[e.label()] = open_engine(e, max_batch=batch, threads=threads)
             except EngineUnavailableError:
                 continue
-        timings = measure(runners, min(batch, TIMING_BATCH))
+        runs = measure_runs(runners, min(batch, TIMING_BATCH))
     finally:
         for r in runners.values():
             r.close()
+    timings = {k: statistics.median(v) for k, v in runs.items()}
+    record = {
+        "rows_per_s": timings,
+        "spread": {k: spread(v) for k, v in runs.items()},
+        "batch": batch,
+        "cpu": cache.cpu_model(),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "measured": time.time(),
+    }
     key_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(key_file) as tmp:
-        tmp.write_text(json.dumps({"rows_per_s": timings, "batch": batch}, indent=1))
+        tmp.write_text(json.dumps(record, indent=1))
     return timings

@@ -1,7 +1,7 @@
 """What the scoring stages need from a runner, stated once.
 
-ModelRunner is the plain face every backend shows (runner_base.Runner implements it for ONNX Runtime and
-TensorRT). DeviceRunner is the device face of TensorRTRunner: packets are prepared on the GPU straight into
+ModelRunner is the plain face every backend shows (runner_base.Runner implements it for ONNX Runtime, its
+session pool, OpenVINO and TensorRT). DeviceRunner is the device face of TensorRTRunner: packets are prepared on the GPU straight into
 the engine's input buffer of one of `num_slots` slots, submitted, and collected in submission order; the
 GPU scoring stage (pktnin.score.gpu_stages) uses exactly these members.
 

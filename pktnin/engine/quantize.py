@@ -21,8 +21,27 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.engine.cache import file_sha256
+from pktnin.engine.export import save_onnx
 from pktnin.engine.graph_rewrite import simplify_conv1d
-from pktnin.engine.runner_base import INPUT_NAME, META_PREFIX
+from pktnin.engine.model_file import (
+    AGREEMENT_KEY,
+    INPUT_NAME,
+    PRECISION_KEY,
+    PROVENANCE_KEY,
+    QUANTIZATION_KEY,
+    SELECTION_SET,
+    agreement_json,
+    agreement_record,
+    agreement_rows,
+    json_prop,
+    model_precision,
+    read_props,
+    set_props,
+)
+from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16, openvino_available
+from pktnin.engine.ort_runner import OnnxRuntimeRunner
+from pktnin.engine.port_table import PORT_NODE_PREFIX
 from pktnin.errors import OptionError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -31,9 +50,6 @@ EXCLUDE_LEVELS = ("none", "edges", "edges+fusion")
 # what TensorRT's explicit quantization accepts.
 TARGETS = ("cpu", "tensorrt")
 TARGET_AGREEMENT = 0.995
-QUANT_META_KEY = META_PREFIX + "quantization"
-PRECISION_KEY = META_PREFIX + "precision"
-AGREEMENT_KEY = META_PREFIX + "agreement"  # {"<backend>:<precision>": agreement with float32, ...}
 CALIBRATION_BATCH = 64
 
 
@@ -96,7 +112,7 @@ def check_split(model_path: str | os.PathLike) -> str:
     """The split whose rows check agreement with float32: validation, unless the model was refit on train+val
     (its provenance says so). Agreement needs no labels, but on rows a model trained on it is close to 1 and says
     nothing about the captures it will score; the test rows are then the unseen ones."""
-    provenance = json.loads(read_props(model_path).get(META_PREFIX + "provenance", "{}") or "{}")
+    provenance = json_prop(read_props(model_path), PROVENANCE_KEY, {})
     return "test" if provenance.get("fit") == "train+val" else "val"
 
 
@@ -123,8 +139,6 @@ def nodes_to_exclude(proto, level: str) -> list[str]:
     a port-fused model (its table of class probabilities, the key arithmetic and the fusion) stays float32: it
     costs next to nothing and a table quantized to 256 levels would move the fused probabilities.
     """
-    from pktnin.trainer.port_table import PORT_NODE_PREFIX
-
     if level not in EXCLUDE_LEVELS:
         raise OptionError(f"exclusion level must be one of {', '.join(EXCLUDE_LEVELS)}, got {level!r}")
     port_branch = [n.name for n in proto.graph.node if n.name.startswith(PORT_NODE_PREFIX)]
@@ -221,6 +235,10 @@ def quantize_qdq(
     if calibration_rows.ndim != 2 or calibration_rows.dtype != np.uint8 or len(calibration_rows) == 0:
         raise OptionError("calibration rows must be a non-empty uint8 [n, 1500] array")
 
+    # Equal batches: ONNX Runtime's histogram calibrators stack the batches' outputs into one array.
+    whole = len(calibration_rows) // CALIBRATION_BATCH * CALIBRATION_BATCH
+    calibration_rows = calibration_rows[: whole or len(calibration_rows)]
+
     class Rows(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = iter(
@@ -260,8 +278,6 @@ def quantize_qdq(
 
 def probabilities(model_path: str | os.PathLike, rows: np.ndarray, batch: int = 256) -> np.ndarray:
     """float32 probabilities of an ONNX model on uint8 rows (ONNX Runtime, CPU)."""
-    from pktnin.engine.ort_runner import OnnxRuntimeRunner
-
     with OnnxRuntimeRunner(model_path, max_batch=batch) as runner:
         return runner.predict(np.ascontiguousarray(rows))
 
@@ -273,24 +289,6 @@ def agreement(probs: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     return float((probs.argmax(1) == reference.argmax(1)).mean()), float(np.abs(probs - reference).max())
 
 
-def set_props(proto, props: dict[str, str]) -> None:
-    """Replace or add metadata_props entries."""
-    keep = [p for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def read_props(path: str | os.PathLike) -> dict[str, str]:
-    """metadata_props of an ONNX file, without loading its weights into a session."""
-    import onnx
-
-    proto = onnx.load_model(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 @dataclass
 class QuantizeResult:
     path: Path
@@ -298,7 +296,8 @@ class QuantizeResult:
     candidates: list[Candidate]
     calibration_rows: int
     validation_rows: int
-    reached_target: bool
+    reached_target: bool  # on the validation rows and every held-out check set
+    checks: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> {check set: agreement}
 
 
 def quantize_model(
@@ -314,22 +313,24 @@ def quantize_model(
     max_extra_excluded: int = 4,
     log=None,
     validation_split: str = "val",
+    checks: dict[str, np.ndarray] | None = None,
 ) -> QuantizeResult:
     """Quantize src with every (exclusion level, method) in order until one agrees with float32 on at least
     target_agreement of the validation rows; the least-excluded such candidate wins (fewer float32 nodes run
     faster), the best-agreeing one when none reaches it. Writes dst atomically with the metadata of src plus
-    pktnin.precision, pktnin.quantization and pktnin.agreement."""
-    import onnx
+    pktnin.precision, pktnin.quantization and pktnin.agreement.
 
-    from pktnin.engine.cache import file_sha256
-    from pktnin.engine.export import save_onnx
+    `checks` are held-out check sets ({name: rows}) that took no part in the choice: the chosen model's engines
+    (ONNX Runtime int8, and OpenVINO's when installed) are measured on them and on the validation rows (check set
+    "selection") and recorded; the target counts as reached only when every held-out set reaches it too."""
+    import onnx
 
     log = log or (lambda msg: None)
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"model {src} not found")
     source_props = read_props(src)
-    if source_props.get(PRECISION_KEY, "fp32") != "fp32":
+    if model_precision(source_props) != "fp32":
         raise OptionError(f"{src}: already quantized ({source_props[PRECISION_KEY]}); quantize the float32 model")
     reference = probabilities(src, validation_rows)
     candidates: list[Candidate] = []
@@ -400,14 +401,15 @@ def quantize_model(
     }
     props = {k: v for k, v in source_props.items()}
     props[PRECISION_KEY] = "int8"
-    props[QUANT_META_KEY] = json.dumps(quant_meta, sort_keys=True)
-    props[AGREEMENT_KEY] = json.dumps({"onnxruntime:int8": chosen.agreement, "rows": int(len(validation_rows))})
+    props[QUANTIZATION_KEY] = json.dumps(quant_meta, sort_keys=True)
+    props.pop(AGREEMENT_KEY, None)  # written by record_checks below, per engine and check set
     set_props(proto, props)
     proto.producer_name = "pktnin"
     path = save_onnx(proto, dst)
-    return QuantizeResult(
-        path, chosen, candidates, len(calibration_rows), len(validation_rows), chosen.agreement >= target_agreement
-    )
+    measured = record_checks(src, path, {SELECTION_SET: validation_rows, **(checks or {})})
+    held_out = {name: v for name, v in measured["onnxruntime:int8"].items() if name != SELECTION_SET}
+    reached = chosen.agreement >= target_agreement and all(v >= target_agreement for v in held_out.values())
+    return QuantizeResult(path, chosen, candidates, len(calibration_rows), len(validation_rows), reached, measured)
 
 
 def _exclude_sensitive(
@@ -449,23 +451,26 @@ def _exclude_sensitive(
     return best
 
 
-def record_agreement(path: str | os.PathLike, results: dict[str, float]) -> None:
-    """Merge {"<backend>:<precision>": agreement} into a quantized model's pktnin.agreement (rewritten atomically)."""
+def record_agreement(
+    path: str | os.PathLike, results: dict[str, dict[str, float]], rows: dict[str, int] | None = None
+) -> None:
+    """Merge {"<backend>:<precision>": {check set: agreement}} (and {check set: rows}) into a quantized model's
+    pktnin.agreement (rewritten atomically)."""
     import onnx
-
-    from pktnin.engine.export import save_onnx
 
     proto = onnx.load_model(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
-    current = json.loads(props.get(AGREEMENT_KEY, "{}"))
-    current.update({k: float(v) for k, v in results.items()})
-    set_props(proto, {AGREEMENT_KEY: json.dumps(current, sort_keys=True)})
+    engines, counts = agreement_record(props), agreement_rows(props)
+    for key, sets in results.items():
+        engines.setdefault(key, {}).update({name: float(v) for name, v in sets.items()})
+    counts.update(rows or {})
+    set_props(proto, {AGREEMENT_KEY: agreement_json(engines, counts)})
     save_onnx(proto, path)
 
 
 def is_quantized(path: str | os.PathLike) -> bool:
     """True for a model written by quantize_model (pktnin.precision = int8)."""
-    return read_props(path).get(PRECISION_KEY) == "int8"
+    return model_precision(read_props(path)) == "int8"
 
 
 def check_tensorrt_qdq(path: str | os.PathLike) -> None:
@@ -488,18 +493,80 @@ def check_tensorrt_qdq(path: str | os.PathLike) -> None:
             )
 
 
-def check_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, rows: np.ndarray) -> dict[str, float]:
-    """Argmax agreement with float32 (ONNX Runtime) of OpenVINO int8 on int8_path and, where the CPU has bf16,
-    OpenVINO bf16 on fp32_path; {} when OpenVINO is not installed."""
-    from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16
-    from pktnin.engine.precision import openvino_available
-
-    if not openvino_available():
-        return {}
-    reference = probabilities(fp32_path, rows)
-    results = {}
-    checks = [("openvino:int8", int8_path, "int8")] + ([("openvino:bf16", fp32_path, "bf16")] if cpu_has_bf16() else [])
-    for key, path, precision in checks:
-        with OpenVinoRunner(path, precision=precision) as runner:
-            results[key] = agreement(runner.predict(np.ascontiguousarray(rows)), reference)[0]
+def check_engines(
+    fp32_path: str | os.PathLike, int8_path: str | os.PathLike, sets: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Argmax agreement with float32 (ONNX Runtime) on each check set, of ONNX Runtime int8 and, when OpenVINO is
+    installed, of OpenVINO int8 and (where the CPU has bf16) OpenVINO bf16 of the float32 model:
+    {"<backend>:<precision>": {check set: agreement}} (model_file.agreement_record)."""
+    engines: list[tuple[str, str | os.PathLike, str]] = [("onnxruntime:int8", int8_path, "int8")]
+    if openvino_available():
+        engines.append(("openvino:int8", int8_path, "int8"))
+        if cpu_has_bf16():
+            engines.append(("openvino:bf16", fp32_path, "bf16"))
+    results: dict[str, dict[str, float]] = {key: {} for key, _, _ in engines}
+    for name, rows in sets.items():
+        if len(rows) == 0:
+            continue
+        rows = np.ascontiguousarray(rows)
+        reference = probabilities(fp32_path, rows)
+        for key, path, precision in engines:
+            if key.startswith("onnxruntime"):
+                probs = probabilities(path, rows)
+            else:
+                with OpenVinoRunner(path, precision=precision) as runner:
+                    probs = runner.predict(rows)
+            results[key][name] = agreement(probs, reference)[0]
     return results
+
+
+def record_checks(
+    fp32_path: str | os.PathLike, int8_path: str | os.PathLike, sets: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """check_engines on every set, written into the int8 model's pktnin.agreement with the sets' row counts."""
+    results = check_engines(fp32_path, int8_path, sets)
+    record_agreement(int8_path, results, {name: int(len(rows)) for name, rows in sets.items() if len(rows)})
+    return results
+
+
+def check_indices(dataset, model_path: str | os.PathLike, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(selection indices, held-out indices, split name) of the dataset rows for checking an int8 model.
+
+    A model trained on train: validation rows choose the quantization, test rows are held out. A model refit on
+    train+val: the test split's capture files are split in two halves, one choosing, the other held out, so no
+    held-out capture was seen by training or by the choice."""
+    if check_split(model_path) == "val":
+        return dataset.indices("val"), dataset.indices("test"), "test"
+    test = dataset.indices("test")
+    if test.size == 0:
+        raise OptionError(f"{dataset.path}: the test split is empty")
+    files = dataset.file[test] if dataset.file is not None else test
+    unique = np.unique(files)
+    held = np.random.default_rng(seed).permutation(unique)[: max(1, unique.size // 2)]
+    is_held = np.isin(files, held)
+    return test[~is_held], test[is_held], "test"
+
+
+def held_out_sets(
+    dataset, indices: np.ndarray, split: str, rows_per_source: int, synthetic: dict[str, np.ndarray], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """{check set: rows} no quantization choice saw: up to rows_per_source of `indices` per source of the dataset
+    ("<split>:<source>", stratified by class and file) and the synthetic and odd rows given."""
+    sets: dict[str, np.ndarray] = {}
+    sources = dataset.meta.get("inputs") or []
+    if dataset.source is None or not sources:
+        groups = {"all": indices}
+    else:
+        groups = {
+            _source_name(sources[k]): indices[dataset.source[indices] == k] for k in np.unique(dataset.source[indices])
+        }
+    for name, members in groups.items():
+        if members.size:
+            chosen = stratified_indices(members, dataset.labels, dataset.file, rows_per_source, seed)
+            sets[f"{split}:{name}"] = np.ascontiguousarray(dataset.rows[chosen])
+    return {**sets, **synthetic}
+
+
+def _source_name(entry) -> str:
+    """A dataset source's name (meta["inputs"] entries carry one), else its position."""
+    return str(entry.get("name")) if isinstance(entry, dict) and entry.get("name") else str(entry)

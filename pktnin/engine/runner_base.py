@@ -1,4 +1,5 @@
-"""The one face every inference backend shows: load, infer a batch into a preallocated output, close.
+"""The one face every inference backend shows: load, infer a batch into a preallocated output, close; and the
+engine choice that comes back beside a runner.
 
 A runner takes rows of the packet layout ([n, 1500], uint8 bytes or float32 bytes/255) and writes class
 probabilities into a float32 [>=n, C] array the caller owns, so the scoring loop allocates nothing per batch.
@@ -6,95 +7,41 @@ probabilities into a float32 [>=n, C] array the caller owns, so the scoring loop
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from pktnin.errors import UsageError
-from pktnin.layout import LAYOUT_VERSION, ROW_LEN
+from pktnin.engine.model_file import ModelInfo
+from pktnin.layout import ROW_LEN
 
-INPUT_NAME = "row"
-OUTPUT_NAME = "probs"
-INPUT_DTYPES = ("float32", "uint8")
-META_PREFIX = "pktnin."
 # Rows per engine call unless the caller asks otherwise (ONNX Runtime chunks, TensorRT optimization profiles).
 DEFAULT_MAX_BATCH = 4096
 
 
-class EngineUnavailableError(UsageError, RuntimeError):
-    """A backend cannot run on this machine (library or GPU missing). The message is one line."""
-
-
-class ModelMismatchError(UsageError, RuntimeError):
-    """A model or engine file does not fit this pktnin, this TensorRT or this GPU."""
-
-
 @dataclass(frozen=True)
-class ModelInfo:
-    """What a runner needs to know about its model besides the graph."""
+class EngineChoice:
+    """What runs a model and why, returned beside the runner by runners.open_runner_with_choice."""
 
-    classes: tuple[str, ...]
-    alpha: float | None
-    layout_version: int
-    preset: str
-    input_dtype: str
+    label: str  # e.g. "onnxruntime int8, 2 single-thread sessions"
+    reason: str  # e.g. "fastest of 5 measured engines (...)" or "--precision int8"
+    # argmax agreement with float32 per check set, as recorded in the model file; {} for float32 itself
+    agreement: dict[str, float] = field(default_factory=dict)
 
-    def to_metadata(self) -> dict[str, str]:
-        """The ONNX metadata_props (all values are strings there)."""
-        return {
-            META_PREFIX + "classes": json.dumps(list(self.classes)),
-            META_PREFIX + "alpha": json.dumps(self.alpha),
-            META_PREFIX + "layout_version": str(self.layout_version),
-            META_PREFIX + "preset": self.preset,
-            META_PREFIX + "input_dtype": self.input_dtype,
-        }
-
-    @classmethod
-    def from_metadata(cls, props: dict[str, str], source: str) -> ModelInfo:
-        missing = [
-            k for k in ("classes", "alpha", "layout_version", "preset", "input_dtype") if META_PREFIX + k not in props
-        ]
-        if missing:
-            raise ModelMismatchError(
-                f"{source}: not a pktnin model (metadata {', '.join(META_PREFIX + k for k in missing)} missing); "
-                "export it with `pktnin export-onnx`"
-            )
-        alpha = json.loads(props[META_PREFIX + "alpha"])
-        info = cls(
-            classes=tuple(json.loads(props[META_PREFIX + "classes"])),
-            alpha=None if alpha is None else float(alpha),
-            layout_version=int(props[META_PREFIX + "layout_version"]),
-            preset=props[META_PREFIX + "preset"],
-            input_dtype=props[META_PREFIX + "input_dtype"],
-        )
-        info.check(source)
-        return info
-
-    def check(self, source: str) -> None:
-        if self.layout_version != LAYOUT_VERSION:
-            raise ModelMismatchError(
-                f"{source}: model made for packet layout v{self.layout_version}, "
-                f"this pktnin writes layout v{LAYOUT_VERSION}; retrain or use a matching pktnin"
-            )
-        if self.input_dtype not in INPUT_DTYPES:
-            raise ModelMismatchError(f"{source}: unknown input dtype {self.input_dtype!r} (expected uint8 or float32)")
-        if not self.classes:
-            raise ModelMismatchError(f"{source}: the model lists no classes")
+    def min_agreement(self) -> float | None:
+        return min(self.agreement.values()) if self.agreement else None
 
 
 class Runner(ABC):
-    """Base class of the ONNX Runtime and TensorRT runners: model metadata, buffers' checks, load/close.
+    """Base class of the runners (ONNX Runtime, its session pool, OpenVINO, TensorRT): model metadata, load/close,
+    and infer(), which checks state and arrays before the backend's _infer runs.
 
     What the scoring stages rely on is engine.protocols.ModelRunner (classes, infer), which every Runner
     satisfies. Use as a context manager or call load()/close().
     """
 
     backend: str = ""
-    precision: str = "fp32"
-    engine_label: str = ""  # what runs, e.g. "onnxruntime int8, 2 single-thread sessions" (set by open_runner)
-    engine_reason: str = ""  # why that engine was chosen (set by open_runner)
+    precision: str = "fp32"  # what the loaded model computes in (fp32, bf16, int8, fp16)
 
     def __init__(self) -> None:
         self.info: ModelInfo | None = None
@@ -105,9 +52,18 @@ class Runner(ABC):
     def load(self) -> Runner:
         """Open the model and allocate every buffer; returns self. Calling it twice does nothing."""
 
-    @abstractmethod
     def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Write probabilities for rows [n,1500] into out[:n] (float32 [>=n,C]); returns out[:n]."""
+        """Write probabilities for rows [n,1500] into out[:n] (float32 [>=n,C]); returns out[:n].
+
+        Checks that the runner is loaded and the arrays fit, then runs the backend's _infer."""
+        n = self._check_io(rows, out)
+        if n == 0:
+            return out[:0]
+        return self._infer(rows, out, n)
+
+    @abstractmethod
+    def _infer(self, rows: np.ndarray, out: np.ndarray, n: int) -> np.ndarray:
+        """The backend's inference on checked arrays (n >= 1 rows); returns out[:n]."""
 
     @abstractmethod
     def close(self) -> None:

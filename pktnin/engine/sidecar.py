@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from pktnin.atomic import atomic_path
-from pktnin.engine.runner_base import ModelInfo, ModelMismatchError
+from pktnin.engine.errors import ModelMismatchError
+from pktnin.engine.model_file import ModelInfo
 
 SIDECAR_FORMAT = 1
 REQUIRED_KEYS = (

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from pktnin.atomic import atomic_path
 from pktnin.engine import cache
+from pktnin.engine.export import cached_onnx
 from pktnin.engine.fp16 import FP16_STRATEGY_FLAG, FP16_STRATEGY_ONNX, convert_onnx_to_fp16, fp16_strategy
 from pktnin.engine.gpu_env import context_current, gpu_identity, require_pycuda, require_tensorrt
-from pktnin.engine.runner_base import DEFAULT_MAX_BATCH, INPUT_NAME
+from pktnin.engine.model_file import INPUT_NAME, read_model_info
+from pktnin.engine.quantize import check_tensorrt_qdq, is_quantized
+from pktnin.engine.runner_base import DEFAULT_MAX_BATCH
 from pktnin.engine.sidecar import make_sidecar, sidecar_path, write_sidecar
 from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
@@ -44,8 +47,6 @@ def check_build_args(precision: str, max_batch: int, opt_batch: int | None, work
 def qdq_build_precision(onnx_path: str | os.PathLike, precision: str) -> str:
     """The build precision for onnx_path: int8 for a QDQ model (checked to be one TensorRT takes), else
     `precision`, which may not be int8 for a float model (TensorRT's implicit calibration is not used)."""
-    from pktnin.engine.quantize import check_tensorrt_qdq, is_quantized
-
     if is_quantized(onnx_path):
         check_tensorrt_qdq(onnx_path)
         return "int8"
@@ -62,7 +63,7 @@ def onnx_source(model_path: str | os.PathLike) -> Path:
     model_path = Path(model_path)
     if model_path.suffix == ".keras":
         # The GPU prep kernel writes normalized float rows into the engine input, so plans take float32.
-        return cache.cached_onnx(model_path, input_dtype="float32")
+        return cached_onnx(model_path, input_dtype="float32")
     if model_path.suffix == ".onnx":
         if not model_path.is_file():
             raise FileNotFoundError(f"ONNX model {model_path} not found")
@@ -81,8 +82,6 @@ def build_engine(
     device: int = 0,
 ) -> Path:
     """Build MODEL.plan and MODEL.plan.json from a checkpoint or ONNX file; returns the plan path."""
-    from pktnin.engine.export import read_model_info
-
     opt = check_build_args(precision, max_batch, opt_batch, workspace_mb)
     trt = require_tensorrt()
     require_pycuda()

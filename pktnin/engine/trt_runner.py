@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from pktnin.engine.errors import ModelMismatchError
 from pktnin.engine.gpu_env import context_current, gpu_identity, require_pycuda, require_tensorrt
-from pktnin.engine.runner_base import INPUT_NAME, OUTPUT_NAME, ModelMismatchError, Runner
+from pktnin.engine.model_file import INPUT_NAME, OUTPUT_NAME
+from pktnin.engine.runner_base import Runner
 from pktnin.engine.sidecar import check_plan_compatible, read_sidecar, sidecar_model_info
 from pktnin.layout import ROW_LEN
 
@@ -107,6 +109,7 @@ class TensorRTRunner(Runner):
             self._stream = cuda.Stream()
             self._slots = [_Slot(cuda, max_batch, self._in_dtype, len(info.classes)) for _ in range(NUM_SLOTS)]
         self._max_batch = max_batch
+        self.precision = sidecar["precision"]
         self.info = info
         return self
 
@@ -191,8 +194,7 @@ class TensorRTRunner(Runner):
         return out[:n]
 
     # -- the Runner interface ---------------------------------------------------------------------------------
-    def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        n = self._check_io(rows, out)
+    def _infer(self, rows: np.ndarray, out: np.ndarray, n: int) -> np.ndarray:
         in_flight: list[tuple[int, int, int]] = []  # (slot, start, stop)
         for k, start in enumerate(range(0, n, self._max_batch)):
             stop = min(n, start + self._max_batch)

@@ -55,12 +55,12 @@ class SessionPoolRunner(Runner):
             raise
         self._runners = runners
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pktnin-session")
+        self.precision = runners[0].precision
         self.info = runners[0].info
         return self
 
-    def infer(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        n = self._check_io(rows, out)
-        assert self._pool is not None  # _check_io: loaded
+    def _infer(self, rows: np.ndarray, out: np.ndarray, n: int) -> np.ndarray:
+        assert self._pool is not None  # infer() checked: loaded
         size = max(MIN_ROWS_PER_WORKER, -(-n // self.workers))
         # ONNX Runtime releases the GIL while it runs, so the sessions work in parallel.
         jobs = [

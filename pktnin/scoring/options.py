@@ -34,6 +34,8 @@ class ScoreOptions:
     prep_threads: int | None = 1
     model_id: str = ""  # identifies the model's content (hash), for the manifest
     model_name: str = ""  # the model's file name, for the outputs' metadata
+    engine: str = ""  # what runs the model (engine.EngineChoice.label), for the outputs' metadata
+    agreement: str = ""  # its recorded agreement with float32 per check set (JSON), for the outputs' metadata
     # Units of work (scoring.units): files larger than unit_bytes are cut into byte ranges of about that size,
     # smaller ones grouped up to that size or unit_files files. A unit is what a kill can lose, per executor slot.
     unit_bytes: int = DEFAULT_UNIT_BYTES
@@ -66,6 +68,8 @@ class ScoreOptions:
             "pktnin.model_sha256": model_hash,
             "pktnin.backend": backend,
             "pktnin.precision": precision,
+            "pktnin.engine": self.engine,
+            "pktnin.agreement": self.agreement,
             "pktnin.classes": ",".join(classes),
             "pktnin.mask": self.mask,
             "pktnin.keep_dns": str(self.keep_dns).lower(),

@@ -29,8 +29,8 @@ class Predictor:
         self.kind = self.path.suffix.lstrip(".")
         self.model = self.runner = None
         if self.kind == "keras":
+            from pktnin.checkpoint import load_checkpoint
             from pktnin.engine.export import model_info_from_checkpoint_meta
-            from pktnin.trainer.checkpoint import load_checkpoint
 
             self.model, meta = load_checkpoint(self.path)
             info = model_info_from_checkpoint_meta(meta, "float32", str(self.path))
@@ -151,7 +151,7 @@ def write_evaluation(
     compare: Sequence[dict] = (),
 ) -> list[Path]:  # fmt: skip
     """Write the result JSON and the plots (per-class F1 bars beside `compare`, confusion matrices)."""
-    from pktnin.trainer.checkpoint import write_json_atomic
+    from pktnin.checkpoint import write_json_atomic
 
     written = []
     if out_json is not None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import keras
 
+from pktnin.keras_layers import AlphaFusion, ByteSlice
 from pktnin.layout import ROW_LEN
 from pktnin.trainer import presets as P
-from pktnin.trainer.layers import AlphaFusion, ByteSlice
 
 
 def _keras_layer(spec: P.Layer, name: str):

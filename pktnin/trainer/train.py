@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin import checkpoint as ckpt
 from pktnin.dataset.format import SPLIT_VAL
 from pktnin.errors import OptionError, UsageError
-from pktnin.trainer import checkpoint as ckpt
 from pktnin.trainer.augment import AUGMENTATIONS
 from pktnin.trainer.data import (
     CLASS_WEIGHTING,

@@ -114,7 +114,7 @@ def load_checkpoint(path: str | os.PathLike):
     """(keras model, metadata dict). Loads in Keras's safe mode; the custom layers register on import."""
     import keras
 
-    import pktnin.trainer.layers  # noqa: F401  (registers ByteSlice and AlphaFusion)
+    import pktnin.keras_layers  # noqa: F401  (registers ByteSlice and AlphaFusion)
 
     keras_path, _ = checkpoint_paths(path)
     if not keras_path.is_file():

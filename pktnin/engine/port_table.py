@@ -19,6 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.atomic import atomic_path
+from pktnin.engine.model_file import (
+    CLASSES_KEY,
+    INPUT_DTYPE_KEY,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PORT_BETA_KEY,
+    PORT_PROVENANCE_KEY,
+    PRESET_KEY,
+    set_props,
+)
 from pktnin.layout import ROW_IPV6_NEXT_HEADER_BYTE
 
 N_KEYS = 2 * 65536  # (UDP or not) x lower port
@@ -112,16 +123,13 @@ def fuse_port_onnx(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from pktnin.atomic import atomic_path
-    from pktnin.engine.runner_base import INPUT_NAME, META_PREFIX, OUTPUT_NAME
-
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be within [0, 1], got {beta}")
     model = onnx.load(str(model_path))
     props = {p.key: p.value for p in model.metadata_props}
-    if props.get(META_PREFIX + "input_dtype") != "uint8":
+    if props.get(INPUT_DTYPE_KEY) != "uint8":
         raise ValueError(f"{model_path}: the port branch reads the uint8 row; export the model with uint8 input")
-    classes = json.loads(props[META_PREFIX + "classes"])
+    classes = json.loads(props[CLASSES_KEY])
     if table.probs.shape[1] != len(classes):
         raise ValueError(f"port table has {table.probs.shape[1]} classes, {model_path} has {len(classes)}")
     graph = model.graph
@@ -162,19 +170,15 @@ def fuse_port_onnx(
                 add_node("Mul", [net_out, const("one_minus_beta", np.float32(1.0 - beta))], "weighted_net")],
         [OUTPUT_NAME], name="port/fuse"))  # fmt: skip
 
-    base_preset = props.get(META_PREFIX + "preset", "unknown")
+    base_preset = props.get(PRESET_KEY, "unknown")
     meta = {
-        META_PREFIX + "preset": base_preset + PORT_SUFFIX,
-        META_PREFIX + "port_beta": json.dumps(beta),
-        META_PREFIX + "port_provenance": json.dumps(
+        PRESET_KEY: base_preset + PORT_SUFFIX,
+        PORT_BETA_KEY: json.dumps(beta),
+        PORT_PROVENANCE_KEY: json.dumps(
             {**provenance, "smoothing": table.smoothing, "balanced": table.balanced, "keys_seen": int(table.keys.size)}
         ),  # fmt: skip
     }
-    kept = [p for p in model.metadata_props if p.key not in meta]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
+    set_props(model, meta)
     onnx.checker.check_model(model)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:

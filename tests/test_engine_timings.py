@@ -1,0 +1,59 @@
+"""The engine-timing cache of `--precision auto`: keyed by what it measured, measured again when stale or noisy."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from onnx_fixtures import tiny_model
+
+from pktnin.engine import precision as prec
+
+
+@pytest.fixture
+def engines(tmp_path, monkeypatch):
+    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_model(tmp_path / "tiny.onnx", ["a", "b"])
+    calls: list[int] = []
+
+    def fake_runs(runners, batch, seconds=0.0, repeats=3):
+        calls.append(1)
+        return {label: [100.0, 101.0, 99.0] for label in runners}
+
+    monkeypatch.setattr(prec, "measure_runs", fake_runs)
+    return [prec.Engine("onnxruntime", "fp32", str(model)), prec.Engine("onnxruntime", "fp32", str(model), 2)], calls
+
+
+def test_timings_are_cached_under_the_cache_variable_and_keyed_by_what_they_measured(engines, tmp_path, monkeypatch):
+    engines, calls = engines
+    first = prec.timed(engines, 64, None)
+    assert prec.timed(engines, 64, None) == first and len(calls) == 1
+    [record] = (tmp_path / "cache" / "engine-timings").glob("*.json")
+    saved = json.loads(record.read_text())
+    assert saved["cpu"] == prec.cache.cpu_model() and set(saved["spread"]) == set(first)
+    prec.timed(engines, 64, 2)  # other thread count: another key
+    assert len(calls) == 2
+    monkeypatch.setattr(prec.cache, "cpu_model", lambda: "another CPU")
+    prec.timed(engines, 64, None)
+    assert len(calls) == 3
+    monkeypatch.setattr(prec, "backend_versions", lambda e: {"pktnin": "9.9", "onnxruntime": "9.9"})
+    prec.timed(engines, 64, None)
+    assert len(calls) == 4
+
+
+def test_noisy_or_stale_timings_are_measured_again(engines, tmp_path):
+    engines, calls = engines
+    prec.timed(engines, 64, None)
+    [record] = (tmp_path / "cache" / "engine-timings").glob("*.json")
+    saved = json.loads(record.read_text())
+    saved["spread"] = {k: 0.6 for k in saved["spread"]}  # taken while the machine was busy
+    record.write_text(json.dumps(saved))
+    prec.timed(engines, 64, None)
+    assert len(calls) == 2
+    old = prec.install_time(engines) - 3600
+    os.utime(record, (old, old))  # recorded before pktnin or ONNX Runtime was (re)installed
+    prec.timed(engines, 64, None)
+    assert len(calls) == 3
+    prec.timed(engines, 64, None)
+    assert len(calls) == 3  # fresh and quiet: reused
