@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pktnin import checkpoint as ckpt
-from pktnin.dataset.format import SPLIT_VAL
+from pktnin.dataset.format import SPLIT_VAL, Dataset, load_dataset
 from pktnin.errors import OptionError, UsageError
 from pktnin.trainer.augment import AUGMENTATIONS
 from pktnin.trainer.data import (
@@ -59,9 +59,7 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)  # Python, numpy and TensorFlow generators
 
 
-def _open_dataset(data_dir: str | Path):
-    from pktnin.dataset.format import load_dataset
-
+def _open_dataset(data_dir: str | Path) -> Dataset:
     return load_dataset(data_dir)
 
 
