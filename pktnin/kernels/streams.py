@@ -40,6 +40,8 @@ class StreamSource:
     """
 
     granularity = 1
+    sized = False
+    window_limit = STREAM_WINDOW
 
     def __init__(self, read, head: bytes, consumed) -> None:
         self._read = read
@@ -65,14 +67,10 @@ class StreamSource:
             chunks.append(data)
             have += len(data)
         self._buf = b"".join(chunks) if len(chunks) > 1 else keep
-        return np.frombuffer(self._buf, dtype=np.uint8)[:length], None
+        return np.frombuffer(self._buf, dtype=np.uint8)[:length]
 
     def consumed(self, _pos: int) -> int:
         return self._consumed()
-
-    @staticmethod
-    def release(_handle):
-        pass
 
     def close(self):
         pass
