@@ -25,7 +25,7 @@ short polls so that `should_stop` (a callable) can end a wait on a pipe that is 
     reader = CaptureReader("x.pcapng")      # raises NotACapture (offset 0) for empty and non-capture files
     for raw in reader:                      # RawBatch; raw.buf is valid until the next batch is read
         ...
-    reader.records, reader.corrupt_records, reader.ts_overflow, reader.errors, reader.fatal
+    reader.records, reader.corrupt_records, reader.zero_length, reader.ts_overflow, reader.errors, reader.fatal
 
 A reader can also walk one byte range [start, stop) of a file whose bounds are record boundaries found by an
 earlier walk: it then starts at frame number `first_frame` with the pcapng section state saved there
@@ -34,16 +34,19 @@ Offsets in batches (`base + pkt_off`), errors and `offset` are absolute file off
 
 Bad input never crashes the walk: a record or block whose framing is lost (truncated, beyond the file, above
 256 KiB in classic pcap, impossible pcapng block lengths) stops the file with one fatal CaptureError, keeping the
-good records before it; a damaged record whose framing is intact (zero length, a pcapng packet longer than its
-block, an undefined interface) is skipped, counted in `corrupt_records` and reported once per kind with the
-offset of its first occurrence. pcapng timestamps are computed exactly (rounded down to the nanosecond) for
+good records before it; a damaged record whose framing is intact (a pcapng packet longer than its block, an
+undefined interface) is skipped, counted in `corrupt_records` and reported once per kind with the offset of its
+first occurrence. A record with captured length 0 is legal: skipped and counted in `zero_length`, no error. A
+pcapng block longer than `max_block_bytes` (MAX_BLOCK_LEN by default) is skipped without being read, so memory is
+bounded by the window and the bound, not by the input; it is reported with its offset (a packet block counts as
+corrupt). A damaged gzip stream gives every record decoded before the damage, then a fatal error naming the
+damage and its compressed offset. pcapng timestamps are computed exactly (rounded down to the nanosecond) for
 every if_tsresol and if_tsoffset; a record whose time does not fit int64 nanoseconds since the epoch is skipped
 and counted in `ts_overflow` (never a wrapped, wrong date).
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import sys
 import zlib
@@ -75,8 +78,10 @@ from pktnin.kernels.capture_state import (
     _PCAP_MAGICS,
     _STATE_LEN,
     _WARN_BASE,
+    MAX_BLOCK_LEN,
     MAX_RECORD_LEN,
     W_TS_OVERFLOW,
+    W_ZERO_LEN,
     WINDOW_BYTES,
     CaptureError,
     NotACapture,
@@ -91,6 +96,7 @@ from pktnin.kernels.capture_state import (
 from pktnin.kernels.streams import (
     GZIP_MAGIC,
     ZSTD_MAGIC,
+    GzipStream,
     PipeReader,
     Prepend,
     ReadStopped,
@@ -100,6 +106,7 @@ from pktnin.kernels.streams import (
 )
 
 __all__ = [
+    "MAX_BLOCK_LEN",
     "MAX_RECORD_LEN",
     "WINDOW_BYTES",
     "CaptureError",
@@ -231,6 +238,7 @@ class CaptureReader:
         first_frame: int = 0,
         state: ReaderState | None = None,
         should_stop=None,
+        max_block_bytes: int = MAX_BLOCK_LEN,
     ):
         if window_bytes < 1 or max_records < 1:
             raise ValueError("window_bytes and max_records must be positive")
@@ -243,6 +251,9 @@ class CaptureReader:
         self.window_bytes = int(window_bytes)
         self.max_records = int(max_records)
         self._should_stop = should_stop
+        if max_block_bytes < 12:
+            raise ValueError("max_block_bytes must be at least 12")
+        self.max_block_bytes = int(max_block_bytes)
         self.compression: str | None = None  # "gzip" or "zstd"
         self._pipe: PipeReader | None = None  # an open stream, read once
         self._streamed = False
@@ -294,8 +305,8 @@ class CaptureReader:
 
     def _decompressor(self, raw):
         try:
-            if self.compression == "gzip":
-                return gzip.GzipFile(fileobj=raw, mode="rb")
+            if self.compression == "gzip":  # not gzip.GzipFile: it drops what it decoded in a read that fails
+                return GzipStream(raw.read)
             try:
                 import zstandard
             except ImportError:
@@ -338,6 +349,11 @@ class CaptureReader:
         return int(self._st[_CORRUPT])
 
     @property
+    def zero_length(self) -> int:
+        """Packet records with captured length 0 (legal, nothing to score): skipped, neither corrupt nor errors."""
+        return int(self._st[_WARN_BASE + 3 * W_ZERO_LEN])
+
+    @property
     def ts_overflow(self) -> int:
         """Packet records skipped because their time does not fit int64 nanoseconds since the epoch."""
         return int(self._st[_WARN_BASE + 3 * W_TS_OVERFLOW])
@@ -353,10 +369,12 @@ class CaptureReader:
         """One CaptureError per kind of skipped record (first offset), then the fatal error if any."""
         out = []
         for kind in range(_N_WARN):
+            if kind == W_ZERO_LEN:
+                continue
             base = _WARN_BASE + 3 * kind
             count = int(self._st[base])
             if count:
-                reason = _warn_reason(kind, int(self._st[base + 2]), count)
+                reason = _warn_reason(kind, int(self._st[base + 2]), count, self.max_block_bytes)
                 out.append(CaptureError(self.path, int(self._st[base + 1]), reason))
         out.sort(key=lambda e: e.offset)
         if self.fatal is not None:
@@ -426,12 +444,17 @@ class CaptureReader:
             buf = source.window(map_off, length)
             if not source.sized:
                 size = source.size  # a stream's size is known once its end was read
+                if size < pos:  # it ended inside a block skipped unread
+                    self.fatal = CaptureError(
+                        self.path, size, f"data ends at offset {size}, inside the block skipped before it"
+                    )
+                    return
             elif buf.shape[0] < length:  # the file was cut short since it was opened: its data ends here
                 size = self._cut_short(map_off + buf.shape[0], size)
             bpos = pos - map_off
             while True:
                 # each record takes at least 12 bytes, so this bounds what one call can fill
-                cap = min(self.max_records, (buf.shape[0] - bpos) // _MIN_RECORD_BYTES + 1)
+                cap = max(1, min(self.max_records, (buf.shape[0] - bpos) // _MIN_RECORD_BYTES + 1))
                 pkt_off = np.empty(cap, np.int64)
                 caplen = np.empty(cap, np.int32)
                 wirelen = np.empty(cap, np.int32)
@@ -457,7 +480,19 @@ class CaptureReader:
                     )
                 else:
                     status, bpos, n = _walk_pcapng(
-                        buf, bpos, map_off, size, ifs, pkt_off, caplen, wirelen, ltype, ts_ns, frame, st
+                        buf,
+                        bpos,
+                        map_off,
+                        size,
+                        self.max_block_bytes,
+                        ifs,
+                        pkt_off,
+                        caplen,
+                        wirelen,
+                        ltype,
+                        ts_ns,
+                        frame,
+                        st,
                     )
                 self.offset = map_off + bpos
                 if n:

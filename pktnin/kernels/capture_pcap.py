@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from numba import njit
 
+from pktnin.kernels import capture_state
 from pktnin.kernels.capture_state import (
     _BATCH_FULL,
     _END,
@@ -20,9 +21,10 @@ from pktnin.kernels.capture_state import (
     _u32,
     _warn,
 )
+from pktnin.kernels.disk_cache import cached, source_keyed_cache_class
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _walk_pcap(
     buf, pos, file_off, file_size, big, nanosecond, linktype, pkt_off, caplen, wirelen, ltype, ts_ns, frame, st
 ):
@@ -73,3 +75,7 @@ def _walk_pcap(
         pos += 16 + cl
     st[_FRAME] = fr
     return status, pos, n
+
+
+# Disk cache keyed on capture_state.py too: the walk compiles in its constants and helpers.
+_walk_pcap = cached(_walk_pcap, source_keyed_cache_class(capture_state))

@@ -8,11 +8,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pktnin.kernels import capture_state
 from pktnin.kernels.capture_state import (
     _BATCH_FULL,
     _BIG,
     _BOM_BE,
     _BOM_LE,
+    _CORRUPT,
     _END,
     _FRAME,
     _N_IF,
@@ -27,6 +29,7 @@ from pktnin.kernels.capture_state import (
     E_BLOCK_TRUNC_HEADER,
     MAX_RECORD_LEN,
     W_BAD_IFACE,
+    W_BIG_BLOCK,
     W_CAPLEN_BLOCK,
     W_SHORT_IDB,
     W_SHORT_PACKET_BLOCK,
@@ -39,6 +42,7 @@ from pktnin.kernels.capture_state import (
     _u32,
     _warn,
 )
+from pktnin.kernels.disk_cache import cached, source_keyed_cache_class
 
 # pcapng timestamp modes (interface table column 1).
 TS_MUL = 0  # 10^-r s, r <= 9: param = ns per unit, per_s = units per second
@@ -180,9 +184,10 @@ def _parse_idb(buf, pos, blen, big, ifs, st, boff):
     ifs[idx, 4] = per_s
 
 
-@njit(cache=True, nogil=True)
-def _walk_pcapng(buf, pos, file_off, file_size, ifs, pkt_off, caplen, wirelen, ltype, ts_ns, frame, st):
-    """Walk pcapng blocks from buf[pos]; buf starts at file offset file_off. Returns (status, pos, n)."""
+@njit(nogil=True)
+def _walk_pcapng(buf, pos, file_off, file_size, max_block, ifs, pkt_off, caplen, wirelen, ltype, ts_ns, frame, st):
+    """Walk pcapng blocks from buf[pos]; buf starts at file offset file_off. Returns (status, pos, n); pos may lie
+    beyond the window after a block longer than max_block, which is skipped without its bytes being read."""
     end = buf.shape[0]
     cap = pkt_off.shape[0]
     n_table = ifs.shape[0]
@@ -231,6 +236,20 @@ def _walk_pcapng(buf, pos, file_off, file_size, ifs, pkt_off, caplen, wirelen, l
         if blen > left:
             status = _fatal(st, E_BLOCK_BEYOND, boff, blen, left)
             break
+        if blen > max_block:  # only its first 12 bytes were read: keep the numbering, skip the rest unread
+            _warn(st, W_BIG_BLOCK, boff, blen)
+            if is_shb:
+                st[_BIG] = 1 if big else 0
+                st[_N_IF] = 0
+            elif btype == 1:  # an interface that cannot be read: its packets count as bad-interface records
+                if st[_N_IF] < n_table:
+                    ifs[st[_N_IF], 0] = -1
+                st[_N_IF] += 1
+            elif btype == 6 or btype == 3 or btype == 2:
+                st[_CORRUPT] += 1
+                fr += 1
+            pos += blen
+            continue
         if pos + blen > end:
             st[_NEED] = blen
             status = _NEED_MORE
@@ -296,3 +315,7 @@ def _walk_pcapng(buf, pos, file_off, file_size, ifs, pkt_off, caplen, wirelen, l
         pos += blen
     st[_FRAME] = fr
     return status, pos, n
+
+
+# Disk cache keyed on capture_state.py too: the walk compiles in its constants and helpers.
+_walk_pcapng = cached(_walk_pcapng, source_keyed_cache_class(capture_state))

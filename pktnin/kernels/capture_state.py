@@ -13,6 +13,9 @@ import numpy as np
 from numba import njit
 
 MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
+# Largest pcapng block read into memory: the largest legal packet plus room for options. A longer block is
+# skipped without being read (its bytes are never buffered), so memory is bounded by this, not by the input.
+MAX_BLOCK_LEN = MAX_RECORD_LEN + (4 << 20)
 # Bytes read per window: small enough that the windows in flight (being read, read ahead, being transformed) stay
 # in the CPU's last-level cache, large enough that the calls per window stay few.
 WINDOW_BYTES = 2 << 20
@@ -62,14 +65,15 @@ E_BLOCK_TRAILER = 8
 E_BAD_BOM = 9
 
 # Non-fatal kinds (the record is skipped, the walk continues).
-W_ZERO_LEN = 0
+W_ZERO_LEN = 0  # legal (captured length 0): skipped, not corrupt
 W_CAPLEN_BLOCK = 1
 W_BAD_IFACE = 2
 W_SHORT_PACKET_BLOCK = 3
 W_SHORT_IDB = 4
 W_TOO_LONG = 5
 W_TS_OVERFLOW = 6  # the record's time is outside int64 nanoseconds since the epoch: skipped, not corrupt
-_N_WARN = 7
+W_BIG_BLOCK = 7  # a pcapng block longer than the reader's bound: skipped unread (a packet block counts as corrupt)
+_N_WARN = 8
 _STATE_LEN = _WARN_BASE + 3 * _N_WARN
 
 _IFACE_CAPACITY = 65536  # interfaces per pcapng section kept in the table; ids beyond it count as undefined
@@ -195,7 +199,9 @@ def _warn(st, kind, offset, value):
         st[base + 1] = offset
         st[base + 2] = value
     st[base] += 1
-    if kind != W_SHORT_IDB and kind != W_TS_OVERFLOW:  # an IDB is not a packet record; a bad time is no damage
+    # damaged packet records only: an IDB is not a packet record, a bad time or an empty record is no damage, and
+    # the walk counts an oversized block itself (only a packet block is a record)
+    if kind != W_SHORT_IDB and kind != W_TS_OVERFLOW and kind != W_ZERO_LEN and kind != W_BIG_BLOCK:
         st[_CORRUPT] += 1
 
 
@@ -228,6 +234,7 @@ _WARN_REASONS = {
     W_SHORT_IDB: "interface description block length {value} is too short",
     W_TOO_LONG: "record length {value} exceeds " + str(MAX_RECORD_LEN),
     W_TS_OVERFLOW: "timestamp 0x{value:016x} of its interface is outside int64 nanoseconds since the epoch",
+    W_BIG_BLOCK: "block length {value} exceeds the {bound}-byte bound on one block: skipped without reading it",
 }
 
 
@@ -235,8 +242,8 @@ def _fatal_reason(code: int, v1: int, v2: int) -> str:
     return _FATAL_REASONS.get(code, "fatal error {code}").format(code=code, v1=v1, v2=v2)
 
 
-def _warn_reason(kind: int, value: int, count: int) -> str:
+def _warn_reason(kind: int, value: int, count: int, bound: int = MAX_BLOCK_LEN) -> str:
     if kind == W_TS_OVERFLOW:
         value &= 0xFFFFFFFFFFFFFFFF  # the raw u64 timestamp, stored in int64
-    what = _WARN_REASONS.get(kind, "corrupt record (kind {kind})").format(kind=kind, value=value)
+    what = _WARN_REASONS.get(kind, "corrupt record (kind {kind})").format(kind=kind, value=value, bound=bound)
     return f"{what} (first of {count} in this file, skipped)"
