@@ -104,7 +104,7 @@ def score(
     out = out or Path(f"predictions.{fmt}")
     with exit_codes():
         ray = engine_options(engine, ray_address, actors, split_bytes, keep_parts)
-        check_summary_path(summary)
+        check_summary_path(summary, force)
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,

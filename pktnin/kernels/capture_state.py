@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from pktnin.names import name_text
+
 MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
 # Largest pcapng block read into memory: the largest legal packet plus room for options. A longer block is
 # skipped without being read (its bytes are never buffered), so memory is bounded by this, not by the input.
@@ -91,7 +93,7 @@ class CaptureError(Exception):
         self.path = str(path)
         self.offset = int(offset)
         self.reason = reason
-        super().__init__(f"{os.path.basename(self.path) or self.path}: offset {self.offset}: {reason}")
+        super().__init__(f"{name_text(os.path.basename(self.path) or self.path)}: offset {self.offset}: {reason}")
 
 
 class NotACapture(CaptureError):

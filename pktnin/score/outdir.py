@@ -75,6 +75,41 @@ def _refuse(path: Path, why: str) -> UnsafeOutputError:
     return UnsafeOutputError(f"{path} {why}; remove it or choose another output name")
 
 
+# -- outputs the user names ---------------------------------------------------------------------------------
+def check_target(option: str, path: Path, may_replace: bool) -> None:
+    """Refuse, before any work, an output name the run must not write: a symbolic link (dangling or not; never
+    followed), anything but a regular file, another user's file, an existing file unless `may_replace`, or a
+    folder the file cannot be created in. Raises UnsafeOutputError, or UsageError for an existing file."""
+    st = _lstat(path)
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeOutputError(
+                f"{option} {path} is a symbolic link (not followed): remove it or choose another name"
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeOutputError(f"{option} {path} is not a regular file: choose another name")
+        if st.st_uid != _uid():
+            raise UnsafeOutputError(f"{option} {path} belongs to another user (uid {st.st_uid}): choose another name")
+        if not may_replace:
+            raise UsageError(f"{option} {path} exists: choose another name, or --force to replace it")
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:  # missing folders are created: check the first that is
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {parent} (permission denied)")
+
+
+def replace_own(tmp: Path, target: Path) -> None:
+    """Rename `tmp` onto `target` unless something not ours appeared there since the run was checked: a link
+    (rename would replace the link itself, never follow it), a non-regular file, another user's file."""
+    st = _lstat(target)
+    if st is not None and not (stat.S_ISREG(st.st_mode) and st.st_uid == _uid()):
+        raise _refuse(target, _what(st) if stat.S_ISLNK(st.st_mode) or st.st_uid != _uid() else "is not a regular file")
+    os.replace(tmp, target)
+
+
 # -- the lock ------------------------------------------------------------------------------------------------
 @contextmanager
 def output_lock(outs: Iterable[Path]) -> Iterator[None]:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from pktnin.atomic import atomic_path
 from pktnin.errors import UsageError
+from pktnin.names import name_text
 from pktnin.packets import FileReport
 from pktnin.score import manifest as mf
+from pktnin.score import outdir
 from pktnin.score.writers import FORMATS
 
 REPORT_FORMATS = (".json", ".csv")
@@ -47,13 +49,13 @@ def check_outputs(opts, settings: dict) -> None:
             raise OutputError(f"{option} {target} ends in .{suffix} but the format is {opts.fmt}: change one of them")
         if target.parent.exists() and not target.parent.is_dir():
             raise OutputError(f"{option} {target}: {target.parent} is not a folder")
-        if target.exists() and not (opts.force or continuing):
-            raise OutputError(f"{option} {target} exists: choose another name, or --force to replace it")
+        outdir.check_target(option, target, opts.force or continuing)
     if opts.report is not None:
         if opts.report.suffix.lower() not in REPORT_FORMATS:
             raise OutputError(f"--report {opts.report}: the report is .json or .csv")
-        if opts.report.is_dir() or (opts.report.exists() and not (opts.force or continuing)):
-            raise OutputError(f"--report {opts.report} exists: choose another name, or --force to replace it")
+        if opts.report.is_dir():
+            raise OutputError(f"--report {opts.report} is a folder: name a file")
+        outdir.check_target("--report", opts.report, opts.force or continuing)
 
 
 def check_progress(opts, settings: dict) -> bool:
@@ -119,12 +121,13 @@ def write_report(reports: Iterable[FileReport], path: str | Path) -> None:
     """The per-file report as JSON (a list of rows) or CSV (skips as one JSON column), written atomically."""
     path = Path(path)
     rows = report_rows(reports)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=outdir.replace_own) as tmp:
         if path.suffix.lower() == ".csv":
             with open(tmp, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=REPORT_COLUMNS)
                 writer.writeheader()
-                for row in rows:
-                    writer.writerow({**row, "skips": json.dumps(row["skips"], sort_keys=True)})
+                for row in rows:  # UTF-8 text: a name's stray bytes as \xNN (the JSON report keeps them exact)
+                    text = {k: name_text(v) if isinstance(v, str) else v for k, v in row.items()}
+                    writer.writerow({**text, "skips": json.dumps(row["skips"], sort_keys=True)})
         else:
             tmp.write_text(json.dumps(rows, indent=1) + "\n")

@@ -17,7 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pktnin.atomic import atomic_path
+from pktnin.names import name_text
 from pktnin.schema import meta_dtype
+from pktnin.score.outdir import replace_own
 
 FORMATS = ("parquet", "csv")
 ROW_GROUP_ROWS = 65536
@@ -87,7 +89,7 @@ def packet_batch(
     n = probs.shape[0]
     idx, label, prob = labels_of(probs, classes)
     columns = [
-        pa.repeat(file_name, n).cast(pa.string()),
+        pa.repeat(name_text(file_name), n).cast(pa.string()),
         pa.array(meta["frame"], type=meta_type("frame")),
         pa.array(meta["ts_ns"].astype(np.int64, copy=False), type=pa.int64()).cast(TIMESTAMP),
         format_addresses(meta["src_addr"], meta["ip_version"]),
@@ -169,7 +171,7 @@ def write_batches(
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     rows = 0
-    with atomic_path(target) as tmp:
+    with atomic_path(target, replace=replace_own) as tmp:
         if fmt == "parquet":
             writer = pq.ParquetWriter(tmp, schema.with_metadata(metadata or {}), compression="zstd")
         else:

@@ -1,0 +1,101 @@
+"""Outputs the user names (--out, --flows, --report, --summary): refused before any work when a link, anything but
+a regular file of the user's, or an existing file without --force is there; never written through a link."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from onnx_fixtures import tiny_model
+from packetgen import mixed_traffic
+from pcapgen import write_pcap
+from typer.testing import CliRunner
+
+from pktnin.cli import app
+from pktnin.score import outdir
+from pktnin.score.outdir import UnsafeOutputError
+
+IS_ROOT = os.geteuid() == 0
+OTHER_UID = 4242
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", ["a", "b"], seed=3)
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory) -> Path:
+    return write_pcap(tmp_path_factory.mktemp("caps") / "c.pcap", mixed_traffic(1, 60))
+
+
+def _score(tmp_path, capture, model, **named):
+    args = ["score", str(capture), "--model", str(model), "--no-progress"]
+    named.setdefault("out", tmp_path / "p.parquet")
+    for option, path in named.items():
+        if option != "force":
+            args += [f"--{option}", str(path)]
+    if named.get("force"):
+        args.append("--force")
+    return CliRunner().invoke(app, args)
+
+
+def _no_work_done(tmp_path: Path) -> None:
+    """Nothing was read or written: no lock, manifest or parts beside the output, no output."""
+    names = os.listdir(tmp_path)
+    assert not [n for n in names if n.startswith(("p.parquet", ".p.parquet"))], names
+
+
+@pytest.mark.parametrize("option,name", [("out", "p.parquet"), ("flows", "f.parquet"), ("report", "r.json"),
+                                         ("summary", "s.json")])  # fmt: skip
+@pytest.mark.parametrize("planted", ["dangling link", "link to a file", "fifo", "other user"])
+@pytest.mark.parametrize("force", [False, True])
+def test_planted_output_names_refuse_the_run_before_any_work(tmp_path, capture, model, option, name, planted, force):
+    path = tmp_path / name
+    victim = tmp_path / "victim.txt"
+    if planted == "dangling link":
+        path.symlink_to(tmp_path / "nowhere")
+    elif planted == "link to a file":
+        victim.write_text("kept")
+        path.symlink_to(victim)
+    elif planted == "fifo":
+        os.mkfifo(path)
+    else:
+        if not IS_ROOT:
+            pytest.skip("chown to another user needs root")
+        path.write_text("theirs")
+        os.chown(path, OTHER_UID, OTHER_UID)
+    result = _score(tmp_path, capture, model, **{option: path}, force=force)
+    assert result.exit_code == 2, result.output
+    assert f"--{option} {path}" in result.output
+    if option != "out":
+        _no_work_done(tmp_path)
+    assert os.path.lexists(path) and (planted != "link to a file" or victim.read_text() == "kept")
+
+
+@pytest.mark.parametrize("option,name", [("flows", "f.parquet"), ("report", "r.json"), ("summary", "s.json")])
+def test_existing_side_outputs_need_force(tmp_path, capture, model, option, name):
+    path = tmp_path / name
+    path.write_text("earlier")
+    result = _score(tmp_path, capture, model, **{option: path})
+    assert result.exit_code == 2 and "--force" in result.output, result.output
+    _no_work_done(tmp_path)
+    assert path.read_text() == "earlier"
+    result = _score(tmp_path, capture, model, **{option: path}, force=True)
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes() != b"earlier"
+
+
+def test_a_link_planted_after_the_checks_is_not_written_through(tmp_path):
+    """The final rename refuses a name that turned into a link (or someone else's file) since the checks."""
+    target, victim, tmp = tmp_path / "s.json", tmp_path / "victim", tmp_path / ".s.json.x.tmp"
+    victim.write_text("kept")
+    tmp.write_text("ours")
+    target.symlink_to(victim)
+    with pytest.raises(UnsafeOutputError, match="symbolic link"):
+        outdir.replace_own(tmp, target)
+    assert target.is_symlink() and victim.read_text() == "kept"
+    target.unlink()
+    outdir.replace_own(tmp, target)
+    assert target.read_text() == "ours" and not target.is_symlink()
