@@ -3,7 +3,12 @@ a regular file of the user's, or an existing file without --force is there; neve
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ from pktnin.cli import app
 from pktnin.score import outdir
 from pktnin.score.outdir import UnsafeOutputError
 
+REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
 OTHER_UID = 4242
 
@@ -99,3 +105,36 @@ def test_a_link_planted_after_the_checks_is_not_written_through(tmp_path):
     target.unlink()
     outdir.replace_own(tmp, target)
     assert target.read_text() == "ours" and not target.is_symlink()
+
+
+# -- SIGTERM and SIGHUP ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_a_run_like_ctrl_c(tmp_path, capture, model, signum, code):
+    """A batch scheduler's stop: the run ends as on Ctrl-C (manifest kept, lock and temporary parts removed, how
+    to resume printed), exit 128 + the signal's number."""
+    fifo = tmp_path / "never.fifo"  # the run reads the capture, then waits on a FIFO nobody writes
+    os.mkfifo(fifo)
+    out = tmp_path / "p.parquet"
+    args = ["score", capture, fifo, "--model", model, "--out", out, "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "pktnin", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
+    started = time.monotonic()
+    while not (tmp_path / "p.parquet.parts").exists():
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() - started < 240, "the run did not start"
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(signum)
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{signal.Signals(signum).name} did not stop the run")
+    text = output.decode()
+    assert proc.returncode == code, text
+    assert f"interrupted by {signal.Signals(signum).name}" in text and "--resume" in text and "Traceback" not in text
+    names = sorted(os.listdir(tmp_path))
+    assert "p.parquet.lock" not in names and "p.parquet" not in names, names
+    assert json.loads((tmp_path / "p.parquet.manifest.json").read_text())["version"] >= 1
+    left = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert left == [], left
