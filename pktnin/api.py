@@ -91,7 +91,7 @@ class ScoreJob:
                 model_id=_model_id(model_path, runner),
                 model_name=Path(model_path).name,
             )
-            check_outputs(opts, opts.settings(list(runner.classes)))
+            check_outputs(opts, opts.settings(list(runner.classes)), files)
         except BaseException:
             runner.close()
             raise

@@ -138,3 +138,34 @@ def test_sigterm_and_sighup_stop_a_run_like_ctrl_c(tmp_path, capture, model, sig
     assert json.loads((tmp_path / "p.parquet.manifest.json").read_text())["version"] >= 1
     left = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert left == [], left
+
+
+# -- resume with the inputs spelled otherwise --------------------------------------------------------------------
+def test_resume_with_an_input_spelled_otherwise_is_refused(tmp_path, model, monkeypatch):
+    from dataclasses import replace
+
+    from pktnin.api import ScoreJob
+    from pktnin.score import score_files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    inputs = [write_pcap(Path("rel") / f"c{k}.pcap", mixed_traffic(k, 40)) for k in range(2)]
+    out = Path("p.parquet")
+
+    def stop(_reports):  # the run fails after its first part is recorded: the manifest keeps that file
+        raise RuntimeError("stopped")
+
+    job = ScoreJob.prepare(inputs, out, str(model))  # the CLI's settings, parts of one row
+    with pytest.raises(RuntimeError, match="stopped"):
+        score_files(job.files, job.runner, replace(job.opts, part_rows=1), on_saved=stop)
+    job.runner.close()
+    absolute = [str(tmp_path / p) for p in inputs]
+    base = ["score", "--model", str(model), "--out", str(out), "--no-progress", "--resume"]
+    result = CliRunner().invoke(app, [*base, *absolute])
+    assert result.exit_code == 2, result.output
+    assert "'rel/c0.pcap'" in result.output and "--force" in result.output
+    result = CliRunner().invoke(app, [*base, *map(str, inputs)])  # the same spelling continues
+    assert result.exit_code == 0, result.output
+    import pyarrow.parquet as pq
+
+    assert set(pq.read_table(out).column("file").to_pylist()) == {"rel/c0.pcap", "rel/c1.pcap"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def format_for(out: Path | None, fmt: str | None) -> str:
     return suffix if suffix in FORMATS else "parquet"
 
 
-def check_outputs(opts, settings: dict) -> None:
-    """Raise OutputError when the outputs of `opts` (ScoreOptions) cannot or must not be written."""
-    continuing = check_progress(opts, settings)
+def check_outputs(opts, settings: dict, files: list[Path] | None = None) -> None:
+    """Raise OutputError when the outputs of `opts` (ScoreOptions) cannot or must not be written (`files`: the
+    inputs, whose spelling a resumed run must keep)."""
+    continuing = check_progress(opts, settings, files)
     targets = [("--out", opts.out)] + ([("--flows", opts.flows_out)] if opts.flows_out is not None else [])
     for option, target in targets:
         if target.is_dir():
@@ -58,8 +60,9 @@ def check_outputs(opts, settings: dict) -> None:
         outdir.check_target("--report", opts.report, opts.force or continuing)
 
 
-def check_progress(opts, settings: dict) -> bool:
-    """Refuse to start over an earlier run's finished files unless asked to continue them or `force`.
+def check_progress(opts, settings: dict, files: list[Path] | None = None) -> bool:
+    """Refuse to start over an earlier run's finished files unless asked to continue them or `force`, and to
+    continue them with an input spelled otherwise (the file column would mix both spellings).
     True when this run continues an earlier one (whose outputs it was started to replace)."""
     if opts.force:
         return False
@@ -74,7 +77,29 @@ def check_progress(opts, settings: dict) -> bool:
             f"{done} with other settings ({settings_diff(earlier.settings, settings)}): rerun with the earlier "
             "settings to continue, or --force to discard its files and start over"
         )
+    changed = spelling_changes(files or [], earlier.files)
+    if changed:
+        old, new = changed[0]
+        raise OutputError(
+            f"{done}, which named {old!r} as {new!r} is named now: the file column keeps one spelling per run; "
+            "name the inputs as the earlier run did to continue, or --force to start over"
+        )
     return True
+
+
+def spelling_changes(files: list[Path], entries: dict[str, dict]) -> list[tuple[str, str]]:
+    """(earlier spelling, spelling now) of each input that an entry of an earlier run named otherwise."""
+    now = {mf.file_key(f): str(f) for f in files}
+    changes = []
+    for key, entry in entries.items():
+        report = entry.get("report")
+        old = report.get("path") if isinstance(report, dict) else None
+        if not isinstance(old, str):
+            continue
+        resolved = key if os.path.isabs(key) else mf.file_key(Path(old))  # shard ids key the sharded runs
+        if resolved in now and now[resolved] != old:
+            changes.append((old, now[resolved]))
+    return changes
 
 
 def settings_diff(old: dict, new: dict) -> str:

@@ -64,7 +64,7 @@ def _score_locked(files, runner, opts, progress, source, on_saved, targets, name
     classes = list(runner.classes)
     settings = opts.settings(classes)
     parts = mf.parts_dir(out)
-    check_outputs(opts, settings)  # before anything is touched: refuse rather than lose earlier work
+    check_outputs(opts, settings, files)  # before anything is touched: refuse rather than lose earlier work
     manifest, listed = mf.open_run(out, settings, opts.resume, targets)
 
     # Files finished by an earlier run are reused; the rest are scored now.
