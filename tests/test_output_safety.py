@@ -17,9 +17,9 @@ from packetgen import mixed_traffic
 from pcapgen import write_pcap
 from typer.testing import CliRunner
 
+from pktnin import outdir
 from pktnin.cli import app
-from pktnin.score import outdir
-from pktnin.score.outdir import UnsafeOutputError
+from pktnin.outdir import UnsafeOutputError
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
@@ -145,7 +145,7 @@ def test_resume_with_an_input_spelled_otherwise_is_refused(tmp_path, model, monk
     from dataclasses import replace
 
     from pktnin.api import ScoreJob
-    from pktnin.score import score_files
+    from pktnin.scoring import score_files
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "rel").mkdir()
@@ -155,9 +155,9 @@ def test_resume_with_an_input_spelled_otherwise_is_refused(tmp_path, model, monk
     def stop(_reports):  # the run fails after its first part is recorded: the manifest keeps that file
         raise RuntimeError("stopped")
 
-    job = ScoreJob.prepare(inputs, out, str(model))  # the CLI's settings, parts of one row
+    job = ScoreJob.prepare(inputs, out, str(model))  # the CLI's settings, one file per unit
     with pytest.raises(RuntimeError, match="stopped"):
-        score_files(job.files, job.runner, replace(job.opts, part_rows=1), on_saved=stop)
+        score_files(job.files, job.runner, replace(job.opts, unit_files=1), on_saved=stop)
     job.runner.close()
     absolute = [str(tmp_path / p) for p in inputs]
     base = ["score", "--model", str(model), "--out", str(out), "--no-progress", "--resume"]

@@ -36,7 +36,7 @@ def write_summary(path: Path | None, summary: dict) -> None:
     if path is None:
         return
     from pktnin.atomic import atomic_path
-    from pktnin.score.outdir import replace_own
+    from pktnin.outdir import replace_own
 
     with atomic_path(path, replace=replace_own) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -47,7 +47,7 @@ def check_summary_path(path: Path | None, force: bool | None = None) -> None:
     anything but a regular file of the user's, a folder that cannot take it; an existing file unless `force`
     (None: commands without --force replace it)."""
     from pktnin.errors import UsageError
-    from pktnin.score.outdir import check_target
+    from pktnin.outdir import check_target
 
     if path is None:
         return

@@ -11,31 +11,22 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from pktnin import outdir
 from pktnin.atomic import atomic_path
 from pktnin.errors import UsageError
 from pktnin.names import name_text
 from pktnin.packets import FileReport
-from pktnin.score import manifest as mf
-from pktnin.score import outdir
-from pktnin.score.writers import FORMATS
+from pktnin.scoring import manifest as mf
+from pktnin.scoring.writers import FORMATS
 
 REPORT_FORMATS = (".json", ".csv")
 
 
 class OutputError(UsageError):
     """An output cannot be written as asked, or writing it would discard earlier results."""
-
-
-def format_for(out: Path | None, fmt: str | None) -> str:
-    """The output format: `fmt` when given, else from the suffix of `out` (.csv or .parquet), else parquet."""
-    if fmt is not None:
-        return fmt
-    suffix = "" if out is None else Path(out).suffix.lower().lstrip(".")
-    return suffix if suffix in FORMATS else "parquet"
 
 
 def check_outputs(opts, settings: dict, files: list[Path] | None = None) -> None:
@@ -69,7 +60,8 @@ def check_progress(opts, settings: dict, files: list[Path] | None = None) -> boo
     earlier = mf.Manifest.load(mf.manifest_path(opts.out))
     if earlier is None or not earlier.files:
         return False
-    done = f"{mf.manifest_path(opts.out)} holds {len(earlier.files)} finished files of an earlier run"
+    n_files = sum(len(e.get("files", [])) for e in earlier.files.values())
+    done = f"{mf.manifest_path(opts.out)} holds {n_files} finished files of an earlier run"
     if not opts.resume:
         raise OutputError(f"{done}: rerun with --resume to continue it, or --force to discard it")
     if earlier.settings != settings:
@@ -88,17 +80,16 @@ def check_progress(opts, settings: dict, files: list[Path] | None = None) -> boo
 
 
 def spelling_changes(files: list[Path], entries: dict[str, dict]) -> list[tuple[str, str]]:
-    """(earlier spelling, spelling now) of each input that an entry of an earlier run named otherwise."""
+    """(earlier spelling, spelling now) of each input that an earlier run's unit summaries named otherwise."""
     now = {mf.file_key(f): str(f) for f in files}
     changes = []
-    for key, entry in entries.items():
-        report = entry.get("report")
-        old = report.get("path") if isinstance(report, dict) else None
-        if not isinstance(old, str):
-            continue
-        resolved = key if os.path.isabs(key) else mf.file_key(Path(old))  # shard ids key the sharded runs
-        if resolved in now and now[resolved] != old:
-            changes.append((old, now[resolved]))
+    for entry in entries.values():
+        pieces = entry.get("files")
+        for piece in pieces if isinstance(pieces, list) else []:
+            report = piece.get("report") if isinstance(piece, dict) else None
+            old = report.get("path") if isinstance(report, dict) else None
+            if isinstance(old, str) and now.get(mf.file_key(Path(old)), old) != old:
+                changes.append((old, now[mf.file_key(Path(old))]))
     return changes
 
 

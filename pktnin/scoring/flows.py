@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pktnin.names import name_text
-from pktnin.score.writers import TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
+from pktnin.scoring.writers import TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
 
 MERGE_ROWS = 65536
 
