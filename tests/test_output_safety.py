@@ -169,3 +169,128 @@ def test_resume_with_an_input_spelled_otherwise_is_refused(tmp_path, model, monk
     import pyarrow.parquet as pq
 
     assert set(pq.read_table(out).column("file").to_pylist()) == {"rel/c0.pcap", "rel/c1.pcap"}
+
+
+# -- the parts folder swapped under a run ------------------------------------------------------------------------
+def _job(tmp_path, model, n_files=3, flows=False):
+    from dataclasses import replace
+
+    from pktnin.api import ScoreJob
+
+    inputs = [write_pcap(tmp_path / f"c{k}.pcap", mixed_traffic(k, 40)) for k in range(n_files)]
+    shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)
+    os.chmod(shared, 0o777)  # world-writable, no sticky bit: anyone may rename entries
+    out = shared / "p.parquet"
+    job = ScoreJob.prepare(inputs, out, str(model), flows=shared / "f.parquet" if flows else None)
+    return job.files, job.runner, replace(job.opts, unit_files=1), out
+
+
+def _swap(parts: Path, forged: Path) -> Path:
+    """What the other user does: rename the run's parts folder away and put a link to a folder of theirs, holding
+    copies of the run's files (relabelled), in its place. Returns where the run's own folder went."""
+    import shutil
+
+    stolen = parts.with_name("stolen")
+    os.rename(parts, stolen)
+    shutil.copytree(stolen, forged)
+    parts.symlink_to(forged)
+    return stolen
+
+
+def test_parts_folder_swapped_during_the_run_publishes_nothing(tmp_path, model):
+    from pktnin.scoring import score_files
+
+    files, runner, opts, out = _job(tmp_path, model)
+    forged = tmp_path / "theirs"
+    swapped = []
+
+    def swap_after_first_unit(_reports):  # a fault injector at the run's own seam: after a unit is recorded
+        if not swapped:
+            swapped.append(_swap(opts.out.with_name("p.parquet.parts"), forged))
+
+    with pytest.raises(UnsafeOutputError, match="was replaced while the run used it"):
+        score_files(files, runner, opts, on_saved=swap_after_first_unit)
+    assert swapped and not out.exists()  # nothing published
+    assert not (out.parent / "p.parquet.lock").exists()
+    assert sorted(os.listdir(forged)) == sorted(os.listdir(swapped[0]))  # their folder: nothing added or removed
+
+
+@pytest.mark.parametrize("flows", [False, True])
+def test_parts_folder_swapped_before_publishing_publishes_nothing(tmp_path, model, monkeypatch, flows):
+    """The swap between the last check and the rename: every output is staged, none is published."""
+    from pktnin.scoring import score_files
+
+    files, runner, opts, out = _job(tmp_path, model, flows=flows)
+    publish = outdir.Staging.publish
+
+    def swap_then_publish(self):
+        _swap(self.held.path, tmp_path / "theirs")
+        publish(self)
+
+    monkeypatch.setattr(outdir.Staging, "publish", swap_then_publish)
+    with pytest.raises(UnsafeOutputError, match="was replaced while the run used it"):
+        score_files(files, runner, opts)
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["p.parquet.manifest.json", "p.parquet.parts", "stolen"]  # no output, no lock
+    assert not [n for n in os.listdir(out.parent / "stolen") if n.endswith(".tmp")]  # staged files discarded
+
+
+def test_a_run_that_fails_while_writing_its_outputs_publishes_none(tmp_path, model, monkeypatch):
+    from pktnin.scoring import run, score_files
+
+    files, runner, opts, out = _job(tmp_path, model, flows=True)
+
+    def broken(self, fschema):
+        raise OSError(28, "No space left on device")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(run._Run, "_flow_batches", broken)
+    with pytest.raises(OSError, match="No space left"):
+        score_files(files, runner, opts)
+    assert not out.exists() and not (out.parent / "f.parquet").exists()  # the packets were staged, not published
+    assert not [p for p in out.parent.rglob("*.tmp")]
+
+
+# -- only what the run made is removed ---------------------------------------------------------------------------
+def test_files_the_run_did_not_make_are_kept(tmp_path, model):
+    from pktnin.scoring import score_files
+
+    files, runner, opts, out = _job(tmp_path, model)
+    mine = {
+        "p.parquet.lock": "my notes",
+        ".p.parquet.abcd1234.tmp": "mine",
+        ".p.parquet.manifest.json.zzzz9999.tmp": "mine too",
+    }
+    for name, text in mine.items():
+        (out.parent / name).write_text(text)
+    score_files(files, runner, opts)
+    assert out.exists()
+    assert {n: (out.parent / n).read_text() for n in mine} == mine
+    assert sorted(os.listdir(out.parent)) == sorted([*mine, "p.parquet"])
+
+
+def test_a_killed_runs_lock_is_removed_by_the_next_run(tmp_path, model):
+    from pktnin.scoring import score_files
+
+    files, runner, opts, out = _job(tmp_path, model)
+    (out.parent / "p.parquet.lock").write_bytes(outdir.LOCK_MARK)  # what a run killed with -9 leaves
+    score_files(files, runner, opts)
+    assert sorted(os.listdir(out.parent)) == ["p.parquet"]
+
+
+def test_same_named_files_behind_a_linked_parent_are_kept(tmp_path, model):
+    """--out through a link to a folder: the files there that the run did not make stay."""
+    from dataclasses import replace
+
+    from pktnin.scoring import score_files
+
+    files, runner, opts, _ = _job(tmp_path, model)
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    for name in ("p.parquet.lock", ".p.parquet.abcd1234.tmp"):
+        (real / name).write_text("theirs")
+    score_files(files, runner, replace(opts, out=tmp_path / "link" / "p.parquet"))
+    assert sorted(os.listdir(real)) == [".p.parquet.abcd1234.tmp", "p.parquet", "p.parquet.lock"]
+    assert (real / "p.parquet.lock").read_text() == "theirs"

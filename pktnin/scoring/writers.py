@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 
 from pktnin.atomic import atomic_path
 from pktnin.names import name_text
-from pktnin.outdir import replace_own
 from pktnin.schema import meta_dtype
 
 FORMATS = ("parquet", "csv")
@@ -155,41 +154,33 @@ class PartWriter:
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
 
 
-def assemble(parts: Iterable[Path], target: Path, schema: pa.Schema, fmt: str, metadata: dict | None = None) -> int:
-    """Concatenate Parquet parts, in order, into `target` (Parquet or CSV), streamed; returns the row count.
-    `metadata`: key-value metadata of a Parquet output."""
-    batches = (b for part in parts for b in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP_ROWS))
-    return write_batches(batches, target, schema, fmt, metadata)
-
-
-def write_batches(
-    batches: Iterable[pa.RecordBatch], target: Path, schema: pa.Schema, fmt: str, metadata: dict | None = None
+def write_batches_to(
+    sink, batches: Iterable[pa.RecordBatch], schema: pa.Schema, fmt: str, metadata: dict | None = None
 ) -> int:
-    """Record batches, in order, into `target` (Parquet or CSV) in row groups of ROW_GROUP_ROWS, written
-    atomically; returns the row count. `metadata`: key-value metadata of a Parquet output."""
+    """Record batches, in order, into `sink` (a path or an open binary file) as Parquet or CSV, in row groups
+    of ROW_GROUP_ROWS; returns the row count. `metadata`: key-value metadata of a Parquet output."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     rows = 0
-    with atomic_path(target, replace=replace_own) as tmp:
-        if fmt == "parquet":
-            writer = pq.ParquetWriter(tmp, schema.with_metadata(metadata or {}), compression="zstd")
-        else:
-            writer = pcsv.CSVWriter(str(tmp), schema)
-        try:
-            buffer: list[pa.RecordBatch] = []
-            buffered = 0
-            for batch in batches:
-                buffer.append(batch)
-                buffered += batch.num_rows
-                if buffered >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(buffer, schema=schema))
-                    rows += buffered
-                    buffer, buffered = [], 0
-            if buffer:
+    if fmt == "parquet":
+        writer = pq.ParquetWriter(sink, schema.with_metadata(metadata or {}), compression="zstd")
+    else:
+        writer = pcsv.CSVWriter(sink, schema)
+    try:
+        buffer: list[pa.RecordBatch] = []
+        buffered = 0
+        for batch in batches:
+            buffer.append(batch)
+            buffered += batch.num_rows
+            if buffered >= ROW_GROUP_ROWS:
                 writer.write_table(pa.Table.from_batches(buffer, schema=schema))
                 rows += buffered
-        finally:
-            writer.close()
+                buffer, buffered = [], 0
+        if buffer:
+            writer.write_table(pa.Table.from_batches(buffer, schema=schema))
+            rows += buffered
+    finally:
+        writer.close()
     return rows
 
 
