@@ -171,3 +171,23 @@ def test_zero_length_records_agree_in_report_summary_frame_and_exit_code(tmp_pat
     assert s["skipped_packets"]["zero-length"] == len(packets) and s["files_with_errors"] == []
     frames = pq.read_table(out, columns=["frame"]).column("frame").to_pylist()
     assert max(frames) < row["records"] and all(f % 2 == 0 for f in frames)
+
+
+def test_damaged_zstd_is_an_error_of_the_file_keeping_what_was_decoded(tmp_path):
+    """A bad checksum or junk after a frame is the file's error (no exception out of the reader), and the records
+    decoded before it are kept but for at most one read of ZSTD_PIECE decoded bytes."""
+    zstandard = pytest.importorskip("zstandard")
+    from pktnin.kernels.streams import ZSTD_PIECE
+
+    pkts = [bytes([i % 251]) * 200 for i in range(3000)]
+    zs = zstandard.ZstdCompressor(write_checksum=True).compress(pcap_bytes(pkts))
+    record = 16 + 200
+    bad_sum = bytearray(zs)
+    bad_sum[-2] ^= 1
+    for name, blob, what in [("sum", bytes(bad_sum), "checksum"), ("junk", zs + b"junk after it", "frame")]:
+        n, reader = _gz_case(tmp_path, name, blob)
+        assert len(pkts) - ZSTD_PIECE // record - 1 <= n < len(pkts), name
+        assert "zstd data cut short or damaged" in reader.fatal.reason and what in reader.fatal.reason, name
+    n, reader = _gz_case(tmp_path, "cut", zs[: len(zs) // 2])
+    decoded = len(zstandard.ZstdDecompressor().decompressobj().decompress(zs[: len(zs) // 2]))
+    assert n == (decoded - 24) // record and reader.fatal is not None

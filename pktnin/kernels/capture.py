@@ -96,10 +96,13 @@ from pktnin.kernels.capture_state import (
 from pktnin.kernels.streams import (
     GZIP_MAGIC,
     ZSTD_MAGIC,
+    ZSTD_PIECE,
+    DamagedStream,
     GzipStream,
     PipeReader,
     Prepend,
     ReadStopped,
+    SmallReads,
     StreamSource,
     is_stream,
     read_full,
@@ -300,7 +303,7 @@ class CaptureReader:
                 return read_full(self._stream_read, _PCAP_HEADER_LEN)
             with open(self.path, "rb") as raw:
                 return read_full(self._decompressor(raw).read, _PCAP_HEADER_LEN)
-        except (OSError, EOFError, zlib.error) as e:
+        except (OSError, EOFError, zlib.error, DamagedStream) as e:
             raise CaptureError(self.path, 0, f"{self.compression}-compressed, cannot decompress: {e}") from e
 
     def _decompressor(self, raw):
@@ -313,8 +316,9 @@ class CaptureReader:
                 raise CaptureError(
                     self.path, 0, "zstd-compressed: install the optional zstandard package to read it"
                 ) from None
-            return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        except (OSError, EOFError, zlib.error) as e:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            return SmallReads(reader.read, ZSTD_PIECE, zstandard.ZstdError)
+        except (OSError, EOFError, zlib.error, DamagedStream) as e:
             raise CaptureError(self.path, 0, f"{self.compression}-compressed, cannot decompress: {e}") from e
 
     def close(self) -> None:

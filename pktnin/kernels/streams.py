@@ -30,6 +30,10 @@ STREAM_READ = 256 << 10  # bytes per read call: a decompression error loses at m
 POLL_S = 0.1
 
 
+class DamagedStream(Exception):
+    """Compressed data that cannot be decoded further (a decompressor's own error, named)."""
+
+
 class ReadStopped(Exception):
     """A wait on a stream was ended by the reader's `stop` callable."""
 
@@ -66,7 +70,7 @@ class StreamSource:
         while have < length and self.size == UNKNOWN_SIZE:
             try:
                 data = self._read(min(length - have, STREAM_READ))
-            except (EOFError, OSError, zlib.error) as e:  # a damaged or cut compressed stream
+            except (EOFError, OSError, zlib.error, DamagedStream) as e:  # a damaged or cut compressed stream
                 self.error = str(e) or type(e).__name__
                 data = b""
             if not data:
@@ -82,7 +86,7 @@ class StreamSource:
         while n > 0:
             try:
                 data = self._read(min(n, STREAM_READ))
-            except (EOFError, OSError, zlib.error) as e:
+            except (EOFError, OSError, zlib.error, DamagedStream) as e:
                 self.error = str(e) or type(e).__name__
                 data = b""
             if not data:
@@ -273,6 +277,36 @@ class GzipStream:
         self._use(k)
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         self._crc = self._size = 0
+
+
+ZSTD_PIECE = 16 << 10  # decoded bytes per zstd read: what an error in the middle of a read can lose
+
+
+class SmallReads:
+    """read(n) made of reads of at most `piece` bytes of `read`: an `errors` exception (a decompressor's) loses
+    at most one piece; the bytes read before it are returned, and DamagedStream is raised by the next call."""
+
+    def __init__(self, read, piece: int, errors: type[Exception] | tuple[type[Exception], ...]) -> None:
+        self._read, self._piece, self._errors = read, piece, errors
+        self._error: DamagedStream | None = None
+
+    def read(self, n: int) -> bytes:
+        if self._error is not None:
+            raise self._error
+        chunks, have = [], 0
+        while have < n:
+            try:
+                data = self._read(min(n - have, self._piece))
+            except self._errors as e:
+                self._error = DamagedStream(str(e) or type(e).__name__)
+                if not have:
+                    raise self._error from e
+                break
+            if not data:
+                break
+            chunks.append(data)
+            have += len(data)
+        return b"".join(chunks)
 
 
 def read_full(read, n: int) -> bytes:
