@@ -109,7 +109,7 @@ class ScoreJob:
                 engine=choice.label,
                 agreement=json.dumps(choice.agreement, sort_keys=True),
             )
-            check_outputs(opts, opts.settings(list(runner.classes)))
+            check_outputs(opts, opts.settings(list(runner.classes)), files)
         except BaseException:
             runner.close()
             raise

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str = ".tmp", mode: int | None = None) -> Iterator[Path]:
+def atomic_path(
+    target: str | os.PathLike,
+    suffix: str = ".tmp",
+    mode: int | None = None,
+    replace: Callable[[Path, Path], None] = os.replace,
+) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it replaces `target`, on error it is removed.
 
     `suffix` ends the temporary name (a writer that insists on an extension, as Keras does, gets it). `mode` is
-    applied after the body wrote the file; None gives the permissions a plain open() would.
+    applied after the body wrote the file; None gives the permissions a plain open() would. `replace(tmp,
+    target)` puts the file in place (e.g. one that refuses to replace what is not the user's own).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +34,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp", mode: int | Non
     try:
         yield tmp_path
         os.chmod(tmp_path, mode)  # after the body: a writer may have replaced the file
-        os.replace(tmp_path, target)
+        replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

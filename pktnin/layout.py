@@ -28,6 +28,7 @@ SKIP_MALFORMED = 5
 SKIP_DNS = 6
 SKIP_NO_PAYLOAD = 7
 SKIP_TS_OVERFLOW = 8  # set by the capture reader: the record's time does not fit int64 ns since the epoch
+SKIP_ZERO_LENGTH = 9  # set by the capture reader: a record with captured length 0 (legal, nothing to score)
 SKIP_REASONS = (
     "kept",
     "unsupported-link",
@@ -38,6 +39,7 @@ SKIP_REASONS = (
     "dns",
     "no-payload",
     "ts-overflow",
+    "zero-length",
 )
 
 # Masking profiles.

@@ -19,7 +19,7 @@ import numpy as np
 
 from pktnin.kernels.capture import CaptureError, CaptureReader, NotACapture
 from pktnin.kernels.cpu import RangePrep
-from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, mask_code
+from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, SKIP_ZERO_LENGTH, mask_code
 from pktnin.stages import DONE, Stages, Stopped
 
 if TYPE_CHECKING:
@@ -153,9 +153,11 @@ def iter_raw_batches(
                 report.records += raw.n
                 yield report, raw
             report.corrupt_records = reader.corrupt_records
-            if reader.ts_overflow:  # records the reader skipped: they count as read, under their skip reason
-                report.records += reader.ts_overflow
-                report.skip_counts[SKIP_REASONS[SKIP_TS_OVERFLOW]] = reader.ts_overflow
+            # records the reader skipped without damage: they count as read, under their skip reason
+            for reason, count in ((SKIP_TS_OVERFLOW, reader.ts_overflow), (SKIP_ZERO_LENGTH, reader.zero_length)):
+                if count:
+                    report.records += count
+                    report.skip_counts[SKIP_REASONS[reason]] = count
             report.errors = [str(e) for e in reader.errors]
             report.stopped_early = reader.fatal is not None
             if reader.fatal is not None:

@@ -21,7 +21,8 @@ REASONS = [
     "dns",
     "no-payload",
     "ts-overflow",
-]  # the last is the capture reader's (a time outside int64 ns): never a packet's parse result
+    "zero-length",
+]  # the last two are the capture reader's (a time outside int64 ns, an empty record): never a parse result
 IPV6_FAMILIES = {10, 24, 28, 30}
 VLAN_TPIDS = {0x8100, 0x88A8, 0x9100}
 

@@ -156,9 +156,9 @@ def test_max_records_bounds_batches():
 def test_reiteration_restarts():
     reader = CaptureReader(pcap_bytes([b"ab", b"", b"cd"]))
     first = [bytes(r.frame) for r in reader]
-    assert reader.records == 2 and reader.corrupt_records == 1
+    assert reader.records == 2 and reader.zero_length == 1
     second = [bytes(r.frame) for r in reader]
-    assert first == second and reader.records == 2 and reader.corrupt_records == 1
+    assert first == second and reader.records == 2 and reader.zero_length == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -326,14 +326,14 @@ def test_record_length_beyond_file_is_fatal():
     assert reader.fatal.offset == off and "record length 5000" in reader.fatal.reason
 
 
-def test_zero_length_records_are_counted_once(tmp_path):
+def test_zero_length_records_are_skipped_not_corrupt(tmp_path):
+    """Captured length 0 is legal pcap: skipped and counted on its own, neither corrupt nor an error."""
     pkts = [b"one", b"", b"two", b"", b"", b"three"]
     path = write_pcap(tmp_path / "z.pcap", pkts, big_endian=True)
     got, reader = read_all(path)
     assert [(g[0], g[4]) for g in got] == [(0, b"one"), (2, b"two"), (5, b"three")]
-    assert reader.corrupt_records == 3 and reader.fatal is None and reader.frames == 6
-    (err,) = reader.errors
-    assert err.offset == pcap_record_offsets(pkts)[1] and "zero-length record" in err.reason and "3" in err.reason
+    assert reader.zero_length == 3 and reader.corrupt_records == 0 and reader.fatal is None and reader.frames == 6
+    assert reader.errors == []
 
 
 def _block(btype, body, big=False, length=None, trailer=None):
@@ -400,7 +400,7 @@ def test_pcapng_corrupt_records_are_skipped():
     data = head + epb_long + epb_noif + opb_noif + epb_short + epb_zero + idb_short + epb_if1 + tail + spb_noif
     got, reader = read_all(data, window_bytes=64)
     assert [(g[0], g[4]) for g in got] == [(0, b"good-1"), (1, b"good-2"), (8, b"last")]
-    assert reader.fatal is None and reader.corrupt_records == 7 and reader.frames == 10
+    assert reader.fatal is None and reader.corrupt_records == 6 and reader.zero_length == 1 and reader.frames == 10
     offs = {}
     pos = len(head)
     for name, blk in [
@@ -417,9 +417,9 @@ def test_pcapng_corrupt_records_are_skipped():
     assert "captured length 500 exceeds its block" in errs[offs["long"]]
     assert "undefined interface 7" in errs[offs["noif"]] and "first of 4" in errs[offs["noif"]]
     assert "packet block length 20 is too short" in errs[offs["short"]]
-    assert "zero-length record" in errs[offs["zero"]]
+    assert offs["zero"] not in errs  # legal: counted in zero_length, no error
     assert "interface description block length 12 is too short" in errs[offs["idb"]]
-    assert len(reader.errors) == 5
+    assert len(reader.errors) == 4
 
 
 def test_pcapng_oversized_record_is_skipped():
@@ -462,7 +462,8 @@ def test_pcap_roundtrip_property(pkts, nano, big, window, max_records):
     got, reader = read_all(data, window_bytes=window, max_records=max_records)
     want = [(i, 276, t if nano else t // 1000 * 1000, len(d), d) for i, (t, d) in enumerate(pkts) if d]
     assert got == want
-    assert reader.corrupt_records == sum(1 for _, d in pkts if not d) and reader.fatal is None
+    assert reader.zero_length == sum(1 for _, d in pkts if not d) and reader.corrupt_records == 0
+    assert reader.fatal is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -175,11 +175,11 @@ def read_checked(data: bytes, window: int, max_records: int, table: int):
                 )
             )
     assert reader.records == len(records)
-    assert reader.frames == reader.records + reader.corrupt_records + reader.ts_overflow
+    assert reader.frames == reader.records + reader.corrupt_records + reader.ts_overflow + reader.zero_length
     for err in reader.errors:
         assert isinstance(err, CaptureError) and 0 <= err.offset < len(data)
     fatal = None if reader.fatal is None else str(reader.fatal)
-    return records, fatal, [str(e) for e in reader.errors], reader.corrupt_records
+    return records, fatal, [str(e) for e in reader.errors], (reader.corrupt_records, reader.zero_length)
 
 
 def run_fuzz(n_cases: int, seed: int) -> int:

@@ -183,17 +183,17 @@ from pathlib import Path
 from test_outdir import _opts, _runner
 from pktnin.scoring import score_files
 
-real_replace = os.replace
+real_rename = os.rename
 calls = {{"n": 0}}
 
-def replace(src, dst, *args, **kw):  # SIGKILL once the temporary file of the target is fully written
+def rename(src, dst, *args, **kw):  # SIGKILL once the temporary file of the target is fully written
     if str(dst).endswith({suffix!r}):
         calls["n"] += 1
         if calls["n"] == {at}:
             os.kill(os.getpid(), signal.SIGKILL)
-    return real_replace(src, dst, *args, **kw)
+    return real_rename(src, dst, *args, **kw)
 
-os.replace = replace
+os.rename = rename
 model = Path({model!r})
 score_files([Path(p) for p in {inputs!r}], _runner(model), _opts(Path({out!r}), model))
 """
@@ -207,9 +207,9 @@ def test_kill_during_a_save_then_resume_leaves_no_temporary_files(tmp_path, inpu
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
-    stray = [n for n in os.listdir(out.parent) if n.endswith(".tmp")]
-    assert stray, "the kill should leave a temporary file behind"
-    # A file of the same pattern that is not ours by content stays only if it is not a regular file of ours.
+    assert not [n for n in os.listdir(out.parent) if n.endswith(".tmp")]  # temporaries live in the parts folder
+    stray = [n for n in os.listdir(mf.parts_dir(out)) if n.endswith(".tmp")]
+    assert stray, "the kill should leave a temporary file behind in the run's private folder"
     resumed = score_files(inputs, _runner(model), _opts(out, model, resume=True))
     fresh = tmp_path / "fresh" / "out.parquet"
     score_files(inputs, _runner(model), _opts(fresh, model))

@@ -22,6 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from pktnin.names import name_text
+
 # Tables and the bar go to stderr so stdout stays clean for --json output.
 console = Console(stderr=True)
 
@@ -129,7 +131,7 @@ def failed_files_table(reports: Iterable) -> Group | None:
     lines = [Text("Files with errors", style="bold")]
     for r in rows:
         errors = "; ".join(r.errors[:3]) + (" ..." if len(r.errors) > 3 else "")
-        lines.append(Text(f"{r.status:8} {r.path}"))  # Text: names with [brackets] stay as they are
+        lines.append(Text(f"{r.status:8} {name_text(r.path)}"))  # Text: names with [brackets] stay as they are
         lines.append(Text(f"         {errors}", style="dim"))
     return Group(*lines)
 
@@ -148,7 +150,7 @@ def print_file_reports(reports: list, skips: dict[str, int]) -> None:
 
 def not_captures_line(reports: Iterable) -> str | None:
     """One line naming the files found in folders that are not captures (no failure of the run)."""
-    names = [str(r.path) for r in reports if getattr(r, "not_capture", False)]
+    names = [name_text(r.path) for r in reports if getattr(r, "not_capture", False)]
     if not names:
         return None
     return f"not a capture, skipped ({len(names)}): " + ", ".join(names)

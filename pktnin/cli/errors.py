@@ -9,6 +9,8 @@ captures at all (notes.txt, .DS_Store) are listed apart and count as neither.
 
 from __future__ import annotations
 
+import signal
+import threading
 from contextlib import contextmanager
 from typing import Iterator, NoReturn
 
@@ -21,7 +23,41 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM and SIGHUP exit 128 + their number (143, 129)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (how batch schedulers and a closed terminal stop a job), raised in the main thread so
+    that the run stops as on Ctrl-C: the batch in flight is dropped, finished files stay recorded for --resume,
+    the lock and temporary parts are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    return exc.exit_code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """While the body runs, SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def fail(message: str, code: int = EXIT_FAILED, hint: str | None = None) -> NoReturn:

@@ -31,18 +31,23 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Tenso
 
 
 def write_summary(path: Path | None, summary: dict) -> None:
-    """Write `summary` as JSON to `path` (atomically); nothing when path is None."""
+    """Write `summary` as JSON to `path` (atomically; never through a link or over another user's file); nothing
+    when path is None."""
     if path is None:
         return
     from pktnin.atomic import atomic_path
+    from pktnin.outdir import replace_own
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace_own) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def check_summary_path(path: Path | None) -> None:
-    """Refuse a --summary path that cannot be written, before any work is done."""
+def check_summary_path(path: Path | None, force: bool | None = None) -> None:
+    """Refuse a --summary path that cannot be written, before any work is done: a folder, a symbolic link,
+    anything but a regular file of the user's, a folder that cannot take it; an existing file unless `force`
+    (None: commands without --force replace it)."""
     from pktnin.errors import UsageError
+    from pktnin.outdir import check_target
 
     if path is None:
         return
@@ -50,6 +55,7 @@ def check_summary_path(path: Path | None) -> None:
         raise UsageError(f"--summary {path}: is a directory")
     if not path.parent.is_dir():
         raise UsageError(f"--summary {path}: folder {path.parent} does not exist")
+    check_target("--summary", path, force is None or force)
 
 
 def silence_tensorflow(verbose: bool) -> None:

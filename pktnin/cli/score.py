@@ -8,11 +8,20 @@ from typing import Annotated, List, Optional
 import typer
 
 from pktnin.cli.console import console, file_progress, print_file_reports, warn
-from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
+from pktnin.cli.errors import (
+    Terminated,
+    check_inputs_read,
+    exit_codes,
+    interrupt_exit_code,
+    stop_signals_interrupt,
+)
 from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 from pktnin.errors import OptionError
 
 DEFAULT_BATCH = 512
+
+
+RESUME_HINT = "finished files are kept: fix the cause and rerun with --resume to continue"
 
 
 def score(
@@ -116,7 +125,7 @@ def score(
     with exit_codes():
         ray = executor_options(executor, ray_address, actors, keep_parts)
         unit_bytes = size_option("--split-bytes", split_bytes)
-        check_summary_path(summary)
+        check_summary_path(summary, force)
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
@@ -128,13 +137,15 @@ def score(
     if warning:
         warn(warning)
     try:
-        with exit_codes(hint="finished files are kept: fix the cause and rerun with --resume to continue", setup=False):
+        with stop_signals_interrupt(), exit_codes(hint=RESUME_HINT, setup=False):
             total_bytes = sum(input_size(f) for f in job.files)
             with file_progress(len(job.files), "score", enabled=progress and not quiet, total_bytes=total_bytes) as bar:
                 result = job.run(progress=bar)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:
+        by = f" by {exc}" if isinstance(exc, Terminated) else ""
+        console.print(f"[yellow]interrupted{by}[/yellow]; finished files are kept: rerun the same command with --resume"
+                      " to continue")  # fmt: skip
+        raise typer.Exit(interrupt_exit_code(exc)) from None
 
     if not quiet:
         _print_summary(result)

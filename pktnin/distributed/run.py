@@ -78,7 +78,10 @@ def score_on_ray(files: list[Path], opts: ScoreOptions, runner: Runner, model_pa
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # so that Ray is shut down (ray_session) and finished units stay recorded
 
-    in_main = threading.current_thread() is threading.main_thread()
+    # the CLI turns SIGTERM into an interrupt already (exit 143): keep its handler where it is set
+    in_main = (
+        threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
     previous = signal.signal(signal.SIGTERM, stop) if in_main else None
     try:
         with ray_session(ray.address):

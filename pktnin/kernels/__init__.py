@@ -1,1 +1,2 @@
-"""Compiled packet code: the capture record walk (capture.py), the layout transform on CPU (cpu.py) and GPU (cuda.py)."""
+"""Compiled packet code: the capture reader and record walks (capture*.py, streams.py), the layout transform on
+CPU (cpu.py) and GPU (cuda.py)."""

@@ -20,7 +20,6 @@ Metadata (a dict of numpy arrays; k = number of kept packets, n = number of reco
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -28,52 +27,25 @@ import numpy as np
 from numba import njit
 
 from pktnin import layout
+from pktnin.kernels.disk_cache import cached as disk_cached
+from pktnin.kernels.disk_cache import source_keyed_cache_class
 from pktnin.schema import empty_meta
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
 
-def _layout_digest() -> str:
-    with open(layout.__file__, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
-
-
 def layout_keyed_cache_class():
-    """numba's on-disk cache checks only the source file of the cached function (this module), so a changed
-    pktnin/layout.py would silently reuse stale machine code: a subclass of numba's FunctionCache keys the
-    entries on layout.py too. FunctionCache is numba's internal class; None when it is not there as expected."""
-    try:
-        from numba.core.caching import FunctionCache
-
-        digest = _layout_digest()
-    except (ImportError, OSError):  # numba internals moved, or no layout.py on disk
-        return None
-    if not callable(getattr(FunctionCache, "_index_key", None)):
-        return None
-
-    class LayoutKeyedCache(FunctionCache):
-        def _index_key(self, sig, codegen):
-            return (*super()._index_key(sig, codegen), digest)
-
-    return LayoutKeyedCache
+    """A numba disk cache keyed on pktnin/layout.py too: the kernels compile its functions in."""
+    return source_keyed_cache_class(layout)
 
 
 LAYOUT_KEYED_CACHE = layout_keyed_cache_class()
 
 
 def cached(dispatcher, cache_class=LAYOUT_KEYED_CACHE):
-    """Enable the disk cache for a kernel that compiles pktnin.layout functions in: keyed on layout.py too where
-    numba's internals allow it, else numba's default cache, keyed on this module's file only (after an edit of
-    layout.py alone, clear __pycache__ or set NUMBA_CACHE_DIR to a fresh folder)."""
-    if cache_class is not None:
-        try:
-            dispatcher._cache = cache_class(dispatcher.py_func)
-            return dispatcher
-        except Exception:  # noqa: BLE001 - any failure of numba's internal class: use its public switch
-            pass
-    dispatcher.enable_caching()
-    return dispatcher
+    """Enable the disk cache for a kernel that compiles pktnin.layout functions in (see kernels.disk_cache)."""
+    return disk_cached(dispatcher, cache_class)
 
 
 _parse_packet = njit(nogil=True)(layout.parse_packet)

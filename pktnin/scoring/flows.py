@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from pktnin.names import name_text
 from pktnin.scoring.writers import TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
 
 MERGE_ROWS = 65536
@@ -119,7 +120,7 @@ class FlowAccumulator:
         _, label, confidence = labels_of(mean, classes)
         n = len(order)
         columns = [
-            pa.repeat(file_name, n).cast(pa.string()),
+            pa.repeat(name_text(file_name), n).cast(pa.string()),
             pa.array(s["flow_key"], type=meta_type("flow_key")),
             pa.array(s["proto"], type=meta_type("proto")),
             format_addresses(s["src_addr"], s["ip_version"]),

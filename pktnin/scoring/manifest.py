@@ -83,6 +83,8 @@ class Manifest:
         self.path = Path(path)
         self.settings = settings
         self.files: dict[str, dict] = files or {}
+        self.temps: outdir.HeldDir | None = None  # where save() makes its temporary file (the parts folder)
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the file at `path`, read or written
 
     @classmethod
     def load(cls, path: Path) -> Manifest | None:
@@ -101,12 +103,15 @@ class Manifest:
         files = data.get("files", {})
         if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
             return None
-        return cls(path, data.get("settings", {}), files)
+        manifest = cls(path, data.get("settings", {}), files)
+        st = os.lstat(path)
+        manifest.identity = (st.st_dev, st.st_ino)
+        return manifest
 
     def save(self) -> None:
         data = {"version": MANIFEST_VERSION, "settings": self.settings, "files": self.files}
         # compact: the C encoder, fast for many files
-        outdir.write_private(self.path, json.dumps(data, separators=(",", ":")).encode())
+        self.identity = outdir.write_private(self.path, json.dumps(data, separators=(",", ":")).encode(), self.temps)
 
     def part_names(self) -> set[str]:
         """Names of the part files the entries list (plain names only: nothing outside the parts folder)."""
@@ -131,28 +136,30 @@ def prune_units(parts: Path, keep: Set[str] = frozenset()) -> None:
     outdir.remove_in_dir(parts / UNITS_DIR, unwanted, rmdir=not keep)
 
 
-def clear_run(out: Path, listed: Set[str] = frozenset()) -> None:
-    """Remove the manifest and parts of an earlier run for `out`: the manifest if it is ours, in the parts folder
-    the files it lists (`listed`) and files of the units' naming, ours and regular; the folder if left empty."""
-    outdir.remove_own_file(manifest_path(out))
+def clear_run(out: Path, listed: Set[str] = frozenset(), manifest: Manifest | None = None) -> None:
+    """Remove the manifest and parts of a run for `out`: `manifest` if it is still the file read or written (a
+    file of that name that is no manifest stays), in the parts folder the files listed (`listed`) and files of
+    the units' naming, ours and regular; the folder if left empty."""
+    if manifest is not None:
+        outdir.remove_if_same(manifest.path, manifest.identity)
     prune_units(parts_dir(out))
     outdir.remove_in_dir(parts_dir(out), lambda n: n in listed or own_unit_file(n), rmdir=True)
 
 
 def open_run(out: Path, settings: dict, resume: bool, targets: list[Path]) -> tuple[Manifest, set[str]]:
-    """Prepare the side files of a run writing `targets` (out first), under its lock: remove our temporary files
-    left by a killed run, check that nothing is planted, keep the manifest when resuming with the same settings
+    """Prepare the side files of a run writing `targets` (out first), under its lock: remove the temporary files
+    a killed run left in its parts folder, check that nothing is planted, keep the manifest when resuming with the same settings
     (else clear the earlier run), and make the parts folder (0700). Returns the manifest and the part names the
     earlier manifest listed."""
     mpath, parts = manifest_path(out), parts_dir(out)
-    for target in targets:
-        names = [target.name] + ([mpath.name] if target == out else [])
-        outdir.remove_own_temps(target.parent, names)
     trusted = outdir.check_dir(parts)
+    if trusted:  # temporary files a killed run left in its private folder (runs make none beside the output)
+        temps = [outdir.temp_pattern(n) for n in [mpath.name, *(t.name for t in targets)]]
+        outdir.remove_in_dir(parts, lambda n: any(p.fullmatch(n) for p in temps))
     old = Manifest.load(mpath)
     listed = old.part_names() if old is not None else set()
     if not resume or old is None or old.settings != settings or not trusted:
-        clear_run(out, listed)
+        clear_run(out, listed, old)
         manifest = Manifest(mpath, settings)
     else:
         manifest = old

@@ -14,8 +14,10 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from pktnin import outdir
 from pktnin.atomic import atomic_path
 from pktnin.errors import UsageError
+from pktnin.names import name_text
 from pktnin.packets import FileReport
 from pktnin.scoring import manifest as mf
 from pktnin.scoring.options import ScoreOptions
@@ -28,9 +30,10 @@ class OutputError(UsageError):
     """An output cannot be written as asked, or writing it would discard earlier results."""
 
 
-def check_outputs(opts: ScoreOptions, settings: dict) -> None:
-    """Raise OutputError when the outputs of `opts` (ScoreOptions) cannot or must not be written."""
-    continuing = check_progress(opts, settings)
+def check_outputs(opts: ScoreOptions, settings: dict, files: list[Path] | None = None) -> None:
+    """Raise OutputError when the outputs of `opts` cannot or must not be written (`files`: the inputs, whose
+    spelling a resumed run must keep)."""
+    continuing = check_progress(opts, settings, files)
     targets = [("--out", opts.out)] + ([("--flows", opts.flows_out)] if opts.flows_out is not None else [])
     for option, target in targets:
         if target.is_dir():
@@ -40,17 +43,18 @@ def check_outputs(opts: ScoreOptions, settings: dict) -> None:
             raise OutputError(f"{option} {target} ends in .{suffix} but the format is {opts.fmt}: change one of them")
         if target.parent.exists() and not target.parent.is_dir():
             raise OutputError(f"{option} {target}: {target.parent} is not a folder")
-        if target.exists() and not (opts.force or continuing):
-            raise OutputError(f"{option} {target} exists: choose another name, or --force to replace it")
+        outdir.check_target(option, target, opts.force or continuing)
     if opts.report is not None:
         if opts.report.suffix.lower() not in REPORT_FORMATS:
             raise OutputError(f"--report {opts.report}: the report is .json or .csv")
-        if opts.report.is_dir() or (opts.report.exists() and not (opts.force or continuing)):
-            raise OutputError(f"--report {opts.report} exists: choose another name, or --force to replace it")
+        if opts.report.is_dir():
+            raise OutputError(f"--report {opts.report} is a folder: name a file")
+        outdir.check_target("--report", opts.report, opts.force or continuing)
 
 
-def check_progress(opts: ScoreOptions, settings: dict) -> bool:
-    """Refuse to start over an earlier run's finished files unless asked to continue them or `force`.
+def check_progress(opts: ScoreOptions, settings: dict, files: list[Path] | None = None) -> bool:
+    """Refuse to start over an earlier run's finished files unless asked to continue them or `force`, and to
+    continue them with an input spelled otherwise (the file column would mix both spellings).
     True when this run continues an earlier one (whose outputs it was started to replace)."""
     if opts.force:
         return False
@@ -66,7 +70,28 @@ def check_progress(opts: ScoreOptions, settings: dict) -> bool:
             f"{done} with other settings ({settings_diff(earlier.settings, settings)}): rerun with the earlier "
             "settings to continue, or --force to discard its files and start over"
         )
+    changed = spelling_changes(files or [], earlier.files)
+    if changed:
+        old, new = changed[0]
+        raise OutputError(
+            f"{done}, which named {old!r} as {new!r} is named now: the file column keeps one spelling per run; "
+            "name the inputs as the earlier run did to continue, or --force to start over"
+        )
     return True
+
+
+def spelling_changes(files: list[Path], entries: dict[str, dict]) -> list[tuple[str, str]]:
+    """(earlier spelling, spelling now) of each input that an earlier run's unit summaries named otherwise."""
+    now = {mf.file_key(f): str(f) for f in files}
+    changes = []
+    for entry in entries.values():
+        pieces = entry.get("files")
+        for piece in pieces if isinstance(pieces, list) else []:
+            report = piece.get("report") if isinstance(piece, dict) else None
+            old = report.get("path") if isinstance(report, dict) else None
+            if isinstance(old, str) and now.get(mf.file_key(Path(old)), old) != old:
+                changes.append((old, now[mf.file_key(Path(old))]))
+    return changes
 
 
 def settings_diff(old: dict, new: dict) -> str:
@@ -113,12 +138,13 @@ def write_report(reports: Iterable[FileReport], path: str | Path) -> None:
     """The per-file report as JSON (a list of rows) or CSV (skips as one JSON column), written atomically."""
     path = Path(path)
     rows = report_rows(reports)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=outdir.replace_own) as tmp:
         if path.suffix.lower() == ".csv":
             with open(tmp, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=REPORT_COLUMNS)
                 writer.writeheader()
-                for row in rows:
-                    writer.writerow({**row, "skips": json.dumps(row["skips"], sort_keys=True)})
+                for row in rows:  # UTF-8 text: a name's stray bytes as \xNN (the JSON report keeps them exact)
+                    text = {k: name_text(v) if isinstance(v, str) else v for k, v in row.items()}
+                    writer.writerow({**text, "skips": json.dumps(row["skips"], sort_keys=True)})
         else:
             tmp.write_text(json.dumps(rows, indent=1) + "\n")

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pktnin import outdir
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
@@ -39,7 +40,7 @@ from pktnin.scoring.outputs import check_outputs
 from pktnin.scoring.reports import merge_reports
 from pktnin.scoring.unit_run import STATE_DIR, LocalExecutor, load_flow_states, load_summary
 from pktnin.scoring.units import INDEX_STEP_RECORDS, Unit, make_units
-from pktnin.scoring.writers import assemble, packet_schema, write_batches
+from pktnin.scoring.writers import ROW_GROUP_ROWS, packet_schema, write_batches_to
 from pktnin.stages import Progress
 
 SAVE_S = 2.0
@@ -93,7 +94,10 @@ def run_units(
     targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
     with outdir.output_lock(targets):
         run = _Run(files, opts, classes, targets, step_records)
-        return run.score(executor, progress, on_saved, keep_parts)
+        try:
+            return run.score(executor, progress, on_saved, keep_parts)
+        finally:
+            run.held.close()
 
 
 class _Run:
@@ -104,15 +108,19 @@ class _Run:
         self.files, self.opts, self.classes = list(files), opts, list(classes)
         settings = opts.settings(classes)
         self.parts = mf.parts_dir(opts.out)
-        check_outputs(opts, settings)  # before anything is touched: refuse rather than lose earlier work
+        check_outputs(opts, settings, self.files)  # before anything is touched: refuse rather than lose earlier work
         self.manifest, _ = mf.open_run(opts.out, settings, opts.resume, targets)
         outdir.make_dir(self.parts / STATE_DIR)
+        # Held for the whole run: the driver reads back through it only, and publishes nothing if the folder's
+        # name stops leading to it (a swap in a shared directory cannot feed the outputs other rows).
+        self.held = outdir.HeldDir(self.parts)
+        self.manifest.temps = self.held
         self.units = make_units(self.files, settings, opts.unit_bytes, opts.unit_files, step_records)
         # Finished units: recorded in the manifest, or finished by a worker after the manifest's last save.
         self.finished: dict[str, dict] = {}
         for u in self.units:
             if u.reusable and (u.id in self.manifest.files or opts.resume):
-                summary = load_summary(self.parts, u.id)
+                summary = load_summary(self.parts, u.id, self.held)
                 if summary is not None:
                     self.finished[u.id] = summary
         self.manifest.files = dict(self.finished)
@@ -140,6 +148,7 @@ class _Run:
         started = time.perf_counter()
         packets = records = 0
         last_save = time.monotonic()
+        self.held.check_unchanged()
         for summary in executor(todo, self.parts, progress):
             self.finished[summary["id"]] = summary
             self.manifest.files[summary["id"]] = {k: v for k, v in summary.items() if k != "skipped"}
@@ -156,6 +165,8 @@ class _Run:
                     progress.file_done()
             if on_saved is not None:
                 on_saved([mf.report_from_dict(f["report"]) for f in summary["files"]])
+            # units write by name: stop before the next one when the parts folder is no longer the one held
+            self.held.check_unchanged()
         self.manifest.save()
         seconds = time.perf_counter() - started
         missing = [u.id for u in self.units if u.id not in self.finished]
@@ -169,7 +180,7 @@ class _Run:
         if any(not (r.failed or r.not_capture) for r in reports):  # a run that read nothing writes nothing
             rows, n_flows = self._assemble(ordered, outputs, keep_parts)
         if not keep_parts:
-            mf.clear_run(opts.out, self.manifest.part_names())
+            mf.clear_run(opts.out, self.manifest.part_names(), self.manifest)
 
         label_counts = np.zeros(len(self.classes), dtype=np.int64)
         for s in ordered:
@@ -201,23 +212,36 @@ class _Run:
         return merge_reports([mf.report_from_dict(f["report"]) for _, _, f in self._pieces_of(index)])
 
     def _assemble(self, ordered: list[dict], outputs: list[Path], keep_parts: bool) -> tuple[int, int | None]:
+        """Write the outputs: every one staged first, read from the parts through the held folder, then all put
+        in place together once the folder is checked unchanged; a failure publishes none of them."""
         opts, classes = self.opts, self.classes
         fmt = opts.fmt
         assert fmt is not None  # ScoreOptions sets it when made
         metadata = opts.metadata(classes)
         rows = sum(s["packets"] for s in ordered)
-        if keep_parts:
-            outputs.append(self.parts)
-        else:
-            schema = packet_schema(classes, opts.probs)
-            rows = assemble([self.parts / s["part"] for s in ordered if s.get("part")], opts.out, schema, fmt, metadata)
-            outputs.append(opts.out)
         n_flows = None
-        if opts.flows_out is not None:
-            fschema = flow_schema(classes, opts.probs)
-            n_flows = write_batches(self._flow_batches(fschema), opts.flows_out, fschema, fmt, metadata)
-            outputs.append(opts.flows_out)
+        self.held.check_unchanged()
+        with outdir.Staging(self.held) as staging:
+            if keep_parts:
+                outputs.append(self.parts)
+            else:
+                schema = packet_schema(classes, opts.probs)
+                names = [s["part"] for s in ordered if s.get("part")]
+                with staging.create(opts.out) as sink:
+                    rows = write_batches_to(sink, self._part_batches(names), schema, fmt, metadata)
+                outputs.append(opts.out)
+            if opts.flows_out is not None:
+                fschema = flow_schema(classes, opts.probs)
+                with staging.create(opts.flows_out) as sink:
+                    n_flows = write_batches_to(sink, self._flow_batches(fschema), fschema, fmt, metadata)
+                outputs.append(opts.flows_out)
+            staging.publish()
         return rows, n_flows
+
+    def _part_batches(self, names: list[str]) -> Iterator[pa.RecordBatch]:
+        for name in names:
+            with self.held.open_private(name) as fh:
+                yield from pq.ParquetFile(fh).iter_batches(batch_size=ROW_GROUP_ROWS)
 
     def _flow_batches(self, fschema: pa.Schema) -> Iterator[pa.RecordBatch]:
         """Each file's flows, its pieces' partials folded in order (a flow may span the byte ranges of a file)."""
@@ -228,6 +252,6 @@ class _Run:
             for summary, number, f in self._pieces_of(i):
                 if f["flows"]:
                     if summary["id"] not in states:
-                        states = {summary["id"]: load_flow_states(self.parts, summary)}  # one unit's at a time
+                        states = {summary["id"]: load_flow_states(self.parts, summary, self.held)}  # one at a time
                     acc.add_partial(states[summary["id"]][number])
             yield from acc.table(str(path), class_array, fschema).to_batches()

@@ -23,6 +23,7 @@ import numpy as np
 
 from pktnin.atomic import atomic_path
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
+from pktnin.outdir import HeldDir, UnsafeOutputError
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks, ChainSettings, start_chain
 from pktnin.scoring.manifest import UNITS_DIR, file_stamp
@@ -42,29 +43,47 @@ def flow_state_path(parts_dir: Path, unit_id: str) -> Path:
     return Path(parts_dir) / STATE_DIR / f"{unit_id}.flows.npz"
 
 
-def load_summary(parts_dir: Path, unit_id: str) -> dict | None:
-    """The saved summary of a finished unit whose part files all exist, else None."""
+def load_summary(parts_dir: Path, unit_id: str, held: HeldDir | None = None) -> dict | None:
+    """The saved summary of a finished unit whose part files all exist, else None. With `held` (the driver's
+    handle on the parts folder) everything is read through it, never by name."""
     try:
-        summary = json.loads(summary_path(parts_dir, unit_id).read_text())
-    except (OSError, ValueError):
+        if held is not None:
+            with held.open_private(f"{STATE_DIR}/{unit_id}.summary.json") as fh:
+                summary = json.loads(fh.read())
+        else:
+            summary = json.loads(summary_path(parts_dir, unit_id).read_text())
+    except (OSError, ValueError, UnsafeOutputError):  # absent, unreadable, or not a private file of ours
         return None
     if not isinstance(summary, dict) or summary.get("id") != unit_id or not isinstance(summary.get("files"), list):
         return None
     names = [summary.get("part")] + ([STATE_DIR + "/" + summary["flow_state"]] if summary.get("flow_state") else [])
-    if not all(isinstance(n, str) and (Path(parts_dir) / n).is_file() for n in names if n):
+    if not all(isinstance(n, str) and _is_file(parts_dir, n, held) for n in names if n):
         return None
     return summary
 
 
-def load_flow_states(parts_dir: Path, summary: dict) -> dict[int, dict[str, np.ndarray]]:
-    """The per-flow partials of a unit's pieces, by the piece's number in the unit."""
+def _is_file(parts_dir: Path, name: str, held: HeldDir | None) -> bool:
+    if held is None:
+        return (Path(parts_dir) / name).is_file()
+    try:
+        held.open_private(name).close()
+        return True
+    except (OSError, UnsafeOutputError):  # absent, or not a private file of ours
+        return False
+
+
+def load_flow_states(parts_dir: Path, summary: dict, held: HeldDir | None = None) -> dict[int, dict[str, np.ndarray]]:
+    """The per-flow partials of a unit's pieces, by the piece's number in the unit (read through `held` when
+    given)."""
     if not summary.get("flow_state"):
         return {}
     out: dict[int, dict[str, np.ndarray]] = {}
-    with np.load(Path(parts_dir) / STATE_DIR / summary["flow_state"]) as data:
-        for key in data.files:
-            number, name = key.split(".", 1)
-            out.setdefault(int(number), {})[name] = data[key]
+    name = f"{STATE_DIR}/{summary['flow_state']}"
+    with held.open_private(name) if held is not None else open(Path(parts_dir) / name, "rb") as fh:
+        with np.load(fh) as data:
+            for key in data.files:
+                number, field = key.split(".", 1)
+                out.setdefault(int(number), {})[field] = data[key]
     return out
 
 

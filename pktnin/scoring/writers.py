@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from pktnin.atomic import atomic_path
+from pktnin.names import name_text
 from pktnin.schema import meta_dtype
 
 FORMATS = ("parquet", "csv")
@@ -88,7 +90,7 @@ def packet_batch(
     n = probs.shape[0]
     idx, label, prob = labels_of(probs, classes)
     columns = [
-        pa.repeat(file_name, n).cast(pa.string()),
+        pa.repeat(name_text(file_name), n).cast(pa.string()),
         pa.array(meta["frame"], type=meta_type("frame")),
         pa.array(meta["ts_ns"].astype(np.int64, copy=False), type=pa.int64()).cast(TIMESTAMP),
         format_addresses(meta["src_addr"], meta["ip_version"]),
@@ -153,41 +155,37 @@ class PartWriter:
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
 
 
-def assemble(parts: Iterable[Path], target: Path, schema: pa.Schema, fmt: str, metadata: dict | None = None) -> int:
-    """Concatenate Parquet parts, in order, into `target` (Parquet or CSV), streamed; returns the row count.
-    `metadata`: key-value metadata of a Parquet output."""
-    batches = (b for part in parts for b in pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP_ROWS))
-    return write_batches(batches, target, schema, fmt, metadata)
-
-
-def write_batches(
-    batches: Iterable[pa.RecordBatch], target: Path, schema: pa.Schema, fmt: str, metadata: dict | None = None
+def write_batches_to(
+    sink: str | Path | BinaryIO,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    fmt: str,
+    metadata: dict | None = None,
 ) -> int:
-    """Record batches, in order, into `target` (Parquet or CSV) in row groups of ROW_GROUP_ROWS, written
-    atomically; returns the row count. `metadata`: key-value metadata of a Parquet output."""
+    """Record batches, in order, into `sink` (a path or an open binary file) as Parquet or CSV, in row groups
+    of ROW_GROUP_ROWS; returns the row count. `metadata`: key-value metadata of a Parquet output."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     rows = 0
-    with atomic_path(target) as tmp:
-        if fmt == "parquet":
-            writer = pq.ParquetWriter(tmp, schema.with_metadata(metadata or {}), compression="zstd")
-        else:
-            writer = pcsv.CSVWriter(str(tmp), schema)
-        try:
-            buffer: list[pa.RecordBatch] = []
-            buffered = 0
-            for batch in batches:
-                buffer.append(batch)
-                buffered += batch.num_rows
-                if buffered >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(buffer, schema=schema))
-                    rows += buffered
-                    buffer, buffered = [], 0
-            if buffer:
+    if fmt == "parquet":
+        writer = pq.ParquetWriter(sink, schema.with_metadata(metadata or {}), compression="zstd")
+    else:
+        writer = pcsv.CSVWriter(sink, schema)
+    try:
+        buffer: list[pa.RecordBatch] = []
+        buffered = 0
+        for batch in batches:
+            buffer.append(batch)
+            buffered += batch.num_rows
+            if buffered >= ROW_GROUP_ROWS:
                 writer.write_table(pa.Table.from_batches(buffer, schema=schema))
                 rows += buffered
-        finally:
-            writer.close()
+                buffer, buffered = [], 0
+        if buffer:
+            writer.write_table(pa.Table.from_batches(buffer, schema=schema))
+            rows += buffered
+    finally:
+        writer.close()
     return rows
 
 

@@ -1,0 +1,251 @@
+"""Capture formats' constants, the state shared with the compiled record walks, errors, batches and messages.
+
+The walks (pktnin.kernels.capture_pcap, pktnin.kernels.capture_pcapng) keep their progress in one int64 array
+laid out below, so that one call can stop anywhere in a window and the next call (on the next window) go on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from pktnin.names import name_text
+
+MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
+# Largest pcapng block read into memory: the largest legal packet plus room for options. A longer block is
+# skipped without being read (its bytes are never buffered), so memory is bounded by this, not by the input.
+MAX_BLOCK_LEN = MAX_RECORD_LEN + (4 << 20)
+# Bytes read per window: small enough that the windows in flight (being read, read ahead, being transformed) stay
+# in the CPU's last-level cache, large enough that the calls per window stay few.
+WINDOW_BYTES = 2 << 20
+# Window buffers kept for reuse (a fresh buffer costs a page fault per 4 KiB): the one being read, the one the
+# transform holds and the chunks read ahead (pktnin.packets.READ_AHEAD_CHUNKS).
+_KEPT_BUFFERS = 4
+
+_PCAP_MAGICS = {
+    # magic as read little-endian -> (big_endian, nanosecond)
+    0xA1B2C3D4: (False, False),
+    0xD4C3B2A1: (True, False),
+    0xA1B23C4D: (False, True),
+    0x4D3CB2A1: (True, True),
+}
+_PCAP_HEADER_LEN = 24
+_SHB_TYPE = 0x0A0D0D0A
+_BOM_LE = 0x1A2B3C4D
+_BOM_BE = 0x4D3C2B1A
+
+# Walk results.
+_NEED_MORE = 0  # the next record does not fit in the window; st[_NEED] bytes are needed from the returned pos
+_BATCH_FULL = 1  # the output arrays are full
+_END = 2  # clean end of file
+_FATAL = 3  # framing lost: st[_ERR_*] describe it
+
+# Layout of the int64 state array shared with the walk.
+_FRAME = 0  # packet records seen so far (good and corrupt): the next record's frame number
+_CORRUPT = 1
+_NEED = 2
+_ERR_CODE = 3
+_ERR_OFF = 4
+_ERR_V1 = 5
+_ERR_V2 = 6
+_BIG = 7  # pcapng: byte order of the current section
+_N_IF = 8  # pcapng: interfaces defined in the current section
+_WARN_BASE = 16  # per non-fatal kind k: count, first offset, first value at _WARN_BASE + 3k (+1, +2)
+
+# Fatal error codes.
+E_TRUNC_HEADER = 1
+E_TRUNC_RECORD = 2
+E_RECORD_TOO_LONG = 3
+E_BLOCK_TRUNC_HEADER = 4
+E_BLOCK_SHORT = 5
+E_BLOCK_ALIGN = 6
+E_BLOCK_BEYOND = 7
+E_BLOCK_TRAILER = 8
+E_BAD_BOM = 9
+
+# Non-fatal kinds (the record is skipped, the walk continues).
+W_ZERO_LEN = 0  # legal (captured length 0): skipped, not corrupt
+W_CAPLEN_BLOCK = 1
+W_BAD_IFACE = 2
+W_SHORT_PACKET_BLOCK = 3
+W_SHORT_IDB = 4
+W_TOO_LONG = 5
+W_TS_OVERFLOW = 6  # the record's time is outside int64 nanoseconds since the epoch: skipped, not corrupt
+W_BIG_BLOCK = 7  # a pcapng block longer than the reader's bound: skipped unread (a packet block counts as corrupt)
+_N_WARN = 8
+_STATE_LEN = _WARN_BASE + 3 * _N_WARN
+
+_IFACE_CAPACITY = 65536  # interfaces per pcapng section kept in the table; ids beyond it count as undefined
+_MIN_RECORD_BYTES = 12  # smallest record or block: bounds the output arrays one walk call can fill
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors and batches
+
+
+class CaptureError(Exception):
+    """A problem in a capture file, at a byte offset."""
+
+    def __init__(self, path, offset: int, reason: str):
+        self.path = str(path)
+        self.offset = int(offset)
+        self.reason = reason
+        super().__init__(f"{name_text(os.path.basename(self.path) or self.path)}: offset {self.offset}: {reason}")
+
+
+class NotACapture(CaptureError):
+    """The file is empty or is neither classic pcap nor pcapng (always at offset 0)."""
+
+
+class RawBatch(NamedTuple):
+    """Records of one file; record i is buf[pkt_off[i] : pkt_off[i] + caplen[i]]."""
+
+    buf: np.ndarray  # uint8 window of the file, valid until the next batch is read
+    pkt_off: np.ndarray  # int64
+    caplen: np.ndarray  # int32
+    wirelen: np.ndarray  # int32
+    linktype: np.ndarray  # int32, lower 16 bits of the link type field
+    ts_ns: np.ndarray  # int64, ns since the epoch (0 when unknown: SPB)
+    frame: np.ndarray  # int64, 0-based index of the packet record in its file
+    base: int = 0  # file offset of buf[0]: record i starts at file offset base + pkt_off[i]
+    consumed: int = 0  # bytes of the input (compressed bytes for .gz) read up to the end of this batch
+
+    @property
+    def n(self) -> int:
+        return int(self.pkt_off.shape[0])
+
+
+class ReaderState(NamedTuple):
+    """What a pcapng walk needs to start in the middle of a section: its byte order and interface table
+    (the walk's rows: link type, timestamp mode, parameter, offset, units per second). Classic pcap needs none."""
+
+    big_endian: bool
+    n_interfaces: int  # interfaces defined so far in the section (may exceed the rows kept)
+    interfaces: tuple[tuple[int, ...], ...]
+
+    def to_json(self) -> list:
+        return [self.big_endian, self.n_interfaces, [list(row) for row in self.interfaces]]
+
+    @classmethod
+    def from_json(cls, data) -> ReaderState:
+        big, n, rows = data
+        return cls(bool(big), int(n), tuple(tuple(int(v) for v in row) for row in rows))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Format detection
+
+
+_IN_MEMORY_TYPES = (bytes, bytearray, memoryview, np.ndarray)
+
+
+def _head_bytes(path_or_bytes, n: int) -> bytes:
+    if isinstance(path_or_bytes, _IN_MEMORY_TYPES):
+        return bytes(memoryview(path_or_bytes).cast("B")[:n])  # type: ignore[arg-type]  # numpy stub: no __buffer__
+    with open(path_or_bytes, "rb") as f:
+        return f.read(n)
+
+
+def _format_of_head(head: bytes) -> str | None:
+    if len(head) < 4:
+        return None
+    magic = int.from_bytes(head[:4], "little")
+    if magic in _PCAP_MAGICS:
+        return "pcap"
+    if magic == _SHB_TYPE and len(head) >= 12 and int.from_bytes(head[8:12], "little") in (_BOM_LE, _BOM_BE):
+        return "pcapng"
+    return None
+
+
+def detect_format(path_or_bytes) -> str | None:
+    """'pcap', 'pcapng' or None, from the magic number (a path or the file's first bytes)."""
+    return _format_of_head(_head_bytes(path_or_bytes, 12))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compiled walk. Every read is checked against the window end (`buf.shape[0]`) and the file size first.
+
+
+@njit(cache=True, inline="always")
+def _u16(buf, p, big):
+    if big:
+        return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+    return np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+
+
+@njit(cache=True, inline="always")
+def _u32(buf, p, big):
+    if big:
+        return (
+            (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
+        )
+    return np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 3]) << 24)
+
+
+@njit(cache=True, inline="always")
+def _fatal(st, code, offset, v1, v2):
+    st[_ERR_CODE] = code
+    st[_ERR_OFF] = offset
+    st[_ERR_V1] = v1
+    st[_ERR_V2] = v2
+    return _FATAL
+
+
+@njit(cache=True, inline="always")
+def _warn(st, kind, offset, value):
+    base = _WARN_BASE + 3 * kind
+    if st[base] == 0:
+        st[base + 1] = offset
+        st[base + 2] = value
+    st[base] += 1
+    # damaged packet records only: an IDB is not a packet record, a bad time or an empty record is no damage, and
+    # the walk counts an oversized block itself (only a packet block is a record)
+    if kind != W_SHORT_IDB and kind != W_TS_OVERFLOW and kind != W_ZERO_LEN and kind != W_BIG_BLOCK:
+        st[_CORRUPT] += 1
+
+
+@njit(cache=True, inline="always")
+def _clamp_i32(v):
+    return min(v, np.int64(0x7FFFFFFF))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Messages
+
+
+_FATAL_REASONS = {
+    E_TRUNC_HEADER: "truncated record header: only {v1} bytes left in the file",
+    E_TRUNC_RECORD: "truncated record: record length {v1} but only {v2} bytes left in the file",
+    E_RECORD_TOO_LONG: "record length {v1} exceeds {v2}",
+    E_BLOCK_TRUNC_HEADER: "truncated block header: only {v1} bytes left in the file",
+    E_BLOCK_SHORT: "block length {v1} is less than {v2}",
+    E_BLOCK_ALIGN: "block length {v1} is not a multiple of 4",
+    E_BLOCK_BEYOND: "block length {v1} goes beyond the end of the file ({v2} bytes left)",
+    E_BLOCK_TRAILER: "trailing block length {v1} does not match the block length {v2}",
+    E_BAD_BOM: "bad byte-order magic 0x{v1:08x} in section header",
+}
+
+_WARN_REASONS = {
+    W_ZERO_LEN: "zero-length record",
+    W_CAPLEN_BLOCK: "captured length {value} exceeds its block",
+    W_BAD_IFACE: "record references undefined interface {value}",
+    W_SHORT_PACKET_BLOCK: "packet block length {value} is too short for its fields",
+    W_SHORT_IDB: "interface description block length {value} is too short",
+    W_TOO_LONG: "record length {value} exceeds " + str(MAX_RECORD_LEN),
+    W_TS_OVERFLOW: "timestamp 0x{value:016x} of its interface is outside int64 nanoseconds since the epoch",
+    W_BIG_BLOCK: "block length {value} exceeds the {bound}-byte bound on one block: skipped without reading it",
+}
+
+
+def _fatal_reason(code: int, v1: int, v2: int) -> str:
+    return _FATAL_REASONS.get(code, "fatal error {code}").format(code=code, v1=v1, v2=v2)
+
+
+def _warn_reason(kind: int, value: int, count: int, bound: int = MAX_BLOCK_LEN) -> str:
+    if kind == W_TS_OVERFLOW:
+        value &= 0xFFFFFFFFFFFFFFFF  # the raw u64 timestamp, stored in int64
+    what = _WARN_REASONS.get(kind, "corrupt record (kind {kind})").format(kind=kind, value=value, bound=bound)
+    return f"{what} (first of {count} in this file, skipped)"
