@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pktnin.extras import check_model_file, missing_extra
 from pktnin.packets import FileReport, find_captures, iter_packets, named_captures
 
 PathLike = str | os.PathLike
@@ -265,8 +266,14 @@ def open_model(
     from pktnin.engine.runners import open_runner
 
     model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
-    runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
-                         engine_workers=engine_workers)  # fmt: skip
+    check_model_file(model_path)
+    try:
+        runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
+                             engine_workers=engine_workers)  # fmt: skip
+    except ModuleNotFoundError as exc:
+        # a checkpoint is exported with the training tools, whichever of them is missing
+        extra = "train" if Path(model_path).suffix == ".keras" else None
+        raise (missing_extra(exc, f"model {Path(model_path).name}", extra) or exc) from None
     return runner, model_path
 
 

@@ -113,6 +113,7 @@ def run(
     from pktnin.engine.catalog import is_bundled, mask_warning, record_speed, resolve_model
     from pktnin.engine.runners import open_runner
     from pktnin.errors import OptionError
+    from pktnin.extras import check_model_file
     from pktnin.measure import compare_engines, spread
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
@@ -130,6 +131,7 @@ def run(
                     paths = [write_synthetic_capture(workdir / "synthetic.pcap", packets=packets)]
                 files = find_captures(paths)
                 model_path = resolve_model(model)
+                check_model_file(model_path)
                 for name, sessions in layouts:
                     runners.append(
                         open_runner(model_path, backend, max_batch=batch, precision=name, engine_workers=sessions)
