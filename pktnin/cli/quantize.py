@@ -9,6 +9,7 @@ import typer
 
 from pktnin.cli.console import console, escape
 from pktnin.cli.errors import exit_codes, usage
+from pktnin.cli.options import QuantizeTarget
 
 
 def quantize(
@@ -37,10 +38,16 @@ def quantize(
         int, typer.Option("--validation-rows", min=100, help="Validation rows for the agreement checks.")
     ] = 2000,
     methods: Annotated[
-        str, typer.Option("--methods", help="Calibration methods to try, comma-separated: minmax, percentile, entropy.")
+        str,
+        typer.Option(
+            "--methods",
+            metavar="LIST",
+            help="Calibration methods to try, comma-separated: minmax, percentile, entropy.",
+        ),
     ] = "minmax,percentile",
     target: Annotated[
-        str, typer.Option("--target", help="cpu (uint8 activations, fastest on x86) or tensorrt (symmetric int8).")
+        QuantizeTarget,
+        typer.Option("--target", help="cpu (uint8 activations, fastest on x86) or tensorrt (symmetric int8)."),
     ] = "cpu",
     agreement: Annotated[
         float, typer.Option("--agreement", help="Argmax agreement with float32 to reach on the validation rows.")

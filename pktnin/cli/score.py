@@ -9,7 +9,18 @@ import typer
 
 from pktnin.cli.console import console, file_progress, print_file_reports, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
-from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
+from pktnin.cli.options import (
+    Backend,
+    CpuPrecision,
+    Engine,
+    Mask,
+    ModelOption,
+    OutputFormat,
+    QuietOption,
+    SummaryOption,
+    check_summary_path,
+    write_summary,
+)
 
 DEFAULT_BATCH = 512
 
@@ -24,9 +35,12 @@ def score(
         ),
     ],
     model: ModelOption = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="Engine running the model (auto: TensorRT on a GPU, else the CPU).")
+    ] = "auto",
     precision: Annotated[
-        str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
+        CpuPrecision,
+        typer.Option("--precision", help="auto: the fastest engine that agrees with fp32."),
     ] = "auto",
     engine_workers: Annotated[
         int,
@@ -43,7 +57,8 @@ def score(
     ] = None,
     flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="parquet or csv (default: from --out's suffix, else parquet).")
+        Optional[OutputFormat],
+        typer.Option("--format", help="Output format (default: from --out's suffix, else parquet)."),
     ] = None,
     probs: Annotated[bool, typer.Option("--probs", help="Add one probability column per class (p_<class>).")] = False,
     resume: Annotated[
@@ -58,9 +73,12 @@ def score(
         typer.Option("--report", help="Per-file report (.json or .csv): status, error and offset, rows, skips."),
     ] = None,
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
-    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Threads of the CPU model (ONNX Runtime intra-op threads).")
+        Optional[int],
+        typer.Option(
+            "--threads", min=1, metavar="N", help="Threads running the model on the CPU (default: all cores)."
+        ),
     ] = None,
     prep_threads: Annotated[
         Optional[int],
@@ -70,15 +88,21 @@ def score(
     quiet: QuietOption = False,
     summary: SummaryOption = None,
     engine: Annotated[
-        str, typer.Option("--engine", help="local (this process) or ray (shards on a Ray cluster, extra pktnin[ray]).")
+        Engine,
+        typer.Option("--engine", help="local: this process; ray: shards on a Ray cluster (extra pktnin[ray])."),
     ] = "local",
     ray_address: Annotated[
         Optional[str],
-        typer.Option("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)."),
+        typer.Option(
+            "--ray-address", metavar="auto|HOST:PORT", help="Ray cluster to join (default: start a local Ray)."
+        ),
     ] = None,
     actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring shards (each loads the model once).")] = 1,
     split_bytes: Annotated[
-        str, typer.Option("--split-bytes", help="Ray: cut files larger than this into shards (e.g. 512M, 1G).")
+        str,
+        typer.Option(
+            "--split-bytes", metavar="SIZE", help="Ray: cut files larger than this into shards (e.g. 512M, 1G)."
+        ),
     ] = "1G",
     keep_parts: Annotated[
         bool,
