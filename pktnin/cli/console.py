@@ -134,21 +134,29 @@ def failed_files_table(reports: Iterable) -> Group | None:
     return Group(*lines)
 
 
-def print_file_reports(reports: list, skips: dict[str, int]) -> None:
-    """What a run's files gave besides rows: skipped packets per reason, files with errors, non-captures."""
+def print_file_reports(reports: list, skips: dict[str, int], full_list: str = "--report") -> None:
+    """What a run's files gave besides rows: skipped packets per reason, files with errors, non-captures (a few
+    named; `full_list`: the option whose file names them all)."""
     if skips:
         console.print(skip_table(skips))
     failed = failed_files_table(reports)
     if failed is not None:
         console.print(failed)
-    skipped = not_captures_line(reports)
+    skipped = not_captures_line(reports, full_list)
     if skipped is not None:
         console.print(escape(skipped), soft_wrap=True)
 
 
-def not_captures_line(reports: Iterable) -> str | None:
-    """One line naming the files found in folders that are not captures (no failure of the run)."""
+NOT_CAPTURES_NAMED = 3  # names printed before "and N more": the full list is in --report
+
+
+def not_captures_line(reports: Iterable, full_list: str = "--report") -> str | None:
+    """One short line saying how many files found in folders are not captures (no failure of the run), naming a
+    few: a folder of 800 documents must not print 800 names."""
     names = [str(r.path) for r in reports if getattr(r, "not_capture", False)]
     if not names:
         return None
-    return f"not a capture, skipped ({len(names)}): " + ", ".join(names)
+    shown = ", ".join(names[:NOT_CAPTURES_NAMED])
+    if len(names) > NOT_CAPTURES_NAMED:
+        shown += f" and {len(names) - NOT_CAPTURES_NAMED:,} more ({full_list} lists them)"
+    return f"not a capture, skipped ({len(names):,}): {shown}"

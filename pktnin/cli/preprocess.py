@@ -59,7 +59,7 @@ def preprocess(
         },
     )
     if not quiet:
-        print_file_reports(result.reports, skips)
+        print_file_reports(result.reports, skips, full_list="--summary")
         console.print(f"{result.rows:,} rows from {len(files)} files -> {out}")
     check_inputs_read(result.reports)
 

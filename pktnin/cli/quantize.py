@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -95,18 +97,21 @@ def quantize(
             f"{escape(str(data))}" + (" (the model was refit on train+val)" if checked_on == "test" else ""),
             highlight=False,
         )
-        result = q.quantize_model(
-            src,
-            target_path,
-            cal,
-            val,
-            methods=method_list,
-            target=target,
-            target_agreement=agreement,
-            provenance={"dataset": str(Path(data).resolve()), "seed": seed},
-            log=lambda line: console.print("  " + escape(line), highlight=False),
-            validation_split=checked_on,
-        )
+        # ONNX Runtime's histogram calibrators print their progress to stdout: keep it off the terminal (this
+        # command's own lines go to stderr)
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = q.quantize_model(
+                src,
+                target_path,
+                cal,
+                val,
+                methods=method_list,
+                target=target,
+                target_agreement=agreement,
+                provenance={"dataset": str(Path(data).resolve()), "seed": seed},
+                log=lambda line: console.print("  " + escape(line), highlight=False),
+                validation_split=checked_on,
+            )
         extra = q.check_openvino(src, result.path, val)
         if extra:
             q.record_agreement(result.path, extra)

@@ -201,7 +201,8 @@ def _print_summary(result) -> None:
     for name, count in sorted(zip(result.classes, result.label_counts.tolist()), key=lambda kv: -kv[1]):
         if count:
             labels.add_row(name, f"{count:,}", f"{count / total:.1%}")
-    console.print(labels)
+    if total:  # nothing scored: no empty table
+        console.print(labels)
     print_file_reports(result.reports, total_skips(result.reports))
     resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
     console.print(
