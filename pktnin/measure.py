@@ -80,7 +80,7 @@ def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float =
 
 def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path, opts: PrepOptions) -> dict:
     """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write."""
-    from pktnin.score import ScoreOptions, score_files
+    from pktnin.scoring import ScoreOptions, score_files
 
     score_opts = ScoreOptions(
         out=workdir / "bench.parquet",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, mask_code
+from pktnin.stages import DONE, Stages, Stopped
 
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
@@ -174,12 +175,10 @@ def iter_raw_batches(
 
 def read_ahead(make_items: Callable[[Callable[[], bool]], Iterator[T]], depth: int = READ_AHEAD_CHUNKS) -> Iterator[T]:
     """The items of make_items(stopped) produced on a thread of their own, at most `depth` ahead of the consumer,
-    through the scoring pipeline's stage runtime (pktnin.score.stages: a bounded queue, a stop flag that every wait
+    through the stage runtime (pktnin.stages: a bounded queue, a stop flag that every wait
     polls): the record walk of the next chunk overlaps the transform of this one. `stopped()` turns true once the
     consumer has gone (closed or failed), so a producer waiting on a stream can give up. An exception of the
     producer is raised in the consumer, after the items produced before it."""
-    from pktnin.score.stages import DONE, Stages, Stopped
-
     stages = Stages()
     items: queue.Queue = queue.Queue(maxsize=depth)
 

@@ -18,7 +18,7 @@ from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN, mask_code
 from pktnin.packets import FileReport, iter_packets
 from pktnin.schema import META_COLUMNS, concat_meta
-from pktnin.score.outdir import OutputNotWritableError, check_writable
+from pktnin.scoring.outdir import OutputNotWritableError, check_writable
 
 
 @dataclass(frozen=True)

@@ -355,15 +355,15 @@ def test_the_choices_help_lists_are_the_librarys():
     from pktnin.dataset.detect import SOURCE_KINDS
     from pktnin.dataset.format import SPLIT_NAMES
     from pktnin.dataset.options import SPLIT_MODES
-    from pktnin.distributed.run import ENGINES
+    from pktnin.distributed.run import EXECUTORS
     from pktnin.engine import precision, quantize, runner_base, runners, trt_build
     from pktnin.layout import MASK_PROFILES
-    from pktnin.score.writers import FORMATS
+    from pktnin.scoring.writers import FORMATS
     from pktnin.trainer.augment import AUGMENTATIONS
 
     expected = {
         options.Mask: tuple(MASK_PROFILES), options.Backend: runners.BACKENDS, options.CpuPrecision: precision.PRECISIONS,
-        options.OutputFormat: FORMATS, options.Engine: ENGINES, options.Split: SPLIT_NAMES,
+        options.OutputFormat: FORMATS, options.Executor: EXECUTORS, options.Split: SPLIT_NAMES,
         options.SplitMode: SPLIT_MODES, options.SourceKind: SOURCE_KINDS, options.Augmentation: AUGMENTATIONS,
         options.InputDtype: runner_base.INPUT_DTYPES, options.QuantizeTarget: quantize.TARGETS,
         options.TensorRTPrecision: trt_build.PRECISIONS,

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pktnin.atomic import atomic_path
+from pktnin.errors import OptionError
 from pktnin.schema import meta_dtype
 
 FORMATS = ("parquet", "csv")
@@ -190,3 +191,13 @@ def write_batches(
         finally:
             writer.close()
     return rows
+
+
+def format_for(out: Path | None, fmt: str | None) -> str:
+    """The output format: `fmt` when given, else from the suffix of `out` (.csv or .parquet), else parquet."""
+    if fmt is not None:
+        return fmt
+    suffix = "" if out is None else Path(out).suffix.lower().lstrip(".")
+    if suffix and suffix not in FORMATS:  # out.txt would hold Parquet under a name that says otherwise
+        raise OptionError(f"--out {out}: .{suffix} is neither .parquet nor .csv: rename it, or give --format")
+    return suffix or "parquet"
