@@ -137,6 +137,7 @@ def score(
         ray = executor_options(executor, ray_address, actors, keep_parts)
         unit_bytes = size_option("--split-bytes", split_bytes)
         check_summary_path(summary)
+        check_output_folders(out=out, flows=flows, report=report)
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
@@ -164,6 +165,13 @@ def score(
             )
     write_summary(summary, run_summary(result, job.model_path, job.runner))
     check_inputs_read(result.reports)
+
+
+def check_output_folders(**paths: Path | None) -> None:
+    """The command line creates no folders: a typo in one must not become a new tree of folders."""
+    for option, path in paths.items():
+        if path is not None and not path.absolute().parent.exists():
+            raise OptionError(f"--{option} {path}: folder {path.parent} does not exist (create it first)")
 
 
 def size_option(option: str, text: str) -> int:

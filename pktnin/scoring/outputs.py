@@ -39,15 +39,11 @@ def check_outputs(opts, settings: dict) -> None:
             raise OutputError(f"{option} {target} ends in .{suffix} but the format is {opts.fmt}: change one of them")
         if target.parent.exists() and not target.parent.is_dir():
             raise OutputError(f"{option} {target}: {target.parent} is not a folder")
-        if not target.parent.exists():  # a typo in the folder must not become a new tree of folders
-            raise OutputError(f"{option} {target}: folder {target.parent} does not exist (create it first)")
         if target.exists() and not (opts.force or continuing):
             raise OutputError(f"{option} {target} exists: choose another name, or --force to replace it")
     if opts.report is not None:
         if opts.report.suffix.lower() not in REPORT_FORMATS:
             raise OutputError(f"--report {opts.report}: the report is .json or .csv")
-        if not opts.report.parent.is_dir():
-            raise OutputError(f"--report {opts.report}: folder {opts.report.parent} does not exist (create it first)")
         if opts.report.is_dir() or (opts.report.exists() and not (opts.force or continuing)):
             raise OutputError(f"--report {opts.report} exists: choose another name, or --force to replace it")
 
