@@ -70,3 +70,105 @@ def test_an_output_folder_that_does_not_exist_is_refused_before_any_work(tmp_pat
     result = invoke("score", capture, "--model", model, *[a for kv in args.items() for a in kv], "--no-progress")
     assert result.exit_code == EXIT_USAGE and "does not exist (create it first)" in result.output, result.output
     assert not (tmp_path / "nodir").exists() and not Path(tmp_path / "p.parquet").exists()
+
+
+# -- the progress bar ------------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bar_line(monkeypatch, state_calls, total_files=2, total_bytes=4 << 20, width=80):
+    """Run `state_calls(bar, clock)` on a bar drawn on an 80-column terminal; the bar's line as last drawn."""
+    import io
+
+    from rich.console import Console
+
+    from pktnin.cli import console as console_mod
+
+    screen = io.StringIO()
+    term = Console(file=screen, width=width, force_terminal=False, color_system=None)
+    monkeypatch.setattr(console_mod, "console", term)
+    clock = FakeClock()
+    with console_mod.file_progress(total_files, "score", total_bytes=total_bytes, clock=clock) as bar:
+        state_calls(bar, clock)
+        with term.capture() as captured:
+            term.print(bar._progress.make_tasks_table(bar._progress.tasks))
+    return captured.get().rstrip("\n"), bar
+
+
+def test_bar_counts_scored_work_not_work_read_ahead(monkeypatch):
+    mib = 1 << 20
+
+    def calls(bar, clock):
+        clock.now += 12  # kernels and model load: nothing scored yet
+        bar.add_bytes(2 * mib, 1000)  # read ahead, waiting for the model
+        bar.add_bytes(1 * mib, 500)
+        assert bar.fraction() == 0 and bar.status().endswith("starting")
+        clock.now += 1
+        bar.add_packets(1000)  # the first chunk is scored: its bytes are done, not the second's
+        assert bar.done_bytes == 2 * mib and bar.packets == 1000
+        clock.now += 2
+        bar.add_packets(250)
+        assert bar.done_bytes == 2 * mib  # half of the second chunk: not done yet
+        # 1,250 packets in the 2 s since the first work was done; 50% done in those 2 s: 2 s left
+        assert bar.rate() == (625.0, 0.25) and bar.eta() == pytest.approx(2.0)
+
+    line, bar = bar_line(monkeypatch, calls)
+    assert "\n" not in line and len(line) <= 80
+    assert "50%" in line and "2.0/4.0 MiB" in line and "0/2 files" in line and "1,250 pkts" in line
+    assert "625/s" in line and "eta 0:00:02" in line
+
+
+def test_bar_is_one_line_at_80_columns_with_large_counts(monkeypatch):
+    gib = 1 << 30
+
+    def calls(bar, clock):
+        bar.add_bytes(700 * gib, 123_456_789)
+        bar.add_packets(1)
+        clock.now += 3600
+        bar.add_packets(123_456_788)
+        bar.file_done(12_345)
+
+    line, bar = bar_line(monkeypatch, calls, total_files=99_999, total_bytes=1000 * gib)
+    assert "\n" not in line and len(line) <= 80, line
+    assert "70%" in line and "123M pkts" in line and "34.3k/s" in line and "12345/99999 files" in line
+    assert "eta 0:25:43" in line  # 30% left at 70% an hour
+
+
+def test_bar_without_sizes_counts_files_and_reaches_the_end(monkeypatch):
+    def calls(bar, clock):
+        bar.add_bytes(100, None)  # a stream: size unknown
+        clock.now += 5
+        bar.add_packets(10)
+        bar.file_done()
+        bar.file_done()
+
+    line, bar = bar_line(monkeypatch, calls, total_bytes=0)
+    assert "100%" in line and "2/2 files" in line and "10 pkts" in line and len(line) <= 80
+
+
+def test_ray_driver_tells_the_bar_each_units_bytes(tmp_path, model):
+    """An executor that reports per unit (Ray's) moves the bar by the unit's bytes: it ends at 100%."""
+    from pktnin.cli.console import FileProgress
+    from pktnin.engine.runners import open_runner
+    from pktnin.scoring.options import ScoreOptions
+    from pktnin.scoring.run import run_units
+    from pktnin.scoring.unit_run import LocalExecutor
+
+    files = [write_synthetic_capture(tmp_path / f"c{i}.pcap", packets=60, seed=i) for i in range(3)]
+    runner = open_runner(model, "onnxruntime")
+    opts = ScoreOptions(out=tmp_path / "p.parquet", prep_threads=1, unit_bytes=1, unit_files=1)
+
+    class PerUnit(LocalExecutor):
+        live_progress = False
+
+        def __call__(self, units, parts_dir, progress=None):
+            yield from super().__call__(units, parts_dir, None)  # as Ray: nothing told while a unit runs
+
+    progress = FileProgress(3, sum(f.stat().st_size for f in files))
+    result = run_units(files, opts, list(runner.classes), PerUnit(runner, opts), progress=progress)
+    assert progress.fraction() == 1.0 and progress.packets == result.packets > 0 and progress.files == 3
