@@ -172,3 +172,34 @@ def test_ray_driver_tells_the_bar_each_units_bytes(tmp_path, model):
     progress = FileProgress(3, sum(f.stat().st_size for f in files))
     result = run_units(files, opts, list(runner.classes), PerUnit(runner, opts), progress=progress)
     assert progress.fraction() == 1.0 and progress.packets == result.packets > 0 and progress.files == 3
+
+
+# -- the summary's times ---------------------------------------------------------------------------------------
+def test_summary_separates_wall_time_from_the_steady_rate(tmp_path, model):
+    import json
+
+    capture = write_synthetic_capture(tmp_path / "cap.pcap", packets=200, seed=4)
+    summary = tmp_path / "s.json"
+    result = invoke("score", capture, "--model", model, "--out", tmp_path / "p.parquet", "--summary", summary,
+                    "--no-progress")  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    figures = json.loads(summary.read_text())
+    timings = figures["timings"]
+    assert {"model", "kernels", "scoring", "outputs", "wall"} <= set(timings)
+    assert timings["scoring"] == pytest.approx(figures["seconds"], abs=1e-3)
+    parts = sum(v for k, v in timings.items() if k != "wall")
+    assert parts <= timings["wall"] + 1e-3 and timings["wall"] - parts < 1.0  # the rest is small and named
+    text = " ".join(result.output.split())
+    assert f"packets/s over {figures['seconds']:.2f} s of scoring" in text
+    assert f"{timings['wall']:.2f} s in all: model load and engine choice" in text and "packet kernels" in text
+
+
+def test_time_line_names_every_cost_and_the_rest():
+    from pktnin.cli.score import time_line
+
+    line = time_line({"model": 2.0, "kernels": 1.5, "scoring": 1.0, "outputs": 0.2, "wall": 4.9})
+    assert line == (
+        "4.90 s in all: model load and engine choice 2.00 s, packet kernels 1.50 s, scoring 1.00 s, "
+        "outputs 0.20 s, other 0.20 s"
+    )
+    assert "Ray start 30.00 s" in time_line({"ray_start": 30.0, "scoring": 5.0, "wall": 35.0})

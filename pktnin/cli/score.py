@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -130,6 +131,7 @@ def score(
     With `--executor ray` the units of work are scored by Ray actors (same outputs, same `--resume`).
     """
 
+    started = time.perf_counter()
     if fmt is None and out is None:
         fmt = "parquet"
     out = out or Path(f"predictions.{fmt}")
@@ -157,13 +159,14 @@ def score(
         console.print("[yellow]interrupted[/yellow]; finished files are kept: rerun with --resume to continue")
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
+    timings = {**job.timings, "wall": time.perf_counter() - started}
     if not quiet:
-        _print_summary(result)
+        _print_summary(result, timings)
         if job.runner.engine_label:
             console.print(
                 f"engine: {job.runner.engine_label} ({job.runner.engine_reason})", markup=False, highlight=False
             )
-    write_summary(summary, run_summary(result, job.model_path, job.runner))
+    write_summary(summary, run_summary(result, job.model_path, job.runner, timings))
     check_inputs_read(result.reports)
 
 
@@ -181,7 +184,7 @@ def size_option(option: str, text: str) -> int:
         raise OptionError(f"{option}: {exc}") from None
 
 
-def run_summary(result, model_path: Path, runner) -> dict:
+def run_summary(result, model_path: Path, runner, timings: dict[str, float] | None = None) -> dict:
     """What the end-of-run tables show, as one JSON-able dict (--summary)."""
     from pktnin.packets import total_skips
 
@@ -199,6 +202,7 @@ def run_summary(result, model_path: Path, runner) -> dict:
         "resumed_files": result.resumed,
         "packets": result.packets,
         "seconds": result.seconds,
+        "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
         "packets_per_s": result.packets_per_s,
         "labels": {name: int(n) for name, n in zip(result.classes, result.label_counts.tolist()) if n},
         "skipped_packets": total_skips(result.reports),
@@ -211,7 +215,7 @@ def run_summary(result, model_path: Path, runner) -> dict:
     }
 
 
-def _print_summary(result) -> None:
+def _print_summary(result, timings: dict[str, float]) -> None:
     from rich.table import Table
 
     from pktnin.packets import total_skips
@@ -229,15 +233,35 @@ def _print_summary(result) -> None:
     print_file_reports(result.reports, total_skips(result.reports))
     resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
     console.print(
-        f"{result.packets:,} packets scored from {len(result.files)} files{resumed} in {result.seconds:.2f} s: "
-        f"{result.packets_per_s:,.0f} packets/s"
+        f"{result.packets:,} packets scored from {len(result.files)} files{resumed}: "
+        f"{result.packets_per_s:,.0f} packets/s over {result.seconds:.2f} s of scoring"
     )
+    if "wall" in timings:
+        console.print(time_line(timings), highlight=False)
     if not result.outputs:
         console.print("no output written: not one input could be read")
         return
     console.print(f"{result.rows_written:,} rows -> {result.outputs[0]}")
     if result.flows_written is not None:
         console.print(f"{result.flows_written:,} flows -> {result.outputs[1]}")
+
+
+TIMING_NAMES = {  # in the order a run spends them
+    "model": "model load and engine choice",
+    "ray_start": "Ray start",
+    "kernels": "packet kernels",
+    "scoring": "scoring",
+    "outputs": "outputs",
+}
+
+
+def time_line(timings: dict[str, float]) -> str:
+    """Where the wall time went: the fixed costs beside the scoring (a small capture's run is mostly those)."""
+    parts = [f"{name} {timings[key]:.2f} s" for key, name in TIMING_NAMES.items() if key in timings]
+    other = timings["wall"] - sum(timings.get(key, 0.0) for key in TIMING_NAMES)
+    if other >= 0.01:
+        parts.append(f"other {other:.2f} s")  # finding the inputs, checks, the tables
+    return f"{timings['wall']:.2f} s in all: " + ", ".join(parts)
 
 
 def register(app: typer.Typer) -> None:

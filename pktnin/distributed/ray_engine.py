@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,12 +31,11 @@ import numba
 
 from pktnin.engine.cache import cache_dir
 from pktnin.engine.runners import open_runner
-from pktnin.kernels.capture import CaptureReader
-from pktnin.kernels.cpu import transform
 from pktnin.scoring.messages import Progress
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.unit_run import score_unit
 from pktnin.scoring.units import Unit
+from pktnin.scoring.warmup import warm_kernels
 
 
 @dataclass(frozen=True)
@@ -53,25 +51,6 @@ class RunnerSpec:
         return open_runner(
             self.model_path, self.backend, intra_threads=threads, max_batch=self.batch, precision=self.precision
         )
-
-
-def warm_kernels() -> None:
-    """Compile (or load from numba's cache) the record walks and the CPU prep kernel on a tiny capture.
-    numba caches in the package's __pycache__, or in a user-wide folder when that is read-only (an image);
-    NUMBA_CACHE_DIR in the workers' environment chooses another (read when numba is first imported)."""
-    frame = bytes(12) + b"\x08\x00" + bytes([0x45, 0, 0, 40]) + bytes(4) + bytes([64, 6, 0, 0]) + bytes(8) + bytes(20)
-    pcap = (
-        struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-        + struct.pack("<IIII", 0, 0, len(frame), len(frame))
-        + frame
-    )
-    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
-    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 0) + struct.pack("<I", 20)
-    body = struct.pack("<IIIII", 0, 0, 0, len(frame), len(frame)) + frame
-    epb = struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
-    for data in (pcap, shb + idb + epb):  # bytes: read-only buffers, like the file windows (one specialization)
-        for raw in CaptureReader(data):
-            transform(raw)
 
 
 @contextmanager
@@ -95,7 +74,9 @@ def build_lock(runner_spec):
 class UnitScorer:
     """The Ray Data actor: one runner per actor, one unit per call."""
 
-    def __init__(self, runner_spec, options: ScoreOptions, parts_dir: str, threads: int) -> None:
+    def __init__(
+        self, runner_spec, options: ScoreOptions, parts_dir: str, threads: int, named: set[Path] | None = None
+    ) -> None:
         cpus = max(1, int(threads))
         numba.set_num_threads(
             min(cpus, getattr(numba.config, "NUMBA_NUM_THREADS"))
@@ -104,11 +85,14 @@ class UnitScorer:
             self.runner = runner_spec(cpus)  # ONNX Runtime intra-op threads = the actor's CPUs
         self.options = options
         self.parts_dir = Path(parts_dir)
+        self.named = named
         warm_kernels()
 
     def __call__(self, batch: dict) -> dict:
         summaries = [
-            json.dumps(score_unit(Unit.from_dict(json.loads(u)), self.runner, self.options, self.parts_dir))
+            json.dumps(
+                score_unit(Unit.from_dict(json.loads(u)), self.runner, self.options, self.parts_dir, named=self.named)
+            )  # fmt: skip
             for u in batch["unit"]
         ]
         return {"summary": summaries}
@@ -138,8 +122,9 @@ class RayExecutor:
         actors: int = 1,
         cpus_per_actor: float | None = None,
         num_gpus: float | None = None,
+        named: set[Path] | None = None,
     ) -> None:
-        self.runner_spec, self.options = runner_spec, options
+        self.runner_spec, self.options, self.named = runner_spec, options, named
         self.actors, self.cpus_per_actor, self.num_gpus = actors, cpus_per_actor, num_gpus
 
     def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterator[dict]:
@@ -159,7 +144,7 @@ class RayExecutor:
             UnitScorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
-            fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads),
+            fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads, self.named),
             num_cpus=cpus,
             num_gpus=gpus,
         )
