@@ -166,9 +166,11 @@ class ray_session:
         if not ray.is_initialized():
             import ray.data  # configures its logger on import: quieten it after that
 
-            # Ray's INFO lines (cluster start, dataset plans) would bury pktnin's own progress and summary.
+            # Ray's INFO lines (cluster start, dataset plans) and warnings would bury pktnin's own progress and
+            # summary; a failure still surfaces as an error of the run.
+            logging.getLogger("ray").setLevel(logging.ERROR)
             logging.getLogger("ray.data").setLevel(logging.ERROR)
-            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **self.init_kwargs)
+            ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR, **self.init_kwargs)
             self.owned = True
         from ray.data import DataContext
 
