@@ -5,7 +5,7 @@ score_to_files(paths, out), preprocess(paths) -> rows and metadata. They are imp
 `import pktnin` stays light.
 """
 
-__version__ = "0.1.0"
+from pktnin.version import __version__
 
 __all__ = ["__version__", "iter_scores", "preprocess", "score", "score_to_files"]
 

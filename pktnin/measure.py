@@ -12,6 +12,7 @@ import numpy as np
 
 from pktnin.packets import iter_packets
 from pktnin.rowfile import PrepOptions
+from pktnin.scoring import ScoreOptions, score_files
 
 
 def prep_throughput(
@@ -80,8 +81,6 @@ def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float =
 
 def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path, opts: PrepOptions) -> dict:
     """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write."""
-    from pktnin.scoring import ScoreOptions, score_files
-
     score_opts = ScoreOptions(
         out=workdir / "bench.parquet",
         batch=batch,

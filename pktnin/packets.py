@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import numba
 import numpy as np
 
+from pktnin.kernels.capture import CaptureError, CaptureReader, NotACapture
+from pktnin.kernels.cpu import RangePrep
 from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, mask_code
 from pktnin.stages import DONE, Stages, Stopped
 
@@ -139,8 +142,6 @@ def iter_raw_batches(
     promise one is reported as "not a capture" instead of failed. `should_stop` (a callable) ends a wait on a
     stream.
     """
-    from pktnin.kernels.capture import CaptureError, CaptureReader, NotACapture
-
     for index, path in enumerate(files, start=first_index):
         path = Path(path)
         report = FileReport(index=index, path=path)
@@ -230,11 +231,7 @@ def iter_packets(
     flow_keys=False leaves out the flow_key column. `reader_kwargs`, `named` and `should_stop`: see
     iter_raw_batches.
     """
-    from pktnin.kernels.cpu import RangePrep
-
     if threads is None:
-        import numba
-
         threads = numba.get_num_threads()
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
     min_range = REUSED_PIECE_RECORDS if reuse_rows else 2048

@@ -20,10 +20,11 @@ from packetgen import mixed_traffic
 from pcapgen import pcap_bytes, write_pcap
 from typer.testing import CliRunner
 
+from pktnin import outdir
 from pktnin.cli import app
-from pktnin.scoring import ScoreOptions, outdir, score_files
+from pktnin.outdir import OutputBusyError, OutputNotWritableError, UnsafeOutputError
+from pktnin.scoring import ScoreOptions, score_files
 from pktnin.scoring import manifest as mf
-from pktnin.scoring.outdir import OutputBusyError, OutputNotWritableError, UnsafeOutputError
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 TESTS = Path(__file__).resolve().parent

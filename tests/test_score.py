@@ -386,6 +386,7 @@ def test_stages_run_on_their_own(tmp_path):
 
     from pktnin.scoring.cpu_stages import engine_stage, read_stage
     from pktnin.scoring.messages import FileEnd, Scored
+    from pktnin.scoring.options import ChainSettings
     from pktnin.scoring.units import Piece
     from pktnin.stages import DONE, Stages
 
@@ -395,8 +396,8 @@ def test_stages_run_on_their_own(tmp_path):
     read_q, scored_q = queue.Queue(maxsize=2), queue.Queue(maxsize=2)
     runner = CountingRunner()
     pieces = [Piece(i, str(p)) for i, p in enumerate(files)]
-    stages.thread("read", read_stage, stages, pieces, read_q, "paper", False, None,
-                  fake_source(sizes))  # fmt: skip
+    settings = ChainSettings(prep_threads=None)
+    stages.thread("read", read_stage, stages, pieces, read_q, settings, source=fake_source(sizes))
     stages.thread("engine", engine_stage, stages, runner, 16, read_q, scored_q)
     got = []
     while (item := stages.get(scored_q)) is not DONE:

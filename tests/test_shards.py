@@ -13,16 +13,6 @@ from pktnin.kernels.capture import CaptureReader, detect_format
 from pktnin.scoring.units import cached_index, index_file, make_units
 
 
-def find_corpus() -> Path | None:
-    """$PKTNIN_CORPUS, else shared/corpus beside the repository or any folder above it (worktrees)."""
-    if os.environ.get("PKTNIN_CORPUS"):
-        return Path(os.environ["PKTNIN_CORPUS"])
-    for parent in Path(__file__).resolve().parents[1:]:
-        if (parent / "shared" / "corpus").is_dir():
-            return parent / "shared" / "corpus"
-    return None
-
-
 def records(reader: CaptureReader) -> list[tuple]:
     """Every record the reader yields: (frame, absolute offset, ts, link type, wire length, bytes)."""
     out = []
@@ -187,10 +177,8 @@ def test_unit_ids_follow_path_stamp_start_and_settings(captures):
     assert indexes == sorted(indexes) and set(indexes) == set(range(len(captures)))
 
 
-@pytest.mark.corpus
-@pytest.mark.skipif(find_corpus() is None, reason="shared corpus not present")
-def test_corpus_shards_hold_exactly_the_file_records():
-    files = sorted(p for p in (find_corpus() / "pcaps").rglob("*") if p.is_file())
+def test_corpus_shards_hold_exactly_the_file_records(corpus_pcaps):
+    files = sorted(p for p in corpus_pcaps.rglob("*") if p.is_file())
     assert files
     for path in files:
         if detect_format(path) is None:

@@ -40,6 +40,7 @@ from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
 from pktnin.scoring.cpu_stages import input_size
 from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Piece
 from pktnin.stages import DONE, Stages, Stopped
 
@@ -99,6 +100,7 @@ def read_raw_stage(
     pieces: Sequence[Piece],
     out_q: queue.Queue,
     max_records: int,
+    *,
     named: set[Path] | None = None,
     progress: Progress | None = None,
 ) -> None:
@@ -138,15 +140,16 @@ class _SlotBatch:
 def device_engine_stage(
     stages: Stages,
     runner: DeviceRunner,
-    batch_size: int,
-    mask: str,
-    keep_dns: bool,
+    settings: ChainSettings,
     in_q: queue.Queue,
     out_q: queue.Queue,
 ) -> None:
-    """RawChunk and FileEnd in, Scored and FileEnd (completed with kept and skip counts) out, DONE at the end."""
+    """RawChunk and FileEnd in, Scored and FileEnd (completed with kept and skip counts) out, DONE at the end.
+    Engine calls of device_batch_size(runner, settings.batch) rows."""
     from pktnin.kernels.cuda import transform_to_device
 
+    batch_size = device_batch_size(runner, settings.batch)
+    mask, keep_dns = settings.mask, settings.keep_dns
     outbuf = np.empty((batch_size, len(runner.classes)), dtype=np.float32)
     num_slots = int(runner.num_slots)
     prep_stream = runner.prep_stream()

@@ -5,7 +5,7 @@ Layout beside the output OUT:
                         (mode 0600) as units finish
     OUT.parts/          a directory of mode 0700: one Parquet part per unit of work, and under _units/ each unit's
                         summary and flow partials (scoring.unit_run)
-    OUT.lock            held (flock) by the running run; see pktnin.scoring.outdir for the safety rules
+    OUT.lock            held (flock) by the running run; see pktnin.outdir for the safety rules
 A unit's id hashes its files' stamps (size, mtime_ns, content) and the run's settings, so a unit is reused on
 --resume only when the settings are the same and its files unchanged. `content` is a hash of the file's first
 and last MiB (the whole file when smaller than 2 MiB): a cheap check that catches content rewritten with its
@@ -23,9 +23,9 @@ from collections.abc import Set
 from dataclasses import asdict
 from pathlib import Path
 
+from pktnin import outdir
 from pktnin.kernels.capture import is_stream
 from pktnin.packets import FileReport
-from pktnin.scoring import outdir
 
 MANIFEST_VERSION = 3
 CONTENT_SPAN = 1 << 20  # bytes hashed at each end of an input file

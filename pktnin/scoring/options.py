@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin import __version__
 from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, mask_code
 from pktnin.packets import FileReport
 from pktnin.scoring.writers import FORMATS, format_for
+from pktnin.version import __version__
 
 DEFAULT_UNIT_BYTES = 256 << 20
 DEFAULT_UNIT_FILES = 1024
@@ -86,6 +86,20 @@ class ScoreOptions:
             "probs": self.probs,
             "flows": self.flows_out is not None,
         }
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """What the stages of a unit's chain (scoring.chain) need to know of a run's options."""
+
+    mask: str = "paper"
+    keep_dns: bool = False
+    batch: int = 256
+    prep_threads: int | None = 1  # numba threads of the CPU prep; None: numba's default
+
+    @classmethod
+    def of(cls, opts: ScoreOptions) -> ChainSettings:
+        return cls(opts.mask, opts.keep_dns, opts.batch, opts.prep_threads)
 
 
 @dataclass

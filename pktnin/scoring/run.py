@@ -1,7 +1,7 @@
 """The one driver of a scoring run, whatever executor scores its units (no Ray import here).
 
 run_units(files, opts, classes, executor, ...)
-    1. under the output's lock (scoring.outdir): the settings, the resume manifest (scoring.manifest; its entries
+    1. under the output's lock (outdir): the settings, the resume manifest (scoring.manifest; its entries
        are unit summaries keyed by unit id), the parts folder;
     2. the units (scoring.units: a file, a byte range of a large file, a group of small files) minus those
        finished before: recorded in the manifest, or finished by a worker after its last save (a summary lies
@@ -28,10 +28,10 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from pktnin import outdir
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.scoring import manifest as mf
-from pktnin.scoring import outdir
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks
 from pktnin.scoring.cpu_stages import input_size
 from pktnin.scoring.flows import FlowAccumulator, flow_schema
@@ -90,7 +90,7 @@ def run_units(
     reports of each finished unit's pieces once the unit and the manifest are saved. The outputs are checked
     first (scoring.outputs.check_outputs: OutputError). When not one input could be read, no output is written.
     One run per output at a time: a second one raises outdir.OutputBusyError; side files planted by someone else
-    raise outdir.UnsafeOutputError (see scoring.outdir)."""
+    raise outdir.UnsafeOutputError (see outdir)."""
     targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
     with outdir.output_lock(targets):
         run = _Run(files, opts, classes, targets, step_records)
