@@ -202,7 +202,7 @@ def run_summary(result, model_path: Path, runner, timings: dict[str, float] | No
         "resumed_files": result.resumed,
         "packets": result.packets,
         "seconds": result.seconds,
-        "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
+        "timings": dict(timings or {}),
         "packets_per_s": result.packets_per_s,
         "labels": {name: int(n) for name, n in zip(result.classes, result.label_counts.tolist()) if n},
         "skipped_packets": total_skips(result.reports),
