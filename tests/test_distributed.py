@@ -315,6 +315,7 @@ def test_cli_executor_ray_matches_local(local_ray, files, model, local_tables, t
     from pktnin.cli import app
 
     out = tmp_path / "run" / "p.parquet"
+    out.parent.mkdir()  # the command line creates no folders
     args = [
         "score",
         *map(str, files),

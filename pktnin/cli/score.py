@@ -233,7 +233,8 @@ def _print_summary(result, timings: dict[str, float]) -> None:
     print_file_reports(result.reports, total_skips(result.reports))
     resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
     console.print(
-        f"{result.packets:,} packets scored from {len(result.files)} files{resumed}: "
+        f"{result.packets:,} packets scored from {len(result.files)} file{'s' if len(result.files) != 1 else ''}"
+        f"{resumed}: "
         f"{result.packets_per_s:,.0f} packets/s over {result.seconds:.2f} s of scoring"
     )
     if "wall" in timings:
