@@ -82,7 +82,7 @@ def score(
     threads: Annotated[
         Optional[int],
         typer.Option(
-            "--threads", min=1, metavar="N", help="Threads running the model on the CPU (default: all cores)."
+            "--threads", min=1, metavar="N", help="Threads running the model on the CPU (default: one per core)."
         ),
     ] = None,
     prep_threads: Annotated[
