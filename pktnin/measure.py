@@ -7,18 +7,30 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from pktnin.engine.protocols import DeviceRunner, ModelRunner
+from pktnin.engine.runner_base import Runner
 from pktnin.packets import iter_packets
 from pktnin.rowfile import PrepOptions
 from pktnin.scoring import ScoreOptions, score_files
+from pktnin.stages import Progress
+
+
+class StageProgress(Protocol):
+    """What compare_engines tells as it goes: a stage starts (runs to do), a run is done."""
+
+    def stage(self, name: str, total: int) -> None: ...
+
+    def run_done(self) -> None: ...
 
 
 def prep_throughput(
     files: Sequence[Path],
     opts: PrepOptions | None = None,
-    progress=None,
+    progress: Progress | None = None,
     threads: int | None = None,
     chunk: int = 8192,
     flow_keys: bool = True,
@@ -63,7 +75,7 @@ def prep_throughput(
     }
 
 
-def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float = 2.0) -> dict:
+def engine_throughput(runner: ModelRunner, rows: np.ndarray, batch: int, min_seconds: float = 2.0) -> dict:
     """The model alone on rows already in memory, in batches of `batch`; at least `min_seconds` of work."""
     out = np.empty((batch, len(runner.classes)), dtype=np.float32)
     runner.infer(rows[:batch], out)  # warm-up (session set-up, first allocation)
@@ -79,7 +91,9 @@ def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float =
             return {"packets": packets, "seconds": seconds, "packets_per_s": packets / seconds}
 
 
-def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path, opts: PrepOptions) -> dict:
+def pipeline_throughput(
+    files: Sequence[Path], runner: ModelRunner | DeviceRunner, batch: int, workdir: Path, opts: PrepOptions
+) -> dict:
     """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write."""
     score_opts = ScoreOptions(
         out=workdir / "bench.parquet",
@@ -120,13 +134,13 @@ def ratio_is_noise(e2e: dict, engine: dict) -> bool:
 
 def compare_engines(
     files: Sequence[Path],
-    runners: Sequence,
+    runners: Sequence[Runner],
     labels: Sequence[str],
     batch: int,
     runs: int,
     workdir: Path,
     opts: PrepOptions,
-    progress=None,
+    progress: StageProgress | None = None,
 ) -> dict:
     """Medians over `runs` of read+prep, the engine alone and end to end, and end-to-end / engine, for one or
     several runners of one model, interleaved: run k of every runner before run k+1 of any, so load on a shared

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 POLL_S = 0.1  # how often a waiting stage looks at the stop flag
 
@@ -99,3 +99,14 @@ class Stages:
         """Raise the first error any stage raised, if one did."""
         if self.errors:
             raise self.errors[0]
+
+
+class Progress(Protocol):
+    """What a run tells as it goes (the command line's progress bar)."""
+
+    def add_packets(self, n: int) -> None: ...
+
+    def add_bytes(self, n: int, packets: int | None = None) -> None:
+        """`n` more bytes read, holding `packets` packets to score (None: not known)."""
+
+    def file_done(self, n: int = 1) -> None: ...

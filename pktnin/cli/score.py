@@ -8,7 +8,6 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from pktnin.api import ScoreJob
 from pktnin.cli.console import console, file_progress, print_file_reports, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
 from pktnin.cli.options import (
@@ -23,9 +22,7 @@ from pktnin.cli.options import (
     check_summary_path,
     write_summary,
 )
-from pktnin.distributed.run import executor_options, parse_size
 from pktnin.errors import OptionError
-from pktnin.scoring.cpu_stages import input_size
 
 DEFAULT_BATCH = 512
 
@@ -132,6 +129,11 @@ def score(
     """
 
     started = time.perf_counter()
+    # The scoring modules load numba, Arrow and the engines: imported when the command runs, not for --help.
+    from pktnin.api import ScoreJob
+    from pktnin.distributed.run import executor_options
+    from pktnin.scoring.cpu_stages import input_size
+
     if fmt is None and out is None:
         fmt = "parquet"
     out = out or Path(f"predictions.{fmt}")
@@ -178,6 +180,8 @@ def check_output_folders(**paths: Path | None) -> None:
 
 
 def size_option(option: str, text: str) -> int:
+    from pktnin.distributed.run import parse_size
+
     try:
         return parse_size(text)
     except ValueError as exc:

@@ -27,10 +27,9 @@ from pktnin.errors import OptionError
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring import gpu_stages
 from pktnin.scoring.cpu_stages import engine_stage, read_stage
-from pktnin.scoring.messages import Progress
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Unit
-from pktnin.stages import DONE, Stages
+from pktnin.stages import DONE, Progress, Stages
 
 READ_QUEUE = 4  # chunks waiting for the engine
 SCORED_QUEUE = 16  # scored pieces waiting for the sink

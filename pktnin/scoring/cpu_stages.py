@@ -21,10 +21,10 @@ from pktnin.engine.protocols import ModelRunner
 from pktnin.kernels.capture import ReadStopped, is_stream
 from pktnin.layout import ROW_LEN
 from pktnin.packets import FileReport, PacketBatch, iter_packets
-from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Piece
-from pktnin.stages import DONE, Stages, Stopped
+from pktnin.stages import DONE, Progress, Stages, Stopped
 
 READ_CHUNK = 8192  # records per read+prep chunk: ~12 MB of rows
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import queue
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,10 @@ from pktnin.kernels.capture import RawBatch, ReadStopped
 from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
 from pktnin.scoring.cpu_stages import input_size
-from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Piece
-from pktnin.stages import DONE, Stages, Stopped
+from pktnin.stages import DONE, Progress, Stages, Stopped
 
 
 def device_batch_size(runner: DeviceRunner, batch: int) -> int:
@@ -59,7 +59,7 @@ class RawChunk:
     raw: RawBatch
 
 
-def own_raw(raw):
+def own_raw(raw: RawBatch) -> RawBatch:
     """A copy of the RawBatch whose buf holds only the span of its records (the file window is released when the
     next windows are read, and a queued chunk must not pin a whole window)."""
     lo = int(raw.pkt_off.min())
@@ -84,7 +84,7 @@ def iter_raw(
     first_index: int = 0,
     reader_kwargs: dict | None = None,
     named: set[Path] | None = None,
-    should_stop=None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[RawChunk]:
     """packets.iter_packets without the transform: RawChunks, and one FileReport per file appended to `reports`
     when the file is finished (`kept` and `skip_counts` are left to whoever runs the transform)."""
