@@ -379,3 +379,16 @@ def test_cli_ray_and_local_treat_odd_inputs_alike(local_ray, model, tmp_path):
         assert ray_run == local, folder.name
         code, listed, rows = local
         assert (code, len(listed), rows if rows is None else rows > 0) == expected, (folder.name, local)
+
+
+def test_native_log_filter_drops_rays_native_lines_and_passes_the_rest(capfd):
+    from pktnin.distributed.ray_engine import NativeLogFilter
+
+    native = b"[2026-12-07 16:41:50,884 E 16683 16683] core_worker.cc:2465: Actor with class name: 'MapWorker'\n"
+    with NativeLogFilter():
+        os.write(2, b"\x1b[2Kscore 40%")  # a progress bar: no newline, passed at once
+        os.write(2, native[:30])  # a native line in two writes
+        os.write(2, native[30:] + b"warning: kept\n[3] a bracket\n")
+        os.write(2, b"no newline at the end")
+    err = capfd.readouterr().err
+    assert err == "\x1b[2Kscore 40%warning: kept\n[3] a bracket\nno newline at the end"

@@ -21,6 +21,10 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
+import re
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,6 +162,51 @@ class RayExecutor:
             yield json.loads(row["summary"])
 
 
+# A line of Ray's native (C++) log, as its core worker writes it to the driver's stderr:
+# "[2026-12-07 16:41:50,884 E 16683 16683] core_worker.cc:2465: ...".
+NATIVE_LOG_LINE = re.compile(rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z] \d+ \d+\] [^\n]*\n")
+# Where such a line may start in text not yet ended by a newline: a "[" that opens no terminal escape sequence.
+_MAYBE_NATIVE = re.compile(rb"(?<!\x1b)\[(\d|$)")
+
+
+class NativeLogFilter:
+    """File descriptor 2 through a pipe that drops Ray's native log lines: they come from its C++ side, past
+    Python's logging. Everything else (the progress bar, warnings, errors) passes at once and in order."""
+
+    def __enter__(self) -> NativeLogFilter:
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.thread = threading.Thread(target=self._pump, args=(read_end,), name="pktnin-stderr", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)  # closes the pipe's last write end: the pump reads its end and stops
+        self.thread.join(timeout=5)
+        os.close(self.saved)
+
+    def _pump(self, read_end: int) -> None:
+        pending = b""
+        try:
+            while chunk := os.read(read_end, 1 << 16):
+                pending = NATIVE_LOG_LINE.sub(b"", pending + chunk)
+                held = _MAYBE_NATIVE.search(pending)  # a native line may be arriving: wait for its newline
+                cut = held.start() if held is not None else len(pending)
+                self._write(pending[:cut])
+                pending = pending[cut:]
+            self._write(pending)
+        finally:
+            os.close(read_end)
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self.saved, data) :]
+
+
 class ray_session:
     """Connects to (or starts) Ray for one run and always shuts it down: a killed driver otherwise leaves raylet,
     gcs and workers running. Ray already initialized by the caller (tests, notebooks) is used and left alone."""
@@ -176,7 +225,12 @@ class ray_session:
             # summary; a failure still surfaces as an error of the run.
             logging.getLogger("ray").setLevel(logging.ERROR)
             logging.getLogger("ray.data").setLevel(logging.ERROR)
-            ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR, **self.init_kwargs)
+            self.native_logs = NativeLogFilter().__enter__()  # and its native log lines (actor restarts ...)
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR, **self.init_kwargs)
+            except BaseException:
+                self.native_logs.__exit__()
+                raise
             self.owned = True
         from ray.data import DataContext
 
@@ -188,4 +242,7 @@ class ray_session:
         if self.owned:
             import ray
 
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            finally:
+                self.native_logs.__exit__()
