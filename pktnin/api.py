@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 import queue
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,11 @@ import pyarrow as pa
 from pktnin.distributed.run import RayOptions, score_on_ray
 from pktnin.engine.bundled import resolve_model
 from pktnin.engine.cache import file_sha256
+from pktnin.engine.protocols import DeviceRunner
 from pktnin.engine.runner_base import EngineChoice, Runner
 from pktnin.engine.runners import open_runner_with_choice
 from pktnin.errors import UsageError
+from pktnin.extras import check_model_file, missing_extra
 from pktnin.packets import FileReport, find_captures, named_captures
 from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
 from pktnin.scoring.chain import ChainSettings, start_chain
@@ -40,6 +43,7 @@ from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES, Score
 from pktnin.scoring.outputs import check_outputs, write_report
 from pktnin.scoring.run import score_files
 from pktnin.scoring.units import make_units
+from pktnin.scoring.warmup import warm_kernels
 from pktnin.scoring.writer_stage import ScoredBuffer
 from pktnin.scoring.writers import packet_batch, packet_schema
 from pktnin.stages import DONE, Progress, Stages, Stopped
@@ -60,6 +64,9 @@ class ScoreJob:
     backend: str = "auto"
     ray: RayOptions | None = None  # score the units on Ray instead of in this process
     choice: EngineChoice | None = None  # what runs the model and why
+    # seconds spent apart from scoring: "model" (load and engine choice), "kernels" (numba compile or cache
+    # load), "ray_start"; after run, "scoring" (the units) and "outputs" (checks, assembly, cleanup)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def prepare(
@@ -99,7 +106,9 @@ class ScoreJob:
         files = [f for f in files if not _own_output(f, targets, parts_dir(opts.out))]
         if not files:
             raise UsageError("no capture files found in the given paths")
+        started = time.perf_counter()
         runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
+        timings = {"model": time.perf_counter() - started}
         try:
             opts = replace(
                 opts,
@@ -113,20 +122,28 @@ class ScoreJob:
         except BaseException:
             runner.close()
             raise
-        return cls(files, named_captures(files, paths), runner, opts, Path(model_path), backend, ray, choice)
+        return cls(files, named_captures(files, paths), runner, opts, Path(model_path), backend, ray, choice, timings)
 
     def run(self, progress: Progress | None = None) -> ScoreResult:
         """Score every file into the outputs; returns the ScoreResult. Closes the model."""
+        started = time.perf_counter()
         try:
             if self.ray is not None:
                 result = score_on_ray(self.files, self.opts, self.runner, self.model_path, self.backend, self.ray,
-                                      progress)  # fmt: skip
+                                      progress, named=self.named, timings=self.timings)  # fmt: skip
             else:
+                if not isinstance(self.runner, DeviceRunner):  # the GPU path compiles its own kernels
+                    kernels = time.perf_counter()
+                    warm_kernels()
+                    self.timings["kernels"] = time.perf_counter() - kernels
                 result = score_files(self.files, self.runner, self.opts, progress=progress, named=self.named)
         finally:
             self.runner.close()
         if self.opts.report is not None:
             write_report(result.reports, self.opts.report)
+        apart = sum(self.timings.get(k, 0.0) for k in ("kernels", "ray_start"))
+        self.timings["scoring"] = result.seconds
+        self.timings["outputs"] = max(0.0, time.perf_counter() - started - apart - result.seconds)
         return result
 
 
@@ -266,8 +283,14 @@ def open_model(
     fastest engine that agrees with fp32; `engine_workers` None measures one multi-thread session against
     single-thread ones."""
     model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
-    runner, choice = open_runner_with_choice(model_path, backend, intra_threads=threads, max_batch=batch,
-                                             precision=precision, engine_workers=engine_workers)  # fmt: skip
+    check_model_file(model_path)
+    try:
+        runner, choice = open_runner_with_choice(model_path, backend, intra_threads=threads, max_batch=batch,
+                                                 precision=precision, engine_workers=engine_workers)  # fmt: skip
+    except ModuleNotFoundError as exc:
+        # a checkpoint is exported with the training tools, whichever of them is missing
+        extra = "train" if Path(model_path).suffix == ".keras" else None
+        raise (missing_extra(exc, f"model {Path(model_path).name}", extra) or exc) from None
     return runner, model_path, choice
 
 

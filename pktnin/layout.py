@@ -266,12 +266,14 @@ def parse_packet(buf, off, caplen, linktype, keep_dns, desc):
             return SKIP_MALFORMED
         ihl = (int(buf[net]) & 0x0F) * 4
         total_len = (int(buf[net + 2]) << 8) | int(buf[net + 3])
-        if ihl < IPV4_MIN_HEADER or total_len < ihl or net + ihl > end:
+        # Total length 0: a TSO / BIG-TCP packet captured on the sending host; as Wireshark does, the captured
+        # end bounds it.
+        if ihl < IPV4_MIN_HEADER or (total_len != 0 and total_len < ihl) or net + ihl > end:
             return SKIP_MALFORMED
         if (((int(buf[net + 6]) & 0x1F) << 8) | int(buf[net + 7])) > 0:
             return SKIP_FRAGMENT
         ip_end = net + total_len
-        if ip_end > end:
+        if total_len == 0 or ip_end > end:
             ip_end = end
         proto = int(buf[net + 9])
         trans = net + ihl

@@ -281,6 +281,7 @@ def catalog() -> list[tuple[str, bytes, int, int]]:
         ("ipv4-total-below-ihl", ethernet(ipv4(t, total_length=19)), 1),
         ("ipv4-total-short", ethernet(ipv4(t, total_length=20 + 20 + 10)), 1),
         ("ipv4-total-long", ethernet(ipv4(t, total_length=1400)), 1),
+        ("ipv4-total-zero-tso", ethernet(ipv4(tcp(payload=big), total_length=0)), 1),
         ("ipv4-icmp", ethernet(ipv4(b"\x08\x00" + p, proto=1)), 1),
         ("ipv4-header-cut", ethernet(v4, pad_to=0), 1, 14 + 12),
         ("ipv4-options-cut", ethernet(ipv4(t, options=b"\x01" * 20)), 1, 14 + 30),

@@ -90,12 +90,13 @@ def parse(data: bytes, linktype: int, keep_dns: bool = False) -> dict:
             raise Skip("malformed")
         ihl = (ip[0] & 15) * 4
         (total,) = struct.unpack_from("!H", ip, 2)
-        if ihl < 20 or total < ihl or ihl > len(ip):
+        if ihl < 20 or 0 < total < ihl or ihl > len(ip):
             raise Skip("malformed")
         (flags_frag,) = struct.unpack_from("!H", ip, 6)
         if flags_frag & 0x1FFF:
             raise Skip("fragment")
-        ip = ip[:total]
+        if total:  # 0: TSO / BIG-TCP, the captured bytes are the packet
+            ip = ip[:total]
         proto = ip[9]
         net_seg = bytearray(ip[:20])
         net_seg[12:20] = bytes(8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -313,6 +314,8 @@ def test_help_fits_80_columns_and_names_every_option():
         lines = result.output.splitlines()
         assert max(len(line) for line in lines) <= 80, path
         assert "<bool>" not in result.output, path
+        # choices are listed (--mask <paper|strict>); no Python types where a name or the choices belong
+        assert not re.search(r"<str>|<list\[|<path>\.\.\.|\{[A-Z]", result.output), (path, result.output)
         for param in command.params:
             for name in (*param.opts, *param.secondary_opts) if param.param_type_name == "option" else ():
                 assert name in result.output, (path, name)
@@ -349,3 +352,44 @@ def test_tensorflow_start_up_logs_stay_quiet_unless_verbose(tmp_path):
     verbose = subprocess.run([*export, "-v"], capture_output=True, text=True, env=env, timeout=600)
     assert verbose.returncode == 0, verbose.stderr
     assert any(n in verbose.stderr for n in noise), verbose.stderr
+
+
+def test_the_choices_help_lists_are_the_librarys():
+    """Each Literal the command line declares holds exactly the values the library accepts."""
+    from typing import get_args
+
+    from pktnin.cli import options
+    from pktnin.dataset.detect import SOURCE_KINDS
+    from pktnin.dataset.format import SPLIT_NAMES
+    from pktnin.dataset.options import SPLIT_MODES
+    from pktnin.distributed.run import EXECUTORS
+    from pktnin.engine import precision, quantize, runner_base, runners, trt_build
+    from pktnin.layout import MASK_PROFILES
+    from pktnin.scoring.writers import FORMATS
+    from pktnin.trainer.augment import AUGMENTATIONS
+
+    expected = {
+        options.Mask: tuple(MASK_PROFILES), options.Backend: runners.BACKENDS, options.CpuPrecision: precision.PRECISIONS,
+        options.OutputFormat: FORMATS, options.Executor: EXECUTORS, options.Split: SPLIT_NAMES,
+        options.SplitMode: SPLIT_MODES, options.SourceKind: SOURCE_KINDS, options.Augmentation: AUGMENTATIONS,
+        options.InputDtype: runner_base.INPUT_DTYPES, options.QuantizeTarget: quantize.TARGETS,
+        options.TensorRTPrecision: trt_build.PRECISIONS,
+    }  # fmt: skip
+    for literal, values in expected.items():
+        assert get_args(literal) == tuple(values), literal
+    result = invoke(["score", "--help"])
+    assert "--mask <paper|strict>" in result.output and "--format <parquet|csv>" in result.output
+    bad = invoke(["score", "x.pcap", "--mask", "papr"])
+    assert bad.exit_code == 2 and "'paper', 'strict'" in bad.output
+
+
+@pytest.mark.tf
+def test_the_training_choices_are_the_trainers():
+    from typing import get_args
+
+    from pktnin.cli import options
+
+    train = pytest.importorskip("pktnin.trainer.train")
+    assert get_args(options.ClassWeighting) == train.CLASS_WEIGHTING
+    assert get_args(options.Fit) == tuple(train.FIT_SPLITS)
+    assert get_args(options.TrainPrecision) == train.PRECISIONS

@@ -316,6 +316,7 @@ def test_cli_executor_ray_matches_local(local_ray, files, model, local_tables, t
     from pktnin.cli import app
 
     out = tmp_path / "run" / "p.parquet"
+    out.parent.mkdir()  # the command line creates no folders
     args = [
         "score",
         *map(str, files),
@@ -344,3 +345,51 @@ def test_cli_executor_ray_matches_local(local_ray, files, model, local_tables, t
         local_tables[1]
     )
     assert f"{local_tables[2].packets:,} packets scored from {len(files)} files" in result.output
+
+
+@needs_ray
+def test_cli_ray_and_local_treat_odd_inputs_alike(local_ray, model, tmp_path):
+    """Non-captures in a folder are listed apart on both executors (exit 0), a run that reads nothing writes
+    nothing (exit 1), and a capture with nothing to score gives an output with no rows (exit 0)."""
+    import packetgen as pg
+    from typer.testing import CliRunner
+
+    from pktnin.cli import app
+    from pktnin.synth import write_synthetic_capture
+
+    mixed, notes, nothing = tmp_path / "mixed", tmp_path / "notes", tmp_path / "nothing"
+    for folder in (mixed, notes, nothing):
+        folder.mkdir()
+    write_synthetic_capture(mixed / "cap.pcap", packets=60, seed=1)
+    for folder in (mixed, notes):
+        (folder / "notes.txt").write_text("not a capture\n")
+    arp = pg.ethernet(b"\x00\x01\x08\x00\x06\x04\x00\x01" + bytes(20), ethertype=0x0806)
+    write_pcap(nothing / "arp.pcap", [arp, arp])
+
+    def run(folder: Path, executor: str):
+        out = tmp_path / f"{folder.name}-{executor}.parquet"
+        args = ["score", str(folder), "--model", str(model), "--backend", "onnxruntime", "--out", str(out),
+                "--no-progress", "--executor", executor]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        listed = [line for line in result.output.splitlines() if line.startswith("not a capture")]
+        rows = pq.read_table(out).num_rows if out.exists() else None
+        return result.exit_code, listed, rows
+
+    for folder, expected in ((mixed, (0, 1, True)), (notes, (1, 1, None)), (nothing, (0, 0, False))):
+        local, ray_run = run(folder, "local"), run(folder, "ray")
+        assert ray_run == local, folder.name
+        code, listed, rows = local
+        assert (code, len(listed), rows if rows is None else rows > 0) == expected, (folder.name, local)
+
+
+def test_native_log_filter_drops_rays_native_lines_and_passes_the_rest(capfd):
+    from pktnin.distributed.ray_engine import NativeLogFilter
+
+    native = b"[2026-12-07 16:41:50,884 E 16683 16683] core_worker.cc:2465: Actor with class name: 'MapWorker'\n"
+    with NativeLogFilter():
+        os.write(2, b"\x1b[2Kscore 40%")  # a progress bar: no newline, passed at once
+        os.write(2, native[:30])  # a native line in two writes
+        os.write(2, native[30:] + b"warning: kept\n[3] a bracket\n")
+        os.write(2, b"no newline at the end")
+    err = capfd.readouterr().err
+    assert err == "\x1b[2Kscore 40%warning: kept\n[3] a bracket\nno newline at the end"

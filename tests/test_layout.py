@@ -156,6 +156,8 @@ def test_payload_bounds_by_hand():
     assert row[40:70].tobytes() == pg.payload_bytes(30) and not row[70:].any()
     row, _ = kept_row("ipv6-payload-length-0")  # 0: up to the captured end
     assert row[40:140].tobytes() == pg.payload_bytes(100)
+    row, _ = kept_row("ipv4-total-zero-tso")  # total length 0 (TSO / BIG-TCP): up to the captured end
+    assert row[2:4].tobytes() == b"\x00\x00" and row[40:].tobytes() == pg.payload_bytes(1600)[:1460]
 
 
 def test_options_and_extension_headers_by_hand():

@@ -192,13 +192,56 @@ def test_cli_models_json():
 
 
 def test_cli_models_table_default_18_classes():
-    result = CliRunner().invoke(models_app(), ["models"])
+    from pktnin.cli.models import compact
+
+    result = CliRunner().invoke(models_app(), ["models"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert "18 classes" in result.output and "nin_parallel" in result.output
-    assert f"{P.count('cnn_large', 18).params:,}" in result.output
-    assert f"{P.count('cnn_large', 12).params:,}" in result.output  # the @12 column beside the paper's figures
+    line = next(x for x in result.output.splitlines() if x.startswith("cnn_large "))
+    # the counts at 18 classes, at the paper's 12, and the paper's own figures
+    assert line.split()[2:] == [
+        compact(P.count("cnn_large", 18).params), compact(P.count("cnn_large", 18).flops),
+        compact(P.count("cnn_large", 12).params), compact(P.count("cnn_large", 12).flops),
+        compact(P.PRESETS["cnn_large"].paper.params), compact(P.PRESETS["cnn_large"].paper.flops),
+    ]  # fmt: skip
+    assert compact(5755730) == "5.756M" and compact(1099660) == "1.100M" and compact(203300) == "203.3k"
     bad = CliRunner().invoke(models_app(), ["models", "--classes", "1"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize("columns", ["80", "60", "120"])
+def test_cli_models_fits_the_width_in_plain_text(columns):
+    """Every line fits COLUMNS (80 when not a terminal), with no escape codes; names and numbers are never cut."""
+    from pktnin.engine.catalog import bundled_models
+
+    result = CliRunner().invoke(models_app(), ["models"], env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(x) for x in lines) <= int(columns) and "\x1b" not in result.output
+    assert not any("…" in x for x in lines)
+    for path in bundled_models():
+        assert path.stem in lines  # one block per bundled model, headed by its whole name
+    assert {x.split()[0] for x in lines if x.split() and x.split()[0] in P.PRESETS} == set(P.PRESETS)
+    wide = CliRunner().invoke(models_app(), ["models"], env={"COLUMNS": "200"})
+    assert max(len(x) for x in wide.output.splitlines()) > 80  # a wider terminal is used
+
+
+def test_cli_models_not_a_terminal_is_80_columns(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = CliRunner().invoke(models_app(), ["models"])
+    assert max(len(x) for x in result.output.splitlines()) <= 80
+
+
+def test_model_facts_one_line_each():
+    from pktnin.cli.models import model_block
+
+    row = {
+        "name": "m", "preset": "p", "alpha": None, "classes": ["a", "b"], "input_dtype": "uint8",
+        "size_bytes": 2_000_000, "trained": {"rows": 10}, "speed": None,
+    }  # fmt: skip
+    lines = model_block(row, 80)
+    assert lines[0] == "m" and len(lines) == 1 + 5
+    assert lines[2].split() == ["classes", "2:", "a,", "b"]
 
 
 def test_models_command_registered_on_the_app():

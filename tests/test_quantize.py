@@ -486,6 +486,7 @@ def test_quantize_and_score_cli(trained, tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.int8.onnx").is_file() and "argmax agreement" in result.output
+    assert result.stdout == "", result.stdout  # ONNX Runtime's calibration chatter stays off the terminal
     capture = write_synthetic_capture(tmp_path / "cap.pcap", packets=300, seed=3)
     result = cli.invoke(
         app,
@@ -578,3 +579,33 @@ def test_engine_bench_rooflines(trained, quantized):
     assert set(report["gemm_peak_gops"]) >= {"fp32", "int8"}
     for r in rows.values():
         assert 0 < r["roofline"]["peak_fraction"] and len(r["runs"]) == 2
+
+
+def test_quantize_cli_keeps_onnx_runtime_chatter_off_stdout(tmp_path, monkeypatch):
+    """ONNX Runtime's histogram calibrators print to stdout; the command's stdout stays empty, its report stays."""
+    from types import SimpleNamespace
+
+    from onnx_fixtures import tiny_model
+    from typer.testing import CliRunner
+
+    from pktnin.cli import app
+    from pktnin.engine import quantize as q
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (300, ROW_LEN), dtype=np.uint8)
+    labels = rng.integers(0, 2, 300)
+    data = write_dataset_dir(tmp_path / "ds", rows[:200], labels[:200], rows[200:], labels[200:])
+    model = tiny_model(tmp_path / "m.onnx", ["a", "b"], input_dtype="uint8")
+
+    def chatty(src, target_path, *args, **kwargs):
+        print("Collecting tensor data and making histogram ...")  # what calibrate.py prints
+        chosen = SimpleNamespace(method="percentile", excluded_nodes=[], exclude="none", agreement=1.0)
+        return SimpleNamespace(path=target_path, chosen=chosen, validation_rows=100, reached_target=True)
+
+    monkeypatch.setattr(q, "quantize_model", chatty)
+    monkeypatch.setattr(q, "check_openvino", lambda *args: {})
+    args = ["quantize", str(model), "--data", str(data), "--calibration-rows", "100", "--validation-rows", "100"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and "Collecting" not in result.output
+    assert "percentile calibration" in result.stderr

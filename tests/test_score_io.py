@@ -363,50 +363,32 @@ def test_python_api_returns_the_rows_the_cli_writes(tmp_path, caps, model):
 # -- progress --------------------------------------------------------------------------------------------------
 def test_progress_moves_by_bytes_within_a_file(tmp_path, model):
     from pktnin.api import ScoreJob
+    from pktnin.cli.console import FileProgress
 
     big = write_pcap(tmp_path / "big.pcap", mixed_traffic(4, 3000), nanosecond=True)
     seen = []
 
-    class Progress:
-        def add_packets(self, n):
-            pass
-
+    class Progress(FileProgress):
         def file_done(self, n=1):
-            seen.append(("done", n))
+            seen.append(("done", n, self.done_bytes))
+            super().file_done(n)
 
-        def add_bytes(self, n):
-            seen.append(("bytes", n))
+        def add_bytes(self, n, packets=None):
+            seen.append(("bytes", n, packets))
+            super().add_bytes(n, packets)
 
     from pktnin.scoring import cpu_stages
 
     job = ScoreJob.prepare([big], tmp_path / "p.parquet", model)
     old = cpu_stages.READ_CHUNK
     cpu_stages.READ_CHUNK = 500  # several chunks in one file
+    progress = Progress(1, big.stat().st_size)
     try:
-        job.run(progress=Progress())
+        result = job.run(progress=progress)
     finally:
         cpu_stages.READ_CHUNK = old
-    steps = [n for kind, n in seen if kind == "bytes"]
+    steps = [n for kind, n, _ in seen if kind == "bytes"]
     assert len(steps) >= 3 and sum(steps) == big.stat().st_size
-    assert seen.index(("done", 1)) > 1  # bytes moved before the file was finished
-
-
-def test_progress_bar_shows_percentage_and_time_left(monkeypatch):
-    import io
-
-    from rich.console import Console
-
-    from pktnin.cli import console as console_mod
-
-    screen = io.StringIO()
-    monkeypatch.setattr(console_mod, "console", Console(file=screen, force_terminal=True, width=140))
-    with console_mod.file_progress(2, "score", total_bytes=4 << 20) as bar:
-        bar.add_bytes(1 << 20)
-        bar.add_packets(1000)
-        bar._progress.refresh()
-        bar.add_bytes(1 << 20)
-        bar.file_done()
-        bar._progress.refresh()
-    text = screen.getvalue()
-    assert "50%" in text and "2.0/4.0 MiB" in text and "1/2 files" in text and "eta" in text
-    assert "1,000 pkts" in text and "pkts/s" in text
+    assert sum(p for kind, _, p in seen if kind == "bytes") == result.packets == progress.packets
+    assert [x[:2] for x in seen].index(("done", 1)) > 1  # bytes moved before the file was finished
+    assert progress.done_bytes == big.stat().st_size and progress.fraction() == 1.0

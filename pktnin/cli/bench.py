@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from pktnin.cli.console import console, file_progress, warn
 from pktnin.cli.errors import exit_codes
-from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
+from pktnin.cli.options import Backend, Mask, ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
 from pktnin.cli.score import DEFAULT_BATCH
 
 
@@ -71,11 +71,14 @@ def run(
         typer.Argument(metavar="PATH", help="Captures (default: a generated realistic capture).", show_default=False),
     ] = None,
     model: ModelOption = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="Engine running the model (auto: TensorRT on a GPU, else the CPU).")
+    ] = "auto",
     precision: Annotated[
         str,
         typer.Option(
             "--precision",
+            metavar="LIST",
             help="auto, fp32, bf16 or int8; several comma-separated are measured "
             "interleaved in one run and compared with the first; PRECISION@N fixes that engine's "
             "sessions (fp32@1: one session, as the scorer ran before).",
@@ -93,7 +96,7 @@ def run(
         int, typer.Option("--packets", min=100, help="Packets in the generated capture (without PATH).")
     ] = DEFAULT_PACKETS,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     record: Annotated[
         bool,
@@ -116,6 +119,7 @@ def run(
     from pktnin.engine.catalog import is_bundled, mask_warning, record_speed, resolve_model
     from pktnin.engine.runners import open_runner_with_choice
     from pktnin.errors import OptionError
+    from pktnin.extras import check_model_file
     from pktnin.measure import compare_engines, spread
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
@@ -134,6 +138,7 @@ def run(
                     paths = [write_synthetic_capture(workdir / "synthetic.pcap", packets=packets)]
                 files = find_captures(paths)
                 model_path = resolve_model(model)
+                check_model_file(model_path)
                 for name, sessions in layouts:
                     runner, choice = open_runner_with_choice(
                         model_path, backend, max_batch=batch, precision=name, engine_workers=sessions
@@ -236,7 +241,7 @@ def prep(
         List[Path], typer.Argument(metavar="PATH", help="Capture files and/or directories.", show_default=False)
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Prep threads (default: all).")] = None,
     chunk: Annotated[int, typer.Option("--chunk", min=64, help="Records per chunk.")] = 8192,

@@ -9,6 +9,7 @@ import typer
 
 from pktnin.cli.console import console
 from pktnin.cli.errors import exit_codes, usage
+from pktnin.cli.options import TensorRTPrecision
 from pktnin.engine.runner_base import DEFAULT_MAX_BATCH
 from pktnin.engine.trt_build import DEFAULT_WORKSPACE_MB
 
@@ -24,7 +25,7 @@ def build_engine(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .plan file; MODEL.plan.json is written beside it.")],
     precision: Annotated[
-        str,
+        TensorRTPrecision,
         typer.Option(
             "--precision",
             help="fp32, fp16 or int8 (a QDQ model from `pktnin quantize --target tensorrt` builds int8 whatever is given).",

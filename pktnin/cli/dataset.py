@@ -11,6 +11,7 @@ from rich.table import Table
 
 from pktnin.cli.console import console, file_progress, skip_table, warn
 from pktnin.cli.errors import exit_codes
+from pktnin.cli.options import IscxTask, Mask, SourceKind, SplitMode
 from pktnin.errors import OptionError
 
 dataset_app = typer.Typer(help="Build datasets of labeled packet rows.", no_args_is_help=True)
@@ -30,12 +31,12 @@ def build(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write (atomically).")],
-    kind: Annotated[str, typer.Option("--source", help="Source kind: auto, iscx, class-dirs or csv.")] = "auto",
+    kind: Annotated[SourceKind, typer.Option("--source", help="Source kind: auto, iscx, class-dirs or csv.")] = "auto",
     task: Annotated[
-        Optional[str], typer.Option("--task", help="ISCX task: A (14 applications) or B (12 traffic types).")
+        Optional[IscxTask], typer.Option("--task", help="ISCX task: A (14 applications) or B (12 traffic types).")
     ] = None,
     split: Annotated[
-        Optional[str],
+        Optional[SplitMode],
         typer.Option(
             "--split",
             help="random (packets, 68/16/16 per class; inflates test scores, as one flow's packets land in every "
@@ -45,7 +46,10 @@ def build(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and random splits.")] = 0,
     label_column: Annotated[
-        str, typer.Option("--label-column", help="CSV column holding the label (task_category, task_app, ...).")
+        str,
+        typer.Option(
+            "--label-column", metavar="COLUMN", help="CSV column holding the label (task_category, task_app, ...)."
+        ),
     ] = "task_category",
     pcaps: Annotated[
         Optional[Path], typer.Option("--pcaps", help="Capture folder for a CSV source (default: pcaps/ beside it).")
@@ -57,7 +61,7 @@ def build(
         ),
     ] = None,
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
-    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Build a dataset of 1500-byte rows with labels, a train/val/test split and flow ids."""

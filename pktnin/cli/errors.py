@@ -18,6 +18,7 @@ import typer
 import typer.exceptions
 
 from pktnin.errors import UsageError
+from pktnin.extras import missing_extra
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -95,6 +96,11 @@ def exit_codes(hint: str | None = None, setup: bool = True) -> Iterator[None]:
         if not setup:
             fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
         usage(str(exc) if exc.filename is None else f"{exc.filename}: {exc.strerror or 'not found'}")
+    except ModuleNotFoundError as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
+        usage(str(missing))
     except Exception as exc:  # noqa: BLE001 - one clear line, then the failure exit code
         fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, hint)
 

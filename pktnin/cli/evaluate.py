@@ -10,7 +10,7 @@ import typer
 
 from pktnin.cli.console import console, warn
 from pktnin.cli.errors import exit_codes
-from pktnin.cli.options import QuietOption, VerboseOption, silence_tensorflow
+from pktnin.cli.options import QuietOption, Split, VerboseOption, silence_tensorflow
 
 
 def evaluate(
@@ -23,13 +23,14 @@ def evaluate(
         ),
     ],
     data: Annotated[Path, typer.Option("--data", help="Dataset directory (pktnin dataset build).")],
-    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    split: Annotated[Split, typer.Option("--split", help="train, val or test.")] = "test",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result JSON here.")] = None,
     plots: Annotated[
         Optional[Path], typer.Option("--plots", help="Write per-class F1 bars and confusion matrices (PNG) here.")
     ] = None,
     compare: Annotated[
-        Optional[List[Path]], typer.Option("--compare", help="Other result JSONs to draw beside this one.")
+        Optional[List[Path]],
+        typer.Option("--compare", metavar="RESULT.json", help="Other result JSONs to draw beside this one."),
     ] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Prediction batch size.")] = 1024,
     max_rows: Annotated[

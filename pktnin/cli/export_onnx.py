@@ -9,7 +9,7 @@ import typer
 
 from pktnin.cli.console import console
 from pktnin.cli.errors import exit_codes
-from pktnin.cli.options import VerboseOption, silence_tensorflow
+from pktnin.cli.options import InputDtype, VerboseOption, silence_tensorflow
 from pktnin.engine.export import DEFAULT_OPSET, MAX_OPSET
 
 
@@ -20,7 +20,7 @@ def export_onnx(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file (written atomically).")],
     input_dtype: Annotated[
-        str,
+        InputDtype,
         typer.Option(
             "--input-dtype",
             help="uint8: raw bytes, /255 inside the graph (the CPU default); float32: bytes/255 (TensorRT plans).",

@@ -2,85 +2,135 @@
 parameters and FLOPs per packet, beside the paper's figures.
 
 The preset counts are analytic (pktnin.trainer.presets) and the bundled models' facts come from their ONNX
-metadata, so this works without TensorFlow.
+metadata, so this works without TensorFlow. The text is plain (it reads the same in a pipe or a file) and fits
+the terminal's width: `COLUMNS` when set, 80 columns when not a terminal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+import textwrap
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from pktnin.trainer.presets import PAPER_CLASSES, summary
 
+GAP = "  "  # between the columns of a table
 
-def models_table(rows: list[dict], num_classes: int) -> Table:
-    table = Table(
-        title=f"Model presets ({num_classes} classes)",
-        caption=f"FLOPs: 2 per multiply-add + bias adds + pooling + softmax (docs/models.md). "
-        f"Paper figures are for {PAPER_CLASSES} classes.",
+
+def output_width() -> int:
+    """COLUMNS when set, else the terminal's width, else (a pipe, a file) 80."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return 80
+
+
+def compact(value: float) -> str:
+    """4 significant digits with k/M/G, as precise as the paper's figures: 5755730 -> 5.756M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:#.4g}{suffix}"
+    return f"{value:#.4g}"
+
+
+def plain_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a plain-text table: headers (two lines at most, split at \\n) over a line of dashes, the first
+    column left-aligned and the others right-aligned (numbers)."""
+    head = [h.split("\n") for h in headers]
+    depth = max(len(h) for h in head)
+    head = [[""] * (depth - len(h)) + h for h in head]
+    widths = [max(len(x) for x in [*h, *(r[i] for r in rows)]) for i, h in enumerate(head)]
+
+    def line(cells: list[str]) -> str:
+        return GAP.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return (
+        [line([h[d] for h in head]) for d in range(depth)]
+        + [GAP.join("-" * w for w in widths)]
+        + [line(r) for r in rows]
     )
-    table.add_column("preset")
-    table.add_column("input bytes", justify="right")
-    table.add_column("parameters", justify="right")
-    table.add_column("FLOPs/packet", justify="right")
-    if num_classes != PAPER_CLASSES:
-        table.add_column(f"params @{PAPER_CLASSES}", justify="right")
-        table.add_column(f"FLOPs @{PAPER_CLASSES}", justify="right")
-    table.add_column("paper params", justify="right")
-    table.add_column("paper FLOPs", justify="right")
-    table.add_column("source")
-    for r in rows:
-        start, stop = r["input_start"], r["input_start"] + r["input_bytes"]
-        cells = [r["preset"], f"{start}:{stop} ({r['input_bytes']})", f"{r['params']:,}", f"{r['flops']:.3e}"]
-        if num_classes != PAPER_CLASSES:
-            cells += [f"{r['params_12']:,}", f"{r['flops_12']:.3e}"]
-        if r["paper_params"] is None:
-            cells += ["-", "-", r["paper_source"]]
-        else:
-            cells += [f"{r['paper_params']:.3e}", f"{r['paper_flops']:.3e}", r["paper_source"]]
-        table.add_row(*cells)
-    return table
 
 
-def bundled_table(rows: list[dict]) -> Table:
-    table = Table(
-        title="Bundled models (--model NAME)",
-        caption="agreement: argmax agreement with float32, lowest over the held-out check sets (`--json` lists each "
-        "set); `--precision auto` picks an engine only at >= 99.5%. speed: medians `pktnin bench --model NAME "
-        "--record` recorded on this machine (engine alone / end to end)",
+def models_table(rows: list[dict], num_classes: int, width: int) -> list[str]:
+    """The presets, one line each; beside the counts at `num_classes`, those at the paper's class count when they
+    differ and the table still fits `width`."""
+    for with_paper_classes in (num_classes != PAPER_CLASSES, False):
+        headers = ["preset", "bytes", "params", "FLOPs"]
+        if with_paper_classes:
+            headers += [f"params\n@{PAPER_CLASSES}", f"FLOPs\n@{PAPER_CLASSES}"]
+        headers += ["paper\nparams", "paper\nFLOPs"]
+        cells = []
+        for r in rows:
+            row = [r["preset"], f"{r['input_start']}:{r['input_start'] + r['input_bytes']}"]
+            row += [compact(r["params"]), compact(r["flops"])]
+            if with_paper_classes:
+                row += [compact(r["params_12"]), compact(r["flops_12"])]
+            if r["paper_params"] is None:
+                row += ["-", "-"]
+            else:
+                row += [compact(r["paper_params"]), compact(r["paper_flops"])]
+            cells.append(row)
+        table = plain_table(headers, cells)
+        if max(len(x) for x in table) <= width:
+            break
+    note = (
+        "FLOPs: 2 per multiply-add + bias adds + pooling + softmax (docs/models.md). Paper figures: its Tables 5 "
+        f"and 7-8, for {PAPER_CLASSES} classes; - : beyond the paper."
     )
-    table.add_column("name")
-    table.add_column("preset")
-    table.add_column("classes", justify="right")
-    table.add_column("input")
-    table.add_column("size", justify="right")
-    table.add_column("trained on")
-    table.add_column("agreement with fp32")
-    table.add_column("packets/s")
-    for r in rows:
-        t = r["trained"]
-        trained = ", ".join(
-            part
-            for part in (
-                f"{t['rows']:,} rows" if t.get("rows") else None,
-                f"{t['split']} split" if t.get("split") else None,
-                f"fit {t['fit']}" if t.get("fit") else None,
-                f"mask {t['mask']}" if t.get("mask") else None,
-                (t.get("created") or "")[:10] or None,
-            )
-            if part
+    return [f"Model presets ({num_classes} classes)", "", *table, "", *textwrap.wrap(note, width)]
+
+
+def model_facts(r: dict) -> list[tuple[str, str]]:
+    """What `pktnin models` says about one bundled model, as (label, text) lines: one more fact is one more pair."""
+    t = r["trained"]
+    trained = ", ".join(
+        part
+        for part in (
+            f"{t['rows']:,} rows" if t.get("rows") else None,
+            f"{t['split']} split" if t.get("split") else None,
+            f"fit {t['fit']}" if t.get("fit") else None,
+            f"mask {t['mask']}" if t.get("mask") else None,
+            (t.get("created") or "")[:10] or None,
         )
-        preset = r["preset"] + (f" (alpha {r['alpha']:.2f})" if r.get("alpha") is not None else "")
-        table.add_row(
-            r["name"], preset, str(len(r["classes"])), f"{r['input_dtype']} [1500]",
-            f"{r['size_bytes'] / 1e6:.1f} MB", trained or "not recorded", _agreement_text(r["agreement"]),
-            _speed_text(r["speed"]),
-        )  # fmt: skip
-    return table
+        if part
+    )
+    preset = r["preset"] + (f" (alpha {r['alpha']:.2f})" if r.get("alpha") is not None else "")
+    return [
+        ("preset", preset),
+        ("classes", f"{len(r['classes'])}: " + ", ".join(r["classes"])),
+        ("input", f"{r['input_dtype']} [1500], {r['size_bytes'] / 1e6:.1f} MB"),
+        ("trained on", trained or "not recorded"),
+        ("agreement", _agreement_text(r["agreement"])),
+        ("packets/s", _speed_text(r["speed"])),
+    ]
+
+
+def model_block(r: dict, width: int) -> list[str]:
+    """One bundled model: its name, then one indented line per fact; long ones wrap under their text."""
+    facts = model_facts(r)
+    indent = 2 + max(len(label) for label, _ in facts) + len(GAP)
+    lines = [r["name"]]
+    for label, text in facts:
+        wrapped = textwrap.wrap(text, max(20, width - indent), break_on_hyphens=False) or [""]
+        lines.append(f"  {label}".ljust(indent) + wrapped[0])
+        lines += [" " * indent + more for more in wrapped[1:]]
+    return lines
+
+
+def bundled_blocks(rows: list[dict], width: int) -> list[str]:
+    lines = ["Bundled models (--model NAME)", ""]
+    for r in rows:
+        lines += [*model_block(r, width), ""]
+    note = (
+        "agreement: argmax agreement with float32, lowest over the held-out check sets (`--json` lists each set); "
+        "`--precision auto` picks an engine only at >= 99.5%. packets/s: medians `pktnin bench --model NAME "
+        "--record` recorded on this machine, engine alone / end to end."
+    )
+    return lines + textwrap.wrap(note, width)
 
 
 def _agreement_text(agreement: dict) -> str:
@@ -116,12 +166,9 @@ def models(
     if as_json:
         typer.echo(json.dumps({"bundled": bundled, "presets": rows}, indent=2))
         return
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=160)  # a pipe or a file: do not squeeze the columns into 80
-    if bundled:
-        out.print(bundled_table(bundled))
-    out.print(models_table(rows, classes))
+    width = output_width()
+    lines = [*bundled_blocks(bundled, width), ""] if bundled else []
+    typer.echo("\n".join(lines + models_table(rows, classes, width)))
 
 
 def register(app: typer.Typer) -> None:

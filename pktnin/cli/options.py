@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -16,6 +16,25 @@ MODEL_HELP = (
     "A bundled model by name (nin_parallel_small_port, nin1_port: see `pktnin models`) or a model file "
     "(.onnx, .keras checkpoint, .plan engine). Default: nin_parallel_small_port."
 )
+
+# The values an option takes, as Literal types so that --help lists them (`--mask <paper|strict>`) and typer
+# refuses any other. Each equals the library's own tuple (tests/test_cli_conventions.py checks it).
+Mask = Literal["paper", "strict"]  # layout.MASK_PROFILES
+Backend = Literal["auto", "tensorrt", "onnxruntime", "openvino"]  # engine.runners.BACKENDS
+CpuPrecision = Literal["auto", "fp32", "bf16", "int8"]  # engine.precision.PRECISIONS
+OutputFormat = Literal["parquet", "csv"]  # score.writers.FORMATS
+Executor = Literal["local", "ray"]  # distributed.run.EXECUTORS
+Split = Literal["train", "val", "test"]  # dataset.format.SPLIT_NAMES
+SplitMode = Literal["random", "by-file"]  # dataset.options.SPLIT_MODES
+SourceKind = Literal["auto", "iscx", "class-dirs", "csv"]  # dataset.detect.SOURCE_KINDS
+IscxTask = Literal["A", "B"]
+ClassWeighting = Literal["none", "balanced", "file"]  # trainer.train.CLASS_WEIGHTING
+Fit = Literal["train", "train+val"]  # trainer.train.FIT_SPLITS
+Augmentation = Literal["none", "header-jitter"]  # trainer.augment.AUGMENTATIONS
+TrainPrecision = Literal["float32", "mixed_bfloat16"]  # trainer.train.PRECISIONS
+InputDtype = Literal["float32", "uint8"]  # engine.runner_base.INPUT_DTYPES
+QuantizeTarget = Literal["cpu", "tensorrt"]  # engine.quantize.TARGETS
+TensorRTPrecision = Literal["fp32", "fp16", "int8"]  # engine.trt_build.PRECISIONS
 
 ModelOption = Annotated[
     Optional[str], typer.Option("--model", "-m", metavar="NAME|FILE", help=MODEL_HELP, show_default=False)

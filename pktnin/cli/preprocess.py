@@ -9,7 +9,7 @@ import typer
 
 from pktnin.cli.console import console, file_progress, print_file_reports
 from pktnin.cli.errors import check_inputs_read, exit_codes
-from pktnin.cli.options import QuietOption, SummaryOption, check_summary_path, write_summary
+from pktnin.cli.options import Mask, QuietOption, SummaryOption, check_summary_path, write_summary
 
 
 def preprocess(
@@ -21,7 +21,7 @@ def preprocess(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz file (written atomically).")],
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
-    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     quiet: QuietOption = False,
@@ -59,7 +59,7 @@ def preprocess(
         },
     )
     if not quiet:
-        print_file_reports(result.reports, skips)
+        print_file_reports(result.reports, skips, full_list="--summary")
         console.print(f"{result.rows:,} rows from {len(files)} files -> {out}")
     check_inputs_read(result.reports)
 

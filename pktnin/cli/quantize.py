@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +12,7 @@ import typer
 
 from pktnin.cli.console import console, escape
 from pktnin.cli.errors import exit_codes, usage
+from pktnin.cli.options import QuantizeTarget
 
 
 def quantize(
@@ -47,10 +50,16 @@ def quantize(
         ),
     ] = 3000,
     methods: Annotated[
-        str, typer.Option("--methods", help="Calibration methods to try, comma-separated: minmax, percentile, entropy.")
+        str,
+        typer.Option(
+            "--methods",
+            metavar="LIST",
+            help="Calibration methods to try, comma-separated: minmax, percentile, entropy.",
+        ),
     ] = "minmax,percentile",
     target: Annotated[
-        str, typer.Option("--target", help="cpu (uint8 activations, fastest on x86) or tensorrt (symmetric int8).")
+        QuantizeTarget,
+        typer.Option("--target", help="cpu (uint8 activations, fastest on x86) or tensorrt (symmetric int8)."),
     ] = "cpu",
     agreement: Annotated[
         float, typer.Option("--agreement", help="Argmax agreement with float32 to reach on the validation rows.")
@@ -113,19 +122,22 @@ def quantize(
             f"{escape(str(data))}",
             highlight=False,
         )
-        result = q.quantize_model(
-            src,
-            target_path,
-            cal,
-            val,
-            methods=method_list,
-            target=target,
-            target_agreement=agreement,
-            provenance={"dataset": str(Path(data).resolve()), "seed": seed},
-            log=lambda line: console.print("  " + escape(line), highlight=False),
-            validation_split="selection",
-            checks=checks,
-        )
+        # ONNX Runtime's histogram calibrators print their progress to stdout: keep it off the terminal (this
+        # command's own lines go to stderr)
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = q.quantize_model(
+                src,
+                target_path,
+                cal,
+                val,
+                methods=method_list,
+                target=target,
+                target_agreement=agreement,
+                provenance={"dataset": str(Path(data).resolve()), "seed": seed},
+                log=lambda line: console.print("  " + escape(line), highlight=False),
+                validation_split="selection",
+                checks=checks,
+            )
     chosen = result.chosen
     console.print(
         f"{result.path}: {chosen.method} calibration, {len(chosen.excluded_nodes)} nodes kept in float32 "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -15,7 +16,18 @@ from pktnin.cli.errors import (
     interrupt_exit_code,
     stop_signals_interrupt,
 )
-from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
+from pktnin.cli.options import (
+    Backend,
+    CpuPrecision,
+    Executor,
+    Mask,
+    ModelOption,
+    OutputFormat,
+    QuietOption,
+    SummaryOption,
+    check_summary_path,
+    write_summary,
+)
 from pktnin.errors import OptionError
 
 DEFAULT_BATCH = 512
@@ -34,9 +46,12 @@ def score(
         ),
     ],
     model: ModelOption = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorrt, onnxruntime or openvino.")] = "auto",
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="Engine running the model (auto: TensorRT on a GPU, else the CPU).")
+    ] = "auto",
     precision: Annotated[
-        str, typer.Option("--precision", help="auto (fastest engine that agrees with fp32), fp32, bf16 or int8.")
+        CpuPrecision,
+        typer.Option("--precision", help="auto: the fastest engine that agrees with fp32."),
     ] = "auto",
     engine_workers: Annotated[
         int,
@@ -53,7 +68,8 @@ def score(
     ] = None,
     flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="parquet or csv (default: from --out's suffix, else parquet).")
+        Optional[OutputFormat],
+        typer.Option("--format", help="Output format (default: from --out's suffix, else parquet)."),
     ] = None,
     probs: Annotated[bool, typer.Option("--probs", help="Add one probability column per class (p_<class>).")] = False,
     resume: Annotated[
@@ -68,9 +84,12 @@ def score(
         typer.Option("--report", help="Per-file report (.json or .csv): status, error and offset, rows, skips."),
     ] = None,
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
-    mask: Annotated[str, typer.Option("--mask", help="Masking profile: paper or strict.")] = "paper",
+    mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Threads of the CPU model (ONNX Runtime intra-op threads).")
+        Optional[int],
+        typer.Option(
+            "--threads", min=1, metavar="N", help="Threads running the model on the CPU (default: one per core)."
+        ),
     ] = None,
     prep_threads: Annotated[
         Optional[int],
@@ -80,22 +99,26 @@ def score(
     quiet: QuietOption = False,
     summary: SummaryOption = None,
     executor: Annotated[
-        str,
+        Executor,
         typer.Option(
             "--executor",
             "--engine",
-            help="local (this process) or ray (units on a Ray cluster, extra pktnin[ray]). --engine: old name.",
+            help="local: this process; ray: units on a Ray cluster (extra pktnin[ray]). --engine: old name.",
         ),
     ] = "local",
     ray_address: Annotated[
         Optional[str],
-        typer.Option("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)."),
+        typer.Option(
+            "--ray-address", metavar="auto|HOST:PORT", help="Ray cluster to join (default: start a local Ray)."
+        ),
     ] = None,
     actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring units (each loads the model once).")] = 1,
     split_bytes: Annotated[
         str,
         typer.Option(
-            "--split-bytes", help="Units of work: cut larger files, group smaller ones up to this size (e.g. 256M)."
+            "--split-bytes",
+            metavar="SIZE",
+            help="Units of work: cut larger files, group smaller ones up to this size (e.g. 256M).",
         ),
     ] = "256M",
     keep_parts: Annotated[
@@ -114,6 +137,7 @@ def score(
     With `--executor ray` the units of work are scored by Ray actors (same outputs, same `--resume`).
     """
 
+    started = time.perf_counter()
     # The scoring modules load numba, Arrow and the engines: imported when the command runs, not for --help.
     from pktnin.api import ScoreJob
     from pktnin.distributed.run import executor_options
@@ -126,6 +150,7 @@ def score(
         ray = executor_options(executor, ray_address, actors, keep_parts)
         unit_bytes = size_option("--split-bytes", split_bytes)
         check_summary_path(summary, force)
+        check_output_folders(out=out, flows=flows, report=report)
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
@@ -147,11 +172,19 @@ def score(
                       " to continue")  # fmt: skip
         raise typer.Exit(interrupt_exit_code(exc)) from None
 
+    timings = {**job.timings, "wall": time.perf_counter() - started}
     if not quiet:
-        _print_summary(result)
+        _print_summary(result, timings)
         console.print(f"engine: {engine_line(job.choice)}", markup=False, highlight=False)
-    write_summary(summary, run_summary(result, job.model_path, job.runner, job.choice))
+    write_summary(summary, run_summary(result, job.model_path, job.runner, job.choice, timings))
     check_inputs_read(result.reports)
+
+
+def check_output_folders(**paths: Path | None) -> None:
+    """The command line creates no folders: a typo in one must not become a new tree of folders."""
+    for option, path in paths.items():
+        if path is not None and not path.absolute().parent.exists():
+            raise OptionError(f"--{option} {path}: folder {path.parent} does not exist (create it first)")
 
 
 def size_option(option: str, text: str) -> int:
@@ -171,7 +204,7 @@ def engine_line(choice) -> str:
     return line
 
 
-def run_summary(result, model_path: Path, runner, choice) -> dict:
+def run_summary(result, model_path: Path, runner, choice, timings: dict[str, float] | None = None) -> dict:
     """What the end-of-run tables show, as one JSON-able dict (--summary)."""
     from pktnin.packets import total_skips
 
@@ -191,6 +224,7 @@ def run_summary(result, model_path: Path, runner, choice) -> dict:
         "resumed_files": result.resumed,
         "packets": result.packets,
         "seconds": result.seconds,
+        "timings": dict(timings or {}),
         "packets_per_s": result.packets_per_s,
         "labels": {name: int(n) for name, n in zip(result.classes, result.label_counts.tolist()) if n},
         "skipped_packets": total_skips(result.reports),
@@ -203,7 +237,7 @@ def run_summary(result, model_path: Path, runner, choice) -> dict:
     }
 
 
-def _print_summary(result) -> None:
+def _print_summary(result, timings: dict[str, float]) -> None:
     from rich.table import Table
 
     from pktnin.packets import total_skips
@@ -216,19 +250,44 @@ def _print_summary(result) -> None:
     for name, count in sorted(zip(result.classes, result.label_counts.tolist()), key=lambda kv: -kv[1]):
         if count:
             labels.add_row(name, f"{count:,}", f"{count / total:.1%}")
-    console.print(labels)
+    if total:  # nothing scored: no empty table
+        console.print(labels)
     print_file_reports(result.reports, total_skips(result.reports))
     resumed = f" ({result.resumed} taken from the earlier run)" if result.resumed else ""
     console.print(
-        f"{result.packets:,} packets scored from {len(result.files)} files{resumed} in {result.seconds:.2f} s: "
-        f"{result.packets_per_s:,.0f} packets/s"
+        f"{result.packets:,} packets scored from {len(result.files)} file{'s' if len(result.files) != 1 else ''}"
+        f"{resumed}: "
+        f"{result.packets_per_s:,.0f} packets/s over {result.seconds:.2f} s of scoring"
     )
+    if "wall" in timings:
+        console.print(time_line(timings), highlight=False)
     if not result.outputs:
         console.print("no output written: not one input could be read")
         return
     console.print(f"{result.rows_written:,} rows -> {result.outputs[0]}")
     if result.flows_written is not None:
         console.print(f"{result.flows_written:,} flows -> {result.outputs[1]}")
+
+
+TIMING_NAMES = {  # in the order a run spends them
+    "model": "model load and engine choice",
+    "ray_start": "Ray start",
+    "kernels": "packet kernels",
+    "scoring": "scoring",
+    "outputs": "outputs",
+}
+
+
+def time_line(timings: dict[str, float]) -> str:
+    """Where the wall time went: the fixed costs beside the scoring (a small capture's run is mostly those)."""
+    names = dict(TIMING_NAMES)
+    if "ray_start" in timings:  # each actor loads the model and the kernels before its first unit
+        names["scoring"] = "scoring (actors' start included)"
+    parts = [f"{name} {timings[key]:.2f} s" for key, name in names.items() if key in timings]
+    other = timings["wall"] - sum(timings.get(key, 0.0) for key in TIMING_NAMES)
+    if other >= 0.01:
+        parts.append(f"other {other:.2f} s")  # finding the inputs, checks, the tables
+    return f"{timings['wall']:.2f} s in all: " + ", ".join(parts)
 
 
 def register(app: typer.Typer) -> None:

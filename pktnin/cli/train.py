@@ -9,7 +9,7 @@ import typer
 
 from pktnin.cli.console import console
 from pktnin.cli.errors import exit_codes
-from pktnin.cli.options import VerboseOption, silence_tensorflow
+from pktnin.cli.options import Augmentation, ClassWeighting, Fit, TrainPrecision, VerboseOption, silence_tensorflow
 from pktnin.trainer.presets import PRESETS
 
 PRESETS_HELP = ", ".join(PRESETS)
@@ -36,7 +36,7 @@ def train(
         typer.Option("--max-per-flow", min=1, help="Use at most N training rows of each flow (seeded sample)."),
     ] = None,
     class_weighting: Annotated[
-        str,
+        ClassWeighting,
         typer.Option(
             "--class-weighting",
             help="none; balanced (inverse class frequency); file (balanced, and capture files equal within a class).",
@@ -51,7 +51,7 @@ def train(
     width: Annotated[float, typer.Option("--width", min=0.01, help="Scale every layer's width (tests).")] = 1.0,
     dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout rate.")] = 0.1,
     fit: Annotated[
-        str,
+        Fit,
         typer.Option(
             "--fit",
             help="train; or train+val: refit on both splits for exactly --epochs epochs (no early stopping; take "
@@ -62,7 +62,7 @@ def train(
         Optional[float], typer.Option("--alpha", min=0.0, max=1.0, help="A fusion preset: use this alpha (no search).")
     ] = None,
     augment: Annotated[
-        str,
+        Augmentation,
         typer.Option(
             "--augment",
             help="none; or header-jitter: random bytes in the header fields that identify a capture (IP id, TTL, "
@@ -70,7 +70,7 @@ def train(
         ),
     ] = "none",
     precision: Annotated[
-        str,
+        TrainPrecision,
         typer.Option(
             "--precision",
             help="float32; or mixed_bfloat16: compute in bfloat16, weights in float32 (faster on CPUs with "

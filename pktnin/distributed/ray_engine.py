@@ -21,7 +21,10 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import struct
+import os
+import re
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,11 +36,10 @@ import numba
 from pktnin.engine.cache import cache_dir
 from pktnin.engine.runner_base import Runner
 from pktnin.engine.runners import open_runner
-from pktnin.kernels.capture import CaptureReader
-from pktnin.kernels.cpu import transform
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.unit_run import score_unit
 from pktnin.scoring.units import Unit
+from pktnin.scoring.warmup import warm_kernels
 from pktnin.stages import Progress
 
 
@@ -54,25 +56,6 @@ class RunnerSpec:
         return open_runner(
             self.model_path, self.backend, intra_threads=threads, max_batch=self.batch, precision=self.precision
         )
-
-
-def warm_kernels() -> None:
-    """Compile (or load from numba's cache) the record walks and the CPU prep kernel on a tiny capture.
-    numba caches in the package's __pycache__, or in a user-wide folder when that is read-only (an image);
-    NUMBA_CACHE_DIR in the workers' environment chooses another (read when numba is first imported)."""
-    frame = bytes(12) + b"\x08\x00" + bytes([0x45, 0, 0, 40]) + bytes(4) + bytes([64, 6, 0, 0]) + bytes(8) + bytes(20)
-    pcap = (
-        struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-        + struct.pack("<IIII", 0, 0, len(frame), len(frame))
-        + frame
-    )
-    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
-    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 0) + struct.pack("<I", 20)
-    body = struct.pack("<IIIII", 0, 0, 0, len(frame), len(frame)) + frame
-    epb = struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
-    for data in (pcap, shb + idb + epb):  # bytes: read-only buffers, like the file windows (one specialization)
-        for raw in CaptureReader(data):
-            transform(raw)
 
 
 @contextmanager
@@ -96,7 +79,14 @@ def build_lock(runner_spec: RunnerSpec) -> Iterator[None]:
 class UnitScorer:
     """The Ray Data actor: one runner per actor, one unit per call."""
 
-    def __init__(self, runner_spec: RunnerSpec, options: ScoreOptions, parts_dir: str, threads: int) -> None:
+    def __init__(
+        self,
+        runner_spec: RunnerSpec,
+        options: ScoreOptions,
+        parts_dir: str,
+        threads: int,
+        named: set[Path] | None = None,
+    ) -> None:
         cpus = max(1, int(threads))
         numba.set_num_threads(
             min(cpus, getattr(numba.config, "NUMBA_NUM_THREADS"))
@@ -105,11 +95,14 @@ class UnitScorer:
             self.runner = runner_spec(cpus)  # ONNX Runtime intra-op threads = the actor's CPUs
         self.options = options
         self.parts_dir = Path(parts_dir)
+        self.named = named
         warm_kernels()
 
     def __call__(self, batch: dict) -> dict:
         summaries = [
-            json.dumps(score_unit(Unit.from_dict(json.loads(u)), self.runner, self.options, self.parts_dir))
+            json.dumps(
+                score_unit(Unit.from_dict(json.loads(u)), self.runner, self.options, self.parts_dir, named=self.named)
+            )  # fmt: skip
             for u in batch["unit"]
         ]
         return {"summary": summaries}
@@ -139,8 +132,9 @@ class RayExecutor:
         actors: int = 1,
         cpus_per_actor: float | None = None,
         num_gpus: float | None = None,
+        named: set[Path] | None = None,
     ) -> None:
-        self.runner_spec, self.options = runner_spec, options
+        self.runner_spec, self.options, self.named = runner_spec, options, named
         self.actors, self.cpus_per_actor, self.num_gpus = actors, cpus_per_actor, num_gpus
 
     def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterator[dict]:
@@ -160,12 +154,57 @@ class RayExecutor:
             UnitScorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
-            fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads),
+            fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads, self.named),
             num_cpus=cpus,
             num_gpus=gpus,
         )
         for row in ds.iter_rows():
             yield json.loads(row["summary"])
+
+
+# A line of Ray's native (C++) log, as its core worker writes it to the driver's stderr:
+# "[2026-12-07 16:41:50,884 E 16683 16683] core_worker.cc:2465: ...".
+NATIVE_LOG_LINE = re.compile(rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z] \d+ \d+\] [^\n]*\n")
+# Where such a line may start in text not yet ended by a newline: a "[" that opens no terminal escape sequence.
+_MAYBE_NATIVE = re.compile(rb"(?<!\x1b)\[(\d|$)")
+
+
+class NativeLogFilter:
+    """File descriptor 2 through a pipe that drops Ray's native log lines: they come from its C++ side, past
+    Python's logging. Everything else (the progress bar, warnings, errors) passes at once and in order."""
+
+    def __enter__(self) -> NativeLogFilter:
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.thread = threading.Thread(target=self._pump, args=(read_end,), name="pktnin-stderr", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)  # closes the pipe's last write end: the pump reads its end and stops
+        self.thread.join(timeout=5)
+        os.close(self.saved)
+
+    def _pump(self, read_end: int) -> None:
+        pending = b""
+        try:
+            while chunk := os.read(read_end, 1 << 16):
+                pending = NATIVE_LOG_LINE.sub(b"", pending + chunk)
+                held = _MAYBE_NATIVE.search(pending)  # a native line may be arriving: wait for its newline
+                cut = held.start() if held is not None else len(pending)
+                self._write(pending[:cut])
+                pending = pending[cut:]
+            self._write(pending)
+        finally:
+            os.close(read_end)
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self.saved, data) :]
 
 
 class ray_session:
@@ -182,9 +221,16 @@ class ray_session:
         if not ray.is_initialized():
             import ray.data  # configures its logger on import: quieten it after that
 
-            # Ray's INFO lines (cluster start, dataset plans) would bury pktnin's own progress and summary.
+            # Ray's INFO lines (cluster start, dataset plans) and warnings would bury pktnin's own progress and
+            # summary; a failure still surfaces as an error of the run.
+            logging.getLogger("ray").setLevel(logging.ERROR)
             logging.getLogger("ray.data").setLevel(logging.ERROR)
-            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **self.init_kwargs)
+            self.native_logs = NativeLogFilter().__enter__()  # and its native log lines (actor restarts ...)
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR, **self.init_kwargs)
+            except BaseException:
+                self.native_logs.__exit__()
+                raise
             self.owned = True
         from ray.data import DataContext
 
@@ -196,4 +242,7 @@ class ray_session:
         if self.owned:
             import ray
 
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            finally:
+                self.native_logs.__exit__()

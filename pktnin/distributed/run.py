@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,12 @@ def executor_options(executor: str, address: str | None, actors: int, keep_parts
 
 
 def score_on_ray(files: list[Path], opts: ScoreOptions, runner: Runner, model_path: Path, backend: str,
-                 ray: RayOptions, progress: Progress | None = None) -> ScoreResult:  # fmt: skip
+                 ray: RayOptions, progress: Progress | None = None, named: set[Path] | None = None,
+                 timings: dict[str, float] | None = None) -> ScoreResult:  # fmt: skip
     """Score `files` by units on Ray actors, each opening the model the driver opened (same backend and
-    precision); returns the ScoreResult. Closes `runner`: the driver only needs its classes."""
+    precision); returns the ScoreResult. Closes `runner`: the driver only needs its classes. `named`: the
+    files the user named (the others that are not captures are no failure, as in this process); `timings`
+    gets "ray_start", the seconds Ray took to start or join."""
     from pktnin.distributed.ray_engine import RayExecutor, RunnerSpec, ray_session
 
     classes = list(runner.classes)
@@ -84,8 +88,11 @@ def score_on_ray(files: list[Path], opts: ScoreOptions, runner: Runner, model_pa
     )
     previous = signal.signal(signal.SIGTERM, stop) if in_main else None
     try:
+        started = time.perf_counter()
         with ray_session(ray.address):
-            executor = RayExecutor(spec, opts, actors=ray.actors)
+            if timings is not None:
+                timings["ray_start"] = time.perf_counter() - started
+            executor = RayExecutor(spec, opts, actors=ray.actors, named=named)
             return run_units(files, opts, classes, executor, progress=progress, keep_parts=ray.keep_parts)
     finally:
         if in_main:

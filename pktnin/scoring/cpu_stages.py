@@ -41,8 +41,8 @@ def read_stage(
 ) -> None:
     """PacketBatch chunks and a FileEnd per piece (a file or a byte range of one), then DONE. `source` stands in
     for packets.iter_packets; settings.prep_threads (None: numba's default) sets the prep kernels' threads;
-    `named`: the files the user named (packets.iter_raw_batches); `progress` (optional) gets add_bytes(n) as
-    files are read."""
+    `named`: the files the user named (packets.iter_raw_batches); `progress` (optional) gets add_bytes(n, packets)
+    as files are read."""
     threads, mask, keep_dns = settings.prep_threads, settings.mask, settings.keep_dns
     if threads:
         # numba.config sets its settings at run time from the environment, invisible to a type checker
@@ -59,13 +59,13 @@ def read_stage(
                                 first_index=index, named=named, should_stop=stages.stop.is_set,
                                 **ranged):  # fmt: skip
                 stages.put(out_q, batch)
-                if add_bytes is not None and batch.consumed > read:
-                    add_bytes(batch.consumed - read)
-                    read = batch.consumed
+                if add_bytes is not None:  # with the packets to score in them: the bar counts scored work
+                    add_bytes(max(0, batch.consumed - read), len(batch))
+                    read = max(read, batch.consumed)
         except ReadStopped:  # a wait on a stream ended because the run is stopping
             raise Stopped from None
         if add_bytes is not None:
-            add_bytes(max(0, input_size(path) - read))  # the rest: records skipped, or the file ended early
+            add_bytes(max(0, input_size(path) - read), 0)  # the rest: records skipped, or the file ended early
         stages.put(out_q, FileEnd(reports[0]))
     stages.put(out_q, DONE)
 

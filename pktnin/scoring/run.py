@@ -34,12 +34,13 @@ from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.scoring import manifest as mf
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks
+from pktnin.scoring.cpu_stages import input_size
 from pktnin.scoring.flows import FlowAccumulator, flow_schema
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.outputs import check_outputs
 from pktnin.scoring.reports import merge_reports
 from pktnin.scoring.unit_run import STATE_DIR, LocalExecutor, load_flow_states, load_summary
-from pktnin.scoring.units import INDEX_STEP_RECORDS, Unit, make_units
+from pktnin.scoring.units import INDEX_STEP_RECORDS, Piece, Unit, make_units
 from pktnin.scoring.writers import ROW_GROUP_ROWS, packet_schema, write_batches_to
 from pktnin.stages import Progress
 
@@ -126,6 +127,7 @@ class _Run:
         self.manifest.files = dict(self.finished)
         self.manifest.save()
         mf.prune_units(self.parts, set(self.finished))
+        self.unit_bytes = {u.id: sum(_piece_bytes(p) for p in u.pieces) for u in self.units}
         self.units_of_file: dict[int, list[Unit]] = defaultdict(list)
         for u in self.units:
             for p in u.pieces:
@@ -144,6 +146,9 @@ class _Run:
         resumed = sum(1 for n in left.values() if n == 0)
         if progress is not None and resumed:
             progress.file_done(resumed)
+        add_bytes = getattr(progress, "add_bytes", None)  # optional: a progress may count packets only
+        if add_bytes is not None and self.finished:  # work done by an earlier run: at the bar's start
+            add_bytes(sum(self.unit_bytes[i] for i in self.finished), 0)
 
         started = time.perf_counter()
         packets = records = 0
@@ -157,7 +162,9 @@ class _Run:
                 last_save = time.monotonic()
             packets += summary["packets"]
             records += summary["records"]
-            if progress is not None and not executor.live_progress:
+            if progress is not None and not executor.live_progress:  # told per unit: its bytes are scored work
+                if add_bytes is not None:
+                    add_bytes(self.unit_bytes[summary["id"]], summary["packets"])
                 progress.add_packets(summary["packets"])
             for f in summary["files"]:
                 left[f["file_index"]] -= 1
@@ -255,3 +262,11 @@ class _Run:
                         states = {summary["id"]: load_flow_states(self.parts, summary, self.held)}  # one at a time
                     acc.add_partial(states[summary["id"]][number])
             yield from acc.table(str(path), class_array, fschema).to_batches()
+
+
+def _piece_bytes(piece: Piece) -> int:
+    """Bytes of a piece: its byte range, or the whole file's size (0 for a stream)."""
+    if piece.whole:
+        return input_size(Path(piece.path))
+    size = input_size(Path(piece.path))
+    return (size if piece.stop is None else piece.stop) - (piece.start or 0)

@@ -78,7 +78,7 @@ class Part:
 class UnitWriter:
     """Scored pieces and FileEnd markers of one unit -> its packet part, and per piece (a file or a byte range
     of one) its counts, report and, with flows, its per-flow partial sums; finish() saves the flow partials and
-    the unit's summary (unit_run). `progress` (optional) gets add_packets(n) as rows are written."""
+    the unit's summary (unit_run). `progress` (optional) gets add_packets(n) as rows arrive scored."""
 
     def __init__(
         self, unit: Unit, opts: ScoreOptions, classes: list[str], parts_dir: Path, progress: Progress | None = None
@@ -101,6 +101,8 @@ class UnitWriter:
         self.flows = FlowAccumulator(self.n_classes) if self.with_flows else None
 
     def scored(self, item: Scored) -> None:
+        if self.progress is not None:  # told as scored, not when written: rows wait to be written in big batches
+            self.progress.add_packets(len(item.probs))
         if self.waiting.add(item):
             self._write_waiting()
 
@@ -115,8 +117,6 @@ class UnitWriter:
         self.counts += np.bincount(idx, minlength=self.n_classes)
         if self.flows is not None:
             self.flows.add(meta, probs)
-        if self.progress is not None:
-            self.progress.add_packets(len(idx))
 
     def file_end(self, report: FileReport) -> None:
         self._write_waiting()

@@ -19,6 +19,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from pktnin.atomic import atomic_path
+from pktnin.errors import OptionError
 from pktnin.names import name_text
 from pktnin.schema import meta_dtype
 
@@ -194,4 +195,6 @@ def format_for(out: Path | None, fmt: str | None) -> str:
     if fmt is not None:
         return fmt
     suffix = "" if out is None else Path(out).suffix.lower().lstrip(".")
-    return suffix if suffix in FORMATS else "parquet"
+    if suffix and suffix not in FORMATS:  # out.txt would hold Parquet under a name that says otherwise
+        raise OptionError(f"--out {out}: .{suffix} is neither .parquet nor .csv: rename it, or give --format")
+    return suffix or "parquet"
