@@ -64,9 +64,14 @@ class ScoreJob:
         threads: int | None = None,
         prep_threads: int | None = None,
         ray=None,
+        decide: str | None = None,
+        flow_packets: int | None = None,
+        flow=None,
     ) -> ScoreJob:
         """Raises UsageError (OptionError, OutputError) or FileNotFoundError for what cannot work, before any
-        packet is read."""
+        packet is read. `decide`: packet or flow (None: flow for a flow model, else packet); `flow_packets`: K,
+        the rows of each flow the decision uses (a flow model's own K by default); `flow`: a
+        flow_decide.FlowParams for the timeouts and limits of the flow table."""
         from pktnin.score import ScoreOptions
         from pktnin.score.manifest import manifest_path, parts_dir
         from pktnin.score.outputs import check_outputs
@@ -85,8 +90,11 @@ class ScoreJob:
             raise UsageError("no capture files found in the given paths")
         runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
         try:
+            decide, flow = flow_options(runner, decide, flow_packets, flow)
             opts = replace(
                 opts,
+                decide=decide,
+                flow=flow,
                 prep_threads=prep_threads or _default_prep_threads(runner),
                 model_id=_model_id(model_path, runner),
                 model_name=Path(model_path).name,
@@ -137,13 +145,18 @@ def iter_scores(
     threads: int | None = None,
     prep_threads: int | None = None,
     reports: list[FileReport] | None = None,
+    decide: str | None = None,
+    flow_packets: int | None = None,
+    flow=None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of per-packet predictions (the columns `pktnin score` writes), in input order, as they
     are scored: memory stays bounded whatever the inputs' size. `reports`, when given, receives one FileReport
-    per input file as it is finished. Stopping the iteration early stops the run."""
+    per input file as it is finished. Stopping the iteration early stops the run. `decide`, `flow_packets`,
+    `flow`: as ScoreJob.prepare."""
     from pktnin.engine.protocols import DeviceRunner
     from pktnin.score import ScoreOptions
-    from pktnin.score.cpu_stages import engine_stage, read_stage
+    from pktnin.score.cpu_stages import read_stage
+    from pktnin.score.flow_stage import check_device_decide, start_engine
     from pktnin.score.pipeline import READ_QUEUE, SCORED_QUEUE
     from pktnin.score.stages import DONE, Scored, Stages, Stopped
     from pktnin.score.writer_stage import WRITE_ROWS
@@ -154,7 +167,12 @@ def iter_scores(
     files = find_captures(paths)
     named = named_captures(files, paths)
     runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
-    opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner),
+    try:
+        decide, flow = flow_options(runner, decide, flow_packets, flow)
+    except BaseException:
+        runner.close()
+        raise
+    opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner), decide=decide, flow=flow,
                    model_id=_model_id(model_path, runner), model_name=Path(model_path).name)  # fmt: skip
     classes = list(runner.classes)
     schema = packet_schema(classes, probs).with_metadata(opts.metadata(classes))
@@ -176,6 +194,7 @@ def iter_scores(
         if isinstance(runner, DeviceRunner):
             from pktnin.score import gpu_stages
 
+            check_device_decide(opts)
             size = gpu_stages.device_batch_size(runner, batch)
             stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, size, named)
             stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, size, mask, keep_dns,
@@ -183,7 +202,7 @@ def iter_scores(
         else:
             stages.thread("pktnin-read", read_stage, stages, todo, read_q, mask, keep_dns, opts.prep_threads,
                           iter_packets, named)  # fmt: skip
-            stages.thread("pktnin-engine", engine_stage, stages, runner, batch, read_q, scored_q)
+            start_engine(stages, runner, opts, read_q, scored_q)
         rows = 0
         while True:
             try:
@@ -263,11 +282,39 @@ def open_model(
     that agrees with fp32; `engine_workers` None measures one multi-thread session against single-thread ones."""
     from pktnin.engine.catalog import resolve_model
     from pktnin.engine.runners import open_runner
+    from pktnin.score.flow_model import FlowModelRunner, is_flow_model
 
     model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
+    if is_flow_model(model_path):
+        from pktnin.errors import OptionError
+
+        if backend not in ("auto", "onnxruntime") or precision not in ("auto", "fp32"):
+            raise OptionError(f"{Path(model_path).name} is a flow model: it runs on ONNX Runtime in fp32")
+        return FlowModelRunner(model_path, intra_threads=threads, max_batch=batch), model_path
     runner = open_runner(model_path, backend, intra_threads=threads, max_batch=batch, precision=precision,
                          engine_workers=engine_workers)  # fmt: skip
     return runner, model_path
+
+
+def flow_options(runner, decide: str | None, flow_packets: int | None, flow=None):
+    """(decide, FlowParams) for a run with `runner`: a flow model decides per flow with its own K; any other
+    model per packet unless told, with K = flow_packets (default FlowParams().packets)."""
+    from pktnin.errors import OptionError
+    from pktnin.flow_decide import FlowParams
+    from pktnin.score.flow_model import FlowModelRunner
+
+    flow = flow or FlowParams()
+    if isinstance(runner, FlowModelRunner):
+        if decide == "packet":
+            raise OptionError(f"{runner.path.name} is a flow model: it decides per flow (--decide flow)")
+        if flow_packets is not None and flow_packets != runner.flow_packets:
+            raise OptionError(
+                f"{runner.path.name} decides from the first {runner.flow_packets} packets of each flow, not {flow_packets}"
+            )
+        return "flow", replace(flow, packets=runner.flow_packets)
+    if flow_packets is not None and decide != "flow":
+        raise OptionError("--flow-packets goes with --decide flow")
+    return decide or "packet", replace(flow, packets=flow.packets if flow_packets is None else flow_packets)
 
 
 def _default_prep_threads(runner) -> int | None:

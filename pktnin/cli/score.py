@@ -9,7 +9,15 @@ import typer
 
 from pktnin.cli.console import console, file_progress, print_file_reports, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
-from pktnin.cli.options import ModelOption, QuietOption, SummaryOption, check_summary_path, write_summary
+from pktnin.cli.options import (
+    DecideOption,
+    FlowPacketsOption,
+    ModelOption,
+    QuietOption,
+    SummaryOption,
+    check_summary_path,
+    write_summary,
+)
 
 DEFAULT_BATCH = 512
 
@@ -37,6 +45,8 @@ def score(
         ),
     ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
+    decide: DecideOption = None,
+    flow_packets: FlowPacketsOption = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Per-packet output file (default predictions.parquet or .csv)."),
@@ -108,7 +118,7 @@ def score(
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
-            batch=batch, threads=threads, prep_threads=prep_threads, ray=ray,
+            batch=batch, threads=threads, prep_threads=prep_threads, ray=ray, decide=decide, flow_packets=flow_packets,
         )  # fmt: skip
     from pktnin.engine.catalog import mask_warning
 

@@ -136,7 +136,7 @@ def _score_locked(files, opts, classes, execute, split_bytes, progress, keep_par
         fschema = flow_schema(classes, opts.probs)
         counter = [0]
         n_flows = write_batches(
-            _flow_batches(files, shards_of_file, finished, parts, classes, fschema, counter),
+            _flow_batches(files, shards_of_file, finished, parts, classes, fschema, counter, opts.decide == "flow"),
             opts.flows_out,
             fschema,
             opts.fmt,
@@ -166,11 +166,13 @@ def _score_locked(files, opts, classes, execute, split_bytes, progress, keep_par
     )
 
 
-def _flow_batches(files, shards_of_file, finished, parts, classes, fschema, counter) -> Iterator[pa.RecordBatch]:
+def _flow_batches(
+    files, shards_of_file, finished, parts, classes, fschema, counter, by_flow
+) -> Iterator[pa.RecordBatch]:
     """Each file's flows, its shards' partials folded in shard order (a flow may span shards)."""
     class_array = pa.array(classes, type=pa.string())
     for i, path in enumerate(files):
-        acc = FlowAccumulator(len(classes))
+        acc = FlowAccumulator(len(classes), by_flow)
         for s in shards_of_file[i]:
             acc.add_partial(load_flow_state(parts, finished[s.id]))
         table = acc.table(str(path), class_array, fschema)

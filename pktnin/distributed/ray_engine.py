@@ -38,7 +38,10 @@ class RunnerSpec:
 
     def __call__(self, threads: int):
         from pktnin.engine.runners import open_runner
+        from pktnin.score.flow_model import FlowModelRunner, is_flow_model
 
+        if is_flow_model(self.model_path):
+            return FlowModelRunner(self.model_path, intra_threads=threads, max_batch=self.batch)
         return open_runner(
             self.model_path, self.backend, intra_threads=threads, max_batch=self.batch, precision=self.precision
         )

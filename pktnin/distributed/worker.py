@@ -27,7 +27,8 @@ from pktnin.distributed.shards import Shard
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, iter_packets
 from pktnin.score import manifest as mf
-from pktnin.score.cpu_stages import engine_stage, read_stage
+from pktnin.score.cpu_stages import read_stage
+from pktnin.score.flow_stage import check_device_decide, start_engine
 from pktnin.score.flows import FlowAccumulator
 from pktnin.score.options import ScoreOptions
 from pktnin.score.stages import DONE, Scored, Stages
@@ -76,7 +77,7 @@ class ShardWriter:
         self.classes = pa.array(classes, type=pa.string())
         self.n_classes = len(classes)
         self.part = Part(self.parts_dir, shard.id, packet_schema(classes, opts.probs), None)
-        self.flows = FlowAccumulator(self.n_classes) if opts.flows_out is not None else None
+        self.flows = FlowAccumulator(self.n_classes, opts.decide == "flow") if opts.flows_out is not None else None
         self.label_counts = np.zeros(self.n_classes, dtype=np.int64)
         self.report: FileReport | None = None
         self.waiting = ScoredBuffer()
@@ -165,6 +166,8 @@ def score_shard(shard: Shard, runner: ModelRunner | DeviceRunner, options: Score
         if isinstance(runner, DeviceRunner):
             from pktnin.score import gpu_stages
 
+            check_device_decide(options)
+
             batch = gpu_stages.device_batch_size(runner, options.batch)
             stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, batch, reader_kwargs)
             stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, batch, options.mask,
@@ -173,7 +176,7 @@ def score_shard(shard: Shard, runner: ModelRunner | DeviceRunner, options: Score
             source = functools.partial(iter_packets, reader_kwargs=reader_kwargs)
             stages.thread("pktnin-read", read_stage, stages, todo, read_q, options.mask, options.keep_dns,
                           options.prep_threads, source)  # fmt: skip
-            stages.thread("pktnin-engine", engine_stage, stages, runner, options.batch, read_q, scored_q)
+            start_engine(stages, runner, options, read_q, scored_q, unit=shard.part)
         stages.run(_write_stage, stages, writer, scored_q)
         stages.finish()
         stages.raise_error()

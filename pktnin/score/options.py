@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pktnin.errors import OptionError
+from pktnin.flow_decide import FlowParams
 from pktnin.layout import mask_code
 from pktnin.packets import FileReport
 from pktnin.score.writers import FORMATS
+
+DECIDE_MODES = ("packet", "flow")
 
 
 @dataclass
@@ -34,6 +37,10 @@ class ScoreOptions:
     # a kill loses at most that much work, and many small files do not cost a rename each.
     part_rows: int = 262144
     part_seconds: float = 10.0
+    # packet: every row through the model (the paper); flow: the first flow.packets rows of each flow
+    # (pktnin.flow_decide), the flow's decision on all its rows.
+    decide: str = "packet"
+    flow: FlowParams = field(default_factory=FlowParams)
 
     def __post_init__(self) -> None:
         from pktnin.score.outputs import format_for
@@ -49,6 +56,8 @@ class ScoreOptions:
         if self.fmt not in FORMATS:
             raise OptionError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
         mask_code(self.mask)  # raises OptionError
+        if self.decide not in DECIDE_MODES:
+            raise OptionError(f"decide must be one of {', '.join(DECIDE_MODES)}, got {self.decide!r}")
         for name in ("batch", "prep_threads", "part_rows"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -72,6 +81,9 @@ class ScoreOptions:
             "pktnin.classes": ",".join(classes),
             "pktnin.mask": self.mask,
             "pktnin.keep_dns": str(self.keep_dns).lower(),
+            "pktnin.decide": self.decide,
+            # flow: rows of each flow the decision used at most (K); packet: 1
+            "pktnin.decide_packets": str(self.flow.packets) if self.decide == "flow" else "1",
             "pktnin.frame": "0-based index of the record in its file, skipped records counted",
             "pktnin.flow_packets": "scored packets only: packets skipped by the layout (dns, no-payload, ...) "
             "are not counted",
@@ -87,6 +99,7 @@ class ScoreOptions:
             "format": self.fmt,
             "probs": self.probs,
             "flows": self.flows_out is not None,
+            **({"decide": "flow", "flow": asdict(self.flow)} if self.decide == "flow" else {}),
         }
 
 

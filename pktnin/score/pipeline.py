@@ -22,7 +22,8 @@ from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.score import manifest as mf
 from pktnin.score import outdir
-from pktnin.score.cpu_stages import engine_stage, read_stage
+from pktnin.score.cpu_stages import read_stage
+from pktnin.score.flow_stage import check_device_decide, start_engine
 from pktnin.score.options import ScoreOptions, ScoreResult
 from pktnin.score.outputs import check_outputs
 from pktnin.score.stages import Stages
@@ -85,6 +86,7 @@ def _score_locked(files, runner, opts, progress, source, on_saved, targets, name
     started = time.perf_counter()
     try:
         if isinstance(runner, DeviceRunner):
+            check_device_decide(opts)
             # GPU: raw records go to the device; the CUDA prep kernel writes the engine's input.
             from pktnin.score import gpu_stages
 
@@ -96,7 +98,7 @@ def _score_locked(files, runner, opts, progress, source, on_saved, targets, name
         else:
             stages.thread("pktnin-read", read_stage, stages, todo, read_q, opts.mask, opts.keep_dns,
                           opts.prep_threads, source, named, progress)  # fmt: skip
-            stages.thread("pktnin-engine", engine_stage, stages, runner, opts.batch, read_q, scored_q)
+            start_engine(stages, runner, opts, read_q, scored_q)
         stages.run(write_stage, stages, writer, scored_q)
     finally:
         stages.finish()

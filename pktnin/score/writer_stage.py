@@ -147,7 +147,7 @@ class ScoreWriter:
         self.file_counts += np.bincount(idx, minlength=self.n_classes)
         if self.fschema is not None:
             if self.file_flows is None:
-                self.file_flows = FlowAccumulator(self.n_classes)
+                self.file_flows = FlowAccumulator(self.n_classes, self.opts.decide == "flow")
             self.file_flows.add(meta, probs)
         self.packets += len(idx)
         if self.progress is not None:
