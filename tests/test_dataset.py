@@ -784,3 +784,44 @@ def test_corpus_and_extension_one_dataset(corpus, tmp_path):
     assert np.array_equal(d.rows[: len(alone)], alone.rows)
     n_files = len(d.meta["sources"])
     assert second["files"][1] == n_files and d.file.max() < n_files
+
+
+def test_packet_meta_columns_follow_the_rows(csv_corpus, second_csv, tmp_path):
+    from pktnin.packets import iter_packets
+
+    labels_csv, pcaps = second_csv
+    out = tmp_path / "m"
+    args = ["dataset", "build", str(csv_corpus / "labels.csv"), f"{labels_csv}:{pcaps}", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--packet-meta", "ts_ns,src_addr,src_port,dst_port", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    d = load_dataset(out)
+    assert d.meta["packet_meta"] == ["ts_ns", "src_addr", "src_port", "dst_port"]
+    assert d.packet_meta["src_addr"].shape == (len(d), 16) and d.packet_meta["ts_ns"].dtype == np.int64
+    # each row's metadata is that of the packet it came from, read again from its capture
+    checked = 0
+    for f, name in enumerate(d.meta["sources"]):
+        at = np.flatnonzero(d.file == f)
+        if not len(at):
+            continue
+        source = d.meta["inputs"][int(d.source[at[0]])]
+        path = Path(source["root"]) / name.split("/", 1)[1]
+        batches = list(iter_packets([path], threads=1))
+        rows = np.concatenate([b.rows for b in batches])
+        meta = {k: np.concatenate([b.meta[k] for b in batches]) for k in d.packet_meta}
+        j = 0
+        for i in at:  # the dataset keeps the labeled packets, in capture order
+            while not np.array_equal(rows[j], d.rows[i]):
+                j += 1
+            for k, column in d.packet_meta.items():
+                assert np.array_equal(column[i], meta[k][j]), (name, i, k)
+            j += 1
+            checked += 1
+    assert checked == len(d)
+    assert len(np.unique(d.packet_meta["ts_ns"])) > 1 and len(np.unique(d.packet_meta["src_port"])) > 1
+    meta = {k: v for k, v in d.meta.items() if k != "packet_meta"}
+    plain = load_dataset(write_dataset(tmp_path / "p", d.rows[:3], d.labels[:3], d.split[:3], d.flow[:3], meta))
+    assert plain.packet_meta == {}  # a dataset without them still loads
+    with pytest.raises(ValueError, match="unknown packet metadata"):
+        BuildOptions(csv_corpus, tmp_path / "x", packet_meta=["color"])
+    with pytest.raises(ValueError, match="keeps every packet"):
+        BuildOptions(csv_corpus, tmp_path / "x", packet_meta=["ts_ns"], max_per_class=5)
