@@ -15,6 +15,7 @@ from pcapgen import write_pcap, write_pcapng
 from typer.testing import CliRunner
 
 import pktnin
+from pktnin.api import open_model
 from pktnin.cli import app
 from pktnin.distributed.driver import local_execute, score_sharded
 from pktnin.engine.runners import open_runner
@@ -272,3 +273,39 @@ def test_flow_model_through_the_whole_path(inputs, tmp_path):
         pktnin.score(inputs, path, decide="packet")
     with pytest.raises(OptionError, match="first 3 packets"):
         pktnin.score(inputs, path, flow_packets=2)
+
+
+try:
+    import ray
+except ImportError:  # the ray extra is not installed
+    ray = None
+
+
+@pytest.mark.skipif(ray is None, reason="the ray extra is not installed")
+def test_ray_rows_equal_local_rows_in_flow_mode(inputs, model, tmp_path):
+    import os
+
+    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
+
+    tests = Path(__file__).resolve().parent
+    fmodel = flow_model(tmp_path / "flow.onnx", 2)
+    pythonpath = os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})  # fmt: skip
+    try:
+        with ray_session():
+            for name, m, flow in (("packet-model", model, FlowParams(packets=3, pending_rows=40)),
+                                  ("flow-model", fmodel, FlowParams(packets=2))):  # fmt: skip
+                local = tmp_path / name / "local" / "p.parquet"
+                runner = open_model(m, "onnxruntime", batch=16, precision="fp32")[0]
+                score_files(inputs, runner, _opts(local, m, decide="flow", flow=flow))
+                out = tmp_path / name / "ray" / "p.parquet"
+                opts = _opts(out, m, decide="flow", flow=flow)
+                execute = ray_execute(RunnerSpec(str(m), "onnxruntime", 16), opts, actors=2, cpus_per_actor=0.5)
+                score_sharded(inputs, opts, CLASSES, execute, split_bytes=1 << 30)
+                assert pq.read_table(out).equals(pq.read_table(local)), name
+                assert pq.read_table(out.with_name("flows.parquet")).equals(
+                    pq.read_table(local.with_name("flows.parquet"))
+                ), name
+    finally:
+        ray.shutdown()
