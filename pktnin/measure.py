@@ -78,8 +78,12 @@ def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float =
             return {"packets": packets, "seconds": seconds, "packets_per_s": packets / seconds}
 
 
-def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path, opts: PrepOptions) -> dict:
-    """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write."""
+def pipeline_throughput(
+    files: Sequence[Path], runner, batch: int, workdir: Path, opts: PrepOptions, decide: str = "packet", flow=None
+) -> dict:
+    """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write.
+    `decide` and `flow` (a flow_decide.FlowParams): as ScoreOptions."""
+    from pktnin.flow_decide import FlowParams
     from pktnin.score import ScoreOptions, score_files
 
     score_opts = ScoreOptions(
@@ -89,6 +93,8 @@ def pipeline_throughput(files: Sequence[Path], runner, batch: int, workdir: Path
         keep_dns=opts.keep_dns,
         model_id="bench",
         force=True,  # each run replaces the previous run's output
+        decide=decide,
+        flow=flow or FlowParams(),
     )
     start = time.perf_counter()
     result = score_files(list(files), runner, score_opts)
@@ -208,3 +214,42 @@ def compare_engines(
         "ratio_is_noise": first["ratio_is_noise"],
         "engines": engines,
     }
+
+
+def compare_decisions(
+    files: Sequence[Path],
+    runner,
+    modes: Sequence[tuple[str, int]],
+    batch: int,
+    runs: int,
+    workdir: Path,
+    opts: PrepOptions,
+    progress=None,
+) -> dict:
+    """End-to-end packets/s of `pktnin score` in each decision mode, (decide, K) with K ignored for "packet",
+    interleaved as compare_engines does (run k of every mode before run k+1 of any); each mode after the first
+    has the median over runs of its rate divided by the first mode's rate in the same round (`vs_first`).
+    `progress` as compare_engines'."""
+    from pktnin.flow_decide import FlowParams
+
+    if progress is not None:
+        progress.stage("end_to_end", runs * len(modes))
+    measured: list[list[dict]] = [[] for _ in modes]
+    for _ in range(runs):
+        for k, (decide, packets) in enumerate(modes):
+            measured[k].append(
+                pipeline_throughput(files, runner, batch, workdir, opts, decide, FlowParams(packets=packets))
+            )
+            if progress is not None:
+                progress.run_done()
+    entries = []
+    for k, (decide, packets) in enumerate(modes):
+        entry = {"decide": decide, "flow_packets": packets if decide == "flow" else None,
+                 "end_to_end": median_run(measured[k])}  # fmt: skip
+        if k:
+            entry["vs_first"] = statistics.median(
+                a["packets_per_s"] / b["packets_per_s"] for a, b in zip(measured[k], measured[0])
+            )
+        entries.append(entry)
+    return {"engine_label": runner.engine_label or f"{runner.backend} {runner.precision}", "batch": batch,
+            "files": len(files), "runs": runs, "modes": entries}  # fmt: skip
