@@ -107,8 +107,8 @@ class Released:
 
 
 # Scalars of the assign pass, one int64 array so numba functions can update them.
-S_LIVE, S_LRU_HEAD, S_LRU_TAIL, S_NEXT_FLOW, S_NOW, S_ROWS, S_FIFO_HEAD, S_FIFO_TAIL, S_FREE = range(9)
-N_SCALARS = 9
+S_LIVE, S_LRU_HEAD, S_LRU_TAIL, S_NEXT_FLOW, S_NOW, S_ROWS, S_FIFO_HEAD, S_FIFO_TAIL, S_FREE, S_HIGH = range(10)
+N_SCALARS = 10
 
 
 @numba.njit(cache=True, inline="always")
@@ -245,6 +245,8 @@ def _assign(
             sc[S_FREE] -= 1
             s = free[sc[S_FREE]]
             sc[S_LIVE] += 1
+            if cap - sc[S_FREE] > sc[S_HIGH]:
+                sc[S_HIGH] = cap - sc[S_FREE]  # slots are taken from 0 up: [0, high) were used
             t_key[s] = key
             _, hpos = _find(h_slot, t_key, key)
             h_slot[hpos] = s
@@ -364,6 +366,19 @@ def _replay(
             r_tail[s] = g
 
 
+@numba.njit(cache=True)
+def _clear_hash(sc, h_slot, t_key, t_next):
+    """Empty the hash index, touching only the clusters that hold the live flows."""
+    mask = len(h_slot) - 1
+    s = sc[S_LRU_HEAD]
+    while s >= 0:
+        i = _hash(t_key[s], mask)
+        while h_slot[i] >= 0:
+            h_slot[i] = -1
+            i = (i + 1) & mask
+        s = t_next[s]
+
+
 class FlowDecider:
     """Flow state of one unit of work (see the module's docstring). `flow_model`: decisions come from a flow
     model (one probability vector per flow) rather than the mean of per-row probabilities. `chunk`: the
@@ -396,9 +411,6 @@ class FlowDecider:
         self._fifo_slot = np.zeros(self.ring, dtype=np.int32)
         self._fifo_flow = np.zeros(self.ring, dtype=np.int64)
         self._sc = np.zeros(N_SCALARS, dtype=np.int64)
-        self._sc[S_LRU_HEAD] = self._sc[S_LRU_TAIL] = -1
-        self._sc[S_NOW] = np.iinfo(np.int64).min
-        self._sc[S_FREE] = cap
         # Replay side (after the engine).
         self._r_flow = np.full(cap, -1, dtype=np.int64)
         self._r_sum = np.zeros((cap, n_classes), dtype=np.float64)
@@ -416,6 +428,24 @@ class FlowDecider:
             self._ring_src_addr = np.zeros((self.ring, 16), dtype=np.uint8)
             self._ring_src_port = np.zeros(self.ring, dtype=np.uint16)
         self._held: deque[tuple[int, Plan]] = deque()  # (unit row of the chunk's first row, plan) not yet released
+        self._start_unit()
+
+    def reset(self) -> None:
+        """Start a new unit of work: no flow, no row. Costs the slots the last unit used, not the table's size."""
+        high = int(self._sc[S_HIGH])
+        cap = len(self._t_key)
+        _clear_hash(self._sc, self._h_slot, self._t_key, self._t_next)
+        for a in (self._t_flow, self._t_prev, self._t_next, self._r_flow, self._r_head, self._r_tail):
+            a[:high] = -1
+        self._free[cap - high :] = np.arange(high - 1, -1, -1, dtype=np.int32)
+        self._start_unit()
+
+    def _start_unit(self) -> None:
+        self._sc[:] = 0
+        self._sc[S_LRU_HEAD] = self._sc[S_LRU_TAIL] = -1
+        self._sc[S_NOW] = np.iinfo(np.int64).min
+        self._sc[S_FREE] = len(self._t_key)
+        self._held.clear()
         self._released = 0  # unit rows released so far
         self._replayed = 0  # unit rows resolve() has replayed
         self._finished = False
@@ -437,7 +467,7 @@ class FlowDecider:
         """Plans for the next rows of the unit (one per piece of at most `chunk` rows). `rows` (uint8 [n,1500])
         is needed only with a flow model, which gets the rows of decided flows in the plans."""
         if self._finished:
-            raise RuntimeError("assign after finish: a FlowDecider serves one unit of work")
+            raise RuntimeError("assign after finish: reset() starts the next unit")
         n = len(meta["flow_key"])
         plans = []
         for lo in range(0, n, self.chunk):

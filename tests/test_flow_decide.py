@@ -79,9 +79,9 @@ def stream(seed, n=3000, n_keys=60, jitter=False):
     return keys, ts, probs
 
 
-def run(keys, ts, probs, p, chunks, flow_model=None, chunk=8192):
+def run(keys, ts, probs, p, chunks, flow_model=None, chunk=8192, decider=None):
     """Rows through a FlowDecider cut at `chunks` (sizes), with per-row probs or a flow model function."""
-    d = FlowDecider(C, p, flow_model=flow_model is not None, chunk=chunk)
+    d = decider or FlowDecider(C, p, flow_model=flow_model is not None, chunk=chunk)
     meta = {"flow_key": keys, "ts_ns": ts, "frame": np.arange(len(keys)),
             "src_addr": np.zeros((len(keys), 16), np.uint8), "src_port": np.zeros(len(keys), np.uint16)}  # fmt: skip
     rows = np.zeros((len(keys), 1500), np.uint8)
@@ -191,3 +191,15 @@ def test_full_table_evicts_least_recently_seen():
     assert flows.tolist() == [0, 1, 0, 2, 3, 4]
     assert used.tolist() == [2, 1, 2, 1, 1, 1]
     np.testing.assert_allclose(got[0], [0.5, 0, 0.5])
+
+
+def test_reset_starts_a_unit_as_a_new_table_would():
+    p = FlowParams(packets=3, idle_s=10.0, max_flows=12, pending_rows=40)
+    d = FlowDecider(C, p, chunk=64)
+    for seed in (5, 6, 7):
+        keys, ts, probs = stream(seed, n=1200, n_keys=30 + seed)
+        want, used, flows = reference(keys, ts, probs, p)
+        got, got_used, got_flows, _ = run(keys, ts, probs, p, [100, 3, 500] * 10, decider=d)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(got_used, used) and np.array_equal(got_flows, flows)
+        d.reset()

@@ -36,12 +36,17 @@ class FlowScorer:
         self.n_classes = len(runner.classes)
         self.unit = unit
         self.decider: FlowDecider | None = None
+        self.open = False  # the decider holds a unit that has not ended
         self.engine_rows = 0  # rows (per-packet model) or flows (flow model) the model was run on
 
     def batch(self, rows: np.ndarray, meta: dict[str, np.ndarray]) -> list[Released]:
         """Rows of the current unit, in order; the rows whose decision is now known."""
         if self.decider is None:
             self.decider = FlowDecider(self.n_classes, self.params, flow_model=self.flow_model)
+            self.open = True
+        elif not self.open:
+            self.decider.reset()  # a new unit: cheaper than a new table for many small files
+            self.open = True
         out: list[Released] = []
         lo = 0
         for plan in self.decider.assign(rows, meta):
@@ -51,11 +56,11 @@ class FlowScorer:
 
     def unit_end(self) -> list[Released]:
         """The unit's end: its waiting flows decided, its last rows released; the next rows start a new unit."""
-        if self.decider is None:
+        if self.decider is None or not self.open:
             return []
         plan = self.decider.finish()
         out = self.decider.resolve(plan, self._run(plan, None))
-        self.decider = None
+        self.open = False
         return out
 
     def _run(self, plan: Plan, rows: np.ndarray | None) -> np.ndarray:
