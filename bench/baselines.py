@@ -6,7 +6,7 @@ balanced`: the argmax of the same table's smoothed distribution with classes wei
 pktnin.trainer.port_table). Random forest: 100
 trees (scikit-learn) on the 1500 uint8 bytes, on the header bytes 0..39 and on the body bytes 40..1499, unweighted
 and with the sample weightings the networks train with (`balanced`: classes equal; `file`: classes equal and the
-capture files of a class equal; pktnin.trainer.train.training_sample_weights). Macro-F1 as in the paper
+capture files of a class equal; pktnin.trainer.data.training_sample_weights). Macro-F1 as in the paper
 (pktnin.trainer.metrics); for the forests also at flow level (class probabilities averaged per flow, as
 `pktnin evaluate` does for the networks). `--fit train,val` fits on both splits (for models refit on train+val).
 Reported per split (`--eval val,test`) and, for a dataset built from several sources, per source. The forests fit
@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pktnin.dataset.format import load_dataset  # noqa: E402
+from pktnin.trainer.data import training_sample_weights  # noqa: E402
 from pktnin.trainer.metrics import evaluation_report  # noqa: E402
 from pktnin.trainer.port_table import PortTable  # noqa: E402
-from pktnin.trainer.train import training_sample_weights  # noqa: E402
 
 FORESTS = (  # name, byte columns, sample weighting
     ("RF, 1500 bytes", slice(0, 1500), "none"),

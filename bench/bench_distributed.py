@@ -1,4 +1,4 @@
-"""`pktnin score --engine ray` against the local engine on the same captures and model, in one run.
+"""`pktnin score --executor ray` against the local executor on the same captures and model, in one run.
 
 Configurations (same synthetic captures, the bundled model unless --model):
     local            score_files, one ONNX Runtime session with --threads threads (default 2)
@@ -102,7 +102,7 @@ def cpu_used() -> float:
 
 def run_local(inputs, opts, model, threads):
     from pktnin.engine.runners import open_runner
-    from pktnin.score import score_files
+    from pktnin.scoring import score_files
 
     runs = []
     for name, files in inputs:
@@ -124,8 +124,8 @@ def run_local(inputs, opts, model, threads):
 def run_ray(inputs, opts, model, actors, threads, ray_cpus):
     import ray
 
-    from pktnin.distributed.driver import score_sharded
-    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
+    from pktnin.distributed.ray_engine import RayExecutor, RunnerSpec, ray_session
+    from pktnin.scoring.run import run_units
 
     classes = _classes(model)
     cpu0, t0 = cpu_used(), time.perf_counter()
@@ -137,17 +137,17 @@ def run_ray(inputs, opts, model, actors, threads, ray_cpus):
             for name, files in inputs:
                 o = opts(name)
                 shard_cpu = []
-                inner = ray_execute(
-                    RunnerSpec(str(model), "onnxruntime", o.batch), o, actors=actors, cpus_per_actor=threads
-                )
 
-                def execute(todo, parts, inner=inner, shard_cpu=shard_cpu):
-                    for summary in inner(todo, parts):
-                        shard_cpu.append(summary["cpu_seconds"])
-                        yield summary
+                class Timed(RayExecutor):
+                    def __call__(self, todo, parts, progress=None, shard_cpu=shard_cpu):
+                        for summary in super().__call__(todo, parts, progress):
+                            shard_cpu.append(summary["cpu_seconds"])
+                            yield summary
 
+                executor = Timed(RunnerSpec(str(model), "onnxruntime", o.batch), o, actors=actors,
+                                 cpus_per_actor=threads)  # fmt: skip
                 cpu1, t1 = cpu_used(), time.perf_counter()
-                result = score_sharded(files, o, classes, execute)
+                result = run_units(files, o, classes, executor)
                 runs.append(
                     {
                         "run_s": time.perf_counter() - t1,
@@ -185,7 +185,7 @@ def main() -> None:
 
     from pktnin.engine.cache import file_sha256
     from pktnin.engine.runners import default_model_path
-    from pktnin.score import ScoreOptions
+    from pktnin.scoring import ScoreOptions
     from pktnin.synth import write_synthetic_capture
 
     model = (args.model or default_model_path()).resolve()

@@ -31,8 +31,9 @@ from pktnin.layout import ROW_LEN  # noqa: E402
 from pktnin.trainer import models as M  # noqa: E402
 from pktnin.trainer import presets as P  # noqa: E402
 from pktnin.trainer.checkpoint import load_checkpoint  # noqa: E402
+from pktnin.trainer.data import predict_rows  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
-from pktnin.trainer.train import TrainSettings, predict_rows, train  # noqa: E402
+from pktnin.trainer.train import TrainSettings, train  # noqa: E402
 
 VARIANTS = ("base", "jitter", "embed", "dropout5")
 

@@ -1,5 +1,5 @@
 """Training throughput on this CPU: rows/s of the training step, fed by the trainer's own input pipeline
-(pktnin.trainer.train.make_tf_dataset streaming uint8 rows from the memory-mapped dataset), per network and
+(pktnin.trainer.data.make_tf_dataset streaming uint8 rows from the memory-mapped dataset), per network and
 numeric precision, and what one epoch over the training split would take at that rate.
 
 Networks: `nin1` (header, the paper's), `nin2` (body, the paper's), `nin_small_body` (the NIN_small layers on the
@@ -37,8 +37,8 @@ NETS = {"nin1": ("nin1", 0, HEADER_LEN), "nin2": ("nin2", HEADER_LEN, ROW_LEN),
 def measure(data, net: str, precision: str, batch: int, steps: int, repeats: int) -> dict:
     import keras
 
+    from pktnin.trainer.data import make_tf_dataset
     from pktnin.trainer.models import build_model_on_bytes
-    from pktnin.trainer.train import make_tf_dataset
 
     keras.mixed_precision.set_global_policy(precision)
     try:

@@ -5,17 +5,13 @@ score_to_files(paths, out), preprocess(paths) -> rows and metadata. They are imp
 `import pktnin` stays light.
 """
 
-__version__ = "0.1.0"
+from pktnin.version import __version__
 
 __all__ = ["__version__", "iter_scores", "preprocess", "score", "score_to_files"]
 
 
 def __getattr__(name: str):
-    if name == "score":  # the subpackage pktnin.score, callable as pktnin.api.score (see pktnin/score/__init__)
-        import pktnin.score
-
-        return pktnin.score
-    if name in ("iter_scores", "score_to_files", "preprocess"):
+    if name in ("score", "iter_scores", "score_to_files", "preprocess"):
         from pktnin import api
 
         return getattr(api, name)

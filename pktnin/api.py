@@ -15,7 +15,6 @@ Paths are capture files, folders (walked recursively) or "-" (standard input). `
 from __future__ import annotations
 
 import os
-import queue
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pktnin.packets import FileReport, find_captures, iter_packets, named_captures
+from pktnin.distributed.run import RayOptions, score_on_ray
+from pktnin.engine.cache import file_sha256
+from pktnin.engine.catalog import resolve_model
+from pktnin.engine.runner_base import Runner
+from pktnin.engine.runners import open_runner
+from pktnin.errors import OptionError, UsageError
+from pktnin.flow_decide import FlowParams
+from pktnin.packets import FileReport, find_captures, named_captures
+from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
+from pktnin.scoring.chain import ChainSettings, start_chain
+from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
+from pktnin.scoring.manifest import manifest_path, parts_dir
+from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES, ScoreOptions, ScoreResult
+from pktnin.scoring.outputs import check_outputs, write_report
+from pktnin.scoring.run import score_files
+from pktnin.scoring.units import make_units
+from pktnin.scoring.writer_stage import ScoredBuffer
+from pktnin.scoring.writers import packet_batch, packet_schema
+from pktnin.stages import DONE, Stages, Stopped
 
 PathLike = str | os.PathLike
 DEFAULT_BATCH = 512
@@ -36,11 +54,11 @@ class ScoreJob:
 
     files: list[Path]
     named: set[Path]
-    runner: Any  # a Runner (engine.runner_base): ModelRunner or DeviceRunner
-    opts: Any  # ScoreOptions
+    runner: Runner | FlowModelRunner  # a ModelRunner, a DeviceRunner or a flow model
+    opts: ScoreOptions
     model_path: Path
     backend: str = "auto"
-    ray: Any = None  # distributed.run.RayOptions: score by shards on Ray instead of in this process
+    ray: RayOptions | None = None  # score the units on Ray instead of in this process
 
     @classmethod
     def prepare(
@@ -63,30 +81,28 @@ class ScoreJob:
         batch: int = DEFAULT_BATCH,
         threads: int | None = None,
         prep_threads: int | None = None,
-        ray=None,
+        ray: RayOptions | None = None,
+        unit_bytes: int = DEFAULT_UNIT_BYTES,
+        unit_files: int = DEFAULT_UNIT_FILES,
         decide: str | None = None,
         flow_packets: int | None = None,
-        flow=None,
+        flow: FlowParams | None = None,
     ) -> ScoreJob:
         """Raises UsageError (OptionError, OutputError) or FileNotFoundError for what cannot work, before any
-        packet is read. `decide`: packet or flow (None: flow for a flow model, else packet); `flow_packets`: K,
-        the rows of each flow the decision uses (a flow model's own K by default); `flow`: a
-        flow_decide.FlowParams for the timeouts and limits of the flow table."""
-        from pktnin.score import ScoreOptions
-        from pktnin.score.manifest import manifest_path, parts_dir
-        from pktnin.score.outputs import check_outputs
-
+        packet is read. `unit_bytes`, `unit_files`: the units of work (scoring.units). `decide`: packet or flow
+        (None: flow for a flow model, else packet); `flow_packets`: K, the rows of each flow the decision uses (a
+        flow model's own K by default); `flow`: a flow_decide.FlowParams for the timeouts and limits of the flow
+        table."""
         opts = ScoreOptions(
             out=Path(out), flows_out=None if flows is None else Path(flows), fmt=fmt, probs=probs, resume=resume,
             force=force, report=None if report is None else Path(report),
-            keep_dns=keep_dns, mask=mask, batch=batch, prep_threads=prep_threads,
+            keep_dns=keep_dns, mask=mask, batch=batch, prep_threads=prep_threads, unit_bytes=unit_bytes,
+            unit_files=unit_files,
         )  # fmt: skip
         files = find_captures(paths)
         targets = [opts.out, manifest_path(opts.out)] + [p for p in (opts.flows_out, opts.report) if p is not None]
         files = [f for f in files if not _own_output(f, targets, parts_dir(opts.out))]
         if not files:
-            from pktnin.errors import UsageError
-
             raise UsageError("no capture files found in the given paths")
         runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
         try:
@@ -105,14 +121,10 @@ class ScoreJob:
             raise
         return cls(files, named_captures(files, paths), runner, opts, Path(model_path), backend, ray)
 
-    def run(self, progress=None):
+    def run(self, progress: Progress | None = None) -> ScoreResult:
         """Score every file into the outputs; returns the ScoreResult. Closes the model."""
-        from pktnin.score import score_files
-
         try:
             if self.ray is not None:
-                from pktnin.distributed.run import score_on_ray
-
                 result = score_on_ray(self.files, self.opts, self.runner, self.model_path, self.backend, self.ray,
                                       progress)  # fmt: skip
             else:
@@ -120,13 +132,17 @@ class ScoreJob:
         finally:
             self.runner.close()
         if self.opts.report is not None:
-            from pktnin.score.outputs import write_report
-
             write_report(result.reports, self.opts.report)
         return result
 
 
-def score_to_files(paths: Sequence[PathLike], out: PathLike, model: PathLike | None = None, progress=None, **kw):
+def score_to_files(
+    paths: Sequence[PathLike],
+    out: PathLike,
+    model: PathLike | None = None,
+    progress: Progress | None = None,
+    **kw: Any,
+) -> ScoreResult:
     """Score into files as `pktnin score` does (keywords as ScoreJob.prepare); returns the ScoreResult."""
     return ScoreJob.prepare(paths, out, model, **kw).run(progress)
 
@@ -153,15 +169,6 @@ def iter_scores(
     are scored: memory stays bounded whatever the inputs' size. `reports`, when given, receives one FileReport
     per input file as it is finished. Stopping the iteration early stops the run. `decide`, `flow_packets`,
     `flow`: as ScoreJob.prepare."""
-    from pktnin.engine.protocols import DeviceRunner
-    from pktnin.score import ScoreOptions
-    from pktnin.score.cpu_stages import read_stage
-    from pktnin.score.flow_stage import check_device_decide, start_engine
-    from pktnin.score.pipeline import READ_QUEUE, SCORED_QUEUE
-    from pktnin.score.stages import DONE, Scored, Stages, Stopped
-    from pktnin.score.writer_stage import WRITE_ROWS
-    from pktnin.score.writers import packet_batch, packet_schema
-
     opts = ScoreOptions(out=Path("-"), fmt="parquet", probs=probs, keep_dns=keep_dns, mask=mask, batch=batch,
                         prep_threads=prep_threads)  # fmt: skip
     files = find_captures(paths)
@@ -169,77 +176,62 @@ def iter_scores(
     runner, model_path = open_model(model, backend, threads, batch, precision, engine_workers)
     try:
         decide, flow = flow_options(runner, decide, flow_packets, flow)
-    except BaseException:
-        runner.close()
-        raise
-    opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner), decide=decide, flow=flow,
-                   model_id=_model_id(model_path, runner), model_name=Path(model_path).name)  # fmt: skip
-    classes = list(runner.classes)
-    schema = packet_schema(classes, probs).with_metadata(opts.metadata(classes))
-    class_names = pa.array(classes, type=pa.string())
-    todo = list(enumerate(files))
-    stages = Stages()
-    read_q: queue.Queue = queue.Queue(maxsize=READ_QUEUE)
-    scored_q: queue.Queue = queue.Queue(maxsize=SCORED_QUEUE)
-    waiting: list[Scored] = []
-
-    def gathered() -> pa.RecordBatch:
-        meta = {k: np.concatenate([it.meta[k] for it in waiting]) for k in waiting[0].meta}
-        probs_ = np.concatenate([it.probs for it in waiting])
-        batch_, _ = packet_batch(str(waiting[0].path), meta, probs_, class_names, schema)
-        waiting.clear()
-        return batch_
-
-    try:
-        if isinstance(runner, DeviceRunner):
-            from pktnin.score import gpu_stages
-
-            check_device_decide(opts)
-            size = gpu_stages.device_batch_size(runner, batch)
-            stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, todo, read_q, size, named)
-            stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, size, mask, keep_dns,
-                          read_q, scored_q)  # fmt: skip
-        else:
-            stages.thread("pktnin-read", read_stage, stages, todo, read_q, mask, keep_dns, opts.prep_threads,
-                          iter_packets, named)  # fmt: skip
-            start_engine(stages, runner, opts, read_q, scored_q)
-        rows = 0
-        while True:
+        opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner), decide=decide, flow=flow,
+                       model_id=_model_id(model_path, runner), model_name=Path(model_path).name)  # fmt: skip
+        classes = list(runner.classes)
+        schema = packet_schema(classes, probs).with_metadata(opts.metadata(classes))
+        class_names = pa.array(classes, type=pa.string())
+        settings = ChainSettings.of(opts)
+        # The units of a run writing files: per-unit state (a stage inserted by ChainHooks) resets at the same
+        # places as in score_to_files, on either executor.
+        for unit in make_units(files, opts.settings(classes), opts.unit_bytes, opts.unit_files):
+            stages = Stages()
             try:
-                item = stages.get(scored_q)
-            except Stopped:
-                break
-            if item is DONE:
-                break
-            if isinstance(item, Scored):
-                if waiting and item.file_index != waiting[0].file_index:
-                    yield gathered()
-                    rows = 0
-                waiting.append(item)
-                rows += len(item.probs)
-                if rows >= WRITE_ROWS:
-                    yield gathered()
-                    rows = 0
-            else:
-                if waiting:
-                    yield gathered()
-                    rows = 0
-                if reports is not None:
-                    reports.append(item.report)
+                scored_q = start_chain(stages, runner, unit, settings, named=named)
+                yield from _stream(stages, scored_q, class_names, schema, reports)
+            finally:
+                stages.finish()
+            stages.raise_error()
     finally:
-        stages.finish()
         runner.close()
-    stages.raise_error()
 
 
-def score(paths: Sequence[PathLike], model: PathLike | None = None, **kw) -> pa.Table:
+def _stream(
+    stages: Stages, scored_q, class_names: pa.Array, schema: pa.Schema, reports: list[FileReport] | None
+) -> Iterator[pa.RecordBatch]:
+    """The streaming sink: Scored pieces gathered into record batches, one file at a time."""
+    waiting = ScoredBuffer()
+
+    def flush() -> Iterator[pa.RecordBatch]:
+        gathered = waiting.take()
+        if gathered is not None:
+            name, meta, probs = gathered
+            yield packet_batch(name, meta, probs, class_names, schema)[0]
+
+    while True:
+        try:
+            item = stages.get(scored_q)
+        except Stopped:
+            return
+        if item is DONE:
+            return
+        if isinstance(item, Scored):
+            if waiting.items and item.file_index != waiting.items[0].file_index:
+                yield from flush()
+            if waiting.add(item):
+                yield from flush()
+        elif isinstance(item, FileEnd):
+            yield from flush()
+            if reports is not None:
+                reports.append(item.report)
+
+
+def score(paths: Sequence[PathLike], model: PathLike | None = None, **kw: Any) -> pa.Table:
     """Per-packet predictions of every input as one Arrow table (keywords as iter_scores); `.to_pandas()` for
     a DataFrame. For inputs too big for memory, iterate iter_scores or use score_to_files."""
     batches = list(iter_scores(paths, model, **kw))
     if batches:
         return pa.Table.from_batches(batches)
-    from pktnin.score.writers import packet_schema
-
     runner, _ = open_model(model, kw.get("backend", "auto"), None, kw.get("batch", DEFAULT_BATCH), "fp32")
     try:
         return packet_schema(list(runner.classes), kw.get("probs", False)).empty_table()
@@ -258,8 +250,6 @@ def preprocess(
 ) -> dict[str, np.ndarray]:
     """Rows (`x` uint8 [N,1500]) and per-packet metadata of every input, as `pktnin preprocess` stores them;
     written to `out` (.npz, atomically) when given. `reports`, when given, receives the per-file reports."""
-    from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
-
     opts = PrepOptions(mask=mask, keep_dns=keep_dns)
     files = find_captures(paths)
     arrays, file_reports = row_arrays(files, opts, progress=progress, named=named_captures(files, paths))
@@ -277,17 +267,11 @@ def open_model(
     batch: int = DEFAULT_BATCH,
     precision: str = "auto",
     engine_workers: int | None = None,
-):
+) -> tuple[Runner | FlowModelRunner, Path]:
     """(runner, model path): the model given, or the bundled default. `precision` auto picks the fastest engine
     that agrees with fp32; `engine_workers` None measures one multi-thread session against single-thread ones."""
-    from pktnin.engine.catalog import resolve_model
-    from pktnin.engine.runners import open_runner
-    from pktnin.score.flow_model import FlowModelRunner, is_flow_model
-
     model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
     if is_flow_model(model_path):
-        from pktnin.errors import OptionError
-
         if backend not in ("auto", "onnxruntime") or precision not in ("auto", "fp32"):
             raise OptionError(f"{Path(model_path).name} is a flow model: it runs on ONNX Runtime in fp32")
         return FlowModelRunner(model_path, intra_threads=threads, max_batch=batch), model_path
@@ -296,13 +280,11 @@ def open_model(
     return runner, model_path
 
 
-def flow_options(runner, decide: str | None, flow_packets: int | None, flow=None):
+def flow_options(
+    runner, decide: str | None, flow_packets: int | None, flow: FlowParams | None = None
+) -> tuple[str, FlowParams]:
     """(decide, FlowParams) for a run with `runner`: a flow model decides per flow with its own K; any other
     model per packet unless told, with K = flow_packets (default FlowParams().packets)."""
-    from pktnin.errors import OptionError
-    from pktnin.flow_decide import FlowParams
-    from pktnin.score.flow_model import FlowModelRunner
-
     flow = flow or FlowParams()
     if isinstance(runner, FlowModelRunner):
         if decide == "packet":
@@ -317,14 +299,12 @@ def flow_options(runner, decide: str | None, flow_packets: int | None, flow=None
     return decide or "packet", replace(flow, packets=flow.packets if flow_packets is None else flow_packets)
 
 
-def _default_prep_threads(runner) -> int | None:
+def _default_prep_threads(runner: Runner | FlowModelRunner) -> int | None:
     # One numba thread beside a CPU engine, which needs the cores; all of them when the model runs elsewhere.
     return 1 if runner.backend in ("onnxruntime", "openvino") else None
 
 
-def _model_id(model_path: Path, runner) -> str:
-    from pktnin.engine.cache import file_sha256
-
+def _model_id(model_path: Path, runner: Runner | FlowModelRunner) -> str:
     return f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}"
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.flow_decide import FlowParams
 from pktnin.packets import iter_packets
 from pktnin.rowfile import PrepOptions
+from pktnin.scoring import ScoreOptions, score_files
 
 
 def prep_throughput(
@@ -83,9 +85,6 @@ def pipeline_throughput(
 ) -> dict:
     """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write.
     `decide` and `flow` (a flow_decide.FlowParams): as ScoreOptions."""
-    from pktnin.flow_decide import FlowParams
-    from pktnin.score import ScoreOptions, score_files
-
     score_opts = ScoreOptions(
         out=workdir / "bench.parquet",
         batch=batch,
@@ -230,7 +229,6 @@ def compare_decisions(
     interleaved as compare_engines does (run k of every mode before run k+1 of any); each mode after the first
     has the median over runs of its rate divided by the first mode's rate in the same round (`vs_first`).
     `progress` as compare_engines'."""
-    from pktnin.flow_decide import FlowParams
 
     if progress is not None:
         progress.stage("end_to_end", runs * len(modes))

@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import numba
 import numpy as np
 
+from pktnin.kernels.capture import CaptureError, CaptureReader, NotACapture
+from pktnin.kernels.cpu import RangePrep
 from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, mask_code
+from pktnin.stages import DONE, Stages, Stopped
 
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
@@ -138,8 +142,6 @@ def iter_raw_batches(
     promise one is reported as "not a capture" instead of failed. `should_stop` (a callable) ends a wait on a
     stream.
     """
-    from pktnin.kernels.capture import CaptureError, CaptureReader, NotACapture
-
     for index, path in enumerate(files, start=first_index):
         path = Path(path)
         report = FileReport(index=index, path=path)
@@ -174,12 +176,10 @@ def iter_raw_batches(
 
 def read_ahead(make_items: Callable[[Callable[[], bool]], Iterator[T]], depth: int = READ_AHEAD_CHUNKS) -> Iterator[T]:
     """The items of make_items(stopped) produced on a thread of their own, at most `depth` ahead of the consumer,
-    through the scoring pipeline's stage runtime (pktnin.score.stages: a bounded queue, a stop flag that every wait
+    through the stage runtime (pktnin.stages: a bounded queue, a stop flag that every wait
     polls): the record walk of the next chunk overlaps the transform of this one. `stopped()` turns true once the
     consumer has gone (closed or failed), so a producer waiting on a stream can give up. An exception of the
     producer is raised in the consumer, after the items produced before it."""
-    from pktnin.score.stages import DONE, Stages, Stopped
-
     stages = Stages()
     items: queue.Queue = queue.Queue(maxsize=depth)
 
@@ -231,11 +231,7 @@ def iter_packets(
     flow_keys=False leaves out the flow_key column. `reader_kwargs`, `named` and `should_stop`: see
     iter_raw_batches.
     """
-    from pktnin.kernels.cpu import RangePrep
-
     if threads is None:
-        import numba
-
         threads = numba.get_num_threads()
     counts = np.zeros(len(SKIP_REASONS), dtype=np.int64)
     min_range = REUSED_PIECE_RECORDS if reuse_rows else 2048

@@ -16,9 +16,9 @@ import numpy as np
 from pktnin.atomic import atomic_path
 from pktnin.errors import OptionError
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN, mask_code
+from pktnin.outdir import OutputNotWritableError, check_writable
 from pktnin.packets import FileReport, iter_packets
 from pktnin.schema import META_COLUMNS, concat_meta
-from pktnin.score.outdir import OutputNotWritableError, check_writable
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 import dpkt
 import numpy as np
 
+from pktnin.atomic import atomic_path
+
 # (name, transport, server port, IPv6 share, payload sizes to draw from)
 FLOW_KINDS = (
     ("tls", "tcp", 443, 0.2, (0, 0, 31, 517, 1380, 1448, 1448)),
@@ -98,8 +100,6 @@ def synthetic_packets(packets: int, seed: int = 0) -> list[tuple[float, bytes]]:
 
 def write_synthetic_capture(path: str | os.PathLike, packets: int = 20000, seed: int = 0) -> Path:
     """Write a classic microsecond pcap of synthetic traffic, atomically."""
-    from pktnin.atomic import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer = dpkt.pcap.Writer(fh, snaplen=65535, linktype=dpkt.pcap.DLT_EN10MB)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import dpkt
 import numpy as np
@@ -28,8 +27,6 @@ from pktnin.kernels.capture import (
     RawBatch,
     detect_format,
 )
-
-CORPUS = (Path(__file__).parents[1] / ".." / "shared" / "corpus").resolve()
 
 
 def read_all(src, **kw):
@@ -472,16 +469,9 @@ def test_pcap_roundtrip_property(pkts, nano, big, window, max_records):
 # Shared corpus (skipped when absent)
 
 
-def corpus_files():
-    pcaps = CORPUS / "pcaps"
-    return sorted(p for p in pcaps.rglob("*") if p.is_file()) if pcaps.is_dir() else []
-
-
-@pytest.mark.corpus
-@pytest.mark.skipif(not corpus_files(), reason="shared corpus not present")
-def test_corpus_reads_and_agrees_with_dpkt():
+def test_corpus_reads_and_agrees_with_dpkt(corpus_pcaps):
     n_pcap = 0
-    for path in corpus_files():
+    for path in sorted(p for p in corpus_pcaps.rglob("*") if p.is_file()):
         if detect_format(path) is None:
             with pytest.raises(NotACapture):
                 CaptureReader(path)

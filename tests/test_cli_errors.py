@@ -141,8 +141,8 @@ def test_exit_1_when_nothing_read_3_when_some_inputs_failed_0_when_all_read(file
 
 
 def test_a_deep_value_error_is_a_failed_run_not_a_usage_message(files, tmp_path, monkeypatch):
+    import pktnin.api
     import pktnin.rowfile
-    import pktnin.score
 
     def broken(*args, **kwargs):
         raise ValueError("inner invariant broken")
@@ -152,7 +152,7 @@ def test_a_deep_value_error_is_a_failed_run_not_a_usage_message(files, tmp_path,
     assert result.exit_code == EXIT_FAILED, result.output
     assert one_line_error(result) == "error: ValueError: inner invariant broken"
 
-    monkeypatch.setattr(pktnin.score, "score_files", broken)
+    monkeypatch.setattr(pktnin.api, "score_files", broken)  # the name ScoreJob.run calls
     result = invoke("score", files["capture"], "--model", files["model"], "--out", tmp_path / "p.parquet",
                     "--no-progress")  # fmt: skip
     assert result.exit_code == EXIT_FAILED, result.output
@@ -181,12 +181,12 @@ def test_success_exits_0(files, tmp_path):
 
 
 def test_a_file_missing_once_the_run_is_under_way_is_a_failed_run(files, tmp_path, monkeypatch):
-    import pktnin.score
+    import pktnin.api
 
     def vanished(*args, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone.pcap"))
 
-    monkeypatch.setattr(pktnin.score, "score_files", vanished)
+    monkeypatch.setattr(pktnin.api, "score_files", vanished)
     result = invoke("score", files["capture"], "--model", files["model"], "--out", tmp_path / "p.parquet",
                     "--no-progress")  # fmt: skip
     assert result.exit_code == EXIT_FAILED, result.output

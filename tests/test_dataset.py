@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -24,12 +23,6 @@ from pktnin.dataset.iscx import ISCX_TASK_A, ISCX_TASK_B, iscx_label
 from pktnin.dataset.options import BuildOptions
 from pktnin.dataset.sampling import Reservoir, random_split
 from pktnin.layout import HEADER_LEN, LAYOUT_VERSION, ROW_LEN
-
-CORPUS = (Path(__file__).parents[1] / ".." / "shared" / "corpus").resolve()
-# The extension corpus: labels beside the corpus, captures rebuilt by its build.sh (into pcaps/ there by default).
-CORPUS_EXT = CORPUS.parent / "corpus-ext"
-CORPUS_EXT_PCAPS = Path(os.environ.get("PKTNIN_CORPUS_EXT_PCAPS", CORPUS_EXT / "pcaps"))
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Generated captures. Every payload starts with a marker (tag, packet number), so a row tells where it came from:
@@ -729,14 +722,6 @@ def test_cli_build_two_sources(csv_corpus, second_csv, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def corpus():
-    if not (CORPUS / "labels.csv").is_file():
-        pytest.skip(f"{CORPUS} not present")
-    return CORPUS
-
-
-@pytest.mark.corpus
 def test_corpus_task_category(corpus, tmp_path):
     started = time.perf_counter()
     report = build_dataset(BuildOptions(corpus / "labels.csv", tmp_path / "d", kind="csv", max_per_class=300, seed=0))
@@ -767,17 +752,15 @@ def readme_counts(readme: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-@pytest.mark.corpus
-def test_corpus_and_extension_one_dataset(corpus, tmp_path):
-    if not (CORPUS_EXT / "labels.csv").is_file() or not CORPUS_EXT_PCAPS.is_dir():
-        pytest.skip(f"{CORPUS_EXT} labels or its captures ({CORPUS_EXT_PCAPS}) not present")
+def test_corpus_and_extension_one_dataset(corpus, corpus_ext, tmp_path):
+    ext_labels, ext_pcaps = corpus_ext
     build_dataset(BuildOptions(corpus, tmp_path / "alone"))
     alone = load_dataset(tmp_path / "alone")
-    build_dataset(BuildOptions(corpus, tmp_path / "both", more_sources=[(CORPUS_EXT / "labels.csv", CORPUS_EXT_PCAPS)]))
+    build_dataset(BuildOptions(corpus, tmp_path / "both", more_sources=[(ext_labels, ext_pcaps)]))
     d = load_dataset(tmp_path / "both")
     first, second = d.meta["inputs"]
     assert first["counts"] == alone.meta["counts"] and len(alone) == 57_306
-    expected = readme_counts(CORPUS_EXT / "README.md")
+    expected = readme_counts(ext_labels.parent / "README.md")
     assert sum(sum(c.values()) for c in expected.values()) == len(d) - len(alone) == 262_167
     for name in ("train", "val", "test"):
         assert second["counts"][name] == expected[name], name

@@ -1,4 +1,5 @@
-"""Sharded scoring: the driver, the shard worker and the Ray engine give exactly the local engine's outputs."""
+"""Units of work: big files cut into byte ranges, small ones grouped; the driver, the unit worker and the Ray
+executor give exactly the outputs of a local run."""
 
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ from packetgen import mixed_traffic
 from pcapgen import write_pcap, write_pcapng
 from test_score import make_inputs
 
-from pktnin.distributed.driver import local_execute, score_sharded
-from pktnin.distributed.shards import make_shards
-from pktnin.distributed.worker import score_shard, summary_path
 from pktnin.engine.runners import open_runner
 from pktnin.packets import find_captures
-from pktnin.score import ScoreOptions, score_files
+from pktnin.scoring import ScoreOptions, score_files
+from pktnin.scoring.run import run_units
+from pktnin.scoring.unit_run import LocalExecutor, score_unit, summary_path
+from pktnin.scoring.units import make_units
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 TESTS = Path(__file__).resolve().parent
-SPLIT = 25000  # bytes: the big captures below become several shards each, the others one
+SPLIT = 25000  # bytes: the big captures below become several units each, the small ones are grouped
 STEP = 7  # records per index step: cuts at odd places
 
 
@@ -95,52 +96,57 @@ def _same_as_local(out: Path, result, local_tables) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["flows.parquet", "p.parquet"]
 
 
-def test_shards_split_the_big_files(files):
-    shards = make_shards(files, {}, split_bytes=SPLIT, step_records=STEP)
-    per_file = {}
-    for s in shards:
-        per_file[Path(s.path).name] = per_file.get(Path(s.path).name, 0) + 1
+def _split(out: Path, model: Path, **kw) -> ScoreOptions:
+    return _opts(out, model, unit_bytes=SPLIT, **kw)
+
+
+def test_units_split_the_big_files_and_group_the_small_ones(files):
+    units = make_units(files, {}, SPLIT, step_records=STEP)
+    per_file: dict[str, int] = {}
+    for u in units:
+        for p in u.pieces:
+            per_file[Path(p.path).name] = per_file.get(Path(p.path).name, 0) + 1
     assert (
         per_file["big.pcap"] >= 3
         and per_file["big.pcapng"] >= 3
         and per_file["empty.pcap"] == per_file["notes.txt"] == 1
     )
+    assert any(len(u.pieces) > 1 for u in units)  # small files share a unit
+    assert all(len(u.pieces) == 1 for u in units if any(not p.whole for p in u.pieces))
 
 
-def test_sharded_local_run_matches_score_files(files, model, local_tables, tmp_path):
+def test_split_local_run_matches_score_files(files, model, local_tables, tmp_path):
     big = [r for r in local_tables[2].reports if r.path.name.startswith("big.")]
     assert all(r.corrupt_records >= 3 and "first of" in r.errors[0] for r in big)
     out = tmp_path / "run" / "p.parquet"
-    opts = _opts(out, model)
+    opts = _split(out, model)
     runner = open_runner(model, "onnxruntime")
-    result = score_sharded(files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT, step_records=STEP)
+    result = run_units(files, opts, CLASSES, LocalExecutor(runner, opts), step_records=STEP)
     _same_as_local(out, result, local_tables)
 
 
-def test_a_shard_whose_part_exists_is_not_scored_again(files, model, tmp_path):
+def test_a_unit_whose_part_exists_is_not_scored_again(files, model, tmp_path):
     parts = tmp_path / "parts"
-    opts = _opts(tmp_path / "p.parquet", model)
+    opts = _split(tmp_path / "p.parquet", model)
     runner = open_runner(model, "onnxruntime")
-    shard = [s for s in make_shards(files, {}, SPLIT, STEP) if Path(s.path).name == "big.pcap"][1]
-    first = score_shard(shard, runner, opts, parts)
-    assert not first["skipped"] and first["packets"] > 0 and summary_path(parts, shard.id).is_file()
+    unit = [u for u in make_units(files, {}, SPLIT, step_records=STEP) if Path(u.pieces[0].path).name == "big.pcap"][1]
+    first = score_unit(unit, runner, opts, parts)
+    assert not first["skipped"] and first["packets"] > 0 and summary_path(parts, unit.id).is_file()
     part = parts / first["part"]
     mtime = part.stat().st_mtime_ns
-    again = score_shard(shard, runner, opts, parts)
+    again = score_unit(unit, runner, opts, parts)
     assert again["skipped"] and again["packets"] == first["packets"] and part.stat().st_mtime_ns == mtime
-    part.unlink()  # a summary without its part is not trusted: the shard is scored again
-    assert not score_shard(shard, runner, opts, parts)["skipped"]
+    part.unlink()  # a summary without its part is not trusted: the unit is scored again
+    assert not score_unit(unit, runner, opts, parts)["skipped"]
 
 
 def test_keep_parts_leaves_a_parquet_dataset(files, model, local_tables, tmp_path):
     out = tmp_path / "run" / "p.parquet"
-    opts = _opts(out, model)
+    opts = _split(out, model)
     runner = open_runner(model, "onnxruntime")
-    result = score_sharded(
-        files, opts, CLASSES, local_execute(runner, opts), split_bytes=SPLIT, step_records=STEP, keep_parts=True
-    )
+    result = run_units(files, opts, CLASSES, LocalExecutor(runner, opts), step_records=STEP, keep_parts=True)
     assert not out.exists() and result.outputs[0] == out.with_name("p.parquet.parts")
-    kept = pq.read_table(result.outputs[0])  # the shard summaries under _shards/ are not part of the dataset
+    kept = pq.read_table(result.outputs[0])  # the unit summaries under _units/ are not part of the dataset
     order = {str(p): i for i, p in enumerate(files)}
     rows = sorted(
         zip(kept.column("file").to_pylist(), kept.column("frame").to_pylist()), key=lambda r: (order[r[0]], r[1])
@@ -151,29 +157,30 @@ def test_keep_parts_leaves_a_parquet_dataset(files, model, local_tables, tmp_pat
 
 
 def test_driver_killed_9_then_resume(files, model, local_tables, tmp_path):
-    """A driver process is killed -9 after some shards finished; --resume reuses them and the output is exact."""
+    """A driver process is killed -9 after some units finished; --resume reuses them and the output is exact."""
     out = tmp_path / "run" / "p.parquet"
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(TESTS)!r})
         from pathlib import Path
-        from test_distributed import _opts, CLASSES, SPLIT, STEP
-        from pktnin.distributed.driver import local_execute, score_sharded
+        from test_distributed import _split, CLASSES, STEP
+        from pktnin.scoring.run import run_units
+        from pktnin.scoring.unit_run import LocalExecutor
         from pktnin.engine.runners import open_runner
 
         model, out = Path({str(model)!r}), Path({str(out)!r})
         files = [Path(p) for p in {[str(f) for f in files]!r}]
-        opts = _opts(out, model)
-        inner = local_execute(open_runner(model, "onnxruntime"), opts)
+        opts = _split(out, model)
 
-        def execute(todo, parts):
-            for k, summary in enumerate(inner(todo, parts)):
-                yield summary
-                if k == 4:
-                    print("stalled", flush=True)
-                    time.sleep(120)
+        class Stalling(LocalExecutor):
+            def __call__(self, todo, parts, progress=None):
+                for k, summary in enumerate(super().__call__(todo, parts, progress)):
+                    yield summary
+                    if k == 4:
+                        print("stalled", flush=True)
+                        time.sleep(120)
 
-        score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP)
+        run_units(files, opts, CLASSES, Stalling(open_runner(model, "onnxruntime"), opts), step_records=STEP)
     """)
     env = {**os.environ, "PKTNIN_CACHE_DIR": os.environ["PKTNIN_CACHE_DIR"]}
     proc = subprocess.Popen(
@@ -185,21 +192,22 @@ def test_driver_killed_9_then_resume(files, model, local_tables, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not out.exists()
-    finished = list((out.with_name("p.parquet.parts") / "_shards").glob("*.summary.json"))
+    finished = list((out.with_name("p.parquet.parts") / "_units").glob("*.summary.json"))
     assert len(finished) == 5
-    opts = _opts(out, model, resume=True)
+    opts = _split(out, model, resume=True)
     scored = []
 
-    def execute(todo, parts):
-        scored.extend(todo)
-        yield from local_execute(open_runner(model, "onnxruntime"), opts)(todo, parts)
+    class Recording(LocalExecutor):
+        def __call__(self, todo, parts, progress=None):
+            scored.extend(todo)
+            yield from super().__call__(todo, parts, progress)
 
-    result = score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP)
+    result = run_units(files, opts, CLASSES, Recording(open_runner(model, "onnxruntime"), opts), step_records=STEP)
     _same_as_local(out, result, local_tables)
-    assert not {s.id for s in scored} & {p.name.split(".")[0] for p in finished}  # finished shards not redone
+    assert not {u.id for u in scored} & {p.name.split(".")[0] for p in finished}  # finished units not redone
 
 
-def test_cli_checks_engine_options(files, model, tmp_path):
+def test_cli_checks_executor_options(files, model, tmp_path):
     from typer.testing import CliRunner
 
     from pktnin.cli import app
@@ -208,7 +216,14 @@ def test_cli_checks_engine_options(files, model, tmp_path):
     assert parse_size("1G") == 1 << 30 and parse_size("512M") == 512 << 20 and parse_size("64k") == 65536
     assert parse_size("1GiB") == 1 << 30 and parse_size("1000") == 1000
     base = ["score", str(files[0]), "--model", str(model), "--out", str(tmp_path / "p.parquet"), "--no-progress"]
-    for extra in (["--engine", "spark"], ["--split-bytes", "lots"], ["--actors", "0"], ["--keep-parts"]):
+    bad = (
+        ["--executor", "spark"],
+        ["--engine", "spark"],
+        ["--split-bytes", "lots"],
+        ["--actors", "0"],
+        ["--keep-parts"],
+    )
+    for extra in bad:
         result = CliRunner().invoke(app, base + extra)
         assert result.exit_code == 2, (extra, result.output)
 
@@ -244,16 +259,16 @@ def local_ray():
 
 
 def _ray_run(files, model, out, spec=None, actors=2, progress=None, **kw):
-    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute
+    from pktnin.distributed.ray_engine import RayExecutor, RunnerSpec
 
-    opts = _opts(out, model, **kw)
+    opts = _split(out, model, **kw)
     spec = spec or RunnerSpec(str(model), "onnxruntime", 16)
-    execute = ray_execute(spec, opts, actors=actors, cpus_per_actor=0.5)
-    return score_sharded(files, opts, CLASSES, execute, split_bytes=SPLIT, step_records=STEP, progress=progress)
+    executor = RayExecutor(spec, opts, actors=actors, cpus_per_actor=0.5)
+    return run_units(files, opts, CLASSES, executor, step_records=STEP, progress=progress)
 
 
 @needs_ray
-def test_ray_actor_dies_mid_shard_once(local_ray, files, model, local_tables, tmp_path):
+def test_ray_actor_dies_mid_unit_once(local_ray, files, model, local_tables, tmp_path):
     from ray_helpers import DyingSpec
 
     marker = tmp_path / "die-once"
@@ -265,7 +280,7 @@ def test_ray_actor_dies_mid_shard_once(local_ray, files, model, local_tables, tm
 
 
 class _KillAfter:
-    """A progress object that stops the driver after `n` shards came back (as a kill would)."""
+    """A progress object that stops the driver after `n` units came back (as a kill would)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -286,15 +301,15 @@ def test_ray_driver_killed_then_resume(local_ray, files, model, local_tables, tm
         _ray_run(files, model, out, actors=1, progress=_KillAfter(3))
     manifest = json.loads(out.with_name("p.parquet.manifest.json").read_text())
     assert not out.exists() and manifest["files"]
-    done_before = {p.name.split(".")[0] for p in (out.with_name("p.parquet.parts") / "_shards").glob("*.summary.json")}
+    done_before = {p.name.split(".")[0] for p in (out.with_name("p.parquet.parts") / "_units").glob("*.summary.json")}
     assert len(done_before) >= 3
     result = _ray_run(files, model, out, resume=True)
     _same_as_local(out, result, local_tables)
-    assert result.packets < local_tables[2].packets  # the shards finished before were not scored again
+    assert result.packets < local_tables[2].packets  # the units finished before were not scored again
 
 
 @needs_ray
-def test_cli_engine_ray_matches_local(local_ray, files, model, local_tables, tmp_path):
+def test_cli_executor_ray_matches_local(local_ray, files, model, local_tables, tmp_path):
     from typer.testing import CliRunner
 
     from pktnin.cli import app
@@ -315,14 +330,14 @@ def test_cli_engine_ray_matches_local(local_ray, files, model, local_tables, tmp
         "--batch",
         "16",
         "--no-progress",
-        "--engine",
+        "--engine",  # the old name of --executor
         "ray",
         "--actors",
         "2",
         "--split-bytes",
         "25k",
     ]
-    result = CliRunner().invoke(app, args)  # two actors, the big files in several shards each
+    result = CliRunner().invoke(app, args)  # two actors, the big files in several units each
     assert result.exit_code == 3, result.output  # the inputs include broken files, as the local run's
     assert pq.read_table(out).equals(local_tables[0]) and pq.read_table(out.with_name("flows.parquet")).equals(
         local_tables[1]

@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 import pktnin
 from pktnin.api import open_model
 from pktnin.cli import app
-from pktnin.distributed.driver import local_execute, score_sharded
 from pktnin.engine.runners import open_runner
 from pktnin.errors import OptionError
 from pktnin.flow_decide import FlowParams
 from pktnin.packets import find_captures, iter_packets
-from pktnin.score import ScoreOptions, cpu_stages, score_files
+from pktnin.scoring import ScoreOptions, cpu_stages, score_files
+from pktnin.scoring.run import run_units
+from pktnin.scoring.unit_run import LocalExecutor
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 T0 = 1_700_000_000 * 10**9
@@ -156,27 +157,18 @@ def test_same_rows_whatever_the_batch_chunk_and_window(inputs, model, tmp_path, 
     assert (a["decision_packets"].to_numpy() < 4).any()  # the limits decided some flows early
 
 
-def test_sharded_run_matches_local_in_flow_mode(inputs, model, tmp_path):
-    local = tmp_path / "local" / "p.parquet"
-    _score(inputs, model, local, decide="flow", flow=FlowParams(packets=2))
-    out = tmp_path / "sharded" / "p.parquet"
-    opts = _opts(out, model, decide="flow", flow=FlowParams(packets=2))
-    score_sharded(inputs, opts, CLASSES, local_execute(open_runner(model, "onnxruntime"), opts), split_bytes=1 << 30)
-    assert pq.read_table(out).equals(pq.read_table(local))
-    assert pq.read_table(out.with_name("flows.parquet")).equals(pq.read_table(local.with_name("flows.parquet")))
-
-
-def test_a_flow_split_into_shards_restarts_in_each(inputs, model, tmp_path):
-    out = tmp_path / "p.parquet"
-    opts = _opts(out, model, decide="flow", flow=FlowParams(packets=2))
-    runner = open_runner(model, "onnxruntime")
-    score_sharded(inputs, opts, CLASSES, local_execute(runner, opts), split_bytes=8000, step_records=5)
+def test_a_flow_cut_by_units_restarts_in_each(inputs, model, tmp_path):
+    whole = tmp_path / "whole" / "p.parquet"
+    _score(inputs, model, whole, decide="flow", flow=FlowParams(packets=2))
+    out = tmp_path / "cut" / "p.parquet"
+    opts = _opts(out, model, decide="flow", flow=FlowParams(packets=2), unit_bytes=8000)
+    run_units(inputs, opts, CLASSES, LocalExecutor(open_runner(model, "onnxruntime"), opts), step_records=5)
     flows = pq.read_table(out.with_name("flows.parquet")).to_pandas()
-    local = tmp_path / "whole" / "p.parquet"
-    _score(inputs, model, local, decide="flow", flow=FlowParams(packets=2))
-    whole = pq.read_table(local.with_name("flows.parquet")).to_pandas()
-    # Units are shards: a flow crossing a shard boundary is decided again, one flow row per shard.
-    assert len(flows) > len(whole) and flows["packets"].sum() == whole["packets"].sum()
+    want = pq.read_table(whole.with_name("flows.parquet")).to_pandas()
+    # Units are byte ranges of the big files: a flow crossing a cut is decided again, one flow row per unit.
+    assert len(flows) > len(want) and flows["packets"].sum() == want["packets"].sum()
+    rows = pq.read_table(out)
+    assert rows.num_rows == pq.read_table(whole).num_rows and (rows["decision_packets"].to_numpy() <= 2).all()
 
 
 def test_api_and_cli(inputs, model, tmp_path):
@@ -285,7 +277,7 @@ except ImportError:  # the ray extra is not installed
 def test_ray_rows_equal_local_rows_in_flow_mode(inputs, model, tmp_path):
     import os
 
-    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
+    from pktnin.distributed.ray_engine import RayExecutor, RunnerSpec, ray_session
 
     tests = Path(__file__).resolve().parent
     fmodel = flow_model(tmp_path / "flow.onnx", 2)
@@ -296,13 +288,14 @@ def test_ray_rows_equal_local_rows_in_flow_mode(inputs, model, tmp_path):
         with ray_session():
             for name, m, flow in (("packet-model", model, FlowParams(packets=3, pending_rows=40)),
                                   ("flow-model", fmodel, FlowParams(packets=2))):  # fmt: skip
+                # Small units: big files are cut, small ones grouped; the flow state resets at the same places.
                 local = tmp_path / name / "local" / "p.parquet"
                 runner = open_model(m, "onnxruntime", batch=16, precision="fp32")[0]
-                score_files(inputs, runner, _opts(local, m, decide="flow", flow=flow))
+                score_files(inputs, runner, _opts(local, m, decide="flow", flow=flow, unit_bytes=8000))
                 out = tmp_path / name / "ray" / "p.parquet"
-                opts = _opts(out, m, decide="flow", flow=flow)
-                execute = ray_execute(RunnerSpec(str(m), "onnxruntime", 16), opts, actors=2, cpus_per_actor=0.5)
-                score_sharded(inputs, opts, CLASSES, execute, split_bytes=1 << 30)
+                opts = _opts(out, m, decide="flow", flow=flow, unit_bytes=8000)
+                executor = RayExecutor(RunnerSpec(str(m), "onnxruntime", 16), opts, actors=2, cpus_per_actor=0.5)
+                run_units(inputs, opts, CLASSES, executor)
                 assert pq.read_table(out).equals(pq.read_table(local)), name
                 assert pq.read_table(out.with_name("flows.parquet")).equals(
                     pq.read_table(local.with_name("flows.parquet"))

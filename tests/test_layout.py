@@ -314,14 +314,6 @@ def test_random_packets_match_reference(packets, mask, keep_dns):
 CLASSIC_MAGICS = {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"}
 
 
-@pytest.fixture(scope="module")
-def corpus_pcaps():
-    pcaps = (Path(__file__).parents[1] / ".." / "shared" / "corpus" / "pcaps").resolve()
-    if not pcaps.is_dir():
-        pytest.skip(f"no capture corpus at {pcaps}")
-    return pcaps
-
-
 def _read_classic(path: Path):
     """Records of a classic pcap file via dpkt (test oracle only); None if not classic pcap."""
     import dpkt
@@ -341,7 +333,6 @@ def _read_classic(path: Path):
     return records
 
 
-@pytest.mark.corpus
 def test_corpus_matches_reference(corpus_pcaps):
     files = packets = kept = 0
     for path in sorted(corpus_pcaps.rglob("*")):

@@ -20,10 +20,11 @@ from packetgen import mixed_traffic
 from pcapgen import pcap_bytes, write_pcap
 from typer.testing import CliRunner
 
+from pktnin import outdir
 from pktnin.cli import app
-from pktnin.score import ScoreOptions, outdir, score_files
-from pktnin.score import manifest as mf
-from pktnin.score.outdir import OutputBusyError, OutputNotWritableError, UnsafeOutputError
+from pktnin.outdir import OutputBusyError, OutputNotWritableError, UnsafeOutputError
+from pktnin.scoring import ScoreOptions, score_files
+from pktnin.scoring import manifest as mf
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 TESTS = Path(__file__).resolve().parent
@@ -44,7 +45,7 @@ def inputs(tmp_path_factory) -> list[Path]:
 
 
 def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
-    return ScoreOptions(out=out, flows_out=None, batch=16, model_id=str(model), part_rows=1, **kw)
+    return ScoreOptions(out=out, flows_out=None, batch=16, model_id=str(model), unit_files=1, **kw)
 
 
 def _runner(model: Path):
@@ -180,7 +181,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_outdir import _opts, _runner
-from pktnin.score import score_files
+from pktnin.scoring import score_files
 
 real_replace = os.replace
 calls = {{"n": 0}}

@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 from pktnin.cli import app
 from pktnin.cli.errors import EXIT_PARTIAL
 from pktnin.packets import PacketBatch, find_captures, iter_packets
-from pktnin.score import ScoreOptions, score_files
-from pktnin.score import flows as flows_mod
-from pktnin.score.flows import FlowAccumulator, flow_schema
-from pktnin.score.outputs import OutputError
-from pktnin.score.writers import format_addresses
+from pktnin.scoring import ScoreOptions, score_files
+from pktnin.scoring import flows as flows_mod
+from pktnin.scoring.flows import FlowAccumulator, flow_schema
+from pktnin.scoring.outputs import OutputError
+from pktnin.scoring.writers import format_addresses
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 TESTS = Path(__file__).resolve().parent
@@ -189,7 +189,7 @@ def test_only_bad_files_fails(tmp_path, model):
 # -- resume ------------------------------------------------------------------------------------------------
 def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
     return ScoreOptions(
-        out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16, model_id=str(model), part_rows=1, **kw
+        out=out, flows_out=out.with_name("flows.parquet"), probs=True, batch=16, model_id=str(model), unit_files=1, **kw
     )
 
 
@@ -210,7 +210,7 @@ def test_resume_after_sigkill(tmp_path, model):
         from pathlib import Path
         from test_score import _opts, _runner
         from pktnin.packets import find_captures, iter_packets
-        from pktnin.score import score_files
+        from pktnin.scoring import score_files
 
         def stalling(files, **kw):  # the fourth file never finishes: the run is killed in the middle of it
             for b in iter_packets(files, **kw):
@@ -231,10 +231,11 @@ def test_resume_after_sigkill(tmp_path, model):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    manifest = json.loads((out.parent / "p.parquet.manifest.json").read_text())
-    # cut.pcap (its own part), empty.pcap + good0.pcap (the next part, closed once it had rows): good1 was
-    # being scored when the run was killed.
-    assert [Path(k).name for k in manifest["files"]] == ["cut.pcap", "empty.pcap", "good0.pcap"]
+    # One unit per file (unit_files=1): cut.pcap, empty.pcap and good0.pcap are finished, good1 was being
+    # scored when the run was killed. The manifest may lag (saved every few seconds): the summaries do not.
+    summaries = [json.loads(p.read_text()) for p in (out.parent / "p.parquet.parts" / "_units").glob("*.summary.json")]
+    finished = sorted(Path(f["report"]["path"]).name for s in summaries for f in s["files"])
+    assert finished == ["cut.pcap", "empty.pcap", "good0.pcap"]
     assert not out.exists()
 
     resumed = score_files(files, _runner(model), _opts(out, model, resume=True))
@@ -262,8 +263,8 @@ def test_resume_redoes_changed_files_and_settings(tmp_path, model):
         score_files(files, _runner(model), _opts(out, model), on_saved=fail_after_two)
     done = json.loads((tmp_path / "p.parquet.manifest.json").read_text())["files"]
     assert len(done) == 3
-    # A finished file changes on disk: it is scored again (its part held only it: part_rows=1).
-    changed = Path(sorted(done)[0])
+    # A finished file changes on disk: it is scored again (its unit held only it: unit_files=1).
+    changed = Path(sorted(f["report"]["path"] for unit in done.values() for f in unit["files"])[0])
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
     res = score_files(files, _runner(model), _opts(out, model, resume=True))
     assert res.resumed == 2
@@ -372,7 +373,7 @@ def test_stage_errors_stop_the_run(tmp_path, where):
     before = threading.active_count()
     started = time.monotonic()
     with pytest.raises((RuntimeError, OSError), match="engine failure" if where == "engine" else "byte offset 1234"):
-        score_files(files, runner, ScoreOptions(out=tmp_path / "p.parquet", batch=16, part_rows=1), source=source)
+        score_files(files, runner, ScoreOptions(out=tmp_path / "p.parquet", batch=16, unit_files=1), source=source)
     assert time.monotonic() - started < 10
     assert threading.active_count() == before  # no stage left running
     assert not (tmp_path / "p.parquet").exists()
@@ -384,15 +385,18 @@ def test_stages_run_on_their_own(tmp_path):
     """The read and engine stages of the CPU path, wired by hand, without score_files or a writer."""
     import queue
 
-    from pktnin.score.cpu_stages import engine_stage, read_stage
-    from pktnin.score.stages import DONE, FileEnd, Scored, Stages
+    from pktnin.scoring.cpu_stages import engine_stage, read_stage
+    from pktnin.scoring.messages import FileEnd, Scored
+    from pktnin.scoring.units import Piece
+    from pktnin.stages import DONE, Stages
 
     files = _fake_files(tmp_path, 2)
     sizes = {0: [5, 30], 1: [7]}
     stages = Stages()
     read_q, scored_q = queue.Queue(maxsize=2), queue.Queue(maxsize=2)
     runner = CountingRunner()
-    stages.thread("read", read_stage, stages, list(enumerate(files)), read_q, "paper", False, None,
+    pieces = [Piece(i, str(p)) for i, p in enumerate(files)]
+    stages.thread("read", read_stage, stages, pieces, read_q, "paper", False, None,
                   fake_source(sizes))  # fmt: skip
     stages.thread("engine", engine_stage, stages, runner, 16, read_q, scored_q)
     got = []
@@ -411,7 +415,7 @@ def test_stages_run_on_their_own(tmp_path):
 def test_stage_error_reaches_the_caller_and_stops_the_others():
     import queue
 
-    from pktnin.score.stages import Stages, Stopped
+    from pktnin.stages import Stages, Stopped
 
     stages = Stages()
     q: queue.Queue = queue.Queue(maxsize=1)
@@ -450,8 +454,8 @@ def test_runner_faces():
         ({"fmt": "json"}, "unknown output format"),
         ({"batch": 0}, "batch must be at least 1"),
         ({"prep_threads": 0}, "prep_threads must be at least 1"),
-        ({"part_rows": -1}, "part_rows must be at least 1"),
-        ({"part_seconds": -1.0}, "part_seconds"),
+        ({"unit_bytes": 0}, "unit_bytes must be at least 1"),
+        ({"unit_files": -1}, "unit_files must be at least 1"),
         ({"mask": "loose"}, "mask"),
         ({"flows_out": "p.parquet"}, "flows output must differ"),
     ],

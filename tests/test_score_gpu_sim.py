@@ -53,7 +53,7 @@ def make_captures(root: Path) -> Path:
 
 
 def _options(out_dir: Path, case: str, name: str | None = None):
-    from pktnin.score import ScoreOptions
+    from pktnin.scoring import ScoreOptions
 
     _, mask, keep_dns = CASES[case]
     name = name or case
@@ -131,8 +131,8 @@ def run_child(spec_path: str) -> None:
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # uint64 wrap-around in the flow hash
     from pktnin.engine.protocols import DeviceRunner
     from pktnin.packets import find_captures
-    from pktnin.score import manifest as mf
-    from pktnin.score import score_files
+    from pktnin.scoring import manifest as mf
+    from pktnin.scoring import score_files
 
     spec = json.loads(Path(spec_path).read_text())
     files = find_captures([spec["captures"]])
@@ -163,8 +163,8 @@ def runs(tmp_path_factory) -> dict:
     """CPU path here, GPU path in the simulator child, on the same captures and models."""
     from pktnin.engine.ort_runner import OnnxRuntimeRunner
     from pktnin.packets import find_captures
-    from pktnin.score import manifest as mf
-    from pktnin.score import score_files
+    from pktnin.scoring import manifest as mf
+    from pktnin.scoring import score_files
 
     base = tmp_path_factory.mktemp("gpu_sim")
     captures = make_captures(base / "in")
@@ -239,7 +239,7 @@ def test_gpu_path_engine_error_reaches_caller(runs):
 def test_own_raw_keeps_only_the_records_and_transforms_the_same(tmp_path):
     from pktnin.kernels import cpu
     from pktnin.kernels.capture import CaptureReader
-    from pktnin.score.gpu_stages import own_raw
+    from pktnin.scoring.gpu_stages import own_raw
 
     path = make_captures(tmp_path / "in") / "a.pcap"
     chunks = 0
@@ -258,7 +258,7 @@ def test_own_raw_keeps_only_the_records_and_transforms_the_same(tmp_path):
 def test_device_batch_size_is_capped_by_the_engine():
     from types import SimpleNamespace
 
-    from pktnin.score.gpu_stages import device_batch_size
+    from pktnin.scoring.gpu_stages import device_batch_size
 
     assert device_batch_size(SimpleNamespace(max_batch=64), 512) == 64
     assert device_batch_size(SimpleNamespace(max_batch=4096), 512) == 512

@@ -240,7 +240,7 @@ def test_outputs_are_checked_before_work_starts(tmp_path, caps, model):
 
 
 def test_earlier_progress_is_not_discarded_without_force(tmp_path, caps, model):
-    from pktnin.score.manifest import MANIFEST_VERSION, manifest_path
+    from pktnin.scoring.manifest import MANIFEST_VERSION, manifest_path
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -249,7 +249,8 @@ def test_earlier_progress_is_not_discarded_without_force(tmp_path, caps, model):
     out = tmp_path / "p.parquet"
     # An earlier run that finished one file of two and was killed: its manifest and part are left.
     assert run_cli(inputs / "a.pcap", "--model", model, "--out", out).exit_code == EXIT_OK
-    manifest = {"version": MANIFEST_VERSION, "settings": {}, "files": {str((inputs / "a.pcap").resolve()): {}}}
+    unit = {"files": [{"report": {"path": str((inputs / "a.pcap").resolve())}}]}
+    manifest = {"version": MANIFEST_VERSION, "settings": {}, "files": {"0" * 24: unit}}
     manifest_path(out).write_text(json.dumps(manifest))
     out.unlink()
 
@@ -278,13 +279,12 @@ def test_a_real_resume_with_the_same_settings_is_accepted(tmp_path, caps, model)
     for name in ("a.pcap", "b.pcapng"):
         (inputs / name).write_bytes(caps[name.split(".")[1]].read_bytes())
     out = tmp_path / "p.parquet"
-    job = ScoreJob.prepare([inputs], out, model)
-    job.opts.part_rows = 1
+    job = ScoreJob.prepare([inputs], out, model)  # both files in one unit of work
 
     def killed(reports):
         raise KeyboardInterrupt
 
-    from pktnin.score import score_files
+    from pktnin.scoring import score_files
 
     with pytest.raises(KeyboardInterrupt):
         score_files(job.files, job.runner, job.opts, on_saved=killed)
@@ -292,7 +292,7 @@ def test_a_real_resume_with_the_same_settings_is_accepted(tmp_path, caps, model)
     assert run_cli(inputs, "--model", model, "--out", out).exit_code == EXIT_USAGE  # would drop the finished file
     result = run_cli(inputs, "--model", model, "--out", out, "--resume")
     assert result.exit_code == EXIT_OK, result.output
-    assert "1 taken from the earlier run" in result.output
+    assert "2 taken from the earlier run" in result.output
     assert run_cli(inputs, "--model", model, "--out", tmp_path / "fresh.parquet").exit_code == EXIT_OK
     assert pq.read_table(out).equals(pq.read_table(tmp_path / "fresh.parquet"))
 
@@ -377,7 +377,7 @@ def test_progress_moves_by_bytes_within_a_file(tmp_path, model):
         def add_bytes(self, n):
             seen.append(("bytes", n))
 
-    from pktnin.score import cpu_stages
+    from pktnin.scoring import cpu_stages
 
     job = ScoreJob.prepare([big], tmp_path / "p.parquet", model)
     old = cpu_stages.READ_CHUNK

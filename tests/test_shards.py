@@ -9,18 +9,8 @@ import pytest
 from packetgen import mixed_traffic
 from pcapgen import pcap_record_offsets, write_pcap, write_pcapng
 
-from pktnin.distributed.shards import cached_index, index_file, make_shards
 from pktnin.kernels.capture import CaptureReader, detect_format
-
-
-def find_corpus() -> Path | None:
-    """$PKTNIN_CORPUS, else shared/corpus beside the repository or any folder above it (worktrees)."""
-    if os.environ.get("PKTNIN_CORPUS"):
-        return Path(os.environ["PKTNIN_CORPUS"])
-    for parent in Path(__file__).resolve().parents[1:]:
-        if (parent / "shared" / "corpus").is_dir():
-            return parent / "shared" / "corpus"
-    return None
+from pktnin.scoring.units import cached_index, index_file, make_units
 
 
 def records(reader: CaptureReader) -> list[tuple]:
@@ -39,12 +29,13 @@ def records(reader: CaptureReader) -> list[tuple]:
 def shard_records(path, split_bytes: int, step_records: int) -> tuple[list[tuple], int, int]:
     """Records of every shard of `path` in order, the shard count, corrupt records summed over shards."""
     out, corrupt = [], 0
-    shards = make_shards([Path(path)], {}, split_bytes=split_bytes, step_records=step_records)
-    for shard in shards:
-        reader = CaptureReader(path, max_records=5, window_bytes=4096, **shard.reader_kwargs())
+    units = make_units([Path(path)], {}, split_bytes, step_records=step_records)
+    for unit in units:
+        (piece,) = unit.pieces
+        reader = CaptureReader(path, max_records=5, window_bytes=4096, **piece.reader_kwargs())
         out += records(reader)
         corrupt += reader.corrupt_records
-    return out, len(shards), corrupt
+    return out, len(units), corrupt
 
 
 def whole(path) -> tuple[list[tuple], int]:
@@ -175,20 +166,19 @@ def test_index_is_cached_per_file_stamp(captures, tmp_path):
     assert len(list((tmp_path / "cache" / "index").iterdir())) == 2
 
 
-def test_shard_ids_follow_path_stamp_start_and_settings(captures):
-    a = make_shards(captures, {"model": "x"}, split_bytes=3000)
-    b = make_shards(captures, {"model": "x"}, split_bytes=3000)
-    c = make_shards(captures, {"model": "y"}, split_bytes=3000)
-    assert [s.id for s in a] == [s.id for s in b]
-    assert not {s.id for s in a} & {s.id for s in c}
-    assert len({s.id for s in a}) == len(a)
-    assert [s.file_index for s in a] == sorted(s.file_index for s in a)
+def test_unit_ids_follow_path_stamp_start_and_settings(captures):
+    a = make_units(captures, {"model": "x"}, 3000)
+    b = make_units(captures, {"model": "x"}, 3000)
+    c = make_units(captures, {"model": "y"}, 3000)
+    assert [u.id for u in a] == [u.id for u in b]
+    assert not {u.id for u in a} & {u.id for u in c}
+    assert len({u.id for u in a}) == len(a)
+    indexes = [p.file_index for u in a for p in u.pieces]
+    assert indexes == sorted(indexes) and set(indexes) == set(range(len(captures)))
 
 
-@pytest.mark.corpus
-@pytest.mark.skipif(find_corpus() is None, reason="shared corpus not present")
-def test_corpus_shards_hold_exactly_the_file_records():
-    files = sorted(p for p in (find_corpus() / "pcaps").rglob("*") if p.is_file())
+def test_corpus_shards_hold_exactly_the_file_records(corpus_pcaps):
+    files = sorted(p for p in corpus_pcaps.rglob("*") if p.is_file())
     assert files
     for path in files:
         if detect_format(path) is None:

@@ -22,19 +22,16 @@ from pktnin.engine.export import checkpoint_provenance  # noqa: E402
 from pktnin.errors import UsageError  # noqa: E402
 from pktnin.layout import CAPTURE_FIELDS  # noqa: E402
 from pktnin.trainer import checkpoint as ckpt  # noqa: E402
-from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
-from pktnin.trainer.fusion import fuse  # noqa: E402
-from pktnin.trainer.train import (  # noqa: E402
-    TrainSettings,
+from pktnin.trainer.data import (  # noqa: E402
     balanced_class_weights,
-    branch_checkpoint_path,
-    logs_dir_for,
     make_tf_dataset,
     predict_rows,
     select_training_rows,
-    train,
     training_sample_weights,
 )
+from pktnin.trainer.evaluate import evaluate, load_result, write_evaluation  # noqa: E402
+from pktnin.trainer.fusion import fuse  # noqa: E402
+from pktnin.trainer.train import TrainSettings, branch_checkpoint_path, logs_dir_for, train  # noqa: E402
 
 pytestmark = pytest.mark.tf
 

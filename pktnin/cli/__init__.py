@@ -31,7 +31,7 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        from pktnin import __version__
+        from pktnin.version import __version__
 
         typer.echo(f"pktnin {__version__}")
         raise typer.Exit()

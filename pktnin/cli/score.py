@@ -7,6 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from pktnin.api import ScoreJob
 from pktnin.cli.console import console, file_progress, print_file_reports, warn
 from pktnin.cli.errors import EXIT_INTERRUPTED, check_inputs_read, exit_codes
 from pktnin.cli.options import (
@@ -18,6 +19,9 @@ from pktnin.cli.options import (
     check_summary_path,
     write_summary,
 )
+from pktnin.distributed.run import executor_options, parse_size
+from pktnin.errors import OptionError
+from pktnin.scoring.cpu_stages import input_size
 
 DEFAULT_BATCH = 512
 
@@ -79,17 +83,25 @@ def score(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     quiet: QuietOption = False,
     summary: SummaryOption = None,
-    engine: Annotated[
-        str, typer.Option("--engine", help="local (this process) or ray (shards on a Ray cluster, extra pktnin[ray]).")
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            "--engine",
+            help="local (this process) or ray (units on a Ray cluster, extra pktnin[ray]). --engine: old name.",
+        ),
     ] = "local",
     ray_address: Annotated[
         Optional[str],
         typer.Option("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)."),
     ] = None,
-    actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring shards (each loads the model once).")] = 1,
+    actors: Annotated[int, typer.Option("--actors", help="Ray actors scoring units (each loads the model once).")] = 1,
     split_bytes: Annotated[
-        str, typer.Option("--split-bytes", help="Ray: cut files larger than this into shards (e.g. 512M, 1G).")
-    ] = "1G",
+        str,
+        typer.Option(
+            "--split-bytes", help="Units of work: cut larger files, group smaller ones up to this size (e.g. 256M)."
+        ),
+    ] = "256M",
     keep_parts: Annotated[
         bool,
         typer.Option("--keep-parts", help="Ray: keep the rows as a Parquet dataset in OUT.parts/ instead of one file."),
@@ -103,22 +115,21 @@ def score(
     recorded in OUT.manifest.json (their rows wait in OUT.parts/) so that `--resume` continues a killed run where
     it stopped; both are removed at the end. Exit codes: 0 every input read, 3 some inputs failed or were cut
     short, 1 none could be read (nothing written), 2 usage.
-    With `--engine ray` the files are cut into shards scored by Ray actors (same outputs, same `--resume`).
+    With `--executor ray` the units of work are scored by Ray actors (same outputs, same `--resume`).
     """
-    from pktnin.api import ScoreJob
-    from pktnin.distributed.run import engine_options
-    from pktnin.score.cpu_stages import input_size
 
     if fmt is None and out is None:
         fmt = "parquet"
     out = out or Path(f"predictions.{fmt}")
     with exit_codes():
-        ray = engine_options(engine, ray_address, actors, split_bytes, keep_parts)
+        ray = executor_options(executor, ray_address, actors, keep_parts)
+        unit_bytes = size_option("--split-bytes", split_bytes)
         check_summary_path(summary)
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
-            batch=batch, threads=threads, prep_threads=prep_threads, ray=ray, decide=decide, flow_packets=flow_packets,
+            batch=batch, threads=threads, prep_threads=prep_threads, ray=ray, unit_bytes=unit_bytes, decide=decide,
+            flow_packets=flow_packets,
         )  # fmt: skip
     from pktnin.engine.catalog import mask_warning
 
@@ -142,6 +153,13 @@ def score(
             )
     write_summary(summary, run_summary(result, job.model_path, job.runner))
     check_inputs_read(result.reports)
+
+
+def size_option(option: str, text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise OptionError(f"{option}: {exc}") from None
 
 
 def run_summary(result, model_path: Path, runner) -> dict:

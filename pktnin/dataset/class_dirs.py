@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pktnin.dataset.source import Source, label_by_file, source_dir
+from pktnin.packets import find_captures
 
 if TYPE_CHECKING:
     from pktnin.dataset.options import BuildOptions
 
 
 def read(options: BuildOptions) -> Source:
-    from pktnin.packets import find_captures
-
     root = source_dir(options.source)
     skipped: list[tuple[str, str]] = []
     class_dirs = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pktnin.dataset.iscx import iscx_label
 from pktnin.errors import OptionError
+from pktnin.packets import find_captures
 
 SOURCE_KINDS = ("auto", "iscx", "class-dirs", "csv")
 
@@ -23,8 +24,6 @@ def detect_source(source: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{p}: no such file or directory")
     if (p / "labels.csv").is_file():
         return "csv"
-    from pktnin.packets import find_captures
-
     names = [f.name for f in find_captures([p])]
     if names and sum(iscx_label(n) is not None for n in names) * 2 > len(names):
         return "iscx"

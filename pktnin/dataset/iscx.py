@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pktnin.dataset.source import Source, label_by_file, relative_name, source_dir
+from pktnin.packets import find_captures
 
 if TYPE_CHECKING:
     from pktnin.dataset.options import BuildOptions
@@ -90,8 +91,6 @@ def iscx_label(file_name: str) -> IscxLabel | None:
 
 def read(options: BuildOptions) -> Source:
     """Task A (14 applications, VPN:non-VPN 1:1 up to half the cap each) or task B (12 traffic types)."""
-    from pktnin.packets import find_captures
-
     task = options.task
     root = source_dir(options.source)
     classes = list(ISCX_TASK_A if task == "A" else ISCX_TASK_B)

@@ -1,30 +1,44 @@
-"""`pktnin score --engine ray`: shards scored by a pool of Ray actors through Ray Data (extra `pktnin[ray]`).
+"""`pktnin score --executor ray`: units of work scored by a pool of Ray actors through Ray Data (extra
+`pktnin[ray]`).
 
-Imported only when the Ray engine is asked for. The driver (distributed.driver) makes the shards, keeps the
-resume manifest and assembles the outputs; this module only runs shards:
+Imported only when the Ray executor is asked for. The driver (scoring.run) makes the units, keeps the resume
+manifest and assembles the outputs; this module only runs units, each through the same chain as the in-process
+executor (scoring.unit_run.score_unit):
 
-    ray.data.from_items(shards, one block each)
-        .map_batches(ShardScorer, batch_size=1, compute=ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor)
+    ray.data.from_items(units, one block each)
+        .map_batches(UnitScorer, batch_size=1, compute=ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor)
 
-Each ShardScorer actor builds its runner inside the actor (runners hold native sessions that do not pickle),
+Each UnitScorer actor builds its runner inside the actor (runners hold native sessions that do not pickle),
 sets numba's and ONNX Runtime's threads to its CPUs, compiles (or loads from numba's cache) the capture and
-prep kernels once in __init__, then scores one shard per call into the shared parts folder and returns only
-the shard's small summary (a JSON string): rows never travel through Ray's object store, and Dataset.write_parquet
-is not used (its file names change per run; the parts here are named by shard id). Ray Data restarts an actor
-that dies and retries its shard; the shard's part is then written again under the same name.
+prep kernels once in __init__, then scores one unit per call into the shared parts folder and returns only
+the unit's small summary (a JSON string): rows never travel through Ray's object store, and Dataset.write_parquet
+is not used (its file names change per run; the parts here are named by unit id). Ray Data restarts an actor
+that dies and retries its unit; the unit's part is then written again under the same name.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Iterator
+import logging
+import struct
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pktnin.distributed.shards import Shard
-from pktnin.score.options import ScoreOptions
+import numba
+
+from pktnin.engine.cache import cache_dir
+from pktnin.engine.runners import open_runner
+from pktnin.kernels.capture import CaptureReader
+from pktnin.kernels.cpu import transform
+from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
+from pktnin.scoring.messages import Progress
+from pktnin.scoring.options import ScoreOptions
+from pktnin.scoring.unit_run import score_unit
+from pktnin.scoring.units import Unit
 
 
 @dataclass(frozen=True)
@@ -37,9 +51,6 @@ class RunnerSpec:
     precision: str = "fp32"  # the driver's resolved choice, so every actor runs the same engine
 
     def __call__(self, threads: int):
-        from pktnin.engine.runners import open_runner
-        from pktnin.score.flow_model import FlowModelRunner, is_flow_model
-
         if is_flow_model(self.model_path):
             return FlowModelRunner(self.model_path, intra_threads=threads, max_batch=self.batch)
         return open_runner(
@@ -51,11 +62,6 @@ def warm_kernels() -> None:
     """Compile (or load from numba's cache) the record walks and the CPU prep kernel on a tiny capture.
     numba caches in the package's __pycache__, or in a user-wide folder when that is read-only (an image);
     NUMBA_CACHE_DIR in the workers' environment chooses another (read when numba is first imported)."""
-    import struct
-
-    from pktnin.kernels.capture import CaptureReader
-    from pktnin.kernels.cpu import transform
-
     frame = bytes(12) + b"\x08\x00" + bytes([0x45, 0, 0, 40]) + bytes(4) + bytes([64, 6, 0, 0]) + bytes(8) + bytes(20)
     pcap = (
         struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
@@ -79,10 +85,6 @@ def build_lock(runner_spec):
     if getattr(runner_spec, "backend", "auto") == "onnxruntime":
         yield
         return
-    import fcntl
-
-    from pktnin.engine.cache import cache_dir
-
     path = cache_dir() / "runner-build.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
@@ -93,12 +95,10 @@ def build_lock(runner_spec):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-class ShardScorer:
-    """The Ray Data actor: one runner per actor, one shard per call."""
+class UnitScorer:
+    """The Ray Data actor: one runner per actor, one unit per call."""
 
     def __init__(self, runner_spec, options: ScoreOptions, parts_dir: str, threads: int) -> None:
-        import numba
-
         cpus = max(1, int(threads))
         numba.set_num_threads(
             min(cpus, getattr(numba.config, "NUMBA_NUM_THREADS"))
@@ -110,11 +110,9 @@ class ShardScorer:
         warm_kernels()
 
     def __call__(self, batch: dict) -> dict:
-        from pktnin.distributed.worker import score_shard
-
         summaries = [
-            json.dumps(score_shard(Shard.from_dict(json.loads(s)), self.runner, self.options, self.parts_dir))
-            for s in batch["shard"]
+            json.dumps(score_unit(Unit.from_dict(json.loads(u)), self.runner, self.options, self.parts_dir))
+            for u in batch["unit"]
         ]
         return {"summary": summaries}
 
@@ -131,41 +129,45 @@ def actor_cpus(cluster_cpus: float, actors: int, cpus_per_actor: float | None) -
     return actors, float(cpus_per_actor), max(1, int(cpus_per_actor))
 
 
-def ray_execute(
-    runner_spec,
-    options: ScoreOptions,
-    actors: int = 1,
-    cpus_per_actor: float | None = None,
-    num_gpus: float | None = None,
-):
-    """An `execute(todo, parts_dir)` for distributed.driver.score_sharded that runs shards on Ray Data.
-    Ray must be initialized (ray_session)."""
+class RayExecutor:
+    """Runs units on Ray Data actors (scoring.run.Executor). Ray must be initialized (ray_session)."""
 
-    def execute(todo: list[Shard], parts_dir: Path) -> Iterator[dict]:
+    live_progress = False  # the driver tells packets per finished unit
+
+    def __init__(
+        self,
+        runner_spec: RunnerSpec,
+        options: ScoreOptions,
+        actors: int = 1,
+        cpus_per_actor: float | None = None,
+        num_gpus: float | None = None,
+    ) -> None:
+        self.runner_spec, self.options = runner_spec, options
+        self.actors, self.cpus_per_actor, self.num_gpus = actors, cpus_per_actor, num_gpus
+
+    def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterator[dict]:
         import ray
 
-        if not todo:
+        if not units:
             return
         resources = ray.cluster_resources()
-        n, cpus, threads = actor_cpus(resources.get("CPU", 1), min(actors, len(todo)), cpus_per_actor)
-        gpus = num_gpus
-        if gpus is None and resources.get("GPU", 0) and getattr(runner_spec, "backend", "auto") != "onnxruntime":
+        n, cpus, threads = actor_cpus(resources.get("CPU", 1), min(self.actors, len(units)), self.cpus_per_actor)
+        gpus = self.num_gpus
+        if gpus is None and resources.get("GPU", 0) and self.runner_spec.backend != "onnxruntime":
             gpus = 1  # one GPU per actor: the TensorRT engine and the CUDA prep stay on it
         ds: Any = ray.data.from_items(
-            [{"shard": json.dumps(s.to_dict())} for s in todo], override_num_blocks=len(todo)
-        )  # one block per shard: shards go to whichever actor is free
+            [{"unit": json.dumps(u.to_dict())} for u in units], override_num_blocks=len(units)
+        )  # one block per unit: units go to whichever actor is free
         ds = ds.map_batches(
-            ShardScorer,
+            UnitScorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
-            fn_constructor_args=(runner_spec, options, str(Path(parts_dir).resolve()), threads),
+            fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads),
             num_cpus=cpus,
             num_gpus=gpus,
         )
         for row in ds.iter_rows():
             yield json.loads(row["summary"])
-
-    return execute
 
 
 class ray_session:
@@ -180,8 +182,6 @@ class ray_session:
         import ray
 
         if not ray.is_initialized():
-            import logging
-
             import ray.data  # configures its logger on import: quieten it after that
 
             # Ray's INFO lines (cluster start, dataset plans) would bury pktnin's own progress and summary.

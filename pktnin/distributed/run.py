@@ -1,4 +1,4 @@
-"""`pktnin score --engine ray`: the Ray options, checked when made, and the run on a Ray cluster.
+"""`pktnin score --executor ray`: the Ray options, checked when made, and the run on a Ray cluster.
 
 No Ray import here until a run starts (pktnin.distributed.ray_engine is the only module that imports Ray).
 """
@@ -10,9 +10,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from pktnin.engine.runner_base import Runner
 from pktnin.errors import OptionError
+from pktnin.scoring.flow_model import FlowModelRunner
+from pktnin.scoring.messages import Progress
+from pktnin.scoring.options import ScoreOptions, ScoreResult
+from pktnin.scoring.run import run_units
 
-ENGINES = ("local", "ray")
+EXECUTORS = ("local", "ray")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -31,64 +36,55 @@ def parse_size(text: str) -> int:
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how shards are scored on Ray: the cluster address (None: a local Ray), the number of actors,
-    the size above which a file is cut into shards, and whether the parts stay as a Parquet dataset."""
+    """Where and how units are scored on Ray: the cluster address (None: a local Ray), the number of actors,
+    and whether the parts stay as a Parquet dataset."""
 
     address: str | None = None
     actors: int = 1
-    split_bytes: int = 1 << 30
     keep_parts: bool = False
 
     def __post_init__(self) -> None:
         if self.actors < 1:
             raise OptionError(f"--actors: must be at least 1, got {self.actors}")
-        if self.split_bytes < 1:
-            raise OptionError(f"--split-bytes: must be at least 1 byte, got {self.split_bytes}")
         try:
             import ray  # noqa: F401 - only to say clearly that the extra is missing
         except ImportError:
-            raise OptionError("--engine ray needs Ray: pip install 'pktnin[ray]'") from None
+            raise OptionError("--executor ray needs Ray: pip install 'pktnin[ray]'") from None
 
 
-def engine_options(engine: str, address: str | None, actors: int, split_bytes: str,
-                   keep_parts: bool) -> RayOptions | None:  # fmt: skip
-    """The command line's engine options checked: RayOptions for --engine ray, None for the local engine."""
-    if engine not in ENGINES:
-        raise OptionError(f"--engine: unknown engine {engine!r}; choose local or ray")
-    try:
-        split = parse_size(split_bytes)
-    except ValueError as exc:
-        raise OptionError(f"--split-bytes: {exc}") from None
-    if engine == "local":
+def executor_options(executor: str, address: str | None, actors: int, keep_parts: bool) -> RayOptions | None:
+    """The command line's executor options checked: RayOptions for --executor ray, None for the local one."""
+    if executor not in EXECUTORS:
+        raise OptionError(f"--executor: unknown executor {executor!r}; choose local or ray")
+    if executor == "local":
         if keep_parts or address is not None:
-            raise OptionError("--keep-parts and --ray-address go with --engine ray")
+            raise OptionError("--keep-parts and --ray-address go with --executor ray")
         if actors < 1:
             raise OptionError(f"--actors: must be at least 1, got {actors}")
         return None
-    return RayOptions(address, actors, split, keep_parts)
+    return RayOptions(address, actors, keep_parts)
 
 
-def score_on_ray(files: list[Path], opts, runner, model_path: Path, backend: str, ray: RayOptions, progress=None):
-    """Score `files` by shards on Ray actors, each opening the model the driver opened (same backend and
+def score_on_ray(files: list[Path], opts: ScoreOptions, runner: Runner | FlowModelRunner, model_path: Path, backend: str,
+                 ray: RayOptions, progress: Progress | None = None) -> ScoreResult:  # fmt: skip
+    """Score `files` by units on Ray actors, each opening the model the driver opened (same backend and
     precision); returns the ScoreResult. Closes `runner`: the driver only needs its classes."""
-    from pktnin.distributed.driver import score_sharded
-    from pktnin.distributed.ray_engine import RunnerSpec, ray_execute, ray_session
+    from pktnin.distributed.ray_engine import RayExecutor, RunnerSpec, ray_session
 
     classes = list(runner.classes)
     # The backend as asked: "auto" picks TensorRT on the GPU nodes even when the driver has no GPU.
     spec = RunnerSpec(str(Path(model_path).resolve()), backend, opts.batch, runner.precision)
     runner.close()
 
-    def stop(_signum, _frame):
-        raise KeyboardInterrupt  # so that Ray is shut down (ray_session) and finished shards stay recorded
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # so that Ray is shut down (ray_session) and finished units stay recorded
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stop) if in_main else None
     try:
         with ray_session(ray.address):
-            execute = ray_execute(spec, opts, actors=ray.actors)
-            return score_sharded(files, opts, classes, execute, split_bytes=ray.split_bytes, progress=progress,
-                                 keep_parts=ray.keep_parts)  # fmt: skip
+            executor = RayExecutor(spec, opts, actors=ray.actors)
+            return run_units(files, opts, classes, executor, progress=progress, keep_parts=ray.keep_parts)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pktnin.trainer.data import predict_rows
 from pktnin.trainer.metrics import classification_report
-from pktnin.trainer.train import predict_rows
 
 
 class ValidationF1(keras.callbacks.Callback):
@@ -52,9 +54,6 @@ class RichProgress(keras.callbacks.Callback):
         self.epoch_rates: list[float] = []
 
     def on_train_begin(self, logs=None):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),

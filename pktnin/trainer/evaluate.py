@@ -15,6 +15,7 @@ import numpy as np
 
 from pktnin.dataset.format import SPLIT_NAMES, load_dataset
 from pktnin.errors import OptionError, UsageError
+from pktnin.trainer.data import predict_rows
 from pktnin.trainer.metrics import evaluation_report
 
 
@@ -47,8 +48,6 @@ class Predictor:
         """Probabilities for rows[indices] (all rows when None), in ascending index order."""
         indices = np.arange(rows.shape[0]) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
         if self.model is not None:
-            from pktnin.trainer.train import predict_rows
-
             return predict_rows(self.model, rows, indices, self.batch)
         assert self.runner is not None  # not a checkpoint: __init__ opened a runner
         out = np.zeros((indices.size, len(self.classes)), np.float32)

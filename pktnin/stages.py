@@ -1,5 +1,7 @@
-"""The stage runtime of the scoring pipeline: bounded queues between threads, the messages and the end marker
-they carry, error propagation and stopping.
+"""The stage runtime: bounded queues between threads, the end marker, error propagation and stopping.
+
+Below packets and the scoring package: the read-ahead of packets.iter_packets and the scoring chain
+(scoring.chain) both run on it. The scoring messages are in scoring.messages.
 
 Each stage is a plain function `stage(stages, ..., in_q, out_q)` that takes items with `stages.get`, hands
 items on with `stages.put` and ends by putting DONE. An exception in any stage is recorded and sets the stop
@@ -13,13 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import numpy as np
-
-from pktnin.packets import FileReport
 
 POLL_S = 0.1  # how often a waiting stage looks at the stop flag
 
@@ -32,23 +28,6 @@ class Done:
 
 
 DONE = Done()
-
-
-@dataclass
-class FileEnd:
-    """Follows the last item of one input file; carries the file's report."""
-
-    report: FileReport
-
-
-@dataclass
-class Scored:
-    """Probabilities of consecutive kept packets of one file, with their metadata."""
-
-    file_index: int
-    path: Path
-    meta: dict[str, np.ndarray]
-    probs: np.ndarray  # float32 [n, C], owned by this message
 
 
 class Stopped(Exception):

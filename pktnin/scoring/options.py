@@ -9,9 +9,13 @@ import numpy as np
 
 from pktnin.errors import OptionError
 from pktnin.flow_decide import FlowParams
-from pktnin.layout import mask_code
+from pktnin.layout import LAYOUT_VERSION, mask_code
 from pktnin.packets import FileReport
-from pktnin.score.writers import FORMATS
+from pktnin.scoring.writers import FORMATS, format_for
+from pktnin.version import __version__
+
+DEFAULT_UNIT_BYTES = 256 << 20
+DEFAULT_UNIT_FILES = 1024
 
 DECIDE_MODES = ("packet", "flow")
 
@@ -20,7 +24,7 @@ DECIDE_MODES = ("packet", "flow")
 class ScoreOptions:
     out: Path
     flows_out: Path | None = None
-    fmt: str | None = None  # parquet or csv; None: from the suffix of `out` (score.outputs.format_for)
+    fmt: str | None = None  # parquet or csv; None: from the suffix of `out` (scoring.writers.format_for)
     probs: bool = False
     resume: bool = False
     force: bool = False  # replace existing outputs and discard an earlier run's finished files
@@ -33,18 +37,16 @@ class ScoreOptions:
     prep_threads: int | None = 1
     model_id: str = ""  # identifies the model's content (hash), for the manifest
     model_name: str = ""  # the model's file name, for the outputs' metadata
-    # A part (and the manifest) is saved when it holds this many rows or is this old at the end of a file:
-    # a kill loses at most that much work, and many small files do not cost a rename each.
-    part_rows: int = 262144
-    part_seconds: float = 10.0
+    # Units of work (scoring.units): files larger than unit_bytes are cut into byte ranges of about that size,
+    # smaller ones grouped up to that size or unit_files files. A unit is what a kill can lose, per executor slot.
+    unit_bytes: int = DEFAULT_UNIT_BYTES
+    unit_files: int = DEFAULT_UNIT_FILES
     # packet: every row through the model (the paper); flow: the first flow.packets rows of each flow
     # (pktnin.flow_decide), the flow's decision on all its rows.
     decide: str = "packet"
     flow: FlowParams = field(default_factory=FlowParams)
 
     def __post_init__(self) -> None:
-        from pktnin.score.outputs import format_for
-
         self.out = Path(self.out)
         self.fmt = format_for(self.out, self.fmt)
         if self.report is not None:
@@ -58,18 +60,13 @@ class ScoreOptions:
         mask_code(self.mask)  # raises OptionError
         if self.decide not in DECIDE_MODES:
             raise OptionError(f"decide must be one of {', '.join(DECIDE_MODES)}, got {self.decide!r}")
-        for name in ("batch", "prep_threads", "part_rows"):
+        for name in ("batch", "prep_threads", "unit_bytes", "unit_files"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise OptionError(f"{name} must be at least 1, got {value!r}")
-        if self.part_seconds < 0:
-            raise OptionError(f"part_seconds must not be negative, got {self.part_seconds}")
 
     def metadata(self, classes: list[str]) -> dict[str, str]:
         """Key-value metadata of the Parquet outputs: what produced the rows."""
-        from pktnin import __version__
-        from pktnin.layout import LAYOUT_VERSION
-
         model_hash, backend, precision = (self.model_id.split(":") + ["", ""])[:3]
         return {
             "pktnin.version": __version__,
@@ -90,7 +87,8 @@ class ScoreOptions:
         }
 
     def settings(self, classes: list[str]) -> dict:
-        """What makes two runs' parts interchangeable."""
+        """What makes two runs' parts interchangeable. Not the unit sizes: a unit's id names its files (and byte
+        ranges), so a unit of the same pieces is the same work."""
         return {
             "model": self.model_id,
             "classes": list(classes),

@@ -1,17 +1,16 @@
 """The resume manifest: which input files are finished, under which settings, and which part holds their rows.
 
 Layout beside the output OUT:
-    OUT.manifest.json   {"version", "settings", "files": {resolved path: entry}}, rewritten atomically (mode 0600)
-                        each time a part is closed
-    OUT.parts/          Parquet parts, in a directory of mode 0700; one part holds the rows of a run of consecutive
-                        input files (and a flow part their flows)
-    OUT.lock            held (flock) by the running run; see pktnin.score.outdir for the safety rules
-An entry: stamp (size, mtime_ns, content), part, flows_part (names or null), packets, flows, label_counts,
-report. `content` is a hash of the file's first and last MiB (the whole file when smaller than 2 MiB): a cheap
-check that catches content rewritten with its size and mtime restored, without reading whole captures again.
-A file is reused on --resume when the settings equal the manifest's, the file is unchanged and every file of
-its part is reusable too. Everything else (files not yet in a closed part when the run was killed, changed
-files) is scored again.
+    OUT.manifest.json   {"version", "settings", "files": {unit id: the unit's summary}}, rewritten atomically
+                        (mode 0600) as units finish
+    OUT.parts/          a directory of mode 0700: one Parquet part per unit of work, and under _units/ each unit's
+                        summary and flow partials (scoring.unit_run)
+    OUT.lock            held (flock) by the running run; see pktnin.outdir for the safety rules
+A unit's id hashes its files' stamps (size, mtime_ns, content) and the run's settings, so a unit is reused on
+--resume only when the settings are the same and its files unchanged. `content` is a hash of the file's first
+and last MiB (the whole file when smaller than 2 MiB): a cheap check that catches content rewritten with its
+size and mtime restored, without reading whole captures again. Everything else (units not finished when the
+run was killed, changed files) is scored again.
 """
 
 from __future__ import annotations
@@ -24,17 +23,16 @@ from collections.abc import Set
 from dataclasses import asdict
 from pathlib import Path
 
+from pktnin import outdir
+from pktnin.kernels.capture import is_stream
 from pktnin.packets import FileReport
-from pktnin.score import outdir
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 CONTENT_SPAN = 1 << 20  # bytes hashed at each end of an input file
+UNITS_DIR = "_units"  # in the parts folder: the units' summaries and flow partials
 
-# Part names the writer gives ("<run id>-<seq>.packets.parquet") and their temporaries while written.
-_OWN_PART = re.compile(
-    r"[0-9a-f]{8}-[0-9]{6}\.(packets|flows)\.parquet|\.[0-9a-f]{8}-[0-9]{6}\.(packets|flows)\.parquet"
-    r"\.[A-Za-z0-9_]{8}\.tmp"
-)
+# Files a unit writes (and their temporaries while written): nothing else in the parts folder is touched.
+_UNIT_FILE = re.compile(r"(\.?)([0-9a-f]{24})\.(packets\.parquet|summary\.json|flows\.npz)(\.[A-Za-z0-9_]+\.tmp)?")
 
 
 def manifest_path(out: Path) -> Path:
@@ -49,11 +47,9 @@ def file_key(path: Path) -> str:
     return str(Path(path).resolve())
 
 
-def file_stamp(path: Path) -> dict | None:
+def file_stamp(path: str | os.PathLike) -> dict | None:
     """Size, mtime and a hash of the first and last CONTENT_SPAN bytes (content None when unreadable); None for
     a stream (stdin, a pipe, a FIFO): it is never reused, and reading it here would take its data."""
-    from pktnin.kernels.capture import is_stream
-
     if is_stream(path):
         return None
     try:
@@ -114,65 +110,33 @@ class Manifest:
 
     def part_names(self) -> set[str]:
         """Names of the part files the entries list (plain names only: nothing outside the parts folder)."""
-        names = {e.get(k) for e in self.files.values() for k in ("part", "flows_part")}
+        names = {e.get("part") for e in self.files.values()}
         return {n for n in names if isinstance(n, str) and n and "/" not in n and n not in (".", "..")}
 
-    def reusable(self, files: list[Path], parts: Path) -> dict[int, dict]:
-        """Entries that can be reused as they are, by index in `files`.
 
-        A file is reusable when it is still asked for, its size and mtime are unchanged and its parts exist.
-        A part holds the rows of several files, so it is reused only when every file in it is reusable.
-        """
-        index_of = {file_key(p): i for i, p in enumerate(files)}
-        part_ok: dict[str, bool] = {}
-        candidates: dict[int, dict] = {}
-        for key, entry in self.files.items():
-            i = index_of.get(key)
-            names = [n for n in (entry.get("part"), entry.get("flows_part")) if n]
-            good = (
-                i is not None
-                and _same_stamp(files[i], entry.get("stamp"))
-                and all(isinstance(n, str) and "/" not in n and outdir.own_file(parts / n) for n in names)
-            )
-            for n in names:
-                part_ok[n] = part_ok.get(n, True) and good
-            if good:
-                assert i is not None  # good needs a listed file
-                candidates[i] = entry
-        return {
-            i: e for i, e in candidates.items() if all(part_ok[n] for n in (e.get("part"), e.get("flows_part")) if n)
-        }
-
-    def record(self, finished: list[tuple[Path, dict]]) -> None:
-        """Mark files finished (each entry carries its "stamp") and save at once."""
-        for path, entry in finished:
-            self.files[file_key(path)] = entry
-        self.save()
+def own_unit_file(name: str) -> bool:
+    """True for names a unit gives its files (and their temporaries)."""
+    return _UNIT_FILE.fullmatch(name) is not None
 
 
-def _same_stamp(path: Path, stamp) -> bool:
-    try:
-        return stamp is not None and file_stamp(path) == stamp
-    except OSError:
-        return False
+def prune_units(parts: Path, keep: Set[str] = frozenset()) -> None:
+    """Remove the unit files of ours no unit in `keep` (ids) refers to, and every temporary of a killed worker;
+    with nothing kept, the units folder too when left empty. Nothing else in the folder is touched."""
 
+    def unwanted(name: str) -> bool:
+        m = _UNIT_FILE.fullmatch(name)
+        return m is not None and (bool(m[1]) or m[2] not in keep)
 
-def own_part_name(name: str) -> bool:
-    """True for names the writer gives parts (and their temporaries)."""
-    return _OWN_PART.fullmatch(name) is not None
+    outdir.remove_in_dir(parts, unwanted)
+    outdir.remove_in_dir(parts / UNITS_DIR, unwanted, rmdir=not keep)
 
 
 def clear_run(out: Path, listed: Set[str] = frozenset()) -> None:
     """Remove the manifest and parts of an earlier run for `out`: the manifest if it is ours, in the parts folder
-    the files it lists (`listed`) and files of the writer's naming, ours and regular; the folder if left empty."""
+    the files it lists (`listed`) and files of the units' naming, ours and regular; the folder if left empty."""
     outdir.remove_own_file(manifest_path(out))
-    outdir.remove_in_dir(parts_dir(out), lambda n: n in listed or own_part_name(n), rmdir=True)
-
-
-def prune_parts(parts: Path, keep: set[str], listed: Set[str] = frozenset()) -> None:
-    """Remove parts no reusable entry refers to: those the old manifest listed and the writer's own temporaries
-    and unrecorded parts of a killed run. Nothing else in the folder is touched."""
-    outdir.remove_in_dir(parts, lambda n: n not in keep and (n in listed or own_part_name(n)))
+    prune_units(parts_dir(out))
+    outdir.remove_in_dir(parts_dir(out), lambda n: n in listed or own_unit_file(n), rmdir=True)
 
 
 def open_run(out: Path, settings: dict, resume: bool, targets: list[Path]) -> tuple[Manifest, set[str]]:

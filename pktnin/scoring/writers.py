@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from pktnin.atomic import atomic_path
@@ -178,8 +179,6 @@ def write_batches(
 ) -> int:
     """Record batches, in order, into `target` (Parquet or CSV) in row groups of ROW_GROUP_ROWS, written
     atomically; returns the row count. `metadata`: key-value metadata of a Parquet output."""
-    import pyarrow.csv as pcsv
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
     rows = 0
@@ -204,3 +203,11 @@ def write_batches(
         finally:
             writer.close()
     return rows
+
+
+def format_for(out: Path | None, fmt: str | None) -> str:
+    """The output format: `fmt` when given, else from the suffix of `out` (.csv or .parquet), else parquet."""
+    if fmt is not None:
+        return fmt
+    suffix = "" if out is None else Path(out).suffix.lower().lstrip(".")
+    return suffix if suffix in FORMATS else "parquet"

@@ -17,22 +17,14 @@ from pathlib import Path
 from pktnin.atomic import atomic_path
 from pktnin.errors import UsageError
 from pktnin.packets import FileReport
-from pktnin.score import manifest as mf
-from pktnin.score.writers import FORMATS
+from pktnin.scoring import manifest as mf
+from pktnin.scoring.writers import FORMATS
 
 REPORT_FORMATS = (".json", ".csv")
 
 
 class OutputError(UsageError):
     """An output cannot be written as asked, or writing it would discard earlier results."""
-
-
-def format_for(out: Path | None, fmt: str | None) -> str:
-    """The output format: `fmt` when given, else from the suffix of `out` (.csv or .parquet), else parquet."""
-    if fmt is not None:
-        return fmt
-    suffix = "" if out is None else Path(out).suffix.lower().lstrip(".")
-    return suffix if suffix in FORMATS else "parquet"
 
 
 def check_outputs(opts, settings: dict) -> None:
@@ -64,7 +56,8 @@ def check_progress(opts, settings: dict) -> bool:
     earlier = mf.Manifest.load(mf.manifest_path(opts.out))
     if earlier is None or not earlier.files:
         return False
-    done = f"{mf.manifest_path(opts.out)} holds {len(earlier.files)} finished files of an earlier run"
+    n_files = sum(len(e.get("files", [])) for e in earlier.files.values())
+    done = f"{mf.manifest_path(opts.out)} holds {n_files} finished files of an earlier run"
     if not opts.resume:
         raise OutputError(f"{done}: rerun with --resume to continue it, or --force to discard it")
     if earlier.settings != settings:

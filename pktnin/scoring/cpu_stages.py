@@ -11,47 +11,51 @@ from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from pktnin.engine.protocols import ModelRunner
+from pktnin.kernels.capture import ReadStopped, is_stream
 from pktnin.layout import ROW_LEN
 from pktnin.packets import FileReport, PacketBatch, iter_packets
-from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
+from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.units import Piece
+from pktnin.stages import DONE, Stages, Stopped
 
 READ_CHUNK = 8192  # records per read+prep chunk: ~12 MB of rows
 
 
 def read_stage(
     stages: Stages,
-    todo: list[tuple[int, Path]],
+    pieces: Sequence[Piece],
     out_q: queue.Queue,
     mask: str,
     keep_dns: bool,
     threads: int | None,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
     named: set[Path] | None = None,
-    progress=None,
+    progress: Progress | None = None,
 ) -> None:
-    """PacketBatch chunks and a FileEnd per (index, path) in todo, then DONE. `source` stands in for
-    packets.iter_packets; `threads` (None: numba's default) sets the prep kernels' threads; `named`: the
+    """PacketBatch chunks and a FileEnd per piece (a file or a byte range of one), then DONE. `source` stands in
+    for packets.iter_packets; `threads` (None: numba's default) sets the prep kernels' threads; `named`: the
     files the user named (packets.iter_raw_batches); `progress` (optional) gets add_bytes(n) as files are read."""
-    from pktnin.kernels.capture import ReadStopped
-
     if threads:
-        import numba
-
         # numba.config sets its settings at run time from the environment, invisible to a type checker
         numba.set_num_threads(max(1, min(threads, getattr(numba.config, "NUMBA_NUM_THREADS"))))  # per thread in numba
     add_bytes = getattr(progress, "add_bytes", None)
-    for index, path in todo:
+    for piece in pieces:
+        index, path = piece.file_index, Path(piece.path)
         reports: list[FileReport] = []
         read = 0
+        # A byte range only: a file is read whole, and a source standing in for iter_packets needs no range.
+        ranged = {} if piece.whole else {"reader_kwargs": piece.reader_kwargs()}
         try:
             for batch in source([path], mask=mask, keep_dns=keep_dns, reports=reports, max_records=READ_CHUNK,
-                                first_index=index, named=named, should_stop=stages.stop.is_set):  # fmt: skip
+                                first_index=index, named=named, should_stop=stages.stop.is_set,
+                                **ranged):  # fmt: skip
                 stages.put(out_q, batch)
                 if add_bytes is not None and batch.consumed > read:
                     add_bytes(batch.consumed - read)
@@ -66,8 +70,6 @@ def read_stage(
 
 def input_size(path: Path) -> int:
     """Bytes of a regular file (0 for a stream or a file that cannot be read): the progress bar's unit."""
-    from pktnin.kernels.capture import is_stream
-
     try:
         return 0 if is_stream(path) else os.stat(path).st_size
     except OSError:

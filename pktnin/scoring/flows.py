@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pktnin.score.writers import DECISION_FIELDS, TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
+from pktnin.scoring.writers import DECISION_FIELDS, TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
 
 MERGE_ROWS = 65536
 

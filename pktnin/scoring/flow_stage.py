@@ -2,9 +2,10 @@
 out with its flow's decision (pktnin.flow_decide).
 
 PacketBatch and FileEnd in, Scored and FileEnd out (same order), DONE at the end, as cpu_stages.engine_stage.
-One FlowDecider per unit of work: the flow state starts empty at every file (every shard on Ray) and the
-unit's waiting flows are decided at its FileEnd. Scored metadata gains `decision_packets` (rows the flow's
-decision used) and `flow_no` (the flow's number in its unit, above UNIT_SHIFT the unit's number), which the
+The flow state starts empty at every piece of a unit of work (a file, or a byte range of one: scoring.units)
+and the piece's waiting flows are decided at its FileEnd; the chain (scoring.chain) makes one FlowScorer per
+unit, so local and Ray runs reset at the same places. Scored metadata gains `decision_packets` (rows the flow's
+decision used) and `flow_no` (the flow's number in its unit, above PIECE_SHIFT the piece's position in its file), which the
 writers turn into the `decided_by` and `decision_packets` columns and the flow table groups by.
 """
 
@@ -14,27 +15,27 @@ import queue
 
 import numpy as np
 
-from pktnin.errors import OptionError
 from pktnin.flow_decide import FlowDecider, FlowParams, Plan, Released
 from pktnin.packets import PacketBatch
-from pktnin.score.cpu_stages import engine_stage
-from pktnin.score.flow_model import FlowModelRunner
-from pktnin.score.stages import DONE, FileEnd, Scored, Stages
+from pktnin.scoring.flow_model import FlowModelRunner
+from pktnin.scoring.messages import FileEnd, Scored
+from pktnin.stages import DONE, Stages
 
-UNIT_SHIFT = 40  # flow_no = unit << UNIT_SHIFT | flow number in the unit: distinct across a file's shards
+PIECE_SHIFT = 40  # flow_no = piece part << PIECE_SHIFT | flow number in the piece: distinct across a file's pieces
 
 
 class FlowScorer:
     """The engine side of one run in flow mode: FlowDeciders (one per unit) and model calls on what they ask."""
 
-    def __init__(self, runner, params: FlowParams, batch_size: int, unit: int = 0) -> None:
-        # unit: the number of a shard in its file (0 for a whole file), so flow numbers stay distinct per file
+    def __init__(self, runner, params: FlowParams, batch_size: int, parts: dict[int, int] | None = None) -> None:
+        # parts: file index -> the position of the unit's piece of that file among the file's pieces (0 for a
+        # whole file), so that flow numbers stay distinct across a file's pieces
         self.runner = runner
         self.flow_model = isinstance(runner, FlowModelRunner)
         self.params = params
         self.batch_size = batch_size
         self.n_classes = len(runner.classes)
-        self.unit = unit
+        self.parts = parts or {}
         self.decider: FlowDecider | None = None
         self.open = False  # the decider holds a unit that has not ended
         self.engine_rows = 0  # rows (per-packet model) or flows (flow model) the model was run on
@@ -86,7 +87,7 @@ class FlowScorer:
         for r in released:
             meta = dict(r.meta)
             meta["decision_packets"] = r.decision_packets
-            meta["flow_no"] = r.flow + (self.unit << UNIT_SHIFT)
+            meta["flow_no"] = r.flow + (self.parts.get(file_index, 0) << PIECE_SHIFT)
             out.append(Scored(file_index, path, meta, r.probs))
         return out
 
@@ -107,7 +108,7 @@ def flow_feats(plan: Plan) -> np.ndarray:
 
 def flow_engine_stage(stages: Stages, scorer: FlowScorer, in_q: queue.Queue, out_q: queue.Queue) -> None:
     """PacketBatch and FileEnd in, Scored (rows with their flow's decision) and FileEnd out, DONE at the end.
-    Each file (each shard on Ray) is a unit of work: its flows are decided by its FileEnd."""
+    Flows end with their file or byte range: they are decided by its FileEnd."""
     current: PacketBatch | None = None  # a chunk of the unit now read
     while True:
         item = stages.get(in_q)
@@ -123,21 +124,3 @@ def flow_engine_stage(stages: Stages, scorer: FlowScorer, in_q: queue.Queue, out
         current = item
         for s in scorer.scored(item.file_index, item.path, scorer.batch(item.rows, item.meta)):
             stages.put(out_q, s)
-
-
-def start_engine(stages: Stages, runner, opts, in_q: queue.Queue, out_q: queue.Queue, unit: int = 0) -> None:
-    """The engine thread for opts.decide: every row through the model (packet) or flow decisions (flow).
-    `unit`: the shard's number in its file (Ray), 0 for whole files."""
-    if opts.decide == "flow":
-        scorer = FlowScorer(runner, opts.flow, opts.batch, unit)
-        stages.thread("pktnin-engine", flow_engine_stage, stages, scorer, in_q, out_q)
-    elif isinstance(runner, FlowModelRunner):
-        raise OptionError(f"{runner.path.name} is a flow model: it decides per flow (--decide flow)")
-    else:
-        stages.thread("pktnin-engine", engine_stage, stages, runner, opts.batch, in_q, out_q)
-
-
-def check_device_decide(opts) -> None:
-    """Flow decisions run with the CPU engines (ONNX Runtime, OpenVINO) for now."""
-    if opts.decide == "flow":
-        raise OptionError("--decide flow runs on the CPU engines (--backend onnxruntime or openvino), not TensorRT")

@@ -27,20 +27,21 @@ from __future__ import annotations
 
 import queue
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pktnin.engine.protocols import DeviceRunner
+from pktnin.kernels.capture import RawBatch, ReadStopped
 from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
-from pktnin.score.stages import DONE, FileEnd, Scored, Stages, Stopped
-
-if TYPE_CHECKING:
-    from pktnin.kernels.capture import RawBatch
+from pktnin.scoring.cpu_stages import input_size
+from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.units import Piece
+from pktnin.stages import DONE, Stages, Stopped
 
 
 def device_batch_size(runner: DeviceRunner, batch: int) -> int:
@@ -60,8 +61,6 @@ class RawChunk:
 def own_raw(raw):
     """A copy of the RawBatch whose buf holds only the span of its records (the file window is released when the
     next windows are read, and a queued chunk must not pin a whole window)."""
-    from pktnin.kernels.capture import RawBatch
-
     lo = int(raw.pkt_off.min())
     hi = int((raw.pkt_off + raw.caplen).max())
     return RawBatch(
@@ -97,25 +96,21 @@ def iter_raw(
 
 def read_raw_stage(
     stages: Stages,
-    todo: list[tuple[int, Path]],
+    pieces: Sequence[Piece],
     out_q: queue.Queue,
     max_records: int,
-    reader_kwargs: dict | None = None,
     named: set[Path] | None = None,
-    progress=None,
+    progress: Progress | None = None,
 ) -> None:
-    """RawChunks and a FileEnd (kept and skip counts still missing) per (index, path) in todo, then DONE.
-    `reader_kwargs` go to each CaptureReader (e.g. the byte range of a shard); `progress` (optional) gets
-    add_bytes(n) as files are read."""
-    from pktnin.kernels.capture import ReadStopped
-    from pktnin.score.cpu_stages import input_size
-
+    """RawChunks and a FileEnd (kept and skip counts still missing) per piece (a file or a byte range of one),
+    then DONE. `progress` (optional) gets add_bytes(n) as files are read."""
     add_bytes = getattr(progress, "add_bytes", None)
-    for index, path in todo:
+    for piece in pieces:
+        index, path = piece.file_index, Path(piece.path)
         reports: list[FileReport] = []
         read = 0
         try:
-            for chunk in iter_raw([path], reports, max_records, first_index=index, reader_kwargs=reader_kwargs,
+            for chunk in iter_raw([path], reports, max_records, first_index=index, reader_kwargs=piece.reader_kwargs(),
                                   named=named, should_stop=stages.stop.is_set):  # fmt: skip
                 stages.put(out_q, chunk)
                 if add_bytes is not None and chunk.raw.consumed > read:

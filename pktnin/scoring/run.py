@@ -1,0 +1,228 @@
+"""The one driver of a scoring run, whatever executor scores its units (no Ray import here).
+
+run_units(files, opts, classes, executor, ...)
+    1. under the output's lock (outdir): the settings, the resume manifest (scoring.manifest; its entries
+       are unit summaries keyed by unit id), the parts folder;
+    2. the units (scoring.units: a file, a byte range of a large file, a group of small files) minus those
+       finished before: recorded in the manifest, or finished by a worker after its last save (a summary lies
+       beside its part);
+    3. executor(todo, parts_dir, progress) -> unit summaries, in any order; each one is recorded in the
+       manifest (saved at most every SAVE_S seconds, after each unit when `on_saved` is given, and at the end);
+    4. the outputs: packet parts concatenated in input order (units are in input order), flows reduced per file
+       from its pieces' partials, both written atomically; then the parts and the manifest are removed (with
+       keep_parts the packet parts stay in OUT.parts/ as a Parquet dataset and only flows are written).
+
+Executors: unit_run.LocalExecutor (in this process, the default) and distributed.ray_executor.RayExecutor (Ray
+Data actors). Both score the same units through the same chain (scoring.chain), so their outputs are equal
+row for row. score_files is the local run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from pktnin import outdir
+from pktnin.engine.protocols import DeviceRunner, ModelRunner
+from pktnin.packets import FileReport, PacketBatch, iter_packets
+from pktnin.scoring import manifest as mf
+from pktnin.scoring.chain import NO_HOOKS, ChainHooks
+from pktnin.scoring.flow_model import FlowModelRunner
+from pktnin.scoring.flows import FlowAccumulator, flow_schema
+from pktnin.scoring.messages import Progress
+from pktnin.scoring.options import ScoreOptions, ScoreResult
+from pktnin.scoring.outputs import check_outputs
+from pktnin.scoring.reports import merge_reports
+from pktnin.scoring.unit_run import STATE_DIR, LocalExecutor, load_flow_states, load_summary
+from pktnin.scoring.units import INDEX_STEP_RECORDS, Unit, make_units
+from pktnin.scoring.writers import assemble, packet_schema, write_batches
+
+SAVE_S = 2.0
+
+
+class Executor(Protocol):
+    """Scores units into the parts folder; yields each unit's summary (unit_run.score_unit) as it is finished."""
+
+    live_progress: bool  # True: it tells `progress` of packets as they are scored; else the driver does per unit
+
+    def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterable[dict]: ...
+
+
+def score_files(
+    files: list[Path],
+    runner: ModelRunner | DeviceRunner | FlowModelRunner,
+    opts: ScoreOptions,
+    progress: Progress | None = None,
+    source: Callable[..., Iterator[PacketBatch]] = iter_packets,
+    on_saved: Callable[[list[FileReport]], None] | None = None,
+    named: set[Path] | None = None,
+    hooks: ChainHooks = NO_HOOKS,
+) -> ScoreResult:
+    """Score `files` (already expanded) in this process with `runner`; write the outputs named in `opts`.
+
+    `source` stands in for packets.iter_packets; `named`: the files the user named (packets.iter_raw_batches:
+    others that are not captures are no failure); `hooks`: stages inserted per unit (scoring.chain);
+    `on_saved`: see run_units."""
+    executor = LocalExecutor(runner, opts, hooks=hooks, source=source, named=named)
+    return run_units(files, opts, list(runner.classes), executor, progress=progress, on_saved=on_saved)
+
+
+def run_units(
+    files: list[Path],
+    opts: ScoreOptions,
+    classes: list[str],
+    executor: Executor,
+    *,
+    progress: Progress | None = None,
+    on_saved: Callable[[list[FileReport]], None] | None = None,
+    keep_parts: bool = False,
+    step_records: int = INDEX_STEP_RECORDS,
+) -> ScoreResult:
+    """Score `files` by units run by `executor`; returns the ScoreResult.
+
+    `progress` (optional) has add_packets(n), add_bytes(n) and file_done(n=1); `on_saved` is called with the
+    reports of each finished unit's pieces once the unit and the manifest are saved. The outputs are checked
+    first (scoring.outputs.check_outputs: OutputError). When not one input could be read, no output is written.
+    One run per output at a time: a second one raises outdir.OutputBusyError; side files planted by someone else
+    raise outdir.UnsafeOutputError (see outdir)."""
+    targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
+    with outdir.output_lock(targets):
+        run = _Run(files, opts, classes, targets, step_records)
+        return run.score(executor, progress, on_saved, keep_parts)
+
+
+class _Run:
+    """One run under its lock: the manifest, the units, what is finished."""
+
+    def __init__(self, files: list[Path], opts: ScoreOptions, classes: list[str], targets: list[Path],
+                 step_records: int) -> None:  # fmt: skip
+        self.files, self.opts, self.classes = list(files), opts, list(classes)
+        settings = opts.settings(classes)
+        self.parts = mf.parts_dir(opts.out)
+        check_outputs(opts, settings)  # before anything is touched: refuse rather than lose earlier work
+        self.manifest, _ = mf.open_run(opts.out, settings, opts.resume, targets)
+        outdir.make_dir(self.parts / STATE_DIR)
+        self.units = make_units(self.files, settings, opts.unit_bytes, opts.unit_files, step_records)
+        # Finished units: recorded in the manifest, or finished by a worker after the manifest's last save.
+        self.finished: dict[str, dict] = {}
+        for u in self.units:
+            if u.reusable and (u.id in self.manifest.files or opts.resume):
+                summary = load_summary(self.parts, u.id)
+                if summary is not None:
+                    self.finished[u.id] = summary
+        self.manifest.files = dict(self.finished)
+        self.manifest.save()
+        mf.prune_units(self.parts, set(self.finished))
+        self.units_of_file: dict[int, list[Unit]] = defaultdict(list)
+        for u in self.units:
+            for p in u.pieces:
+                self.units_of_file[p.file_index].append(u)
+
+    def score(self, executor: Executor, progress: Progress | None, on_saved, keep_parts: bool) -> ScoreResult:
+        opts = self.opts
+        todo = [u for u in self.units if u.id not in self.finished]
+        left = {i: sum(1 for u in us if u.id not in self.finished) for i, us in self.units_of_file.items()}
+        resumed = sum(1 for n in left.values() if n == 0)
+        if progress is not None and resumed:
+            progress.file_done(resumed)
+
+        started = time.perf_counter()
+        packets = records = 0
+        last_save = time.monotonic()
+        for summary in executor(todo, self.parts, progress):
+            self.finished[summary["id"]] = summary
+            self.manifest.files[summary["id"]] = {k: v for k, v in summary.items() if k != "skipped"}
+            if on_saved is not None or time.monotonic() - last_save >= SAVE_S:
+                self.manifest.save()
+                last_save = time.monotonic()
+            packets += summary["packets"]
+            records += summary["records"]
+            if progress is not None and not executor.live_progress:
+                progress.add_packets(summary["packets"])
+            for f in summary["files"]:
+                left[f["file_index"]] -= 1
+                if progress is not None and left[f["file_index"]] == 0:
+                    progress.file_done()
+            if on_saved is not None:
+                on_saved([mf.report_from_dict(f["report"]) for f in summary["files"]])
+        self.manifest.save()
+        seconds = time.perf_counter() - started
+        missing = [u.id for u in self.units if u.id not in self.finished]
+        if missing:
+            raise RuntimeError(f"{len(missing)} units did not finish (first: {missing[0]}); rerun with --resume")
+
+        ordered = [self.finished[u.id] for u in self.units]
+        reports = [self._file_report(i) for i in range(len(self.files))]
+        outputs: list[Path] = []
+        rows, n_flows = 0, None
+        if any(not (r.failed or r.not_capture) for r in reports):  # a run that read nothing writes nothing
+            rows, n_flows = self._assemble(ordered, outputs, keep_parts)
+        if not keep_parts:
+            mf.clear_run(opts.out, self.manifest.part_names())
+
+        label_counts = np.zeros(len(self.classes), dtype=np.int64)
+        for s in ordered:
+            for f in s["files"]:
+                label_counts += np.asarray(f["label_counts"], dtype=np.int64)
+        return ScoreResult(
+            files=self.files,
+            reports=reports,
+            classes=self.classes,
+            label_counts=label_counts,
+            packets=packets,
+            records=records,
+            seconds=seconds,
+            resumed=resumed,
+            rows_written=rows,
+            flows_written=n_flows,
+            outputs=outputs,
+        )
+
+    def _pieces_of(self, index: int) -> Iterator[tuple[dict, int, dict]]:
+        """(unit summary, piece number in the unit, piece entry) of file `index`, in order."""
+        for u in self.units_of_file[index]:
+            summary = self.finished[u.id]
+            for number, f in enumerate(summary["files"]):
+                if f["file_index"] == index:
+                    yield summary, number, f
+
+    def _file_report(self, index: int) -> FileReport:
+        return merge_reports([mf.report_from_dict(f["report"]) for _, _, f in self._pieces_of(index)])
+
+    def _assemble(self, ordered: list[dict], outputs: list[Path], keep_parts: bool) -> tuple[int, int | None]:
+        opts, classes = self.opts, self.classes
+        fmt = opts.fmt
+        assert fmt is not None  # ScoreOptions sets it when made
+        metadata = opts.metadata(classes)
+        rows = sum(s["packets"] for s in ordered)
+        if keep_parts:
+            outputs.append(self.parts)
+        else:
+            schema = packet_schema(classes, opts.probs)
+            rows = assemble([self.parts / s["part"] for s in ordered if s.get("part")], opts.out, schema, fmt, metadata)
+            outputs.append(opts.out)
+        n_flows = None
+        if opts.flows_out is not None:
+            fschema = flow_schema(classes, opts.probs)
+            n_flows = write_batches(self._flow_batches(fschema), opts.flows_out, fschema, fmt, metadata)
+            outputs.append(opts.flows_out)
+        return rows, n_flows
+
+    def _flow_batches(self, fschema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """Each file's flows, its pieces' partials folded in order (a flow may span the byte ranges of a file)."""
+        class_array = pa.array(self.classes, type=pa.string())
+        states: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+        for i, path in enumerate(self.files):
+            acc = FlowAccumulator(len(self.classes), self.opts.decide == "flow")
+            for summary, number, f in self._pieces_of(i):
+                if f["flows"]:
+                    if summary["id"] not in states:
+                        states = {summary["id"]: load_flow_states(self.parts, summary)}  # one unit's at a time
+                    acc.add_partial(states[summary["id"]][number])
+            yield from acc.table(str(path), class_array, fschema).to_batches()

@@ -1,0 +1,172 @@
+"""score_unit: one unit of work through the stage chain into one Parquet part and a summary; the in-process
+executor.
+
+Layout of the parts folder (pyarrow reads it as a Parquet dataset: it skips names starting with "_"):
+    {id}.packets.parquet        the unit's packet rows (absent when the unit kept none)
+    _units/{id}.flows.npz       per-flow partial sums of its pieces (with --flows), reduced per file at the end
+    _units/{id}.summary.json    what the unit did; written last, so its presence means the unit is finished
+
+Every file is written under a temporary name and renamed into place, so a worker killed mid-unit leaves no half
+file, and a retry (or a resumed run) of a finished unit returns the saved summary without scoring again. The
+summary is small (per piece: counts, the FileReport, the stamp; the part's name): rows never leave the worker
+but through the parts folder, which every worker and the driver share.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pktnin.atomic import atomic_path
+from pktnin.engine.protocols import DeviceRunner, ModelRunner
+from pktnin.packets import PacketBatch, iter_packets
+from pktnin.scoring.chain import NO_HOOKS, ChainHooks, ChainSettings, start_chain
+from pktnin.scoring.flow_model import FlowModelRunner
+from pktnin.scoring.manifest import UNITS_DIR, file_stamp
+from pktnin.scoring.messages import Progress
+from pktnin.scoring.options import ScoreOptions
+from pktnin.scoring.units import Unit
+from pktnin.scoring.writer_stage import UnitWriter, write_stage
+from pktnin.stages import Stages
+
+STATE_DIR = UNITS_DIR
+
+
+def summary_path(parts_dir: Path, unit_id: str) -> Path:
+    return Path(parts_dir) / STATE_DIR / f"{unit_id}.summary.json"
+
+
+def flow_state_path(parts_dir: Path, unit_id: str) -> Path:
+    return Path(parts_dir) / STATE_DIR / f"{unit_id}.flows.npz"
+
+
+def load_summary(parts_dir: Path, unit_id: str) -> dict | None:
+    """The saved summary of a finished unit whose part files all exist, else None."""
+    try:
+        summary = json.loads(summary_path(parts_dir, unit_id).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("id") != unit_id or not isinstance(summary.get("files"), list):
+        return None
+    names = [summary.get("part")] + ([STATE_DIR + "/" + summary["flow_state"]] if summary.get("flow_state") else [])
+    if not all(isinstance(n, str) and (Path(parts_dir) / n).is_file() for n in names if n):
+        return None
+    return summary
+
+
+def load_flow_states(parts_dir: Path, summary: dict) -> dict[int, dict[str, np.ndarray]]:
+    """The per-flow partials of a unit's pieces, by the piece's number in the unit."""
+    if not summary.get("flow_state"):
+        return {}
+    out: dict[int, dict[str, np.ndarray]] = {}
+    with np.load(Path(parts_dir) / STATE_DIR / summary["flow_state"]) as data:
+        for key in data.files:
+            number, name = key.split(".", 1)
+            out.setdefault(int(number), {})[name] = data[key]
+    return out
+
+
+class UnitChanged(RuntimeError):
+    """A file of the unit is not the one the units were cut from."""
+
+
+def _check_stamps(unit: Unit) -> None:
+    for piece in unit.pieces:
+        if piece.stamp is None:
+            continue  # a stream, or a file that could not be read: the reader reports it
+        try:
+            stamp = file_stamp(piece.path)
+        except OSError:
+            continue
+        if stamp != piece.stamp:
+            raise UnitChanged(f"{piece.path}: changed while it was scored; rerun to score it again")
+
+
+def score_unit(
+    unit: Unit,
+    runner: ModelRunner | DeviceRunner | FlowModelRunner,
+    opts: ScoreOptions,
+    parts_dir: Path,
+    *,
+    hooks: ChainHooks = NO_HOOKS,
+    source: Callable[..., Iterator[PacketBatch]] = iter_packets,
+    named: set[Path] | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Score one unit with `runner` into parts_dir; returns its summary (saved beside the part), with "skipped"
+    True when an earlier try had finished it. Each piece's report covers that piece's records only (a file cut
+    into byte ranges: see reports.merge_reports)."""
+    parts_dir = Path(parts_dir)
+    if unit.reusable:
+        done = load_summary(parts_dir, unit.id)
+        if done is not None:
+            return {**done, "skipped": True}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    writer = UnitWriter(unit, opts, list(runner.classes), parts_dir, progress)
+    stages = Stages()
+    try:
+        scored_q = start_chain(stages, runner, unit, ChainSettings.of(opts), hooks, source=source, named=named,
+                               progress=progress)  # fmt: skip
+        stages.run(write_stage, stages, writer, scored_q)
+        stages.finish()
+        stages.raise_error()
+        _check_stamps(unit)  # a file rewritten meanwhile would mix two versions in one output
+        part, flow_states = writer.close()
+        summary = _save_summary(unit, writer.finished, part, flow_states, parts_dir, started, cpu_started)
+    except BaseException:
+        stages.finish()
+        writer.abort()
+        raise
+    return {**summary, "skipped": False}
+
+
+def _save_summary(unit, finished, part, flow_states, parts_dir, started, cpu_started) -> dict:
+    flow_state = None
+    if flow_states:
+        flow_state = flow_state_path(parts_dir, unit.id)
+        flow_state.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(flow_state) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **flow_states)
+    summary = {
+        "id": unit.id,
+        "part": part,
+        "flow_state": flow_state.name if flow_state is not None else None,
+        "packets": sum(f["packets"] for f in finished),
+        "records": sum(f["report"]["records"] for f in finished),
+        "files": finished,
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+    }
+    target = summary_path(parts_dir, unit.id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(summary))
+    return summary
+
+
+class LocalExecutor:
+    """The in-process executor (the default): units one after another in this process, each through its own
+    chain of threads and bounded queues. `hooks`, `source` and `named` as for score_unit."""
+
+    live_progress = True  # packets and bytes are told as they are scored
+
+    def __init__(
+        self,
+        runner: ModelRunner | DeviceRunner | FlowModelRunner,
+        opts: ScoreOptions,
+        *,
+        hooks: ChainHooks = NO_HOOKS,
+        source: Callable[..., Iterator[PacketBatch]] = iter_packets,
+        named: set[Path] | None = None,
+    ) -> None:
+        self.runner, self.opts = runner, opts
+        self.hooks, self.source, self.named = hooks, source, named
+
+    def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterator[dict]:
+        for unit in units:
+            yield score_unit(unit, self.runner, self.opts, parts_dir, hooks=self.hooks, source=self.source,
+                             named=self.named, progress=progress)  # fmt: skip
