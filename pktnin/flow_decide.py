@@ -27,10 +27,12 @@ model gets the n rows and their packet features in one call ([F, K, 1500] rows, 
 slots zero). Rows after the decision get it without an engine call.
 
 The per-row work is two numba passes over each chunk (assign before the engine, replay after it); Python
-only handles whole chunks. Memory: the table holds `FLOW_STATE_BYTES + 12 * C` bytes per live flow (C
-classes; see flow_state_bytes) plus a hash index of 8 bytes per table slot, and the held rows a ring of
-`pending_rows + chunk` entries of 4 * C + 21 bytes (with a flow model also 1500 + 26 bytes of row and
-metadata each), beside the metadata of the chunks they belong to.
+only handles whole chunks. Memory is allocated once per decider, whatever the traffic: per table slot
+(`max_flows` of them) flow_state_bytes(C, K, flow_model) = 97 + 12 * C bytes (+ 8 * K with a flow model),
+8 of them the hash index (up to 16 when `max_flows` is not a power of two): 313 bytes with 18 classes,
+78 MiB for the default 262,144 flows; the held rows a ring of `pending_rows` +
+chunk + 1 entries of 4 * C + 25 bytes (97 with 18 classes: 3.8 MiB by default), with a flow model 1,526 more
+each for its rows and their metadata (63 MiB by default), beside the metadata of the chunks they belong to.
 """
 
 from __future__ import annotations
@@ -44,15 +46,16 @@ import numpy as np
 from pktnin.layout import ROW_LEN
 
 NS = 1_000_000_000
-# Per live flow, besides 12 bytes per class (running sum float64, decision float32): key, flow number,
-# first and last time, first row, held-row list head/tail (8 bytes each), rows seen and used, LRU links
-# (4 bytes each), decided flag, the replay's flow number and held-list pointers (24), the free stack (4).
-FLOW_STATE_BYTES = 7 * 8 + 4 * 4 + 1 + 24 + 4
+# Per table slot: key, flow number, first and last time, first row (8 bytes each), rows seen and used, LRU
+# links, free stack (4 each), decided flag (1); the replay's flow number, held-row list head and tail (8 each)
+# and decision size (4); the hash index (at least 2 slots of 4 bytes per flow: a power of two, so up to 16).
+SLOT_BYTES = 5 * 8 + 5 * 4 + 1 + 3 * 8 + 4 + 8
 
 
 def flow_state_bytes(n_classes: int, flow_packets: int, flow_model: bool) -> int:
-    """Bytes the table keeps per live flow (its hash index adds 8 per slot, 2 slots per flow at most)."""
-    return FLOW_STATE_BYTES + 12 * n_classes + (8 * flow_packets if flow_model else 0) + 16
+    """Bytes the table allocates per flow it can hold: fixed state, a running sum (float64) and a decision
+    (float32) per class, and with a flow model the ring positions of its first K rows."""
+    return SLOT_BYTES + 12 * n_classes + (8 * flow_packets if flow_model else 0)
 
 
 @dataclass(frozen=True)

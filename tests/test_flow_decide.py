@@ -203,3 +203,14 @@ def test_reset_starts_a_unit_as_a_new_table_would():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
         assert np.array_equal(got_used, used) and np.array_equal(got_flows, flows)
         d.reset()
+
+
+@pytest.mark.parametrize("flow_model", [False, True])
+def test_memory_per_flow_is_what_the_docs_say(flow_model):
+    from pktnin.flow_decide import flow_state_bytes
+
+    d = FlowDecider(C, FlowParams(max_flows=1000, pending_rows=100), flow_model=flow_model, chunk=50)
+    per_slot = [v for v in vars(d).values() if isinstance(v, np.ndarray) and v.shape[:1] == (1000,)]
+    hashed = d._h_slot.nbytes  # a power of two of 4-byte slots, at least 2 per flow
+    assert sum(v.nbytes for v in per_slot) + 8 * 1000 == 1000 * flow_state_bytes(C, 4, flow_model)
+    assert 8 * 1000 <= hashed < 16 * 1000
