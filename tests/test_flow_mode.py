@@ -302,3 +302,21 @@ def test_ray_rows_equal_local_rows_in_flow_mode(inputs, model, tmp_path):
                 ), name
     finally:
         ray.shutdown()
+
+
+def test_bench_measures_decision_modes_interleaved(tmp_path, model):
+    from pktnin.synth import write_synthetic_capture
+
+    capture = write_synthetic_capture(tmp_path / "cap.pcap", packets=400, seed=2)
+    args = ["bench", str(capture), "--model", str(model), "--runs", "2", "--precision", "fp32", "--json"]
+    result = CliRunner().invoke(app, [*args, "--decide", "packet,flow", "--flow-packets", "1,4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    modes = [(m["decide"], m["flow_packets"]) for m in report["modes"]]
+    assert modes == [("packet", None), ("flow", 1), ("flow", 4)]
+    rows = report["modes"][0]["end_to_end"]["packets"]
+    for m in report["modes"]:
+        assert m["end_to_end"]["packets"] == rows and len(m["end_to_end"]["runs_packets_per_s"]) == 2
+    assert all(m["vs_first"] > 0 for m in report["modes"][1:])
+    bad = CliRunner().invoke(app, [*args, "--decide", "flow", "--flow-packets", "0"])
+    assert bad.exit_code == 2
