@@ -226,10 +226,14 @@ def compare_decisions(
     progress=None,
 ) -> dict:
     """End-to-end packets/s of `pktnin score` in each decision mode, (decide, K) with K ignored for "packet",
-    interleaved as compare_engines does (run k of every mode before run k+1 of any); each mode after the first
+    interleaved as compare_engines does (run k of every mode before run k+1 of any), after a warm-up run of each
+    mode on the first file; each mode after the first
     has the median over runs of its rate divided by the first mode's rate in the same round (`vs_first`).
     `progress` as compare_engines'."""
 
+    # One untimed run of each mode on the first file: the first use compiles the flow table's numba code.
+    for decide, packets in modes:
+        pipeline_throughput(files[:1], runner, batch, workdir, opts, decide, FlowParams(packets=packets))
     if progress is not None:
         progress.stage("end_to_end", runs * len(modes))
     measured: list[list[dict]] = [[] for _ in modes]
