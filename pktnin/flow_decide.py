@@ -107,6 +107,7 @@ class Released:
     probs: np.ndarray  # float32 [m, C]
     decision_packets: np.ndarray  # int32 [m]
     flow: np.ndarray  # int64 [m]
+    start: int = 0  # unit row index of the first row
 
 
 # Scalars of the assign pass, one int64 array so numba functions can update them.
@@ -370,6 +371,26 @@ def _replay(
 
 
 @numba.njit(cache=True)
+def _drop_all(sc, h_slot, t_key, t_next, t_prev, free):
+    """Remove every live flow (all decided): empty index, LRU list and table; every slot free again."""
+    _clear_hash(sc, h_slot, t_key, t_next)
+    s = sc[S_LRU_HEAD]
+    while s >= 0:
+        q = t_next[s]
+        t_prev[s] = -1
+        t_next[s] = -1
+        s = q
+    cap = len(free)
+    high = sc[S_HIGH]
+    for i in range(high):
+        free[cap - 1 - i] = i
+    sc[S_FREE] = cap
+    sc[S_LIVE] = 0
+    sc[S_LRU_HEAD] = -1
+    sc[S_LRU_TAIL] = -1
+
+
+@numba.njit(cache=True)
 def _clear_hash(sc, h_slot, t_key, t_next):
     """Empty the hash index, touching only the clusters that hold the live flows."""
     mask = len(h_slot) - 1
@@ -433,16 +454,6 @@ class FlowDecider:
         self._held: deque[tuple[int, Plan]] = deque()  # (unit row of the chunk's first row, plan) not yet released
         self._start_unit()
 
-    def reset(self) -> None:
-        """Start a new unit of work: no flow, no row. Costs the slots the last unit used, not the table's size."""
-        high = int(self._sc[S_HIGH])
-        cap = len(self._t_key)
-        _clear_hash(self._sc, self._h_slot, self._t_key, self._t_next)
-        for a in (self._t_flow, self._t_prev, self._t_next, self._r_flow, self._r_head, self._r_tail):
-            a[:high] = -1
-        self._free[cap - high :] = np.arange(high - 1, -1, -1, dtype=np.int32)
-        self._start_unit()
-
     def _start_unit(self) -> None:
         self._sc[:] = 0
         self._sc[S_LRU_HEAD] = self._sc[S_LRU_TAIL] = -1
@@ -470,7 +481,7 @@ class FlowDecider:
         """Plans for the next rows of the unit (one per piece of at most `chunk` rows). `rows` (uint8 [n,1500])
         is needed only with a flow model, which gets the rows of decided flows in the plans."""
         if self._finished:
-            raise RuntimeError("assign after finish: reset() starts the next unit")
+            raise RuntimeError("assign after finish: a FlowDecider serves one unit of work")
         n = len(meta["flow_key"])
         plans = []
         for lo in range(0, n, self.chunk):
@@ -478,6 +489,15 @@ class FlowDecider:
             piece = {k: v[lo:hi] for k, v in meta.items()}
             plans.append(self._assign(None if rows is None else rows[lo:hi], piece, False))
         return plans
+
+    def end_piece(self) -> Plan:
+        """The end of a piece of the unit (a file, or its byte range): a plan deciding every flow still waiting
+        (resolve it like the others); the piece's flows are dropped and the clock starts again, so the next
+        piece's rows start new flows. Flow and row numbers go on, so plans may still wait to be resolved."""
+        plan = self._assign(None, None, True)
+        _drop_all(self._sc, self._h_slot, self._t_key, self._t_next, self._t_prev, self._free)
+        self._sc[S_NOW] = np.iinfo(np.int64).min
+        return plan
 
     def finish(self) -> Plan:
         """The unit's end: a plan deciding every flow still waiting (resolve it like the others)."""
@@ -568,7 +588,7 @@ class FlowDecider:
             pos = (start + np.arange(lo, hi)) % self.ring
             assert plan.meta is not None
             meta = plan.meta if lo == 0 and hi == plan.n else {k: v[lo:hi] for k, v in plan.meta.items()}
-            out.append(Released(meta, self._ring_probs[pos], self._ring_dp[pos], plan.flow[lo:hi]))
+            out.append(Released(meta, self._ring_probs[pos], self._ring_dp[pos], plan.flow[lo:hi], self._released))
             self._released = start + hi
             if hi == plan.n:
                 self._held.popleft()

@@ -79,9 +79,9 @@ def stream(seed, n=3000, n_keys=60, jitter=False):
     return keys, ts, probs
 
 
-def run(keys, ts, probs, p, chunks, flow_model=None, chunk=8192, decider=None):
+def run(keys, ts, probs, p, chunks, flow_model=None, chunk=8192):
     """Rows through a FlowDecider cut at `chunks` (sizes), with per-row probs or a flow model function."""
-    d = decider or FlowDecider(C, p, flow_model=flow_model is not None, chunk=chunk)
+    d = FlowDecider(C, p, flow_model=flow_model is not None, chunk=chunk)
     meta = {"flow_key": keys, "ts_ns": ts, "frame": np.arange(len(keys)),
             "src_addr": np.zeros((len(keys), 16), np.uint8), "src_port": np.zeros(len(keys), np.uint16)}  # fmt: skip
     rows = np.zeros((len(keys), 1500), np.uint8)
@@ -193,18 +193,6 @@ def test_full_table_evicts_least_recently_seen():
     np.testing.assert_allclose(got[0], [0.5, 0, 0.5])
 
 
-def test_reset_starts_a_unit_as_a_new_table_would():
-    p = FlowParams(packets=3, idle_s=10.0, max_flows=12, pending_rows=40)
-    d = FlowDecider(C, p, chunk=64)
-    for seed in (5, 6, 7):
-        keys, ts, probs = stream(seed, n=1200, n_keys=30 + seed)
-        want, used, flows = reference(keys, ts, probs, p)
-        got, got_used, got_flows, _ = run(keys, ts, probs, p, [100, 3, 500] * 10, decider=d)
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-        assert np.array_equal(got_used, used) and np.array_equal(got_flows, flows)
-        d.reset()
-
-
 @pytest.mark.parametrize("flow_model", [False, True])
 def test_memory_per_flow_is_what_the_docs_say(flow_model):
     from pktnin.flow_decide import flow_state_bytes
@@ -214,3 +202,28 @@ def test_memory_per_flow_is_what_the_docs_say(flow_model):
     hashed = d._h_slot.nbytes  # a power of two of 4-byte slots, at least 2 per flow
     assert sum(v.nbytes for v in per_slot) + 8 * 1000 == 1000 * flow_state_bytes(C, 4, flow_model)
     assert 8 * 1000 <= hashed < 16 * 1000
+
+
+def test_pieces_of_a_unit_are_independent_and_resolves_may_lag():
+    """end_piece() between pieces: each piece as if alone; plans resolved long after they were assigned."""
+    p = FlowParams(packets=3, idle_s=10.0, max_flows=12, pending_rows=40)
+    d = FlowDecider(C, p, chunk=64)
+    streams = [stream(seed, n=700, n_keys=20) for seed in (8, 9, 10)]  # the same keys in every piece
+    queued, released = [], []
+    for keys, ts, probs in streams:
+        meta = {"flow_key": keys, "ts_ns": ts, "frame": np.arange(len(keys))}
+        for lo in range(0, len(keys), 90):
+            queued += [(plan, probs) for plan in d.assign(None, {k: v[lo : lo + 90] for k, v in meta.items()})]
+        queued.append((d.end_piece(), probs))
+        if len(queued) > 9:  # resolve late, in order
+            for plan, pr in queued:
+                released += d.resolve(plan, pr[plan.meta["frame"][plan.send]] if plan.n else np.zeros((0, C)))
+            queued = []
+    for plan, pr in queued:
+        released += d.resolve(plan, pr[plan.meta["frame"][plan.send]] if plan.n else np.zeros((0, C)))
+    got = np.concatenate([r.probs for r in released])
+    used = np.concatenate([r.decision_packets for r in released])
+    want = [reference(keys, ts, probs, p) for keys, ts, probs in streams]
+    np.testing.assert_allclose(got, np.concatenate([w[0] for w in want]), rtol=1e-6, atol=1e-7)
+    assert np.array_equal(used, np.concatenate([w[1] for w in want]))
+    assert [r.start for r in released] == list(np.cumsum([0] + [len(r.probs) for r in released[:-1]]))

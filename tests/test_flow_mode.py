@@ -101,7 +101,8 @@ def reference(files, model, k: int) -> dict[str, np.ndarray]:
     sums = np.zeros((inverse.max() + 1, probs.shape[1]))
     np.add.at(sums, inverse[first], probs[first])
     used = np.bincount(inverse[first])
-    return {"probs": (sums / used[:, None])[inverse], "used": used[inverse], "row_probs": probs}
+    return {"probs": (sums / used[:, None])[inverse], "used": used[inverse], "row_probs": probs,
+            "file": [str(files[i]) for i in names]}  # fmt: skip
 
 
 def _opts(out: Path, model: Path, **kw) -> ScoreOptions:
@@ -121,7 +122,7 @@ def test_every_row_of_a_flow_gets_the_mean_of_its_first_k(inputs, model, tmp_pat
     want = reference(inputs, model, k)
     got = np.stack([t[f"p_{c}"].to_numpy() for c in CLASSES], axis=1)
     np.testing.assert_allclose(got, want["probs"], rtol=1e-5, atol=1e-6)
-    assert t["decided_by"].unique().to_pylist() == ["flow"]
+    assert t["decided_by"].unique().to_pylist() == ["flow"] and t["file"].to_pylist() == want["file"]
     assert np.array_equal(t["decision_packets"].to_numpy(), want["used"])
     assert t["label"].to_pylist() == [CLASSES[i] for i in want["probs"].argmax(axis=1)]
     assert pq.read_schema(out).metadata[b"pktnin.decide"] == b"flow"

@@ -12,6 +12,8 @@ writers turn into the `decided_by` and `decision_packets` columns and the flow t
 from __future__ import annotations
 
 import queue
+from collections import deque
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +27,12 @@ PIECE_SHIFT = 40  # flow_no = piece part << PIECE_SHIFT | flow number in the pie
 
 
 class FlowScorer:
-    """The engine side of one run in flow mode: FlowDeciders (one per unit) and model calls on what they ask."""
+    """The engine side of one unit in flow mode: its FlowDecider, and model calls on what it asks for.
+
+    Plans wait until `batch_size` model inputs (rows, or flows for a flow model) or `pending_rows` unit rows
+    are queued, then one model call serves them all and they are resolved in order: a unit of many small files
+    costs a few full model calls, not one small call per file. FileEnd markers go out behind their file's rows.
+    """
 
     def __init__(self, runner, params: FlowParams, batch_size: int, parts: dict[int, int] | None = None) -> None:
         # parts: file index -> the position of the unit's piece of that file among the file's pieces (0 for a
@@ -37,59 +44,91 @@ class FlowScorer:
         self.n_classes = len(runner.classes)
         self.parts = parts or {}
         self.decider: FlowDecider | None = None
-        self.open = False  # the decider holds a unit that has not ended
+        self.queue: list[tuple[Plan, np.ndarray | None]] = []  # assigned, not resolved: (plan, its model rows)
+        self.inputs = 0  # model inputs the queued plans need
+        self.queued_rows = 0  # unit rows of the queued plans
+        self.chunks: deque[tuple[int, int, Path]] = deque()  # (first unit row, file index, path) per chunk
+        self.ends: deque[tuple[int, FileEnd]] = deque()  # FileEnd markers and the unit rows before them
         self.engine_rows = 0  # rows (per-packet model) or flows (flow model) the model was run on
 
-    def batch(self, rows: np.ndarray, meta: dict[str, np.ndarray]) -> list[Released]:
-        """Rows of the current unit, in order; the rows whose decision is now known."""
+    def batch(self, batch: PacketBatch) -> list:
+        """A chunk of the unit's rows; the messages now ready (Scored pieces, FileEnd markers), in order."""
         if self.decider is None:
             self.decider = FlowDecider(self.n_classes, self.params, flow_model=self.flow_model)
-            self.open = True
-        elif not self.open:
-            self.decider.reset()  # a new unit: cheaper than a new table for many small files
-            self.open = True
-        out: list[Released] = []
+        self.chunks.append((self.decider.rows, batch.file_index, batch.path))
         lo = 0
-        for plan in self.decider.assign(rows, meta):
-            out += self.decider.resolve(plan, self._run(plan, rows[lo : lo + plan.n]))
+        for plan in self.decider.assign(batch.rows, batch.meta):
+            rows = None if self.flow_model else batch.rows[lo : lo + plan.n][plan.send]
+            self._queue(plan, rows)
             lo += plan.n
+        return self._flush() if self._full() else []
+
+    def file_end(self, end: FileEnd) -> list:
+        """The end of a file (or of the unit's byte range of it): its waiting flows are decided, its flows end."""
+        if self.decider is None:
+            return [end]  # no row yet in this unit
+        self._queue(self.decider.end_piece(), None)
+        self.ends.append((self.decider.rows, end))
+        return self._flush() if self._full() else []
+
+    def done(self) -> list:
+        """The unit's end: everything still queued."""
+        return self._flush() if self.decider is not None else []
+
+    def _queue(self, plan: Plan, rows: np.ndarray | None) -> None:
+        self.queue.append((plan, rows))
+        self.inputs += plan.flows_decided if self.flow_model else (0 if rows is None else len(rows))
+        self.queued_rows += plan.n
+
+    def _full(self) -> bool:
+        return self.inputs >= self.batch_size or self.queued_rows >= self.params.pending_rows
+
+    def _flush(self) -> list:
+        assert self.decider is not None
+        probs = self._run()
+        out: list = []
+        k = 0
+        for plan, _ in self.queue:
+            n = plan.flows_decided if self.flow_model else int(plan.send.sum())
+            for r in self.decider.resolve(plan, probs[k : k + n]):
+                self._ends_before(r.start, out)  # a file's FileEnd goes before the next file's rows
+                out.append(self._scored(r))
+            k += n
+        self.queue, self.inputs, self.queued_rows = [], 0, 0
+        self._ends_before(self.decider.rows - self.decider.held_rows, out)
         return out
 
-    def unit_end(self) -> list[Released]:
-        """The unit's end: its waiting flows decided, its last rows released; the next rows start a new unit."""
-        if self.decider is None or not self.open:
-            return []
-        plan = self.decider.finish()
-        out = self.decider.resolve(plan, self._run(plan, None))
-        self.open = False
-        return out
+    def _ends_before(self, row: int, out: list) -> None:
+        """FileEnd markers of the files whose rows all come before unit row `row`."""
+        while self.ends and self.ends[0][0] <= row:
+            out.append(self.ends.popleft()[1])
 
-    def _run(self, plan: Plan, rows: np.ndarray | None) -> np.ndarray:
+    def _run(self) -> np.ndarray:
+        """The model on every queued plan's inputs, in order."""
+        probs = np.empty((self.inputs, self.n_classes), np.float32)
+        if not self.inputs:
+            return probs
+        self.engine_rows += self.inputs
         if self.flow_model:
-            if not plan.flows_decided:
-                return np.empty((0, self.n_classes), np.float32)
-            assert plan.flow_rows is not None and plan.flow_meta is not None
-            self.engine_rows += plan.flows_decided
-            return self.runner.infer_flows(plan.flow_rows, flow_feats(plan))
-        idx = np.flatnonzero(plan.send)
-        probs = np.empty((len(idx), self.n_classes), np.float32)
-        if len(idx):
-            assert rows is not None
-            for lo in range(0, len(idx), self.batch_size):
-                hi = min(len(idx), lo + self.batch_size)
-                self.runner.infer(rows[idx[lo:hi]], probs[lo:hi])
-        self.engine_rows += len(idx)
+            plans = [plan for plan, _ in self.queue if plan.flows_decided]
+            assert all(p.flow_rows is not None for p in plans)
+            rows = np.concatenate([p.flow_rows for p in plans if p.flow_rows is not None])
+            return self.runner.infer_flows(rows, np.concatenate([flow_feats(p) for p in plans]))
+        x = np.concatenate([rows for _, rows in self.queue if rows is not None and len(rows)])
+        for lo in range(0, len(x), self.batch_size):
+            hi = min(len(x), lo + self.batch_size)
+            self.runner.infer(x[lo:hi], probs[lo:hi])
         return probs
 
-    def scored(self, file_index: int, path, released: list[Released]) -> list[Scored]:
-        """Released rows as Scored messages with the flow columns in their metadata."""
-        out = []
-        for r in released:
-            meta = dict(r.meta)
-            meta["decision_packets"] = r.decision_packets
-            meta["flow_no"] = r.flow + (self.parts.get(file_index, 0) << PIECE_SHIFT)
-            out.append(Scored(file_index, path, meta, r.probs))
-        return out
+    def _scored(self, r: Released) -> Scored:
+        """Released rows as a Scored message of their file, with the flow columns in their metadata."""
+        while len(self.chunks) > 1 and self.chunks[1][0] <= r.start:
+            self.chunks.popleft()  # rows are released in order: earlier chunks are done
+        _, file_index, path = self.chunks[0]
+        meta = dict(r.meta)
+        meta["decision_packets"] = r.decision_packets
+        meta["flow_no"] = r.flow + (self.parts.get(file_index, 0) << PIECE_SHIFT)
+        return Scored(file_index, path, meta, r.probs)
 
 
 def flow_feats(plan: Plan) -> np.ndarray:
@@ -109,18 +148,12 @@ def flow_feats(plan: Plan) -> np.ndarray:
 def flow_engine_stage(stages: Stages, scorer: FlowScorer, in_q: queue.Queue, out_q: queue.Queue) -> None:
     """PacketBatch and FileEnd in, Scored (rows with their flow's decision) and FileEnd out, DONE at the end.
     Flows end with their file or byte range: they are decided by its FileEnd."""
-    current: PacketBatch | None = None  # a chunk of the unit now read
     while True:
         item = stages.get(in_q)
-        if item is DONE or isinstance(item, FileEnd):
-            if current is not None:
-                for s in scorer.scored(current.file_index, current.path, scorer.unit_end()):
-                    stages.put(out_q, s)
-                current = None
-            stages.put(out_q, item)
-            if item is DONE:
-                return
-            continue
-        current = item
-        for s in scorer.scored(item.file_index, item.path, scorer.batch(item.rows, item.meta)):
-            stages.put(out_q, s)
+        if item is DONE:
+            for message in scorer.done():
+                stages.put(out_q, message)
+            stages.put(out_q, DONE)
+            return
+        for message in scorer.file_end(item) if isinstance(item, FileEnd) else scorer.batch(item):
+            stages.put(out_q, message)
