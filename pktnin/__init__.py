@@ -10,7 +10,7 @@ from pktnin.version import __version__
 __all__ = ["__version__", "iter_scores", "preprocess", "score", "score_to_files"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in ("score", "iter_scores", "score_to_files", "preprocess"):
         from pktnin import api
 

@@ -15,6 +15,7 @@ Paths are capture files, folders (walked recursively) or "-" (standard input). `
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,14 +36,14 @@ from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
 from pktnin.scoring.chain import ChainSettings, start_chain
 from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
 from pktnin.scoring.manifest import manifest_path, parts_dir
-from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES, ScoreOptions, ScoreResult
 from pktnin.scoring.outputs import check_outputs, write_report
 from pktnin.scoring.run import score_files
 from pktnin.scoring.units import make_units
 from pktnin.scoring.writer_stage import ScoredBuffer
 from pktnin.scoring.writers import packet_batch, packet_schema
-from pktnin.stages import DONE, Stages, Stopped
+from pktnin.stages import DONE, Progress, Stages, Stopped
 
 PathLike = str | os.PathLike
 DEFAULT_BATCH = 512
@@ -163,7 +164,7 @@ def iter_scores(
     reports: list[FileReport] | None = None,
     decide: str | None = None,
     flow_packets: int | None = None,
-    flow=None,
+    flow: FlowParams | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of per-packet predictions (the columns `pktnin score` writes), in input order, as they
     are scored: memory stays bounded whatever the inputs' size. `reports`, when given, receives one FileReport
@@ -197,7 +198,11 @@ def iter_scores(
 
 
 def _stream(
-    stages: Stages, scored_q, class_names: pa.Array, schema: pa.Schema, reports: list[FileReport] | None
+    stages: Stages,
+    scored_q: queue.Queue,
+    class_names: pa.Array,
+    schema: pa.Schema,
+    reports: list[FileReport] | None,
 ) -> Iterator[pa.RecordBatch]:
     """The streaming sink: Scored pieces gathered into record batches, one file at a time."""
     waiting = ScoredBuffer()
@@ -246,7 +251,7 @@ def preprocess(
     mask: str = "paper",
     keep_dns: bool = False,
     reports: list[FileReport] | None = None,
-    progress=None,
+    progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
     """Rows (`x` uint8 [N,1500]) and per-packet metadata of every input, as `pktnin preprocess` stores them;
     written to `out` (.npz, atomically) when given. `reports`, when given, receives the per-file reports."""
@@ -281,7 +286,7 @@ def open_model(
 
 
 def flow_options(
-    runner, decide: str | None, flow_packets: int | None, flow: FlowParams | None = None
+    runner: Runner | FlowModelRunner, decide: str | None, flow_packets: int | None, flow: FlowParams | None = None
 ) -> tuple[str, FlowParams]:
     """(decide, FlowParams) for a run with `runner`: a flow model decides per flow with its own K; any other
     model per packet unless told, with K = flow_packets (default FlowParams().packets)."""

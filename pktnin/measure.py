@@ -7,19 +7,32 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from pktnin.engine.protocols import DeviceRunner, ModelRunner
+from pktnin.engine.runner_base import Runner
 from pktnin.flow_decide import FlowParams
 from pktnin.packets import iter_packets
 from pktnin.rowfile import PrepOptions
 from pktnin.scoring import ScoreOptions, score_files
+from pktnin.scoring.flow_model import FlowModelRunner
+from pktnin.stages import Progress
+
+
+class StageProgress(Protocol):
+    """What compare_engines tells as it goes: a stage starts (runs to do), a run is done."""
+
+    def stage(self, name: str, total: int) -> None: ...
+
+    def run_done(self) -> None: ...
 
 
 def prep_throughput(
     files: Sequence[Path],
     opts: PrepOptions | None = None,
-    progress=None,
+    progress: Progress | None = None,
     threads: int | None = None,
     chunk: int = 8192,
     flow_keys: bool = True,
@@ -64,7 +77,7 @@ def prep_throughput(
     }
 
 
-def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float = 2.0) -> dict:
+def engine_throughput(runner: ModelRunner, rows: np.ndarray, batch: int, min_seconds: float = 2.0) -> dict:
     """The model alone on rows already in memory, in batches of `batch`; at least `min_seconds` of work."""
     out = np.empty((batch, len(runner.classes)), dtype=np.float32)
     runner.infer(rows[:batch], out)  # warm-up (session set-up, first allocation)
@@ -81,10 +94,16 @@ def engine_throughput(runner, rows: np.ndarray, batch: int, min_seconds: float =
 
 
 def pipeline_throughput(
-    files: Sequence[Path], runner, batch: int, workdir: Path, opts: PrepOptions, decide: str = "packet", flow=None
+    files: Sequence[Path],
+    runner: ModelRunner | DeviceRunner | FlowModelRunner,
+    batch: int,
+    workdir: Path,
+    opts: PrepOptions,
+    decide: str = "packet",
+    flow: FlowParams | None = None,
 ) -> dict:
     """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write.
-    `decide` and `flow` (a flow_decide.FlowParams): as ScoreOptions."""
+    `decide` and `flow`: as ScoreOptions."""
     score_opts = ScoreOptions(
         out=workdir / "bench.parquet",
         batch=batch,
@@ -126,13 +145,13 @@ def ratio_is_noise(e2e: dict, engine: dict) -> bool:
 
 def compare_engines(
     files: Sequence[Path],
-    runners: Sequence,
+    runners: Sequence[Runner],
     labels: Sequence[str],
     batch: int,
     runs: int,
     workdir: Path,
     opts: PrepOptions,
-    progress=None,
+    progress: StageProgress | None = None,
 ) -> dict:
     """Medians over `runs` of read+prep, the engine alone and end to end, and end-to-end / engine, for one or
     several runners of one model, interleaved: run k of every runner before run k+1 of any, so load on a shared
@@ -217,13 +236,13 @@ def compare_engines(
 
 def compare_decisions(
     files: Sequence[Path],
-    runner,
+    runner: Runner | FlowModelRunner,
     modes: Sequence[tuple[str, int]],
     batch: int,
     runs: int,
     workdir: Path,
     opts: PrepOptions,
-    progress=None,
+    progress: StageProgress | None = None,
 ) -> dict:
     """End-to-end packets/s of `pktnin score` in each decision mode, (decide, K) with K ignored for "packet",
     interleaved as compare_engines does (run k of every mode before run k+1 of any), after a warm-up run of each

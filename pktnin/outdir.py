@@ -21,7 +21,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -238,7 +238,7 @@ def _open_dir(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def remove_in_dir(path: Path, wanted, rmdir: bool = False) -> None:
+def remove_in_dir(path: Path, wanted: Callable[[str], bool], rmdir: bool = False) -> None:
     """Remove the regular files of ours in directory `path` whose name `wanted(name)` accepts, through a handle
     on the directory (never a link); with `rmdir`, then the directory itself if it is left empty."""
     if _lstat(path) is None:

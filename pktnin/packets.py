@@ -131,7 +131,7 @@ def iter_raw_batches(
     first_index: int = 0,
     reader_kwargs: dict | None = None,
     named: set[Path] | None = None,
-    should_stop=None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[FileReport, RawBatch | None]]:
     """The record walk over each file in turn, with the per-file error handling every consumer shares.
 
@@ -219,7 +219,7 @@ def iter_packets(
     flow_keys: bool = True,
     reader_kwargs: dict | None = None,
     named: set[Path] | None = None,
-    should_stop=None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[PacketBatch]:
     """Read each file in turn and yield its kept packets in chunks of at most `max_records` records.
 
@@ -238,7 +238,7 @@ def iter_packets(
     walk_thread = threads > 1
     prep_threads = threads - 1 if walk_thread else 1
 
-    def walk(stopped=None):
+    def walk(stopped: Callable[[], bool] | None = None) -> Iterator[tuple[FileReport, RawBatch | None]]:
         stop = should_stop
         if stopped is not None:
             stop = stopped if should_stop is None else (lambda: stopped() or should_stop())

@@ -19,6 +19,7 @@ from pktnin.layout import LAYOUT_VERSION, ROW_LEN, mask_code
 from pktnin.outdir import OutputNotWritableError, check_writable
 from pktnin.packets import FileReport, iter_packets
 from pktnin.schema import META_COLUMNS, concat_meta
+from pktnin.stages import Progress
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,11 @@ def check_row_file_target(out: str | os.PathLike, force: bool = False) -> None:
 
 
 def write_row_file(
-    files: Sequence[Path], out: str | os.PathLike, opts: PrepOptions, progress=None, named: set[Path] | None = None
+    files: Sequence[Path],
+    out: str | os.PathLike,
+    opts: PrepOptions,
+    progress: Progress | None = None,
+    named: set[Path] | None = None,
 ) -> RowFileResult:
     """Rows and metadata of every packet of `files` into `out` (.npz, written atomically).
 
@@ -64,7 +69,7 @@ def write_row_file(
 
 
 def row_arrays(
-    files: Sequence[Path], opts: PrepOptions, progress=None, named: set[Path] | None = None
+    files: Sequence[Path], opts: PrepOptions, progress: Progress | None = None, named: set[Path] | None = None
 ) -> tuple[dict[str, np.ndarray], list[FileReport]]:
     """The row file's arrays (keys above) for `files`, in memory, and one FileReport per file."""
     rows: list[np.ndarray] = []
@@ -85,7 +90,7 @@ def row_arrays(
     if progress is not None:
         progress.file_done(len(reports) - done)
 
-    def cat(parts: list[np.ndarray], dtype, shape=()) -> np.ndarray:
+    def cat(parts: list[np.ndarray], dtype: type, shape: tuple[int, ...] = ()) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
 
     arrays = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 POLL_S = 0.1  # how often a waiting stage looks at the stop flag
 
@@ -67,18 +67,18 @@ class Stages:
             except queue.Empty:
                 pass
 
-    def run(self, target: Callable, *args) -> None:
+    def run(self, target: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """Run a stage in the calling thread; its error is recorded, not raised (see raise_error)."""
         try:
-            target(*args)
+            target(*args, **kwargs)
         except Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by raise_error
             self.fail(exc)
 
-    def thread(self, name: str, target: Callable, *args) -> threading.Thread:
+    def thread(self, name: str, target: Callable[..., object], *args: Any, **kwargs: Any) -> threading.Thread:
         """Start a stage in its own (daemon) thread."""
-        t = threading.Thread(target=self.run, args=(target, *args), name=name, daemon=True)
+        t = threading.Thread(target=self.run, args=(target, *args), kwargs=kwargs, name=name, daemon=True)
         self.threads.append(t)
         t.start()
         return t
@@ -99,3 +99,13 @@ class Stages:
         """Raise the first error any stage raised, if one did."""
         if self.errors:
             raise self.errors[0]
+
+
+class Progress(Protocol):
+    """What a run tells as it goes (the command line's progress bar)."""
+
+    def add_packets(self, n: int) -> None: ...
+
+    def add_bytes(self, n: int) -> None: ...
+
+    def file_done(self, n: int = 1) -> None: ...

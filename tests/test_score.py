@@ -381,12 +381,54 @@ def test_stage_errors_stop_the_run(tmp_path, where):
     assert not [p for p in (tmp_path / "p.parquet.parts").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_hook_stages_are_made_per_unit_and_see_only_their_unit(tmp_path):
+    """ChainHooks: each factory is called once per unit; its stage sees that unit's messages, in order."""
+    from pktnin.scoring.chain import ChainHooks
+    from pktnin.scoring.messages import FileEnd, Scored
+
+    files = _fake_files(tmp_path, 5)
+    sizes = {0: [5, 30], 1: [], 2: [7], 3: [40, 1, 13], 4: [3]}
+    made: list[tuple[str, str, list]] = []
+
+    class Seen:
+        """Keeps what it sees (per-unit state) and hands every message on; holds the last one until the end."""
+
+        def __init__(self, where: str, unit) -> None:
+            self.held = None
+            self.seen: list = []
+            made.append((where, unit.id, self.seen))
+            self.files = {p.file_index for p in unit.pieces}
+
+        def __call__(self, item):
+            index = item.report.index if isinstance(item, FileEnd) else item.file_index
+            assert index in self.files  # nothing of another unit
+            self.seen.append(type(item).__name__)
+            out, self.held = ([] if self.held is None else [self.held]), item
+            return out
+
+        def finish(self):
+            return [] if self.held is None else [self.held]
+
+    hooks = ChainHooks(after_prep=lambda u: Seen("prep", u), after_engine=lambda u: Seen("engine", u))
+    opts = ScoreOptions(out=tmp_path / "p.parquet", batch=16, unit_files=2)
+    res = score_files(files, CountingRunner(), opts, source=fake_source(sizes), hooks=hooks)
+    assert [w for w, _, _ in made] == ["prep", "engine"] * 3  # three units of at most two files
+    assert len({u for _, u, _ in made}) == 3
+    prep_seen = [kinds for w, _, kinds in made if w == "prep"]
+    assert prep_seen[0] == ["PacketBatch", "PacketBatch", "FileEnd", "FileEnd"]
+    engine_seen = [kinds for w, _, kinds in made if w == "engine"]
+    assert all(k in (Scored.__name__, "FileEnd") for kinds in engine_seen for k in kinds)
+    assert [kinds.count("FileEnd") for kinds in engine_seen] == [2, 2, 1]
+    assert res.rows_written == sum(sum(v) for v in sizes.values()) == pq.read_table(tmp_path / "p.parquet").num_rows
+
+
 def test_stages_run_on_their_own(tmp_path):
     """The read and engine stages of the CPU path, wired by hand, without score_files or a writer."""
     import queue
 
     from pktnin.scoring.cpu_stages import engine_stage, read_stage
     from pktnin.scoring.messages import FileEnd, Scored
+    from pktnin.scoring.options import ChainSettings
     from pktnin.scoring.units import Piece
     from pktnin.stages import DONE, Stages
 
@@ -396,8 +438,8 @@ def test_stages_run_on_their_own(tmp_path):
     read_q, scored_q = queue.Queue(maxsize=2), queue.Queue(maxsize=2)
     runner = CountingRunner()
     pieces = [Piece(i, str(p)) for i, p in enumerate(files)]
-    stages.thread("read", read_stage, stages, pieces, read_q, "paper", False, None,
-                  fake_source(sizes))  # fmt: skip
+    settings = ChainSettings(prep_threads=None)
+    stages.thread("read", read_stage, stages, pieces, read_q, settings, source=fake_source(sizes))
     stages.thread("engine", engine_stage, stages, runner, 16, read_q, scored_q)
     got = []
     while (item := stages.get(scored_q)) is not DONE:

@@ -31,14 +31,15 @@ from typing import Any
 import numba
 
 from pktnin.engine.cache import cache_dir
+from pktnin.engine.runner_base import Runner
 from pktnin.engine.runners import open_runner
 from pktnin.kernels.capture import CaptureReader
 from pktnin.kernels.cpu import transform
 from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
-from pktnin.scoring.messages import Progress
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.unit_run import score_unit
 from pktnin.scoring.units import Unit
+from pktnin.stages import Progress
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class RunnerSpec:
     batch: int = 512
     precision: str = "fp32"  # the driver's resolved choice, so every actor runs the same engine
 
-    def __call__(self, threads: int):
+    def __call__(self, threads: int) -> Runner | FlowModelRunner:
         if is_flow_model(self.model_path):
             return FlowModelRunner(self.model_path, intra_threads=threads, max_batch=self.batch)
         return open_runner(
@@ -78,7 +79,7 @@ def warm_kernels() -> None:
 
 
 @contextmanager
-def build_lock(runner_spec):
+def build_lock(runner_spec: RunnerSpec) -> Iterator[None]:
     """Held while an actor opens its runner when that may build a TensorRT plan: the first actor of a node
     builds the plan into the node's cache, the others wait and load it (a plan per actor would take minutes).
     ONNX Runtime runners open without it."""
@@ -98,7 +99,7 @@ def build_lock(runner_spec):
 class UnitScorer:
     """The Ray Data actor: one runner per actor, one unit per call."""
 
-    def __init__(self, runner_spec, options: ScoreOptions, parts_dir: str, threads: int) -> None:
+    def __init__(self, runner_spec: RunnerSpec, options: ScoreOptions, parts_dir: str, threads: int) -> None:
         cpus = max(1, int(threads))
         numba.set_num_threads(
             min(cpus, getattr(numba.config, "NUMBA_NUM_THREADS"))
@@ -174,11 +175,11 @@ class ray_session:
     """Connects to (or starts) Ray for one run and always shuts it down: a killed driver otherwise leaves raylet,
     gcs and workers running. Ray already initialized by the caller (tests, notebooks) is used and left alone."""
 
-    def __init__(self, address: str | None = None, **init_kwargs) -> None:
+    def __init__(self, address: str | None = None, **init_kwargs: Any) -> None:
         self.address, self.init_kwargs = address, init_kwargs
         self.owned = False
 
-    def __enter__(self):
+    def __enter__(self) -> Any:  # the ray module
         import ray
 
         if not ray.is_initialized():
@@ -194,7 +195,7 @@ class ray_session:
         ctx.enable_progress_bars = False  # pktnin shows its own progress bar
         return ray
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.owned:
             import ray
 

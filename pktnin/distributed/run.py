@@ -13,9 +13,9 @@ from pathlib import Path
 from pktnin.engine.runner_base import Runner
 from pktnin.errors import OptionError
 from pktnin.scoring.flow_model import FlowModelRunner
-from pktnin.scoring.messages import Progress
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.run import run_units
+from pktnin.stages import Progress
 
 EXECUTORS = ("local", "ray")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -26,36 +26,18 @@ from typing import Protocol
 
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.errors import OptionError
-from pktnin.flow_decide import FlowParams
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring import gpu_stages
 from pktnin.scoring.cpu_stages import engine_stage, read_stage
 from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.flow_stage import FlowScorer, flow_engine_stage
-from pktnin.scoring.messages import Progress
-from pktnin.scoring.options import ScoreOptions
+from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Unit
-from pktnin.stages import DONE, Stages
+from pktnin.stages import DONE, Progress, Stages
 
 READ_QUEUE = 4  # chunks waiting for the engine
 SCORED_QUEUE = 16  # scored pieces waiting for the sink
 HOOK_QUEUE = 4  # messages waiting behind an inserted stage
-
-
-@dataclass(frozen=True)
-class ChainSettings:
-    """What the chain's stages need to know of a run's options."""
-
-    mask: str = "paper"
-    keep_dns: bool = False
-    batch: int = 256
-    prep_threads: int | None = 1
-    decide: str = "packet"
-    flow: FlowParams = FlowParams()
-
-    @classmethod
-    def of(cls, opts: ScoreOptions) -> ChainSettings:
-        return cls(opts.mask, opts.keep_dns, opts.batch, opts.prep_threads, opts.decide, opts.flow)
 
 
 class UnitStage(Protocol):
@@ -128,12 +110,12 @@ def start_chain(
         if settings.decide == "flow":
             raise OptionError("--decide flow runs on the CPU engines (ONNX Runtime, OpenVINO), not on TensorRT")
         batch = gpu_stages.device_batch_size(runner, settings.batch)
-        stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, unit.pieces, read_q, batch, named, progress)
-        stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, batch, settings.mask,
-                      settings.keep_dns, read_q, scored_q)  # fmt: skip
+        stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, unit.pieces, read_q, batch, named=named,
+                      progress=progress)  # fmt: skip
+        stages.thread("pktnin-engine", gpu_stages.device_engine_stage, stages, runner, settings, read_q, scored_q)
     else:
-        stages.thread("pktnin-read", read_stage, stages, unit.pieces, read_q, settings.mask, settings.keep_dns,
-                      settings.prep_threads, source, named, progress)  # fmt: skip
+        stages.thread("pktnin-read", read_stage, stages, unit.pieces, read_q, settings, source=source, named=named,
+                      progress=progress)  # fmt: skip
         engine_q = _insert(stages, "pktnin-after-prep", hooks.after_prep, unit, read_q)
         if settings.decide == "flow":
             # One FlowScorer per unit: the flow state of one unit never meets another's.

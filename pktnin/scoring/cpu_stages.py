@@ -21,9 +21,10 @@ from pktnin.engine.protocols import ModelRunner
 from pktnin.kernels.capture import ReadStopped, is_stream
 from pktnin.layout import ROW_LEN
 from pktnin.packets import FileReport, PacketBatch, iter_packets
-from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.messages import FileEnd, Scored
+from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Piece
-from pktnin.stages import DONE, Stages, Stopped
+from pktnin.stages import DONE, Progress, Stages, Stopped
 
 READ_CHUNK = 8192  # records per read+prep chunk: ~12 MB of rows
 
@@ -32,16 +33,17 @@ def read_stage(
     stages: Stages,
     pieces: Sequence[Piece],
     out_q: queue.Queue,
-    mask: str,
-    keep_dns: bool,
-    threads: int | None,
+    settings: ChainSettings,
+    *,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
     named: set[Path] | None = None,
     progress: Progress | None = None,
 ) -> None:
     """PacketBatch chunks and a FileEnd per piece (a file or a byte range of one), then DONE. `source` stands in
-    for packets.iter_packets; `threads` (None: numba's default) sets the prep kernels' threads; `named`: the
-    files the user named (packets.iter_raw_batches); `progress` (optional) gets add_bytes(n) as files are read."""
+    for packets.iter_packets; settings.prep_threads (None: numba's default) sets the prep kernels' threads;
+    `named`: the files the user named (packets.iter_raw_batches); `progress` (optional) gets add_bytes(n) as
+    files are read."""
+    threads, mask, keep_dns = settings.prep_threads, settings.mask, settings.keep_dns
     if threads:
         # numba.config sets its settings at run time from the environment, invisible to a type checker
         numba.set_num_threads(max(1, min(threads, getattr(numba.config, "NUMBA_NUM_THREADS"))))  # per thread in numba

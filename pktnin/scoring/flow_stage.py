@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.engine.protocols import ModelRunner
 from pktnin.flow_decide import FlowDecider, FlowParams, Plan, Released
 from pktnin.packets import PacketBatch
 from pktnin.scoring.flow_model import FlowModelRunner
@@ -34,7 +35,10 @@ class FlowScorer:
     costs a few full model calls, not one small call per file. FileEnd markers go out behind their file's rows.
     """
 
-    def __init__(self, runner, params: FlowParams, batch_size: int, parts: dict[int, int] | None = None) -> None:
+    def __init__(
+        self, runner: ModelRunner | FlowModelRunner, params: FlowParams, batch_size: int,
+        parts: dict[int, int] | None = None,
+    ) -> None:  # fmt: skip
         # parts: file index -> the position of the unit's piece of that file among the file's pieces (0 for a
         # whole file), so that flow numbers stay distinct across a file's pieces
         self.runner = runner
@@ -109,15 +113,15 @@ class FlowScorer:
         if not self.inputs:
             return probs
         self.engine_rows += self.inputs
-        if self.flow_model:
+        runner = self.runner
+        if isinstance(runner, FlowModelRunner):
             plans = [plan for plan, _ in self.queue if plan.flows_decided]
-            assert all(p.flow_rows is not None for p in plans)
             rows = np.concatenate([p.flow_rows for p in plans if p.flow_rows is not None])
-            return self.runner.infer_flows(rows, np.concatenate([flow_feats(p) for p in plans]))
+            return runner.infer_flows(rows, np.concatenate([flow_feats(p) for p in plans]))
         x = np.concatenate([rows for _, rows in self.queue if rows is not None and len(rows)])
         for lo in range(0, len(x), self.batch_size):
             hi = min(len(x), lo + self.batch_size)
-            self.runner.infer(x[lo:hi], probs[lo:hi])
+            runner.infer(x[lo:hi], probs[lo:hi])
         return probs
 
     def _scored(self, r: Released) -> Scored:

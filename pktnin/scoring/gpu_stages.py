@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import queue
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,10 @@ from pktnin.kernels.capture import RawBatch, ReadStopped
 from pktnin.layout import SKIP_REASONS
 from pktnin.packets import FileReport, iter_raw_batches
 from pktnin.scoring.cpu_stages import input_size
-from pktnin.scoring.messages import FileEnd, Progress, Scored
+from pktnin.scoring.messages import FileEnd, Scored
+from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Piece
-from pktnin.stages import DONE, Stages, Stopped
+from pktnin.stages import DONE, Progress, Stages, Stopped
 
 
 def device_batch_size(runner: DeviceRunner, batch: int) -> int:
@@ -58,7 +59,7 @@ class RawChunk:
     raw: RawBatch
 
 
-def own_raw(raw):
+def own_raw(raw: RawBatch) -> RawBatch:
     """A copy of the RawBatch whose buf holds only the span of its records (the file window is released when the
     next windows are read, and a queued chunk must not pin a whole window)."""
     lo = int(raw.pkt_off.min())
@@ -83,7 +84,7 @@ def iter_raw(
     first_index: int = 0,
     reader_kwargs: dict | None = None,
     named: set[Path] | None = None,
-    should_stop=None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[RawChunk]:
     """packets.iter_packets without the transform: RawChunks, and one FileReport per file appended to `reports`
     when the file is finished (`kept` and `skip_counts` are left to whoever runs the transform)."""
@@ -99,6 +100,7 @@ def read_raw_stage(
     pieces: Sequence[Piece],
     out_q: queue.Queue,
     max_records: int,
+    *,
     named: set[Path] | None = None,
     progress: Progress | None = None,
 ) -> None:
@@ -138,15 +140,16 @@ class _SlotBatch:
 def device_engine_stage(
     stages: Stages,
     runner: DeviceRunner,
-    batch_size: int,
-    mask: str,
-    keep_dns: bool,
+    settings: ChainSettings,
     in_q: queue.Queue,
     out_q: queue.Queue,
 ) -> None:
-    """RawChunk and FileEnd in, Scored and FileEnd (completed with kept and skip counts) out, DONE at the end."""
+    """RawChunk and FileEnd in, Scored and FileEnd (completed with kept and skip counts) out, DONE at the end.
+    Engine calls of device_batch_size(runner, settings.batch) rows."""
     from pktnin.kernels.cuda import transform_to_device
 
+    batch_size = device_batch_size(runner, settings.batch)
+    mask, keep_dns = settings.mask, settings.keep_dns
     outbuf = np.empty((batch_size, len(runner.classes)), dtype=np.float32)
     num_slots = int(runner.num_slots)
     prep_stream = runner.prep_stream()

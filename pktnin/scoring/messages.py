@@ -1,10 +1,9 @@
-"""The messages between the scoring stages, and what a run reports its progress to."""
+"""The messages between the scoring stages."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -26,13 +25,3 @@ class Scored:
     path: Path
     meta: dict[str, np.ndarray]
     probs: np.ndarray  # float32 [n, C], owned by this message
-
-
-class Progress(Protocol):
-    """What a run tells as it goes (the command line's progress bar)."""
-
-    def add_packets(self, n: int) -> None: ...
-
-    def add_bytes(self, n: int) -> None: ...
-
-    def file_done(self, n: int = 1) -> None: ...

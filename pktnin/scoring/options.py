@@ -101,6 +101,22 @@ class ScoreOptions:
         }
 
 
+@dataclass(frozen=True)
+class ChainSettings:
+    """What the stages of a unit's chain (scoring.chain) need to know of a run's options."""
+
+    mask: str = "paper"
+    keep_dns: bool = False
+    batch: int = 256
+    prep_threads: int | None = 1  # numba threads of the CPU prep; None: numba's default
+    decide: str = "packet"  # flow: the engine stage is scoring.flow_stage's
+    flow: FlowParams = FlowParams()
+
+    @classmethod
+    def of(cls, opts: ScoreOptions) -> ChainSettings:
+        return cls(opts.mask, opts.keep_dns, opts.batch, opts.prep_threads, opts.decide, opts.flow)
+
+
 @dataclass
 class ScoreResult:
     files: list[Path]

@@ -18,6 +18,7 @@ from pktnin.atomic import atomic_path
 from pktnin.errors import UsageError
 from pktnin.packets import FileReport
 from pktnin.scoring import manifest as mf
+from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.writers import FORMATS
 
 REPORT_FORMATS = (".json", ".csv")
@@ -27,7 +28,7 @@ class OutputError(UsageError):
     """An output cannot be written as asked, or writing it would discard earlier results."""
 
 
-def check_outputs(opts, settings: dict) -> None:
+def check_outputs(opts: ScoreOptions, settings: dict) -> None:
     """Raise OutputError when the outputs of `opts` (ScoreOptions) cannot or must not be written."""
     continuing = check_progress(opts, settings)
     targets = [("--out", opts.out)] + ([("--flows", opts.flows_out)] if opts.flows_out is not None else [])
@@ -48,7 +49,7 @@ def check_outputs(opts, settings: dict) -> None:
             raise OutputError(f"--report {opts.report} exists: choose another name, or --force to replace it")
 
 
-def check_progress(opts, settings: dict) -> bool:
+def check_progress(opts: ScoreOptions, settings: dict) -> bool:
     """Refuse to start over an earlier run's finished files unless asked to continue them or `force`.
     True when this run continues an earlier one (whose outputs it was started to replace)."""
     if opts.force:
@@ -74,7 +75,7 @@ def settings_diff(old: dict, new: dict) -> str:
     return "; ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys)
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -35,13 +35,13 @@ from pktnin.scoring import manifest as mf
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks
 from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.flows import FlowAccumulator, flow_schema
-from pktnin.scoring.messages import Progress
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.outputs import check_outputs
 from pktnin.scoring.reports import merge_reports
 from pktnin.scoring.unit_run import STATE_DIR, LocalExecutor, load_flow_states, load_summary
 from pktnin.scoring.units import INDEX_STEP_RECORDS, Unit, make_units
 from pktnin.scoring.writers import assemble, packet_schema, write_batches
+from pktnin.stages import Progress
 
 SAVE_S = 2.0
 
@@ -124,7 +124,13 @@ class _Run:
             for p in u.pieces:
                 self.units_of_file[p.file_index].append(u)
 
-    def score(self, executor: Executor, progress: Progress | None, on_saved, keep_parts: bool) -> ScoreResult:
+    def score(
+        self,
+        executor: Executor,
+        progress: Progress | None,
+        on_saved: Callable[[list[FileReport]], None] | None,
+        keep_parts: bool,
+    ) -> ScoreResult:
         opts = self.opts
         todo = [u for u in self.units if u.id not in self.finished]
         left = {i: sum(1 for u in us if u.id not in self.finished) for i, us in self.units_of_file.items()}

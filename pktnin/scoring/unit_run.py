@@ -27,11 +27,10 @@ from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks, ChainSettings, start_chain
 from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.manifest import UNITS_DIR, file_stamp
-from pktnin.scoring.messages import Progress
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.units import Unit
 from pktnin.scoring.writer_stage import UnitWriter, write_stage
-from pktnin.stages import Stages
+from pktnin.stages import Progress, Stages
 
 STATE_DIR = UNITS_DIR
 
@@ -124,13 +123,21 @@ def score_unit(
     return {**summary, "skipped": False}
 
 
-def _save_summary(unit, finished, part, flow_states, parts_dir, started, cpu_started) -> dict:
+def _save_summary(
+    unit: Unit,
+    finished: list[dict],
+    part: str | None,
+    flow_states: dict[str, np.ndarray],
+    parts_dir: Path,
+    started: float,
+    cpu_started: float,
+) -> dict:
     flow_state = None
     if flow_states:
         flow_state = flow_state_path(parts_dir, unit.id)
         flow_state.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(flow_state) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **flow_states)
+            np.savez(fh, **flow_states)  # type: ignore[arg-type]  # numpy stub reads names as allow_pickle
     summary = {
         "id": unit.id,
         "part": part,

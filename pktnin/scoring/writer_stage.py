@@ -16,11 +16,11 @@ import pyarrow as pa
 from pktnin.packets import FileReport
 from pktnin.scoring.flows import FlowAccumulator
 from pktnin.scoring.manifest import report_to_dict
-from pktnin.scoring.messages import Progress, Scored
+from pktnin.scoring.messages import Scored
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.units import Unit
 from pktnin.scoring.writers import PartWriter, packet_batch, packet_schema
-from pktnin.stages import DONE, Stages
+from pktnin.stages import DONE, Progress, Stages
 
 WRITE_ROWS = 16384  # scored rows gathered before they become one Arrow batch
 
