@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from pktnin.errors import OptionError
 from pktnin.layout import ROW_LEN
 
 NS = 1_000_000_000
@@ -67,8 +68,6 @@ class FlowParams:
     pending_rows: int = 32768
 
     def __post_init__(self) -> None:
-        from pktnin.errors import OptionError
-
         for name in ("packets", "max_flows", "pending_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pktnin.engine.ort_runner import import_onnxruntime, ort_errors, unusable_model
+from pktnin.engine.precision import model_props
 from pktnin.engine.runner_base import ModelMismatchError
 from pktnin.layout import ROW_LEN
 
@@ -28,8 +30,6 @@ def is_flow_model(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.suffix != ".onnx" or not path.is_file():
         return False
-    from pktnin.engine.precision import model_props
-
     return model_props(path).get(DECIDE_KEY) == "flow"
 
 
@@ -40,8 +40,6 @@ class FlowModelRunner:
     precision = "fp32"
 
     def __init__(self, path: str | os.PathLike, intra_threads: int | None = None, max_batch: int = 512) -> None:
-        from pktnin.engine.ort_runner import import_onnxruntime, ort_errors, unusable_model
-
         ort = import_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():

@@ -19,6 +19,7 @@ import numpy as np
 
 from pktnin.engine.protocols import ModelRunner
 from pktnin.flow_decide import FlowDecider, FlowParams, Plan, Released
+from pktnin.flow_features import pkt_feats
 from pktnin.packets import PacketBatch
 from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.messages import FileEnd, Scored
@@ -137,8 +138,6 @@ class FlowScorer:
 
 def flow_feats(plan: Plan) -> np.ndarray:
     """pkt_feats [F, K, 4] of the flows a plan decides, by pktnin.flow_features (the one definition)."""
-    from pktnin.flow_features import pkt_feats
-
     assert plan.flow_rows is not None and plan.flow_meta is not None
     f, k = plan.flow_rows.shape[:2]
     index = np.where(plan.flow_meta["present"], np.arange(f * k).reshape(f, k), -1)
