@@ -32,11 +32,13 @@ from pktnin.engine.cache import file_sha256
 from pktnin.engine.protocols import DeviceRunner
 from pktnin.engine.runner_base import EngineChoice, Runner
 from pktnin.engine.runners import open_runner_with_choice
-from pktnin.errors import UsageError
+from pktnin.errors import OptionError, UsageError
 from pktnin.extras import check_model_file, missing_extra
+from pktnin.flow_decide import FlowParams
 from pktnin.packets import FileReport, find_captures, named_captures
 from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
 from pktnin.scoring.chain import ChainSettings, start_chain
+from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
 from pktnin.scoring.manifest import manifest_path, parts_dir
 from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES, ScoreOptions, ScoreResult
@@ -58,7 +60,7 @@ class ScoreJob:
 
     files: list[Path]
     named: set[Path]
-    runner: Runner  # a ModelRunner or a DeviceRunner
+    runner: Runner | FlowModelRunner  # a ModelRunner, a DeviceRunner or a flow model
     opts: ScoreOptions
     model_path: Path
     backend: str = "auto"
@@ -92,9 +94,15 @@ class ScoreJob:
         ray: RayOptions | None = None,
         unit_bytes: int = DEFAULT_UNIT_BYTES,
         unit_files: int = DEFAULT_UNIT_FILES,
+        decide: str | None = None,
+        flow_packets: int | None = None,
+        flow: FlowParams | None = None,
     ) -> ScoreJob:
         """Raises UsageError (OptionError, OutputError) or FileNotFoundError for what cannot work, before any
-        packet is read. `unit_bytes`, `unit_files`: the units of work (scoring.units)."""
+        packet is read. `unit_bytes`, `unit_files`: the units of work (scoring.units). `decide`: packet or flow
+        (None: flow for a flow model, else packet); `flow_packets`: K, the rows of each flow the decision uses (a
+        flow model's own K by default); `flow`: a flow_decide.FlowParams for the timeouts and limits of the flow
+        table."""
         opts = ScoreOptions(
             out=Path(out), flows_out=None if flows is None else Path(flows), fmt=fmt, probs=probs, resume=resume,
             force=force, report=None if report is None else Path(report),
@@ -110,8 +118,11 @@ class ScoreJob:
         runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
         timings = {"model": time.perf_counter() - started}
         try:
+            decide, flow = flow_options(runner, decide, flow_packets, flow)
             opts = replace(
                 opts,
+                decide=decide,
+                flow=flow,
                 prep_threads=prep_threads or _default_prep_threads(runner),
                 model_id=_model_id(model_path, runner),
                 model_name=Path(model_path).name,
@@ -172,17 +183,22 @@ def iter_scores(
     threads: int | None = None,
     prep_threads: int | None = None,
     reports: list[FileReport] | None = None,
+    decide: str | None = None,
+    flow_packets: int | None = None,
+    flow: FlowParams | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of per-packet predictions (the columns `pktnin score` writes), in input order, as they
     are scored: memory stays bounded whatever the inputs' size. `reports`, when given, receives one FileReport
-    per input file as it is finished. Stopping the iteration early stops the run."""
+    per input file as it is finished. Stopping the iteration early stops the run. `decide`, `flow_packets`,
+    `flow`: as ScoreJob.prepare."""
     opts = ScoreOptions(out=Path("-"), fmt="parquet", probs=probs, keep_dns=keep_dns, mask=mask, batch=batch,
                         prep_threads=prep_threads)  # fmt: skip
     files = find_captures(paths)
     named = named_captures(files, paths)
     runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
     try:
-        opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner),
+        decide, flow = flow_options(runner, decide, flow_packets, flow)
+        opts = replace(opts, prep_threads=prep_threads or _default_prep_threads(runner), decide=decide, flow=flow,
                        model_id=_model_id(model_path, runner), model_name=Path(model_path).name, engine=choice.label,
                        agreement=json.dumps(choice.agreement, sort_keys=True))  # fmt: skip
         classes = list(runner.classes)
@@ -278,12 +294,17 @@ def open_model(
     batch: int = DEFAULT_BATCH,
     precision: str = "auto",
     engine_workers: int | None = None,
-) -> tuple[Runner, Path, EngineChoice]:
+) -> tuple[Runner | FlowModelRunner, Path, EngineChoice]:
     """(runner, model path, engine choice): the model given, or the bundled default. `precision` auto picks the
     fastest engine that agrees with fp32; `engine_workers` None measures one multi-thread session against
-    single-thread ones."""
+    single-thread ones. A flow model runs on ONNX Runtime in float32."""
     model_path = resolve_model(model)  # a file, a bundled model's name, or None: the default bundled model
     check_model_file(model_path)
+    if is_flow_model(model_path):
+        if backend not in ("auto", "onnxruntime") or precision not in ("auto", "fp32"):
+            raise OptionError(f"{Path(model_path).name} is a flow model: it runs on ONNX Runtime in fp32")
+        flow_runner = FlowModelRunner(model_path, intra_threads=threads, max_batch=batch)
+        return flow_runner, model_path, EngineChoice("onnxruntime fp32", "a flow model runs on ONNX Runtime in fp32")
     try:
         runner, choice = open_runner_with_choice(model_path, backend, intra_threads=threads, max_batch=batch,
                                                  precision=precision, engine_workers=engine_workers)  # fmt: skip
@@ -294,12 +315,31 @@ def open_model(
     return runner, model_path, choice
 
 
-def _default_prep_threads(runner: Runner) -> int | None:
+def flow_options(
+    runner: Runner | FlowModelRunner, decide: str | None, flow_packets: int | None, flow: FlowParams | None = None
+) -> tuple[str, FlowParams]:
+    """(decide, FlowParams) for a run with `runner`: a flow model decides per flow with its own K; any other
+    model per packet unless told, with K = flow_packets (default FlowParams().packets)."""
+    flow = flow or FlowParams()
+    if isinstance(runner, FlowModelRunner):
+        if decide == "packet":
+            raise OptionError(f"{runner.path.name} is a flow model: it decides per flow (--decide flow)")
+        if flow_packets is not None and flow_packets != runner.flow_packets:
+            raise OptionError(
+                f"{runner.path.name} decides from the first {runner.flow_packets} packets of each flow, not {flow_packets}"
+            )
+        return "flow", replace(flow, packets=runner.flow_packets)
+    if flow_packets is not None and decide != "flow":
+        raise OptionError("--flow-packets goes with --decide flow")
+    return decide or "packet", replace(flow, packets=flow.packets if flow_packets is None else flow_packets)
+
+
+def _default_prep_threads(runner: Runner | FlowModelRunner) -> int | None:
     # One numba thread beside a CPU engine, which needs the cores; all of them when the model runs elsewhere.
     return 1 if runner.backend in ("onnxruntime", "openvino") else None
 
 
-def _model_id(model_path: Path, runner: Runner) -> str:
+def _model_id(model_path: Path, runner: Runner | FlowModelRunner) -> str:
     return f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}"
 
 

@@ -14,9 +14,11 @@ import numpy as np
 from pktnin.engine.precision import EngineChoice
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.engine.runner_base import Runner
+from pktnin.flow_decide import FlowParams
 from pktnin.packets import iter_packets
 from pktnin.rowfile import PrepOptions
 from pktnin.scoring import ScoreOptions, score_files
+from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.stages import Progress
 
 
@@ -93,9 +95,16 @@ def engine_throughput(runner: ModelRunner, rows: np.ndarray, batch: int, min_sec
 
 
 def pipeline_throughput(
-    files: Sequence[Path], runner: ModelRunner | DeviceRunner, batch: int, workdir: Path, opts: PrepOptions
+    files: Sequence[Path],
+    runner: ModelRunner | DeviceRunner | FlowModelRunner,
+    batch: int,
+    workdir: Path,
+    opts: PrepOptions,
+    decide: str = "packet",
+    flow: FlowParams | None = None,
 ) -> dict:
-    """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write."""
+    """`pktnin score` as a user runs it (Parquet output, flows off), timed from first read to last write.
+    `decide` and `flow`: as ScoreOptions."""
     score_opts = ScoreOptions(
         out=workdir / "bench.parquet",
         batch=batch,
@@ -103,6 +112,8 @@ def pipeline_throughput(
         keep_dns=opts.keep_dns,
         model_id="bench",
         force=True,  # each run replaces the previous run's output
+        decide=decide,
+        flow=flow or FlowParams(),
     )
     start = time.perf_counter()
     result = score_files(list(files), runner, score_opts)
@@ -224,3 +235,46 @@ def compare_engines(
         "ratio_is_noise": first["ratio_is_noise"],
         "engines": engines,
     }
+
+
+def compare_decisions(
+    files: Sequence[Path],
+    runner: Runner | FlowModelRunner,
+    modes: Sequence[tuple[str, int]],
+    batch: int,
+    runs: int,
+    workdir: Path,
+    opts: PrepOptions,
+    progress: StageProgress | None = None,
+) -> dict:
+    """End-to-end packets/s of `pktnin score` in each decision mode, (decide, K) with K ignored for "packet",
+    interleaved as compare_engines does (run k of every mode before run k+1 of any), after a warm-up run of each
+    mode on the first file; each mode after the first
+    has the median over runs of its rate divided by the first mode's rate in the same round (`vs_first`).
+    `progress` as compare_engines'."""
+
+    # One untimed run of each mode on the first file: the first use compiles the flow table's numba code.
+    for decide, packets in modes:
+        pipeline_throughput(files[:1], runner, batch, workdir, opts, decide, FlowParams(packets=packets))
+    if progress is not None:
+        progress.stage("end_to_end", runs * len(modes))
+    measured: list[list[dict]] = [[] for _ in modes]
+    for _ in range(runs):
+        for k, (decide, packets) in enumerate(modes):
+            measured[k].append(
+                pipeline_throughput(files, runner, batch, workdir, opts, decide, FlowParams(packets=packets))
+            )
+            if progress is not None:
+                progress.run_done()
+    entries = []
+    for k, (decide, packets) in enumerate(modes):
+        entry = {"decide": decide, "flow_packets": packets if decide == "flow" else None,
+                 "end_to_end": median_run(measured[k])}  # fmt: skip
+        if k:
+            entry["vs_first"] = statistics.median(
+                a["packets_per_s"] / b["packets_per_s"] for a, b in zip(measured[k], measured[0])
+            )
+        entries.append(entry)
+    label = runner.engine_label if isinstance(runner, FlowModelRunner) else f"{runner.backend} {runner.precision}"
+    return {"engine_label": label, "batch": batch,
+            "files": len(files), "runs": runs, "modes": entries}  # fmt: skip

@@ -767,3 +767,83 @@ def test_corpus_and_extension_one_dataset(corpus, corpus_ext, tmp_path):
     assert np.array_equal(d.rows[: len(alone)], alone.rows)
     n_files = len(d.meta["sources"])
     assert second["files"][1] == n_files and d.file.max() < n_files
+
+
+def test_packet_meta_columns_follow_the_rows(csv_corpus, second_csv, tmp_path):
+    from pktnin.packets import iter_packets
+
+    labels_csv, pcaps = second_csv
+    out = tmp_path / "m"
+    args = ["dataset", "build", str(csv_corpus / "labels.csv"), f"{labels_csv}:{pcaps}", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--packet-meta", "ts_ns,src_addr,src_port,dst_port", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    d = load_dataset(out)
+    assert d.meta["packet_meta"] == ["ts_ns", "src_addr", "src_port", "dst_port"]
+    assert d.packet_meta["src_addr"].shape == (len(d), 16) and d.packet_meta["ts_ns"].dtype == np.int64
+    # each row's metadata is that of the packet it came from, read again from its capture
+    checked = 0
+    for f, name in enumerate(d.meta["sources"]):
+        at = np.flatnonzero(d.file == f)
+        if not len(at):
+            continue
+        source = d.meta["inputs"][int(d.source[at[0]])]
+        path = Path(source["root"]) / name.split("/", 1)[1]
+        batches = list(iter_packets([path], threads=1))
+        rows = np.concatenate([b.rows for b in batches])
+        meta = {k: np.concatenate([b.meta[k] for b in batches]) for k in d.packet_meta}
+        j = 0
+        for i in at:  # the dataset keeps the labeled packets, in capture order
+            while not np.array_equal(rows[j], d.rows[i]):
+                j += 1
+            for k, column in d.packet_meta.items():
+                assert np.array_equal(column[i], meta[k][j]), (name, i, k)
+            j += 1
+            checked += 1
+    assert checked == len(d)
+    assert len(np.unique(d.packet_meta["ts_ns"])) > 1 and len(np.unique(d.packet_meta["src_port"])) > 1
+    meta = {k: v for k, v in d.meta.items() if k != "packet_meta"}
+    plain = load_dataset(write_dataset(tmp_path / "p", d.rows[:3], d.labels[:3], d.split[:3], d.flow[:3], meta))
+    assert plain.packet_meta == {}  # a dataset without them still loads
+    with pytest.raises(ValueError, match="unknown packet metadata"):
+        BuildOptions(csv_corpus, tmp_path / "x", packet_meta=["color"])
+    with pytest.raises(ValueError, match="keeps every packet"):
+        BuildOptions(csv_corpus, tmp_path / "x", packet_meta=["ts_ns"], max_per_class=5)
+
+
+def test_flow_set_first_rows_and_features(csv_corpus, second_csv, tmp_path):
+    from pktnin.dataset.flows import FlowSet, first_rows, flow_set
+    from pktnin.flow_features import pkt_feats
+
+    labels_csv, pcaps = second_csv
+    options = BuildOptions(csv_corpus / "labels.csv", tmp_path / "d", more_sources=[(labels_csv, pcaps)])
+    build_dataset(options)
+    with pytest.raises(ValueError, match="--packet-meta ts_ns,src_addr,src_port,dst_port"):
+        flow_set(load_dataset(tmp_path / "d"))
+    meta = ["ts_ns", "src_addr", "src_port", "dst_port"]
+    build_dataset(BuildOptions(**{**vars(options), "packet_meta": meta, "out": tmp_path / "m"}))
+    d = load_dataset(tmp_path / "m")
+    flows = flow_set(d, k_max=3)
+    assert len(flows) == len(np.unique(d.flow)) and flows.packets.sum() == len(d)
+    for i, f in enumerate(flows.flow):
+        rows_of = np.flatnonzero(d.flow == f)  # in capture order
+        first = rows_of[:3]
+        assert flows.index[i].tolist() == first.tolist() + [-1] * (3 - first.size)
+        assert flows.packets[i] == rows_of.size and flows.label[i] == d.labels[first[0]]
+        assert (flows.split[i], flows.capture_file[i], flows.source[i]) == (
+            d.split[f0 := first[0]],
+            d.file[f0],
+            d.source[f0],
+        )
+        assert (flows.src_port[i], flows.dst_port[i]) == (d.packet_meta["src_port"][f0], d.packet_meta["dst_port"][f0])
+    m = d.packet_meta
+    expect = pkt_feats(np.asarray(d.rows), m["ts_ns"], m["src_addr"], m["src_port"], flows.index)
+    np.testing.assert_array_equal(flows.feats, expect)
+    rows = first_rows(d, flows, 2)
+    assert rows.shape == (len(flows), 2, ROW_LEN)
+    for i in range(len(flows)):
+        for j in range(2):
+            at = flows.index[i, j]
+            assert np.array_equal(rows[i, j], d.rows[at] if at >= 0 else np.zeros(ROW_LEN, np.uint8))
+    again = FlowSet.load(flows.save(tmp_path / "flows.npz"))
+    assert all(np.array_equal(getattr(again, k), v) for k, v in vars(flows).items())
+    assert len(flows.select(flows.split == 2)) == int((flows.split == 2).sum())

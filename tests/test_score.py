@@ -91,11 +91,12 @@ def test_parquet_packets_flows_and_bad_files(tmp_path, inputs, model, expected):
     result = run_cli(inputs, "--model", model, "--out", out, "--flows", flows_out, "--probs")
     assert result.exit_code == EXIT_PARTIAL, result.output  # empty.pcap failed, cut.pcap was cut short
     t = pq.read_table(out)
-    assert t.column_names[:12] == [
+    assert t.column_names[:14] == [
         "file", "frame", "timestamp", "src_addr", "src_port", "dst_addr", "dst_port", "proto", "vlan", "flow_id",
-        "label", "prob",
+        "label", "prob", "decided_by", "decision_packets",
     ]  # fmt: skip
-    assert t.column_names[12:] == [f"p_{c}" for c in CLASSES]
+    assert t.column_names[14:] == [f"p_{c}" for c in CLASSES]
+    assert t["decided_by"].unique().to_pylist() == ["packet"] and (t["decision_packets"].to_numpy() == 1).all()
     np.testing.assert_array_equal(t["flow_id"].to_numpy(), expected["meta"]["flow_key"])
     np.testing.assert_array_equal(t["vlan"].to_numpy(), expected["meta"]["vlan"])
 

@@ -96,6 +96,18 @@ def run(
         int, typer.Option("--packets", min=100, help="Packets in the generated capture (without PATH).")
     ] = DEFAULT_PACKETS,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    decide: Annotated[
+        Optional[str],
+        typer.Option(
+            "--decide",
+            help="packet and/or flow, comma-separated (e.g. packet,flow): measure `pktnin score` end to end in each "
+            "decision mode, interleaved, against the first.",
+            show_default=False,
+        ),
+    ] = None,
+    flow_packets: Annotated[
+        str, typer.Option("--flow-packets", help="With --decide flow: K, or several comma-separated (e.g. 1,4).")
+    ] = "4",
     mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     record: Annotated[
@@ -120,7 +132,7 @@ def run(
     from pktnin.engine.runners import open_runner_with_choice
     from pktnin.errors import OptionError
     from pktnin.extras import check_model_file
-    from pktnin.measure import compare_engines, spread
+    from pktnin.measure import compare_decisions, compare_engines, spread
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
     from pktnin.synth import write_synthetic_capture
@@ -148,6 +160,14 @@ def run(
             warning = mask_warning(model_path, mask)
             if warning:
                 warn(warning)
+            if decide is not None:
+                with exit_codes():
+                    modes = _decide_modes(decide, flow_packets, len(runners), OptionError)
+                with exit_codes(setup=False), _stage_progress(enabled=not (quiet or as_json)) as bars:
+                    result = {"model": str(model_path), **compare_decisions(files, runners[0], modes, batch, runs,
+                                                                            workdir, opts, progress=bars)}  # fmt: skip
+                _print_decisions(result, as_json, quiet, summary)
+                return
             with exit_codes(setup=False):
                 labels = [p.strip() for p in precision.split(",")]
                 with _stage_progress(enabled=not (quiet or as_json)) as bars:
@@ -194,6 +214,43 @@ def run(
     for e in engines:
         if e["engine_reason"]:
             console.print(f"{e['engine_label']}: {e['engine_reason']}", markup=False, highlight=False)
+
+
+def _decide_modes(decide: str, flow_packets: str, n_runners: int, error) -> list[tuple[str, int]]:
+    """[(decide, K)] from --decide "packet,flow" and --flow-packets "1,4": flow once per K."""
+    asked = [d.strip() for d in decide.split(",") if d.strip()]
+    if not asked or any(d not in ("packet", "flow") for d in asked) or len(set(asked)) != len(asked):
+        raise error(f"--decide: give packet and/or flow, comma-separated, got {decide!r}")
+    if n_runners != 1:
+        raise error("--decide compares decision modes with one engine: give one --precision")
+    ks = [k.strip() for k in flow_packets.split(",") if k.strip()]
+    if not ks or not all(k.isdigit() and int(k) >= 1 for k in ks):
+        raise error(f"--flow-packets: give numbers >= 1, comma-separated, got {flow_packets!r}")
+    modes: list[tuple[str, int]] = []
+    for d in asked:
+        modes += [("packet", 1)] if d == "packet" else [("flow", int(k)) for k in ks]
+    return modes
+
+
+def _print_decisions(result: dict, as_json: bool, quiet: bool, summary) -> None:
+    write_summary(summary, result)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    if quiet:
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"pktnin bench: {Path(result['model']).name}, {result['engine_label']}, batch {result['batch']}, "
+        f"end to end, medians of {result['runs']} runs"
+    )
+    for column in ("decide", "rows/s (lowest..highest)", "vs first"):
+        table.add_column(column, justify="left" if column == "decide" else "right")
+    for m in result["modes"]:
+        name = m["decide"] + (f", K={m['flow_packets']}" if m["decide"] == "flow" else "")
+        table.add_row(name, _with_spread(m["end_to_end"]), f"{m['vs_first']:.2f}x" if "vs_first" in m else "1.00")
+    console.print(table)
 
 
 def _with_spread(stage: dict) -> str:

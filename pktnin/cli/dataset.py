@@ -62,6 +62,14 @@ def build(
     ] = None,
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
+    packet_meta: Annotated[
+        str,
+        typer.Option(
+            "--packet-meta",
+            help="Metadata columns to store per row, comma-separated (e.g. ts_ns,src_addr,src_port,dst_port: "
+            "what flow features need); needs every packet kept (no cap).",
+        ),
+    ] = "",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Build a dataset of 1500-byte rows with labels, a train/val/test split and flow ids."""
@@ -85,6 +93,7 @@ def build(
             label_column=label_column,
             pcaps=pcaps if pcaps is not None else source_pcaps,
             more_sources=more,
+            packet_meta=[name for name in packet_meta.split(",") if name],
         )
         n_files = sum(_count_files(o.kind, o.source, o.pcaps, label_column) for o in options.per_source())
 

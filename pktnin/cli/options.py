@@ -107,3 +107,23 @@ def silence_tensorflow(verbose: bool) -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+DecideOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--decide",
+        help="packet: every packet through the model; flow: the first K packets of each flow, the flow's decision "
+        "on all its packets (default: packet, flow for a flow model).",
+        show_default=False,
+    ),
+]
+FlowPacketsOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--flow-packets",
+        min=1,
+        help="With --decide flow: packets of each flow the decision uses, K (default 4; a flow model's own K).",
+        show_default=False,
+    ),
+]

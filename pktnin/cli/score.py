@@ -19,7 +19,9 @@ from pktnin.cli.errors import (
 from pktnin.cli.options import (
     Backend,
     CpuPrecision,
+    DecideOption,
     Executor,
+    FlowPacketsOption,
     Mask,
     ModelOption,
     OutputFormat,
@@ -62,6 +64,8 @@ def score(
         ),
     ] = 0,
     batch: Annotated[int, typer.Option("--batch", help="Packets per model call.")] = DEFAULT_BATCH,
+    decide: DecideOption = None,
+    flow_packets: FlowPacketsOption = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Per-packet output file (default predictions.parquet or .csv)."),
@@ -154,7 +158,8 @@ def score(
         job = ScoreJob.prepare(
             paths, out, model, flows=flows, fmt=fmt, probs=probs, resume=resume, force=force, report=report,
             keep_dns=keep_dns, mask=mask, backend=backend, precision=precision, engine_workers=engine_workers or None,
-            batch=batch, threads=threads, prep_threads=prep_threads, ray=ray, unit_bytes=unit_bytes,
+            batch=batch, threads=threads, prep_threads=prep_threads, ray=ray, unit_bytes=unit_bytes, decide=decide,
+            flow_packets=flow_packets,
         )  # fmt: skip
     from pktnin.engine.catalog import mask_warning
 

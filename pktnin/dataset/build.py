@@ -21,6 +21,7 @@ from pktnin.dataset.format import DatasetWriter, count_per_split, load_dataset
 from pktnin.dataset.options import BuildOptions
 from pktnin.dataset.sampling import Reservoir, dense_flow_ids, random_split, split_files_by_count
 from pktnin.dataset.source import Source, relative_name
+from pktnin.schema import concat_meta
 
 # The reader of each source kind: options -> Source.
 READERS: dict[str, Callable[[BuildOptions], Source]] = {
@@ -58,6 +59,7 @@ class Collected:
     unlabeled: int
     labeled_per_file: dict[int, int]  # packets that got a label, before sampling
     packets_read: int = 0
+    packet_meta: dict[str, np.ndarray] = field(default_factory=dict)  # the columns options.packet_meta names
 
 
 def build_dataset(options: BuildOptions, progress: ProgressFn | None = None) -> BuildReport:
@@ -107,6 +109,8 @@ def collect(
 
     seed = options.seed
     stream = all(cap is None for cap in source.group_caps)
+    if options.packet_meta and not stream:
+        raise ValueError(f"{source.root}: packet metadata is stored only for a build that keeps every packet")
     reservoirs = [Reservoir(cap, np.random.default_rng([seed, 0, g])) for g, cap in enumerate(source.group_caps)]
     reports: list = []
     seq_next = 0
@@ -114,6 +118,7 @@ def collect(
     unlabeled = 0
     labeled_per_file: dict[int, int] = {}
     streamed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (labels, file_idx, flow_key) per batch
+    meta_parts: dict[str, list[np.ndarray]] = {name: [] for name in options.packet_meta}
     batches = packets.iter_packets(source.files, mask=options.mask, keep_dns=options.keep_dns, reports=reports)
     group_class = np.asarray(source.group_class, np.int64)
     for batch in batches:
@@ -130,6 +135,8 @@ def collect(
             sel = np.flatnonzero(keep)
             writer.append_rows(batch.rows[sel])
             streamed.append((group_class[groups[sel]], file_idx[sel], flow_key[sel]))
+            for name, chunks in meta_parts.items():
+                chunks.append(batch.meta[name][sel])
         else:
             seq = np.arange(seq_next, seq_next + n, dtype=np.int64)
             seq_next += n
@@ -152,7 +159,8 @@ def collect(
         del parts, reservoirs
         writer.append_rows(rows[order])  # the sample is at most the caps' worth of rows
         labels, file_idx, flow_key = labels[order], file_idx[order], flow_key[order]
-    return Collected(labels, file_idx, flow_key, reports, unlabeled, labeled_per_file, read)
+    packet_meta = {name: concat_meta(chunks, name) for name, chunks in meta_parts.items()}
+    return Collected(labels, file_idx, flow_key, reports, unlabeled, labeled_per_file, read, packet_meta)
 
 
 def assign_splits(collected: list[Collected], sources: list[Source], per_source: list[BuildOptions]) -> np.ndarray:
@@ -246,7 +254,13 @@ def finish(
             )
             for i, s in enumerate(sources)
         ]
-    writer.finish(labels, split, flow, meta, file_index=file_idx, source_index=source_idx if several else None)
+    packet_meta = {name: np.concatenate([got.packet_meta[name] for got in collected]) for name in options.packet_meta}
+    if packet_meta:
+        meta["packet_meta"] = list(packet_meta)
+    writer.finish(
+        labels, split, flow, meta, file_index=file_idx, source_index=source_idx if several else None,
+        packet_meta=packet_meta,
+    )  # fmt: skip
     reports = [r for got in collected for r in got.reports]
     return BuildReport(
         out=options.out,

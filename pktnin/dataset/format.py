@@ -8,6 +8,8 @@ A dataset is a directory (see docs/architecture.md):
     flow.npy    int64 [N]        flow id, unique per (capture file, bidirectional flow)
     file.npy    int32 [N]        optional: index of the row's capture file in meta["sources"]
     source.npy  int16 [N]        built from several sources: index of the row's source in meta["inputs"]
+    <name>.npy  [N, ...]         optional: a metadata column of pktnin.schema (ts_ns, src_addr, ...) per row,
+                                 the ones meta["packet_meta"] lists
 It is written into a temporary sibling directory and renamed into place, so readers never see half a dataset;
 rows.npy is written block by block (DatasetWriter), so a build never holds all rows in memory.
 """
@@ -18,12 +20,13 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pktnin.layout import LAYOUT_VERSION, ROW_LEN
+from pktnin.schema import PACKET_META
 
 # Split codes as stored in split.npy; every user of splits takes them from here.
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
@@ -118,10 +121,11 @@ class DatasetWriter:
         meta: dict,
         file_index: np.ndarray | None = None,
         source_index: np.ndarray | None = None,
+        packet_meta: dict[str, np.ndarray] | None = None,
     ) -> Path:
         """Write labels, split, flow (and the optional per-row capture file and source) for the rows appended,
         then meta.json, and move the directory into place. `source_index` is each row's source as an index into
-        meta["inputs"] (datasets built from several sources)."""
+        meta["inputs"] (datasets built from several sources); `packet_meta` metadata columns of pktnin.schema."""
         classes = _check_classes(meta)
         n = self.n_rows
         labels, split, flow = np.asarray(labels), np.asarray(split), np.asarray(flow)
@@ -135,6 +139,7 @@ class DatasetWriter:
         for name, arr in named:
             if arr.shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+        packet_meta = {name: _meta_column(name, arr, n) for name, arr in (packet_meta or {}).items()}
         if n and (labels.min() < 0 or labels.max() >= len(classes)):
             raise ValueError(f"labels must lie in 0..{len(classes) - 1}, got {labels.min()}..{labels.max()}")
         if n and (split.min() < 0 or split.max() > SPLIT_TEST):
@@ -156,6 +161,8 @@ class DatasetWriter:
             np.save(self.tmp / "file.npy", file_index.astype(np.int32))
         if source_index is not None:
             np.save(self.tmp / "source.npy", source_index.astype(np.int16))
+        for name, arr in packet_meta.items():
+            np.save(self.tmp / f"{name}.npy", arr)
         with open(self.tmp / "meta.json", "w") as f:
             json.dump(full_meta, f, indent=1)
             f.write("\n")
@@ -172,6 +179,17 @@ class DatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _meta_column(name: str, arr: np.ndarray, n: int) -> np.ndarray:
+    """A metadata column of pktnin.schema for n rows, in the schema's dtype; anything else is refused."""
+    if name not in PACKET_META:
+        raise ValueError(f"{name!r} is not a packet metadata column of pktnin.schema")
+    dtype, shape = PACKET_META[name]
+    arr = np.asarray(arr)
+    if arr.shape != (n, *shape):
+        raise ValueError(f"{name} must have shape {(n, *shape)}, got {arr.shape}")
+    return arr.astype(dtype, copy=False)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -206,6 +224,7 @@ class Dataset:
     meta: dict
     file: np.ndarray | None = None  # capture file of each row (index into meta["sources"]), when recorded
     source: np.ndarray | None = None  # source of each row (index into meta["inputs"]); None: one source
+    packet_meta: dict[str, np.ndarray] = field(default_factory=dict)  # stored metadata columns, by name
 
     @property
     def classes(self) -> list[str]:
@@ -248,4 +267,12 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     for name, arr in (("labels", labels), ("split", split), ("flow", flow), ("file", file), ("source", source)):
         if arr is not None and arr.shape != (n,):
             raise ValueError(f"{d / (name + '.npy')}: expected shape ({n},), got {arr.shape}")
-    return Dataset(path=d, rows=rows, labels=labels, split=split, flow=flow, meta=meta, file=file, source=source)
+    packet_meta = {}
+    for name in meta.get("packet_meta", []):
+        if name not in PACKET_META:
+            raise ValueError(f"{d / 'meta.json'}: {name!r} is not a packet metadata column of pktnin.schema")
+        packet_meta[name] = _meta_column(name, np.load(d / f"{name}.npy", mmap_mode="r"), n)
+    return Dataset(
+        path=d, rows=rows, labels=labels, split=split, flow=flow, meta=meta, file=file, source=source,
+        packet_meta=packet_meta,
+    )  # fmt: skip

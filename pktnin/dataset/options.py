@@ -10,6 +10,7 @@ from pktnin.dataset.detect import SOURCE_KINDS, detect_source
 from pktnin.dataset.iscx import ISCX_TASKS
 from pktnin.errors import OptionError
 from pktnin.layout import mask_code
+from pktnin.schema import META_COLUMNS
 
 SPLIT_MODES = ("random", "by-file")
 
@@ -34,6 +35,8 @@ class BuildOptions:
     # each of the same kind of use as `source`/`pcaps`; each keeps its own file split.
     more_sources: Sequence[tuple[Path, Path | None]] = ()
     classes: list[str] | None = None  # CSV only: the class list to use instead of the CSV's own
+    # Metadata columns of pktnin.schema to store per row (one <name>.npy each), e.g. for flow features.
+    packet_meta: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.source = Path(self.source)
@@ -55,6 +58,12 @@ class BuildOptions:
         if self.max_per_class is not None and self.max_per_class < 1:
             raise OptionError(f"--max-per-class must be at least 1, got {self.max_per_class}")
         mask_code(self.mask)
+        self.packet_meta = tuple(self.packet_meta)
+        unknown = sorted(set(self.packet_meta) - set(META_COLUMNS))
+        if unknown:
+            raise OptionError(f"unknown packet metadata {unknown}; choose from {', '.join(META_COLUMNS)}")
+        if self.packet_meta and self.max_per_class is not None:
+            raise OptionError("packet metadata is stored only for a build that keeps every packet (no --max-per-class)")
         if self.kind == "iscx":
             task = self.task or "B"
             if task not in ISCX_TASKS:

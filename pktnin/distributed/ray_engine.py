@@ -36,6 +36,7 @@ import numba
 from pktnin.engine.cache import cache_dir
 from pktnin.engine.runner_base import Runner
 from pktnin.engine.runners import open_runner
+from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.unit_run import score_unit
 from pktnin.scoring.units import Unit
@@ -52,7 +53,9 @@ class RunnerSpec:
     batch: int = 512
     precision: str = "fp32"  # the driver's resolved choice, so every actor runs the same engine
 
-    def __call__(self, threads: int) -> Runner:
+    def __call__(self, threads: int) -> Runner | FlowModelRunner:
+        if is_flow_model(self.model_path):
+            return FlowModelRunner(self.model_path, intra_threads=threads, max_batch=self.batch)
         return open_runner(
             self.model_path, self.backend, intra_threads=threads, max_batch=self.batch, precision=self.precision
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pktnin.engine.runner_base import Runner
 from pktnin.errors import OptionError
+from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.run import run_units
 from pktnin.stages import Progress
@@ -65,8 +66,8 @@ def executor_options(executor: str, address: str | None, actors: int, keep_parts
     return RayOptions(address, actors, keep_parts)
 
 
-def score_on_ray(files: list[Path], opts: ScoreOptions, runner: Runner, model_path: Path, backend: str,
-                 ray: RayOptions, progress: Progress | None = None, named: set[Path] | None = None,
+def score_on_ray(files: list[Path], opts: ScoreOptions, runner: Runner | FlowModelRunner, model_path: Path,
+                 backend: str, ray: RayOptions, progress: Progress | None = None, named: set[Path] | None = None,
                  timings: dict[str, float] | None = None) -> ScoreResult:  # fmt: skip
     """Score `files` by units on Ray actors, each opening the model the driver opened (same backend and
     precision); returns the ScoreResult. Closes `runner`: the driver only needs its classes. `named`: the

@@ -36,6 +36,10 @@ QUANTIZATION_KEY = META_PREFIX + "quantization"  # JSON: how the int8 model was 
 AGREEMENT_KEY = META_PREFIX + "agreement"  # JSON: argmax agreement with float32 per engine and check set
 PORT_BETA_KEY = META_PREFIX + "port_beta"
 PORT_PROVENANCE_KEY = META_PREFIX + "port_provenance"
+# Flow models (one decision per flow from its first K rows): inputs FLOW_INPUTS, output OUTPUT_NAME.
+DECIDE_KEY = META_PREFIX + "decide"  # "flow" in a flow model; absent in a per-packet model
+FLOW_PACKETS_KEY = META_PREFIX + "flow_packets"  # K
+FLOW_INPUTS = ("rows", "pkt_feats")  # uint8 [batch, K, 1500] and float32 [batch, K, 4]
 REQUIRED_KEYS = (CLASSES_KEY, ALPHA_KEY, LAYOUT_VERSION_KEY, PRESET_KEY, INPUT_DTYPE_KEY)
 
 INT8_SUFFIX = ".int8.onnx"  # NAME.int8.onnx: the int8 companion of NAME.onnx

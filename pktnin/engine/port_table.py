@@ -22,6 +22,8 @@ import numpy as np
 from pktnin.atomic import atomic_path
 from pktnin.engine.model_file import (
     CLASSES_KEY,
+    DECIDE_KEY,
+    FLOW_INPUTS,
     INPUT_DTYPE_KEY,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -38,6 +40,7 @@ _UDP = 17
 _PORT_BYTES = (20, 21, 22, 23)  # source port, destination port (big-endian) at the start of the transport segment
 PORT_SUFFIX = "_port"  # preset of a fused model: <network preset>_port
 PORT_NODE_PREFIX = "port/"  # names of the nodes and constants fuse_port_onnx adds
+FLOW_ROWS_INPUT = FLOW_INPUTS[0]  # a flow model's rows [batch, K, 1500]
 
 
 def port_keys(rows: np.ndarray) -> np.ndarray:
@@ -119,7 +122,8 @@ def fuse_port_onnx(
     model_path: str | os.PathLike, table: PortTable, beta: float, out_path: str | os.PathLike, provenance: dict
 ) -> Path:
     """Write model_path's graph with the port branch fused in (Eq. 3 with weight beta on the port table) to
-    out_path (atomically). The model must take the uint8 row."""
+    out_path (atomically). The model must take the uint8 row, or (a flow model) uint8 rows [batch, K, 1500]:
+    then the flow's first row gives the port."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -150,7 +154,10 @@ def fuse_port_onnx(
     def column(i: int) -> str:  # int32 [batch]: row byte i
         return add_node("Gather", [head, const(f"byte{i}", np.int64(i))], f"byte{i}", axis=1)
 
-    head = add_node("Cast", [add_node("Slice", [INPUT_NAME, const("s0", [0]), const("s24", [24]), const("ax1", [1])],
+    row = INPUT_NAME
+    if props.get(DECIDE_KEY) == "flow":  # a flow model: the port of the flow's first row
+        row = add_node("Gather", [FLOW_ROWS_INPUT, const("first", np.int64(0))], "first_row", axis=1)
+    head = add_node("Cast", [add_node("Slice", [row, const("s0", [0]), const("s24", [24]), const("ax1", [1])],
                               "head_u8")], "head", to=TensorProto.INT32)  # fmt: skip
     b256, b16 = const("256", np.int32(256)), const("16", np.int32(16))
     version = add_node("Div", [column(0), b16], "version")

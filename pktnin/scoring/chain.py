@@ -1,6 +1,8 @@
 """The stage chain of one unit of work, built here only: every executor and iter_scores start it the same way.
 
-    CPU runner     read+prep thread (cpu_stages.read_stage) -> [after_prep] -> engine thread (cpu_stages.engine_stage)
+    CPU runner     read+prep thread (cpu_stages.read_stage) -> [after_prep] -> engine thread (cpu_stages.engine_stage,
+                   or with --decide flow flow_stage.flow_engine_stage: only the first K rows of each flow reach
+                   the model, each row leaves with its flow's decision)
     DeviceRunner   raw read thread (gpu_stages.read_raw_stage) -> prep+engine thread (gpu_stages.device_engine_stage)
     then           [after_engine] -> the queue a sink takes Scored pieces and FileEnd markers from, up to DONE
 
@@ -27,6 +29,8 @@ from pktnin.errors import OptionError
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring import gpu_stages
 from pktnin.scoring.cpu_stages import engine_stage, read_stage
+from pktnin.scoring.flow_model import FlowModelRunner
+from pktnin.scoring.flow_stage import FlowScorer, flow_engine_stage
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Unit
 from pktnin.stages import DONE, Progress, Stages
@@ -84,7 +88,7 @@ def _insert(stages: Stages, name: str, make: MakeStage | None, unit: Unit, in_q:
 
 def start_chain(
     stages: Stages,
-    runner: ModelRunner | DeviceRunner,
+    runner: ModelRunner | DeviceRunner | FlowModelRunner,
     unit: Unit,
     settings: ChainSettings,
     hooks: ChainHooks = NO_HOOKS,
@@ -103,6 +107,8 @@ def start_chain(
         # GPU: raw records go to the device; the CUDA prep kernel writes the engine's input.
         if hooks.after_prep is not None:
             raise OptionError("a stage after the prep needs a CPU engine: on the GPU the prep feeds the engine")
+        if settings.decide == "flow":
+            raise OptionError("--decide flow runs on the CPU engines (ONNX Runtime, OpenVINO), not on TensorRT")
         batch = gpu_stages.device_batch_size(runner, settings.batch)
         stages.thread("pktnin-read", gpu_stages.read_raw_stage, stages, unit.pieces, read_q, batch, named=named,
                       progress=progress)  # fmt: skip
@@ -111,5 +117,12 @@ def start_chain(
         stages.thread("pktnin-read", read_stage, stages, unit.pieces, read_q, settings, source=source, named=named,
                       progress=progress)  # fmt: skip
         engine_q = _insert(stages, "pktnin-after-prep", hooks.after_prep, unit, read_q)
-        stages.thread("pktnin-engine", engine_stage, stages, runner, settings.batch, engine_q, scored_q)
+        if settings.decide == "flow":
+            # One FlowScorer per unit: the flow state of one unit never meets another's.
+            scorer = FlowScorer(runner, settings.flow, settings.batch, {p.file_index: p.part for p in unit.pieces})
+            stages.thread("pktnin-engine", flow_engine_stage, stages, scorer, engine_q, scored_q)
+        elif isinstance(runner, FlowModelRunner):
+            raise OptionError(f"{runner.path.name} is a flow model: it decides per flow (--decide flow)")
+        else:
+            stages.thread("pktnin-engine", engine_stage, stages, runner, settings.batch, engine_q, scored_q)
     return _insert(stages, "pktnin-after-engine", hooks.after_engine, unit, scored_q)

@@ -1,8 +1,10 @@
 """Per-flow aggregation of scored packets, one file at a time, in numpy.
 
-A flow is the packets of one file sharing the bidirectional `flow_key` (5-tuple + VLAN, both directions).
-Endpoint `a` is the source of the flow's first scored packet. The flow's label is the argmax of its mean
-probability vector and its confidence that mean probability.
+A flow is the packets of one file sharing the bidirectional `flow_key` (5-tuple + VLAN, both directions);
+with `--decide flow`, the flow the decision stage saw (pktnin.flow_decide): a key that timed out and came back
+is a new flow, so a file's table may hold a flow_id twice. Endpoint `a` is the source of the flow's first
+scored packet. The flow's label is the argmax of its mean probability vector and its confidence that mean
+probability (with `--decide flow` every packet of a flow carries the flow's decision, so that is it).
 
 Packets are buffered and folded into the running per-flow state whenever the buffer holds as many packets as
 the state has flows (at least MERGE_ROWS), so the work stays O(N log N) and memory O(flows + MERGE_ROWS).
@@ -14,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from pktnin.names import name_text
-from pktnin.scoring.writers import TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
+from pktnin.scoring.writers import DECISION_FIELDS, TIMESTAMP, format_addresses, labels_of, meta_type, prob_columns
 
 MERGE_ROWS = 65536
 
@@ -37,6 +39,7 @@ def flow_schema(classes: list[str], with_probs: bool) -> pa.Schema:
         ("packets", pa.int64()),  # scored packets of the flow (packets the layout skips are not counted)
         ("label", pa.string()),
         ("confidence", pa.float32()),
+        *DECISION_FIELDS,  # packet: every scored packet of the flow; flow: the rows its decision used
     ]
     if with_probs:
         fields += [(name, pa.float32()) for name in prob_columns(classes)]
@@ -44,10 +47,12 @@ def flow_schema(classes: list[str], with_probs: bool) -> pa.Schema:
 
 
 class FlowAccumulator:
-    """Collects (meta, probs) of one file's scored packets, in frame order, and reduces them by flow_key."""
+    """Collects (meta, probs) of one file's scored packets, in frame order, and reduces them by flow_key, or by
+    the decision stage's flows (`flow_no` in the metadata) when `by_flow`."""
 
-    def __init__(self, n_classes: int) -> None:
+    def __init__(self, n_classes: int, by_flow: bool = False) -> None:
         self.n_classes = n_classes
+        self.by_flow = by_flow
         self._state: dict[str, np.ndarray] | None = None
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
@@ -58,6 +63,8 @@ class FlowAccumulator:
             return
         part = {name: meta[name] for name in _FIRST_FIELDS}
         part["flow_key"] = meta["flow_key"]
+        part["group"] = (meta["flow_no"] if self.by_flow else meta["flow_key"]).astype(np.uint64, copy=False)
+        part["decision_packets"] = meta["decision_packets"] if self.by_flow else np.ones(n, dtype=np.int32)
         part["first_frame"] = meta["frame"]
         part["first_ts"] = meta["ts_ns"]
         part["last_ts"] = meta["ts_ns"]
@@ -72,6 +79,9 @@ class FlowAccumulator:
     def add_partial(self, partial: dict[str, np.ndarray]) -> None:
         """Fold in the state() of an accumulator over later packets of the same file (a later shard)."""
         if partial and len(partial["flow_key"]):
+            if "group" not in partial:  # the partial of an earlier version: grouped by flow_key
+                partial = {**partial, "group": partial["flow_key"],
+                           "decision_packets": np.ones(len(partial["flow_key"]), np.int32)}  # fmt: skip
             self._pending.append(partial)
             self._pending_rows += len(partial["flow_key"])
 
@@ -88,10 +98,13 @@ class FlowAccumulator:
         cat = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         # return_index gives each key's first occurrence in concatenation order: the state (earlier packets)
         # comes first, then the buffered packets in arrival (= frame) order, so it is the flow's first packet.
-        keys, first, inverse = np.unique(cat["flow_key"], return_index=True, return_inverse=True)
+        keys, first, inverse = np.unique(cat["group"], return_index=True, return_inverse=True)
         f = len(keys)
         out = {name: cat[name][first] for name in _FIRST_FIELDS}
-        out["flow_key"] = keys
+        out["group"] = keys
+        out["flow_key"] = cat["flow_key"][first]
+        out["decision_packets"] = np.zeros(f, dtype=np.int32)
+        np.maximum.at(out["decision_packets"], inverse, cat["decision_packets"])
         out["first_frame"] = cat["first_frame"][first]
         out["first_ts"] = np.full(f, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(out["first_ts"], inverse, cat["first_ts"])
@@ -133,6 +146,8 @@ class FlowAccumulator:
             pa.array(s["packets"], type=pa.int64()),
             label,
             pa.array(confidence, type=pa.float32()),
+            pa.repeat("flow" if self.by_flow else "packet", n).cast(pa.string()),
+            pa.array(s["decision_packets"] if self.by_flow else s["packets"].astype(np.int32)),
         ]
         if len(schema) > len(columns):
             columns += [pa.array(np.ascontiguousarray(mean[:, c]), type=pa.float32()) for c in range(mean.shape[1])]

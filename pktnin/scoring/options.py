@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pktnin.errors import OptionError
+from pktnin.flow_decide import FlowParams
 from pktnin.layout import LAYOUT_VERSION, mask_code
 from pktnin.packets import FileReport
 from pktnin.scoring.writers import FORMATS, format_for
@@ -15,6 +16,8 @@ from pktnin.version import __version__
 
 DEFAULT_UNIT_BYTES = 256 << 20
 DEFAULT_UNIT_FILES = 1024
+
+DECIDE_MODES = ("packet", "flow")
 
 
 @dataclass
@@ -40,6 +43,10 @@ class ScoreOptions:
     # smaller ones grouped up to that size or unit_files files. A unit is what a kill can lose, per executor slot.
     unit_bytes: int = DEFAULT_UNIT_BYTES
     unit_files: int = DEFAULT_UNIT_FILES
+    # packet: every row through the model (the paper); flow: the first flow.packets rows of each flow
+    # (pktnin.flow_decide), the flow's decision on all its rows.
+    decide: str = "packet"
+    flow: FlowParams = field(default_factory=FlowParams)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -53,6 +60,8 @@ class ScoreOptions:
         if self.fmt not in FORMATS:
             raise OptionError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
         mask_code(self.mask)  # raises OptionError
+        if self.decide not in DECIDE_MODES:
+            raise OptionError(f"decide must be one of {', '.join(DECIDE_MODES)}, got {self.decide!r}")
         for name in ("batch", "prep_threads", "unit_bytes", "unit_files"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -73,6 +82,9 @@ class ScoreOptions:
             "pktnin.classes": ",".join(classes),
             "pktnin.mask": self.mask,
             "pktnin.keep_dns": str(self.keep_dns).lower(),
+            "pktnin.decide": self.decide,
+            # flow: rows of each flow the decision used at most (K); packet: 1
+            "pktnin.decide_packets": str(self.flow.packets) if self.decide == "flow" else "1",
             "pktnin.frame": "0-based index of the record in its file, skipped records counted",
             "pktnin.flow_packets": "scored packets only: packets skipped by the layout (dns, no-payload, ...) "
             "are not counted",
@@ -89,6 +101,7 @@ class ScoreOptions:
             "format": self.fmt,
             "probs": self.probs,
             "flows": self.flows_out is not None,
+            **({"decide": "flow", "flow": asdict(self.flow)} if self.decide == "flow" else {}),
         }
 
 
@@ -100,10 +113,12 @@ class ChainSettings:
     keep_dns: bool = False
     batch: int = 256
     prep_threads: int | None = 1  # numba threads of the CPU prep; None: numba's default
+    decide: str = "packet"  # flow: the engine stage is scoring.flow_stage's
+    flow: FlowParams = FlowParams()
 
     @classmethod
     def of(cls, opts: ScoreOptions) -> ChainSettings:
-        return cls(opts.mask, opts.keep_dns, opts.batch, opts.prep_threads)
+        return cls(opts.mask, opts.keep_dns, opts.batch, opts.prep_threads, opts.decide, opts.flow)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.scoring import manifest as mf
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks
 from pktnin.scoring.cpu_stages import input_size
+from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.flows import FlowAccumulator, flow_schema
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.outputs import check_outputs
@@ -57,7 +58,7 @@ class Executor(Protocol):
 
 def score_files(
     files: list[Path],
-    runner: ModelRunner | DeviceRunner,
+    runner: ModelRunner | DeviceRunner | FlowModelRunner,
     opts: ScoreOptions,
     progress: Progress | None = None,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
@@ -255,7 +256,7 @@ class _Run:
         class_array = pa.array(self.classes, type=pa.string())
         states: dict[str, dict[int, dict[str, np.ndarray]]] = {}
         for i, path in enumerate(self.files):
-            acc = FlowAccumulator(len(self.classes))
+            acc = FlowAccumulator(len(self.classes), self.opts.decide == "flow")
             for summary, number, f in self._pieces_of(i):
                 if f["flows"]:
                     if summary["id"] not in states:

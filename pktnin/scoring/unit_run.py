@@ -26,6 +26,7 @@ from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.outdir import HeldDir, UnsafeOutputError
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks, ChainSettings, start_chain
+from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.manifest import UNITS_DIR, file_stamp
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.units import Unit
@@ -105,7 +106,7 @@ def _check_stamps(unit: Unit) -> None:
 
 def score_unit(
     unit: Unit,
-    runner: ModelRunner | DeviceRunner,
+    runner: ModelRunner | DeviceRunner | FlowModelRunner,
     opts: ScoreOptions,
     parts_dir: Path,
     *,
@@ -181,7 +182,7 @@ class LocalExecutor:
 
     def __init__(
         self,
-        runner: ModelRunner | DeviceRunner,
+        runner: ModelRunner | DeviceRunner | FlowModelRunner,
         opts: ScoreOptions,
         *,
         hooks: ChainHooks = NO_HOOKS,

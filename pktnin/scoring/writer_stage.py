@@ -88,6 +88,7 @@ class UnitWriter:
         self.n_classes = len(classes)
         self.part = Part(self.parts_dir, unit.id, packet_schema(classes, opts.probs))
         self.with_flows = opts.flows_out is not None
+        self.by_flow = opts.decide == "flow"  # the flow table's rows: the flows the decision stage saw
         self.progress = progress
         self.piece_of = {p.file_index: p for p in unit.pieces}
         self.finished: list[dict] = []  # per finished piece, in order
@@ -98,7 +99,7 @@ class UnitWriter:
     def _new_piece(self) -> None:
         self.rows = 0
         self.counts = np.zeros(self.n_classes, dtype=np.int64)
-        self.flows = FlowAccumulator(self.n_classes) if self.with_flows else None
+        self.flows = FlowAccumulator(self.n_classes, self.by_flow) if self.with_flows else None
 
     def scored(self, item: Scored) -> None:
         if self.progress is not None:  # told as scored, not when written: rows wait to be written in big batches

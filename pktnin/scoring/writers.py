@@ -28,6 +28,18 @@ ROW_GROUP_ROWS = 65536
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
 
+# How a row's label was decided: "packet" (the row alone) or "flow" (its flow's first rows), and from how many rows.
+DECISION_FIELDS = (("decided_by", pa.string()), ("decision_packets", pa.int32()))
+
+
+def decision_columns(meta: dict[str, np.ndarray], n: int) -> list[pa.Array]:
+    """decided_by and decision_packets of n rows: flow mode puts `decision_packets` in the rows' metadata."""
+    used = meta.get("decision_packets")
+    if used is None:
+        return [pa.repeat("packet", n).cast(pa.string()), pa.array(np.ones(n, np.int32))]
+    return [pa.repeat("flow", n).cast(pa.string()), pa.array(used.astype(np.int32, copy=False))]
+
+
 def meta_type(name: str) -> pa.DataType:
     """The Arrow type of a packet metadata column (pktnin.schema)."""
     return pa.from_numpy_dtype(meta_dtype(name))
@@ -51,6 +63,7 @@ def packet_schema(classes: list[str], with_probs: bool) -> pa.Schema:
         ("flow_id", meta_type("flow_key")),  # joins the flow table's flow_id (with file)
         ("label", pa.string()),
         ("prob", pa.float32()),
+        *DECISION_FIELDS,
     ]
     if with_probs:
         fields += [(name, pa.float32()) for name in prob_columns(classes)]
@@ -103,6 +116,7 @@ def packet_batch(
         pa.array(meta["flow_key"], type=meta_type("flow_key")),
         label,
         pa.array(prob, type=pa.float32()),
+        *decision_columns(meta, n),
     ]
     if len(schema) > len(columns):
         columns += [pa.array(np.ascontiguousarray(probs[:, c]), type=pa.float32()) for c in range(probs.shape[1])]
