@@ -104,7 +104,7 @@ def model_facts(r: dict) -> list[tuple[str, str]]:
         ("classes", f"{len(r['classes'])}: " + ", ".join(r["classes"])),
         ("input", f"{r['input_dtype']} [1500], {r['size_bytes'] / 1e6:.1f} MB"),
         ("trained on", trained or "not recorded"),
-        ("agreement", _agreement_text(r["agreement"])),
+        ("agreement with fp32", _agreement_text(r["agreement"])),
         ("packets/s", _speed_text(r["speed"])),
     ]
 
