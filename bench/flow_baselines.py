@@ -16,7 +16,8 @@ macro-F1 every flow once (pktnin.trainer.metrics.macro_f1). Models:
 - a flow ONNX model (`--flow-model NAME=ONNX`: inputs rows [B,K,1500] uint8 and pkt_feats [B,K,4]).
 Two stages: fit on train, report on val (the choices: k of the trees); refit on train+val with those choices,
 report on test. Both sources together and each alone. `--save-predictions DIR` keeps each model's test
-probabilities per flow (flow ids and probs; packet-mode models per row) for bench/file_bootstrap.py.
+probabilities per flow (flow ids and probs, for --flow-predictions; packet-mode models per row, test_idx and
+test_probs, for --predictions) for bench/file_bootstrap.py.
 
     python bench/flow_baselines.py DATASET_DIR --packet-model shipped=pktnin/models/nin_parallel_small_port.onnx \
         [--flow-model NAME=ONNX] --json bench/results/flow-baselines.json --save-predictions DIR
@@ -235,7 +236,7 @@ def main() -> None:
             print(f"[{stage}] {name + ', packet mode':34s} packet {r['packet_macro_f1']:.3f}  "
                   f"flow {r['flow_macro_f1']:.3f}", flush=True)  # fmt: skip
             if stage == "test":
-                saved[f"{name}, packet mode"] = {"rows": rows_idx, "row_probs": row_probs}
+                saved[f"{name}, packet mode"] = {"test_idx": rows_idx, "test_probs": row_probs}
             pos = np.searchsorted(rows_idx, np.maximum(ev.index, 0))
             for k in KS:
                 started = time.perf_counter()

@@ -173,3 +173,32 @@ def test_port_fusion_tunes_beta_and_writes_the_fused_graph(two_sources, tmp_path
     assert given.returncode == 0, given.stderr
     r = json.loads(out.read_text())["models"]["tiny"]
     assert (r["smoothing"], r["balanced"], r["beta"], r["given"]) == (10.0, False, 0.3, True)
+
+
+def test_file_bootstrap_flow_decisions_and_flow_level(dataset, tmp_path):
+    from pktnin.trainer.metrics import macro_f1
+
+    d = load_dataset(dataset)
+    te = d.indices("test")
+    flows = np.unique(d.flow[te])  # here one flow a file
+    labels = np.array([d.labels[te][d.flow[te] == f][0] for f in flows])
+    decided = np.where(np.arange(flows.size) % 3 == 0, (labels + 1) % 3, labels)  # every third flow wrong
+    np.savez(tmp_path / "flows.npz", flow=flows[::-1], probs=np.eye(3, dtype=np.float32)[decided][::-1])
+    np.savez(tmp_path / "truth.npz", flow=flows, probs=np.eye(3, dtype=np.float32)[labels])
+    for level, y, pred in (
+        ("packet", d.labels[te], decided[np.searchsorted(flows, d.flow[te])]),
+        ("flow", labels, decided),
+    ):
+        out = tmp_path / f"{level}.json"
+        done = run("file_bootstrap.py", str(dataset), "--flow-predictions", f"flow={tmp_path / 'flows.npz'}",
+                   "--flow-predictions", f"truth={tmp_path / 'truth.npz'}", "--reference", "truth",
+                   "--level", level, "--replicates", "100", "--json", str(out))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        b = json.loads(out.read_text())
+        assert b["test_units"] == (te.size if level == "packet" else flows.size)
+        assert b["results"]["flow"]["macro_f1"] == pytest.approx(macro_f1(y, pred, 3))
+        assert b["results"]["truth"]["macro_f1"] == 1.0
+    np.savez(tmp_path / "short.npz", flow=flows[1:], probs=np.eye(3, dtype=np.float32)[labels[1:]])
+    bad = run("file_bootstrap.py", str(dataset), "--flow-predictions", f"truth={tmp_path / 'short.npz'}",
+              "--reference", "truth")  # fmt: skip
+    assert bad.returncode != 0 and "no decision" in bad.stderr
