@@ -13,7 +13,9 @@ macro-F1 every flow once (pktnin.trainer.metrics.macro_f1). Models:
   validation;
 - a per-packet ONNX model (`--packet-model NAME=ONNX`) in flow mode: the mean of its first k rows' probabilities,
   k = 1, 2, 4, 8, and in packet mode (every packet scored alone; flow = mean over all its packets);
-- a flow ONNX model (`--flow-model NAME=ONNX`: inputs rows [B,K,1500] uint8 and pkt_feats [B,K,4]).
+- a flow ONNX model (`--flow-model NAME=ONNX`: inputs rows [B,K,1500] uint8 and pkt_feats [B,K,4]); with
+  `NAME=TRAIN_ONNX:REFIT_ONNX` the model fit on train is scored on val, the one refit on train+val on test.
+`--models-only` leaves out the port lookup, the forest and the trees (to add a model to an earlier run's figures).
 Two stages: fit on train, report on val (the choices: k of the trees); refit on train+val with those choices,
 report on test. Both sources together and each alone. `--save-predictions DIR` keeps each model's test
 probabilities per flow (flow ids and probs, for --flow-predictions; packet-mode models per row, test_idx and
@@ -160,6 +162,7 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--packet-model", action="append", default=[], metavar="NAME=ONNX")
     ap.add_argument("--flow-model", action="append", default=[], metavar="NAME=ONNX")
+    ap.add_argument("--models-only", action="store_true", help="only the --packet-model and --flow-model models")
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--save-predictions", type=Path, help="folder for NAME.npz: test probabilities")
@@ -198,26 +201,27 @@ def main() -> None:
         y_fit = fit.label.astype(np.int64)
         weights = training_sample_weights(y_fit, np.arange(len(fit)), "balanced", num_classes)
 
-        started = time.perf_counter()  # the table counts every training packet, as bench/baselines.py does
-        fit_packet_rows = np.flatnonzero(np.isin(data.split, [SPLIT_CODES[s] for s in fit_splits.split(",")]))
-        table = PortTable.fit(data.rows[fit_packet_rows, :24], data.labels[fit_packet_rows], num_classes)
-        lookup = np.eye(num_classes, dtype=np.float32)[table.predict_majority(ev_rows[:, 0, :24])]
-        record(stage, "port lookup", ev, lookup, started)
+        if not args.models_only:
+            started = time.perf_counter()  # the table counts every training packet, as bench/baselines.py does
+            fit_packet_rows = np.flatnonzero(np.isin(data.split, [SPLIT_CODES[s] for s in fit_splits.split(",")]))
+            table = PortTable.fit(data.rows[fit_packet_rows, :24], data.labels[fit_packet_rows], num_classes)
+            lookup = np.eye(num_classes, dtype=np.float32)[table.predict_majority(ev_rows[:, 0, :24])]
+            record(stage, "port lookup", ev, lookup, started)
 
-        started = time.perf_counter()
-        x_fit, x_ev = first_packet_features(fit_rows[:, 0]), first_packet_features(ev_rows[:, 0])
-        labels_only = SimpleNamespace(labels=y_fit, num_classes=num_classes, file=None)
-        probs = _forest_on(labels_only, x_fit, x_ev, args.trees)
-        record(stage, "RF, first packet, balanced", ev, probs, started)
-
-        ks = KS if stage == "val" else (chosen["GBT"],)
-        for k in ks:
             started = time.perf_counter()
-            x_fit = flow_features(fit_rows, fit.feats, k)
-            probs = gbt_probabilities(x_fit, y_fit, weights, flow_features(ev_rows, ev.feats, k), num_classes)
-            record(stage, f"GBT, flow features, K={k}", ev, probs, started)
-        if stage == "val":
-            chosen["GBT"] = max(KS, key=lambda k: _mean_f1(results["val"][f"GBT, flow features, K={k}"]))
+            x_fit, x_ev = first_packet_features(fit_rows[:, 0]), first_packet_features(ev_rows[:, 0])
+            labels_only = SimpleNamespace(labels=y_fit, num_classes=num_classes, file=None)
+            probs = _forest_on(labels_only, x_fit, x_ev, args.trees)
+            record(stage, "RF, first packet, balanced", ev, probs, started)
+
+            ks = KS if stage == "val" else (chosen["GBT"],)
+            for k in ks:
+                started = time.perf_counter()
+                x_fit = flow_features(fit_rows, fit.feats, k)
+                probs = gbt_probabilities(x_fit, y_fit, weights, flow_features(ev_rows, ev.feats, k), num_classes)
+                record(stage, f"GBT, flow features, K={k}", ev, probs, started)
+            if stage == "val":
+                chosen["GBT"] = max(KS, key=lambda k: _mean_f1(results["val"][f"GBT, flow features, K={k}"]))
 
         for spec in args.packet_model:
             name, _, path = spec.partition("=")
@@ -245,7 +249,9 @@ def main() -> None:
                 record(stage, f"{name}, flow mode K={k}", ev, mean, started)
 
         for spec in args.flow_model:
-            name, _, path = spec.partition("=")
+            name, _, paths = spec.partition("=")
+            train_path, _, refit_path = paths.partition(":")
+            path = refit_path if stage == "test" and refit_path else train_path
             started = time.perf_counter()
             model = FlowOnnx(path)
             record(stage, f"{name} (K={model.k})", ev, model.predict(ev_rows, ev.feats), started)
