@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx_fixtures import tiny_model
+from test_dataset import csv_corpus, second_csv  # noqa: F401  (fixtures: labeled captures of two sources)
 
 from pktnin.dataset.format import DatasetWriter, load_dataset, write_dataset
 
@@ -202,3 +203,29 @@ def test_file_bootstrap_flow_decisions_and_flow_level(dataset, tmp_path):
     bad = run("file_bootstrap.py", str(dataset), "--flow-predictions", f"truth={tmp_path / 'short.npz'}",
               "--reference", "truth")  # fmt: skip
     assert bad.returncode != 0 and "no decision" in bad.stderr
+
+
+def test_flow_baselines_on_a_built_dataset(csv_corpus, second_csv, tmp_path):  # noqa: F811
+    from pktnin.dataset.build import build_dataset
+    from pktnin.dataset.options import BuildOptions
+
+    corpus, (labels_csv, pcaps) = csv_corpus, second_csv
+    meta = ["ts_ns", "src_addr", "src_port", "dst_port"]
+    options = BuildOptions(corpus / "labels.csv", tmp_path / "d", more_sources=[(labels_csv, pcaps)], packet_meta=meta)
+    build_dataset(options)
+    d = load_dataset(tmp_path / "d")
+    out, preds = tmp_path / "f.json", tmp_path / "pred"
+    done = run("flow_baselines.py", str(tmp_path / "d"), "--trees", "10", "--json", str(out),
+               "--save-predictions", str(preds))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    test_rows, test_flows = d.indices("test"), np.unique(d.flow[d.indices("test")])
+    assert report["chosen_on_val"]["GBT"] in (1, 2, 4, 8)
+    for name, r in report["results"].items():
+        assert r["packets"] == test_rows.size and r["flows"] == test_flows.size, name
+        assert 0.0 <= r["packet_macro_f1"] <= 1.0 and 0.0 <= r["flow_macro_f1"] <= 1.0
+        assert sum(v["flows"] for v in r["by_source"].values()) == test_flows.size
+    assert {"port lookup", "RF, first packet, balanced"} <= set(report["results"])
+    assert set(report["by_split"]["val"]) >= {f"GBT, flow features, K={k}" for k in (1, 2, 4, 8)}
+    saved = np.load(preds / "port_lookup.npz")
+    assert sorted(saved["flow"].tolist()) == test_flows.tolist() and saved["probs"].shape == (test_flows.size, 4)
