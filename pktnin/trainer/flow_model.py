@@ -27,10 +27,10 @@ from pktnin.layout import HEADER_LEN, ROW_LEN
 from pktnin.trainer import presets as P
 from pktnin.trainer.layers import ByteSlice
 from pktnin.trainer.models import _keras_layer, _layer_name
+from pktnin.trainer.port_table import FLOW_FEATS_INPUT as FEATS_INPUT
 from pktnin.trainer.port_table import FLOW_ROWS_INPUT as ROWS_INPUT
 
 FLOW_PRESET = "nin_flow"
-FEATS_INPUT = "pkt_feats"
 BODY_BYTES = 256  # payload bytes the body branch reads: the handshake records, not the bulk
 
 

@@ -28,6 +28,7 @@ _PORT_BYTES = (20, 21, 22, 23)  # source port, destination port (big-endian) at 
 PORT_SUFFIX = "_port"  # preset of a fused model: <network preset>_port
 PORT_NODE_PREFIX = "port/"  # names of the nodes and constants fuse_port_onnx adds
 FLOW_ROWS_INPUT = "rows"  # a flow model's input [batch, K, 1500] (pktnin.trainer.flow_model)
+FLOW_FEATS_INPUT = "pkt_feats"  # its other input [batch, K, 4] (pktnin.flow_features)
 
 
 def port_keys(rows: np.ndarray) -> np.ndarray:
