@@ -13,6 +13,7 @@ agreement) and prints the graph's packet and flow macro-F1 on each, computed as 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import pickle
 import sys
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +30,14 @@ from flow_baselines import FlowOnnx, flow_scores  # noqa: E402
 
 from pktnin.dataset.flows import first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, load_dataset  # noqa: E402
-from pktnin.trainer.flow_trees import fit_gbt, flow_features, gbt_probabilities, save_flow_trees  # noqa: E402
+from pktnin.trainer.checkpoint import git_commit  # noqa: E402
+from pktnin.trainer.flow_trees import (  # noqa: E402
+    fit_gbt,
+    flow_features,
+    gbt_probabilities,
+    graph_features,
+    save_flow_trees,
+)
 from pktnin.trainer.train import training_sample_weights  # noqa: E402
 
 
@@ -68,9 +77,18 @@ def main() -> None:
             args.keep_model.write_bytes(pickle.dumps(model))
 
     name = f"GBT, flow features, K={args.k}"
-    provenance = {"model": "HistGradientBoostingClassifier", "features": f"pktnin.trainer.flow_trees K={args.k}",
-                  "data": str(args.data), "fit": args.fit, "weighting": "balanced", "max_iter": args.max_iter,
-                  "rounds": int(model.n_iter_)}  # fmt: skip
+    keep = ("source_kind", "labels_csv", "label_column", "split_mode", "seed", "mask", "keep_dns", "n_rows")
+    provenance = {
+        "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {"dir": str(args.data.resolve()), **{k: data.meta[k] for k in keep if k in data.meta},
+                 "n_flows": {s: int((flows.split == c).sum()) for s, c in SPLIT_CODES.items()}},
+        "fit": args.fit.replace(",", "+"),
+        "validation_macro_f1": None,  # refit on train+val: validation figures are the train-only fit's, below
+        "trees": {"model": "HistGradientBoostingClassifier", "max_iter": args.max_iter, "rounds": int(model.n_iter_),
+                  "learning_rate": 0.1, "max_leaf_nodes": 31, "weighting": "balanced"},
+        "features": f"pktnin.trainer.flow_trees.flow_features, K={args.k}",
+    }  # fmt: skip
     if args.val_figures:
         val = json.loads(args.val_figures.read_text())["by_split"]["val"][name]
         provenance["validation"] = {"fit": "train", "packet_macro_f1": round(val["packet_macro_f1"], 4),
@@ -79,19 +97,22 @@ def main() -> None:
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)", flush=True)
 
     graph = FlowOnnx(args.out)
+    proto = onnx.load(str(args.out))
     sources = [part["name"] for part in data.meta.get("inputs", [{"name": "all"}])]
     report: dict = {"onnx": str(args.out), "bytes": args.out.stat().st_size, "provenance": provenance}
     for split in ("val", "test"):
         ev = split_flows(split)
         rows = first_rows(data, ev, args.k)
-        expected = gbt_probabilities(model, flow_features(rows, ev.feats, args.k), num_classes)
+        x = flow_features(rows, ev.feats, args.k)
+        features_equal = bool((graph_features(proto, rows, ev.feats[:, : args.k]) == x).all())
+        expected = gbt_probabilities(model, x, num_classes)
         got = graph.predict(rows, ev.feats[:, : args.k])
         agree = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
         scores = flow_scores(ev, got, num_classes, sources)
         report[split] = {"flows": len(ev), "max_abs_diff": float(np.abs(got - expected).max()),
-                         "argmax_agreement": agree, "onnx": scores,
+                         "argmax_agreement": agree, "features_equal": features_equal, "onnx": scores,
                          "sklearn": flow_scores(ev, expected, num_classes, sources)}  # fmt: skip
-        print(f"[{split}] {len(ev)} flows: max |onnx - sklearn| {report[split]['max_abs_diff']:.2e}, argmax "
+        print(f"[{split}] {len(ev)} flows: graph features == numpy: {features_equal}; max |onnx - sklearn| {report[split]['max_abs_diff']:.2e}, argmax "
               f"agreement {agree:.4%}; onnx packet {scores['packet_macro_f1']:.4f} flow {scores['flow_macro_f1']:.4f}"
               f"; sklearn packet {report[split]['sklearn']['packet_macro_f1']:.4f} "
               f"flow {report[split]['sklearn']['flow_macro_f1']:.4f}", flush=True)  # fmt: skip
