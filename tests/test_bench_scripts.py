@@ -229,3 +229,20 @@ def test_flow_baselines_on_a_built_dataset(csv_corpus, second_csv, tmp_path):  #
     assert set(report["by_split"]["val"]) >= {f"GBT, flow features, K={k}" for k in (1, 2, 4, 8)}
     saved = np.load(preds / "port_lookup.npz")
     assert sorted(saved["flow"].tolist()) == test_flows.tolist() and saved["probs"].shape == (test_flows.size, 4)
+
+    # The chosen trees as one ONNX flow model: the same features and probabilities, so the same test figures.
+    k = report["chosen_on_val"]["GBT"]
+    onnx_path, exported = tmp_path / "trees.onnx", tmp_path / "trees.json"
+    done = run("export_flow_trees.py", str(tmp_path / "d"), "--k", str(k), "--out", str(onnx_path),
+               "--val-figures", str(out), "--json", str(exported))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check = json.loads(exported.read_text())
+    trees = report["results"][f"GBT, flow features, K={k}"]
+    for split in ("val", "test"):
+        assert check[split]["features_equal"] and check[split]["argmax_agreement"] == 1.0
+        assert check[split]["max_abs_diff"] < 1e-5
+    assert check["test"]["onnx"]["packet_macro_f1"] == trees["packet_macro_f1"]
+    assert check["test"]["onnx"]["flow_macro_f1"] == trees["flow_macro_f1"]
+    assert check["provenance"]["validation"]["packet_macro_f1"] == round(
+        report["by_split"]["val"][f"GBT, flow features, K={k}"]["packet_macro_f1"], 4
+    )
