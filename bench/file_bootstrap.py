@@ -8,7 +8,10 @@ files for some classes moves macro-F1 a lot when different files are drawn; this
 Models are checkpoints or ONNX files (`--model NAME=PATH`, scored with pktnin.trainer.evaluate.Predictor),
 random forests fit here exactly as bench/baselines.py fits them (`--forests`, on `--fit` splits), or probabilities
 saved by bench/baselines.py / bench/port_fusion.py (`--predictions NAME=NPZ`). `--source NAME` keeps the test
-files of one source of a dataset built from several.
+files of one source of a dataset built from several. Flow decisions saved by bench/flow_baselines.py
+(`--flow-predictions NAME=NPZ`: one decision per flow) give every row of a flow the flow's decision.
+`--level flow` scores flows instead of packets (each flow once; a per-row model's flow decision is the mean of
+its rows' probabilities), still resampling whole files.
 
     python bench/file_bootstrap.py DATASET_DIR --model nin_parallel=RUNS/by-file-nin_parallel-refit.keras \
         --forests --fit train,val [--reference "RF, 1500 bytes, balanced"] [--replicates 2000] [--json OUT]
@@ -30,7 +33,7 @@ from baselines import forest_probabilities  # noqa: E402
 
 from pktnin.dataset.format import load_dataset  # noqa: E402
 from pktnin.trainer.evaluate import Predictor  # noqa: E402
-from pktnin.trainer.metrics import group_bootstrap_macro_f1, macro_f1  # noqa: E402
+from pktnin.trainer.metrics import flow_probabilities, group_bootstrap_macro_f1, macro_f1  # noqa: E402
 
 FORESTS = (("RF, 1500 bytes", "none"), ("RF, 1500 bytes, balanced", "balanced"))
 
@@ -46,6 +49,9 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a checkpoint or ONNX model")
     ap.add_argument("--predictions", action="append", default=[], metavar="NAME=NPZ",
                     help="test probabilities saved by bench/baselines.py or bench/port_fusion.py")  # fmt: skip
+    ap.add_argument("--flow-predictions", action="append", default=[], metavar="NAME=NPZ",
+                    help="per-flow test probabilities saved by bench/flow_baselines.py")  # fmt: skip
+    ap.add_argument("--level", choices=("packet", "flow"), default="packet", help="score packets or flows")
     ap.add_argument("--source", help="only the test rows of this source (a dataset built from several)")
     ap.add_argument("--forests", action="store_true", help="also fit the 1500-byte forests (unweighted, balanced)")
     ap.add_argument("--fit", default="train", help="splits the forests fit on, comma-separated (train, val)")
@@ -68,35 +74,48 @@ def main() -> None:
         te = te[np.asarray(data.source)[te] == names.index(args.source)]
     y_te = data.labels[te].astype(np.int64)
     files = np.asarray(data.file)[te]
-    predictions = {}
+    probs = {}  # per test row
     for spec in args.predictions:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            ap.error(f"--predictions wants NAME=NPZ, got {spec!r}")
+        name, path = _name_path(ap, spec, "--predictions")
         saved = np.load(path)
         if not np.array_equal(saved["test_idx"], all_test):
             ap.error(f"{path}: its test rows are not this dataset's test split")
-        predictions[name] = saved["test_probs"][np.searchsorted(all_test, te)].argmax(axis=1)
+        probs[name] = saved["test_probs"][np.searchsorted(all_test, te)]
+    for spec in args.flow_predictions:
+        name, path = _name_path(ap, spec, "--flow-predictions")
+        saved = np.load(path)
+        order = np.argsort(saved["flow"])
+        at = np.searchsorted(saved["flow"], data.flow[te], sorter=order)
+        at = order[np.minimum(at, order.size - 1)]
+        if not np.array_equal(saved["flow"][at], data.flow[te]):
+            ap.error(f"{path}: it holds no decision for some flows of the test rows")
+        probs[name] = saved["probs"][at]
     for spec in args.model:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            ap.error(f"--model wants NAME=PATH, got {spec!r}")
+        name, path = _name_path(ap, spec, "--model")
         predictor = Predictor(path)
         if predictor.classes != data.classes:
             ap.error(f"{path} was trained for classes {predictor.classes}, the dataset has {data.classes}")
-        predictions[name] = predictor.predict(rows, te).argmax(axis=1)
+        probs[name] = predictor.predict(rows, te)
     if args.forests:
         fit_idx = np.sort(np.concatenate([data.indices(part) for part in args.fit.split(",")]))
         for name, weighting in FORESTS:
-            predictions[name] = forest_probabilities(data, rows, fit_idx, te, slice(0, 1500), weighting).argmax(axis=1)
-    if args.reference not in predictions:
-        ap.error(f"reference {args.reference!r} is not among the models: {sorted(predictions)}")
+            probs[name] = forest_probabilities(data, rows, fit_idx, te, slice(0, 1500), weighting)
+    if args.reference not in probs:
+        ap.error(f"reference {args.reference!r} is not among the models: {sorted(probs)}")
+    if args.level == "flow":  # a flow's rows all share its label and file; its decision is its rows' mean
+        flow_te = np.asarray(data.flow)[te]
+        for name in probs:
+            _, probs[name], y_flow, _ = flow_probabilities(probs[name], y_te, flow_te)
+        _, first = np.unique(flow_te, return_index=True)  # sorted flow ids, as flow_probabilities returns them
+        y_te, files = y_flow, files[first]
+    predictions = {name: p.argmax(axis=1) for name, p in probs.items()}
 
     boot = group_bootstrap_macro_f1(y_te, predictions, files, data.num_classes, args.replicates, args.seed)
     ref = boot[args.reference]
     results = {}
+    units = "flows" if args.level == "flow" else "packets"
     print(
-        f"test split: {te.size} packets in {np.unique(files).size} capture files; {args.replicates} resamples of files"
+        f"test split: {y_te.size} {units} in {np.unique(files).size} capture files; {args.replicates} resamples of files"
     )
     print(
         f"{'model':28s} {'macro-F1':>8s} {'95% interval':>15s}   {'- reference':>11s} {'95% interval':>15s} {'ahead':>6s}"
@@ -119,8 +138,16 @@ def main() -> None:
     if args.json:
         meta = {"data": str(args.data), "source": args.source, "fit": args.fit, "reference": args.reference,
                 "replicates": args.replicates,
-                "seed": args.seed, "test_packets": int(te.size), "test_files": int(np.unique(files).size)}  # fmt: skip
+                "seed": args.seed, "level": args.level, "test_packets": int(te.size), "test_units": int(y_te.size),
+                "test_files": int(np.unique(files).size)}  # fmt: skip
         args.json.write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
+
+
+def _name_path(ap, spec: str, option: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        ap.error(f"{option} wants NAME=PATH, got {spec!r}")
+    return name, path
 
 
 if __name__ == "__main__":

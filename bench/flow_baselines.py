@@ -8,15 +8,18 @@ macro-F1 every flow once (pktnin.trainer.metrics.macro_f1). Models:
   from the flow's first row, so the same answer as every packet looked up alone;
 - RF, first packet: a balanced random forest (bench/baselines.py's forest) on each flow's first payload packet:
   its first 64 payload bytes, TCP flags and window, payload length, both ports;
-- GBT, flow features K=k: gradient-boosted trees on the first k packets' present/direction/length/log-iat
-  (pktnin.flow_features), their TCP flags and first 16 payload bytes (at most 4 packets), both ports; k chosen on
-  validation;
+- GBT, flow features K=k: gradient-boosted trees (pktnin.trainer.flow_trees) on the first k packets'
+  present/direction/length/log-iat (pktnin.flow_features), their TCP flags and first 16 payload bytes (at most 4
+  packets), both ports; k chosen on validation (bench/export_flow_trees.py ships them as one ONNX graph);
 - a per-packet ONNX model (`--packet-model NAME=ONNX`) in flow mode: the mean of its first k rows' probabilities,
   k = 1, 2, 4, 8, and in packet mode (every packet scored alone; flow = mean over all its packets);
-- a flow ONNX model (`--flow-model NAME=ONNX`: inputs rows [B,K,1500] uint8 and pkt_feats [B,K,4]).
+- a flow ONNX model (`--flow-model NAME=ONNX`: inputs rows [B,K,1500] uint8 and pkt_feats [B,K,4]); with
+  `NAME=TRAIN_ONNX:REFIT_ONNX` the model fit on train is scored on val, the one refit on train+val on test.
+`--models-only` leaves out the port lookup, the forest and the trees (to add a model to an earlier run's figures).
 Two stages: fit on train, report on val (the choices: k of the trees); refit on train+val with those choices,
 report on test. Both sources together and each alone. `--save-predictions DIR` keeps each model's test
-probabilities per flow (flow ids and probs; packet-mode models per row) for bench/file_bootstrap.py.
+probabilities per flow (flow ids and probs, for --flow-predictions; packet-mode models per row, test_idx and
+test_probs, for --predictions) for bench/file_bootstrap.py.
 
     python bench/flow_baselines.py DATASET_DIR --packet-model shipped=pktnin/models/nin_parallel_small_port.onnx \
         [--flow-model NAME=ONNX] --json bench/results/flow-baselines.json --save-predictions DIR
@@ -41,60 +44,11 @@ from baselines import forest_probabilities  # noqa: E402
 from pktnin.dataset.flows import FlowSet, first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, Dataset, load_dataset  # noqa: E402
 from pktnin.engine.port_table import PortTable  # noqa: E402
-from pktnin.flow_features import row_ip_length  # noqa: E402
-from pktnin.layout import HEADER_LEN, ROW_IPV4_PROTOCOL_BYTE, ROW_IPV6_NEXT_HEADER_BYTE  # noqa: E402
+from pktnin.trainer.flow_trees import first_packet_features, fit_gbt, flow_features, gbt_probabilities  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.train import training_sample_weights  # noqa: E402
 
 KS = (1, 2, 4, 8)
-TCP_FLAGS_BYTE, TCP_WINDOW_BYTES, TCP_OFFSET_BYTE = 33, (34, 35), 32  # row bytes of the TCP header (20 + offset)
-FIRST_PAYLOAD = 64  # payload bytes of the first packet the forest reads
-HANDSHAKE_BYTES, HANDSHAKE_PACKETS = 16, 4  # payload bytes per packet, packets, the flow-feature trees read
-
-
-def payload_length(rows: np.ndarray) -> np.ndarray:
-    """Transport payload length per row [F, 1500] from the IP length and the header lengths the row keeps."""
-    rows = np.asarray(rows)
-    v4 = rows[:, 0] >> 4 == 4
-    ip_header = np.where(v4, (rows[:, 0] & 0x0F).astype(np.int64) * 4, 40)
-    proto = np.where(v4, rows[:, ROW_IPV4_PROTOCOL_BYTE], rows[:, ROW_IPV6_NEXT_HEADER_BYTE])
-    transport = np.where(proto == 6, (rows[:, TCP_OFFSET_BYTE] >> 4).astype(np.int64) * 4, 8)
-    return np.maximum(row_ip_length(rows) - ip_header - transport, 0)
-
-
-def ports(rows: np.ndarray) -> np.ndarray:
-    """[F, 2]: source and destination port from the row's transport segment."""
-    r = np.asarray(rows[:, 20:24]).astype(np.int64)
-    return np.stack([r[:, 0] << 8 | r[:, 1], r[:, 2] << 8 | r[:, 3]], axis=1)
-
-
-def first_packet_features(rows: np.ndarray) -> np.ndarray:
-    """The first-packet forest's inputs from the flows' first rows [F, 1500]."""
-    first = np.asarray(rows)
-    window = first[:, TCP_WINDOW_BYTES[0]].astype(np.int64) << 8 | first[:, TCP_WINDOW_BYTES[1]]
-    return np.column_stack([
-        first[:, HEADER_LEN : HEADER_LEN + FIRST_PAYLOAD], first[:, TCP_FLAGS_BYTE], window,
-        payload_length(first), ports(first),
-    ]).astype(np.float32)  # fmt: skip
-
-
-def flow_features(rows: np.ndarray, feats: np.ndarray, k: int) -> np.ndarray:
-    """The flow-feature trees' inputs from the first k rows [F, >=k, 1500] and pkt_feats [F, >=k, 4]."""
-    n = min(k, HANDSHAKE_PACKETS)
-    hand = rows[:, :n, HEADER_LEN : HEADER_LEN + HANDSHAKE_BYTES].reshape(len(rows), -1)
-    flags = rows[:, :k, TCP_FLAGS_BYTE]
-    p = ports(rows[:, 0])
-    return np.column_stack([feats[:, :k].reshape(len(rows), -1), flags, hand, p, p.min(axis=1)]).astype(np.float32)
-
-
-def gbt_probabilities(x_fit, y_fit, weights, x_eval, num_classes: int) -> np.ndarray:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    model = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, max_leaf_nodes=31, random_state=0)
-    model.fit(x_fit, y_fit, sample_weight=weights)
-    out = np.zeros((len(x_eval), num_classes), np.float32)
-    out[:, model.classes_] = model.predict_proba(x_eval)
-    return out
 
 
 class FlowOnnx:
@@ -159,6 +113,7 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--packet-model", action="append", default=[], metavar="NAME=ONNX")
     ap.add_argument("--flow-model", action="append", default=[], metavar="NAME=ONNX")
+    ap.add_argument("--models-only", action="store_true", help="only the --packet-model and --flow-model models")
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--save-predictions", type=Path, help="folder for NAME.npz: test probabilities")
@@ -197,26 +152,28 @@ def main() -> None:
         y_fit = fit.label.astype(np.int64)
         weights = training_sample_weights(y_fit, np.arange(len(fit)), "balanced", num_classes)
 
-        started = time.perf_counter()  # the table counts every training packet, as bench/baselines.py does
-        fit_packet_rows = np.flatnonzero(np.isin(data.split, [SPLIT_CODES[s] for s in fit_splits.split(",")]))
-        table = PortTable.fit(data.rows[fit_packet_rows, :24], data.labels[fit_packet_rows], num_classes)
-        lookup = np.eye(num_classes, dtype=np.float32)[table.predict_majority(ev_rows[:, 0, :24])]
-        record(stage, "port lookup", ev, lookup, started)
+        if not args.models_only:
+            started = time.perf_counter()  # the table counts every training packet, as bench/baselines.py does
+            fit_packet_rows = np.flatnonzero(np.isin(data.split, [SPLIT_CODES[s] for s in fit_splits.split(",")]))
+            table = PortTable.fit(data.rows[fit_packet_rows, :24], data.labels[fit_packet_rows], num_classes)
+            lookup = np.eye(num_classes, dtype=np.float32)[table.predict_majority(ev_rows[:, 0, :24])]
+            record(stage, "port lookup", ev, lookup, started)
 
-        started = time.perf_counter()
-        x_fit, x_ev = first_packet_features(fit_rows[:, 0]), first_packet_features(ev_rows[:, 0])
-        labels_only = SimpleNamespace(labels=y_fit, num_classes=num_classes, file=None)
-        probs = _forest_on(labels_only, x_fit, x_ev, args.trees)
-        record(stage, "RF, first packet, balanced", ev, probs, started)
-
-        ks = KS if stage == "val" else (chosen["GBT"],)
-        for k in ks:
             started = time.perf_counter()
-            x_fit = flow_features(fit_rows, fit.feats, k)
-            probs = gbt_probabilities(x_fit, y_fit, weights, flow_features(ev_rows, ev.feats, k), num_classes)
-            record(stage, f"GBT, flow features, K={k}", ev, probs, started)
-        if stage == "val":
-            chosen["GBT"] = max(KS, key=lambda k: _mean_f1(results["val"][f"GBT, flow features, K={k}"]))
+            x_fit, x_ev = first_packet_features(fit_rows[:, 0]), first_packet_features(ev_rows[:, 0])
+            labels_only = SimpleNamespace(labels=y_fit, num_classes=num_classes, file=None)
+            probs = _forest_on(labels_only, x_fit, x_ev, args.trees)
+            record(stage, "RF, first packet, balanced", ev, probs, started)
+
+            ks = KS if stage == "val" else (chosen["GBT"],)
+            for k in ks:
+                started = time.perf_counter()
+                x_fit = flow_features(fit_rows, fit.feats, k)
+                trees = fit_gbt(x_fit, y_fit, weights)
+                probs = gbt_probabilities(trees, flow_features(ev_rows, ev.feats, k), num_classes)
+                record(stage, f"GBT, flow features, K={k}", ev, probs, started)
+            if stage == "val":
+                chosen["GBT"] = max(KS, key=lambda k: _mean_f1(results["val"][f"GBT, flow features, K={k}"]))
 
         for spec in args.packet_model:
             name, _, path = spec.partition("=")
@@ -235,7 +192,7 @@ def main() -> None:
             print(f"[{stage}] {name + ', packet mode':34s} packet {r['packet_macro_f1']:.3f}  "
                   f"flow {r['flow_macro_f1']:.3f}", flush=True)  # fmt: skip
             if stage == "test":
-                saved[f"{name}, packet mode"] = {"rows": rows_idx, "row_probs": row_probs}
+                saved[f"{name}, packet mode"] = {"test_idx": rows_idx, "test_probs": row_probs}
             pos = np.searchsorted(rows_idx, np.maximum(ev.index, 0))
             for k in KS:
                 started = time.perf_counter()
@@ -244,7 +201,9 @@ def main() -> None:
                 record(stage, f"{name}, flow mode K={k}", ev, mean, started)
 
         for spec in args.flow_model:
-            name, _, path = spec.partition("=")
+            name, _, paths = spec.partition("=")
+            train_path, _, refit_path = paths.partition(":")
+            path = refit_path if stage == "test" and refit_path else train_path
             started = time.perf_counter()
             model = FlowOnnx(path)
             record(stage, f"{name} (K={model.k})", ev, model.predict(ev_rows, ev.feats), started)

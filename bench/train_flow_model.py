@@ -85,8 +85,7 @@ def main() -> None:
     ap.add_argument("--check", type=int, default=500, help="test flows on which ONNX Runtime is compared to Keras")
     args = ap.parse_args()
 
-    from pktnin.trainer.checkpoint import git_commit, save_checkpoint
-
+    from pktnin.checkpoint import git_commit, save_checkpoint
     from pktnin.trainer.flow_model import export_flow_onnx, predict_flows
 
     data = load_dataset(args.data)
@@ -140,8 +139,7 @@ def main() -> None:
     }  # fmt: skip
     save_checkpoint(model, args.out_dir / f"refit-k{k}.keras", {"preset": "nin_flow", "classes": data.classes,
                                                                   "provenance": provenance})  # fmt: skip
-    from pktnin.trainer.checkpoint import load_checkpoint
-
+    from pktnin.checkpoint import load_checkpoint
     from pktnin.engine.port_table import fuse_port_onnx
 
     train_model, _ = load_checkpoint(args.out_dir / f"train-k{k}.keras")

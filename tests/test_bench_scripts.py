@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx_fixtures import tiny_model
+from test_dataset import csv_corpus, second_csv  # noqa: F401  (fixtures: labeled captures of two sources)
 
 from pktnin.dataset.format import DatasetWriter, load_dataset, write_dataset
 
@@ -173,3 +174,75 @@ def test_port_fusion_tunes_beta_and_writes_the_fused_graph(two_sources, tmp_path
     assert given.returncode == 0, given.stderr
     r = json.loads(out.read_text())["models"]["tiny"]
     assert (r["smoothing"], r["balanced"], r["beta"], r["given"]) == (10.0, False, 0.3, True)
+
+
+def test_file_bootstrap_flow_decisions_and_flow_level(dataset, tmp_path):
+    from pktnin.trainer.metrics import macro_f1
+
+    d = load_dataset(dataset)
+    te = d.indices("test")
+    flows = np.unique(d.flow[te])  # here one flow a file
+    labels = np.array([d.labels[te][d.flow[te] == f][0] for f in flows])
+    decided = np.where(np.arange(flows.size) % 3 == 0, (labels + 1) % 3, labels)  # every third flow wrong
+    np.savez(tmp_path / "flows.npz", flow=flows[::-1], probs=np.eye(3, dtype=np.float32)[decided][::-1])
+    np.savez(tmp_path / "truth.npz", flow=flows, probs=np.eye(3, dtype=np.float32)[labels])
+    for level, y, pred in (
+        ("packet", d.labels[te], decided[np.searchsorted(flows, d.flow[te])]),
+        ("flow", labels, decided),
+    ):
+        out = tmp_path / f"{level}.json"
+        done = run("file_bootstrap.py", str(dataset), "--flow-predictions", f"flow={tmp_path / 'flows.npz'}",
+                   "--flow-predictions", f"truth={tmp_path / 'truth.npz'}", "--reference", "truth",
+                   "--level", level, "--replicates", "100", "--json", str(out))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        b = json.loads(out.read_text())
+        assert b["test_units"] == (te.size if level == "packet" else flows.size)
+        assert b["results"]["flow"]["macro_f1"] == pytest.approx(macro_f1(y, pred, 3))
+        assert b["results"]["truth"]["macro_f1"] == 1.0
+    np.savez(tmp_path / "short.npz", flow=flows[1:], probs=np.eye(3, dtype=np.float32)[labels[1:]])
+    bad = run("file_bootstrap.py", str(dataset), "--flow-predictions", f"truth={tmp_path / 'short.npz'}",
+              "--reference", "truth")  # fmt: skip
+    assert bad.returncode != 0 and "no decision" in bad.stderr
+
+
+def test_flow_baselines_on_a_built_dataset(csv_corpus, second_csv, tmp_path):  # noqa: F811
+    from pktnin.dataset.build import build_dataset
+    from pktnin.dataset.options import BuildOptions
+
+    corpus, (labels_csv, pcaps) = csv_corpus, second_csv
+    meta = ["ts_ns", "src_addr", "src_port", "dst_port"]
+    options = BuildOptions(corpus / "labels.csv", tmp_path / "d", more_sources=[(labels_csv, pcaps)], packet_meta=meta)
+    build_dataset(options)
+    d = load_dataset(tmp_path / "d")
+    out, preds = tmp_path / "f.json", tmp_path / "pred"
+    done = run("flow_baselines.py", str(tmp_path / "d"), "--trees", "10", "--json", str(out),
+               "--save-predictions", str(preds))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    test_rows, test_flows = d.indices("test"), np.unique(d.flow[d.indices("test")])
+    assert report["chosen_on_val"]["GBT"] in (1, 2, 4, 8)
+    for name, r in report["results"].items():
+        assert r["packets"] == test_rows.size and r["flows"] == test_flows.size, name
+        assert 0.0 <= r["packet_macro_f1"] <= 1.0 and 0.0 <= r["flow_macro_f1"] <= 1.0
+        assert sum(v["flows"] for v in r["by_source"].values()) == test_flows.size
+    assert {"port lookup", "RF, first packet, balanced"} <= set(report["results"])
+    assert set(report["by_split"]["val"]) >= {f"GBT, flow features, K={k}" for k in (1, 2, 4, 8)}
+    saved = np.load(preds / "port_lookup.npz")
+    assert sorted(saved["flow"].tolist()) == test_flows.tolist() and saved["probs"].shape == (test_flows.size, 4)
+
+    # The chosen trees as one ONNX flow model: the same features and probabilities, so the same test figures.
+    k = report["chosen_on_val"]["GBT"]
+    onnx_path, exported = tmp_path / "trees.onnx", tmp_path / "trees.json"
+    done = run("export_flow_trees.py", str(tmp_path / "d"), "--k", str(k), "--out", str(onnx_path),
+               "--val-figures", str(out), "--json", str(exported))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check = json.loads(exported.read_text())
+    trees = report["results"][f"GBT, flow features, K={k}"]
+    for split in ("val", "test"):
+        assert check[split]["features_equal"] and check[split]["argmax_agreement"] == 1.0
+        assert check[split]["max_abs_diff"] < 1e-5
+    assert check["test"]["onnx"]["packet_macro_f1"] == trees["packet_macro_f1"]
+    assert check["test"]["onnx"]["flow_macro_f1"] == trees["flow_macro_f1"]
+    assert check["provenance"]["validation"]["packet_macro_f1"] == round(
+        report["by_split"]["val"][f"GBT, flow features, K={k}"]["packet_macro_f1"], 4
+    )

@@ -106,7 +106,7 @@ def test_models_lists_the_bundled_models_with_their_provenance():
     result = invoke(["models", "--json"])
     assert result.exit_code == 0, result.output
     bundled = {m["name"]: m for m in json.loads(result.stdout)["bundled"]}
-    assert set(bundled) == {"nin1_port", "nin_parallel_small_port"}
+    assert set(bundled) == {"nin1_port", "nin_parallel_small_port", "trees_flow8"}
     for model in bundled.values():
         assert len(model["classes"]) == 18 and model["input_dtype"] == "uint8" and model["size_bytes"] > 1e6
         assert model["trained"]["mask"] == "paper" and model["trained"]["split"] == "by-file"

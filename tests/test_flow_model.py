@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 
-from pktnin.trainer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from test_port_table import synthetic_rows  # noqa: E402
 
+from pktnin.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pktnin.engine.port_table import PortTable, fuse_port_onnx  # noqa: E402
 from pktnin.flow_features import N_FLOW_FEATURES  # noqa: E402
 from pktnin.layout import ROW_LEN  # noqa: E402

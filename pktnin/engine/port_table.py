@@ -40,7 +40,7 @@ _UDP = 17
 _PORT_BYTES = (20, 21, 22, 23)  # source port, destination port (big-endian) at the start of the transport segment
 PORT_SUFFIX = "_port"  # preset of a fused model: <network preset>_port
 PORT_NODE_PREFIX = "port/"  # names of the nodes and constants fuse_port_onnx adds
-FLOW_ROWS_INPUT = FLOW_INPUTS[0]  # a flow model's rows [batch, K, 1500]
+FLOW_ROWS_INPUT, FLOW_FEATS_INPUT = FLOW_INPUTS  # a flow model's rows [batch, K, 1500] and pkt_feats [batch, K, 4]
 
 
 def port_keys(rows: np.ndarray) -> np.ndarray:

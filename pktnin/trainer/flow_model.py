@@ -22,15 +22,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pktnin.engine.port_table import FLOW_FEATS_INPUT as FEATS_INPUT
 from pktnin.engine.port_table import FLOW_ROWS_INPUT as ROWS_INPUT
 from pktnin.flow_features import N_FLOW_FEATURES
+from pktnin.keras_layers import ByteSlice
 from pktnin.layout import HEADER_LEN, ROW_LEN
 from pktnin.trainer import presets as P
-from pktnin.trainer.layers import ByteSlice
 from pktnin.trainer.models import _keras_layer, _layer_name
 
 FLOW_PRESET = "nin_flow"
-FEATS_INPUT = "pkt_feats"
 BODY_BYTES = 256  # payload bytes the body branch reads: the handshake records, not the bulk
 
 

@@ -1,0 +1,124 @@
+"""Fit the flow-feature trees on a dataset's flows, export them as one ONNX flow model, check it and score it.
+
+The trees are bench/flow_baselines.py's "GBT, flow features" (pktnin.trainer.flow_trees) with the K chosen there on
+validation, fit on the flows of `--fit` splits (train,val for the shipped model, as the other bundled models are
+refit). The exported graph computes the features itself from `rows` and `pkt_feats`; this script checks that ONNX
+Runtime's probabilities equal scikit-learn's predict_proba on the val and test flows (largest difference, argmax
+agreement) and prints the graph's packet and flow macro-F1 on each, computed as flow_baselines.py does.
+
+    python bench/export_flow_trees.py DATASET_DIR --k 8 --out pktnin/models/trees_flow8.onnx \
+        --val-figures bench/results/flow-baselines.json --json bench/results/trees-flow8.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flow_baselines import FlowOnnx, flow_scores  # noqa: E402
+
+from pktnin.checkpoint import git_commit  # noqa: E402
+from pktnin.dataset.flows import first_rows, flow_set  # noqa: E402
+from pktnin.dataset.format import SPLIT_CODES, load_dataset  # noqa: E402
+from pktnin.trainer.flow_trees import (  # noqa: E402
+    fit_gbt,
+    flow_features,
+    gbt_probabilities,
+    graph_features,
+    save_flow_trees,
+)
+from pktnin.trainer.train import training_sample_weights  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--fit", default="train,val", help="splits the trees are fit on")
+    ap.add_argument("--max-iter", type=int, default=150)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--val-figures", type=Path, help="flow_baselines.py JSON: its validation figures go into provenance"
+    )
+    ap.add_argument("--keep-model", type=Path, help="pickle of the fitted trees: reused when it exists")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    data = load_dataset(args.data)
+    flows = flow_set(data)
+    flows = flows.select(np.argsort(flows.flow))  # flow_baselines.py's order: the fit sees the same rows in order
+    num_classes = data.num_classes
+
+    def split_flows(splits: str):
+        return flows.select(np.isin(flows.split, [SPLIT_CODES[s] for s in splits.split(",")]))
+
+    if args.keep_model and args.keep_model.exists():
+        model = pickle.loads(args.keep_model.read_bytes())
+    else:
+        fit = split_flows(args.fit)
+        y = fit.label.astype(np.int64)
+        weights = training_sample_weights(y, np.arange(len(fit)), "balanced", num_classes)
+        started = time.perf_counter()
+        model = fit_gbt(flow_features(first_rows(data, fit, args.k), fit.feats, args.k), y, weights, args.max_iter)
+        print(f"fit on {len(fit)} flows ({args.fit}) in {time.perf_counter() - started:.0f} s, "
+              f"{model.n_iter_} rounds", flush=True)  # fmt: skip
+        if args.keep_model:
+            args.keep_model.write_bytes(pickle.dumps(model))
+
+    name = f"GBT, flow features, K={args.k}"
+    keep = ("source_kind", "labels_csv", "label_column", "split_mode", "seed", "mask", "keep_dns", "n_rows")
+    provenance = {
+        "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {"dir": str(args.data.resolve()), **{k: data.meta[k] for k in keep if k in data.meta},
+                 "n_flows": {s: int((flows.split == c).sum()) for s, c in SPLIT_CODES.items()}},
+        "fit": args.fit.replace(",", "+"),
+        "validation_macro_f1": None,  # refit on train+val: validation figures are the train-only fit's, below
+        "trees": {"model": "HistGradientBoostingClassifier", "max_iter": args.max_iter, "rounds": int(model.n_iter_),
+                  "learning_rate": 0.1, "max_leaf_nodes": 31, "weighting": "balanced"},
+        "features": f"pktnin.trainer.flow_trees.flow_features, K={args.k}",
+    }  # fmt: skip
+    if args.val_figures:
+        val = json.loads(args.val_figures.read_text())["by_split"]["val"][name]
+        provenance["validation"] = {"fit": "train", "packet_macro_f1": round(val["packet_macro_f1"], 4),
+                                    "flow_macro_f1": round(val["flow_macro_f1"], 4)}  # fmt: skip
+    save_flow_trees(model, args.k, data.classes, provenance, args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)", flush=True)
+
+    graph = FlowOnnx(args.out)
+    proto = onnx.load(str(args.out))
+    sources = [part["name"] for part in data.meta.get("inputs", [{"name": "all"}])]
+    report: dict = {"onnx": str(args.out), "bytes": args.out.stat().st_size, "provenance": provenance}
+    for split in ("val", "test"):
+        ev = split_flows(split)
+        rows = first_rows(data, ev, args.k)
+        x = flow_features(rows, ev.feats, args.k)
+        features_equal = bool((graph_features(proto, rows, ev.feats[:, : args.k]) == x).all())
+        expected = gbt_probabilities(model, x, num_classes)
+        got = graph.predict(rows, ev.feats[:, : args.k])
+        agree = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
+        scores = flow_scores(ev, got, num_classes, sources)
+        report[split] = {"flows": len(ev), "max_abs_diff": float(np.abs(got - expected).max()),
+                         "argmax_agreement": agree, "features_equal": features_equal, "onnx": scores,
+                         "sklearn": flow_scores(ev, expected, num_classes, sources)}  # fmt: skip
+        print(f"[{split}] {len(ev)} flows: graph features == numpy: {features_equal}; max |onnx - sklearn| {report[split]['max_abs_diff']:.2e}, argmax "
+              f"agreement {agree:.4%}; onnx packet {scores['packet_macro_f1']:.4f} flow {scores['flow_macro_f1']:.4f}"
+              f"; sklearn packet {report[split]['sklearn']['packet_macro_f1']:.4f} "
+              f"flow {report[split]['sklearn']['flow_macro_f1']:.4f}", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

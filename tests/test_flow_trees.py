@@ -1,0 +1,72 @@
+"""The flow-feature trees as one ONNX graph: its features equal the numpy ones, its probabilities scikit-learn's."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("skl2onnx")
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from pktnin.flow_features import N_FLOW_FEATURES  # noqa: E402
+from pktnin.layout import HEADER_LEN, ROW_LEN  # noqa: E402
+from pktnin.trainer.flow_trees import (  # noqa: E402
+    PORT_BYTES,
+    TCP_FLAGS_BYTE,
+    fit_gbt,
+    flow_feature_count,
+    flow_features,
+    flow_trees_onnx,
+    gbt_probabilities,
+    graph_features,
+    ports,
+)
+
+CLASSES = ["a", "b", "c", "never-seen"]
+
+
+def synthetic_flows(n: int, k: int, seed: int = 0):
+    """Rows whose label shows in the port, the first packet's flags and a payload byte, plus noise everywhere."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 256, size=(n, k, ROW_LEN), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=n)
+    rows[:, 0, PORT_BYTES[0] + 2 : PORT_BYTES[0] + 4] = np.array([[0, 80], [1, 187], [31, 144]], np.uint8)[labels]
+    rows[np.arange(n), 0, TCP_FLAGS_BYTE] = np.where(labels == 1, 0x18, rows[:, 0, TCP_FLAGS_BYTE])
+    rows[:, min(1, k - 1), HEADER_LEN + 3] = (labels * 60 + rng.integers(0, 40, size=n)).astype(np.uint8)
+    feats = rng.random((n, k, N_FLOW_FEATURES), dtype=np.float32)
+    feats[n // 2 :, k - 1] = 0.0  # short flows: empty last slot
+    return rows, feats, labels
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_graph_features_equal_numpy(k):
+    rows, feats, labels = synthetic_flows(200, k)
+    x = flow_features(rows, feats, k)
+    assert x.shape == (200, flow_feature_count(k))
+    assert (x[:, -3:-1] == ports(rows[:, 0])).all() and (x[:, -1] == x[:, -3:-1].min(axis=1)).all()
+    model = fit_gbt(x, labels, None, max_iter=3)
+    proto = flow_trees_onnx(model, k, CLASSES, {"fit": "synthetic"})
+    np.testing.assert_array_equal(graph_features(proto, rows, feats), x)
+
+
+def test_graph_probabilities_equal_sklearn():
+    k = 4
+    rows, feats, labels = synthetic_flows(600, k)
+    model = fit_gbt(flow_features(rows[:400], feats[:400], k), labels[:400], None, max_iter=20)
+    proto = flow_trees_onnx(model, k, CLASSES, {"fit": "synthetic"})
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["pktnin.decide"] == "flow" and meta["pktnin.flow_packets"] == str(k)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(["probs"], {"rows": rows[400:], "pkt_feats": feats[400:]})[0]
+    expected = gbt_probabilities(model, flow_features(rows[400:], feats[400:], k), len(CLASSES))
+    assert got.shape == (200, len(CLASSES)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert (got[:, 3] == 0).all() and (expected.argmax(axis=1) == labels[400:]).mean() > 0.9
+
+
+def test_wrong_k_is_refused():
+    rows, feats, labels = synthetic_flows(100, 2)
+    model = fit_gbt(flow_features(rows, feats, 2), labels, None, max_iter=2)
+    with pytest.raises(ValueError, match="K=3"):
+        flow_trees_onnx(model, 3, CLASSES, {})
