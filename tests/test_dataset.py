@@ -661,18 +661,18 @@ def test_two_sources_one_dataset(csv_corpus, second_csv, tmp_path):
         assert {d.classes[i] for i in d.labels[sel]} == {cls} and set(d.split[sel].tolist()) == {split}
     names = np.array(d.meta["sources"])[d.file]
     assert set(names[tags == 23].tolist()) == {"labels/held.pcap"}
-    assert set(names[tags == 1].tolist()) == {"csvsrc0/one.pcap"}
+    assert set(names[tags == 1].tolist()) == {f"{csv_corpus.name}/one.pcap"}  # the folder names the source
     # flows of different sources never share an id
     assert not set(d.flow[:n1].tolist()) & set(d.flow[n1:].tolist())
     first, second = d.meta["inputs"]
-    assert (first["name"], second["name"]) == ("csvsrc0", "labels")
+    assert (first["name"], second["name"]) == (csv_corpus.name, "labels")
     assert second["files"] == [3, 5] and d.meta["sources"][3:5] == ["labels/held.pcap", "labels/train.pcap"]
     assert first["counts"] == one.meta["counts"]
     assert second["counts"]["train"]["Web"] == 6 and second["counts"]["test"]["Chat"] == 5
     assert second["csv_rows_left_out"] == {"label not in the class list": 1, "unparsable address": 1}
     assert d.meta["counts"]["total"]["Web"] == one.meta["counts"]["total"]["Web"] + 6
     assert report.unlabeled_packets == single.unlabeled_packets + 3
-    assert "csvsrc0/missing.pcap" in dict(report.skipped_files)
+    assert f"{csv_corpus.name}/missing.pcap" in dict(report.skipped_files)
 
 
 def test_two_sources_random_split_and_caps(csv_corpus, second_csv, tmp_path):
@@ -706,7 +706,7 @@ def test_cli_build_two_sources(csv_corpus, second_csv, tmp_path):
         app, ["dataset", "build", str(csv_corpus), f"{labels_csv}:{pcaps}", "--out", str(out), "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    assert "(labels," in result.output and "(csvsrc0," in result.output  # a counts table per source
+    assert "(labels," in result.output and f"({csv_corpus.name}," in result.output  # a counts table per source
     d = load_dataset(out)
     assert len(d.meta["inputs"]) == 2 and d.meta["counts"]["test"]["Chat"] == 5
     bad = runner.invoke(
