@@ -106,17 +106,23 @@ def test_models_lists_the_bundled_models_with_their_provenance():
     result = invoke(["models", "--json"])
     assert result.exit_code == 0, result.output
     bundled = {m["name"]: m for m in json.loads(result.stdout)["bundled"]}
-    assert set(bundled) == {"nin1_port", "nin_parallel_small_port", "trees_flow8"}
+    assert set(bundled) == {"nin1_port", "nin_parallel_small_port", "nin_flow_port", "trees_flow8"}
     for model in bundled.values():
         assert len(model["classes"]) == 18 and model["input_dtype"] == "uint8" and model["size_bytes"] > 1e6
         assert model["trained"]["mask"] == "paper" and model["trained"]["split"] == "by-file"
+        if model["decide"] == "flow":  # flow models run in float32 only: no int8 form to agree
+            assert model["flow_packets"] >= 1 and model["agreement"] == {}
+            continue
         # each engine's agreement with float32 per check set, held-out sets included
         ort = model["agreement"]["engines"]["onnxruntime:int8"]
         assert {"test:corpus", "synthetic", "services"} <= set(ort) and model["agreement"]["rows"]["services"] > 0
+    assert {name for name, m in bundled.items() if m["decide"] == "flow"} == {"nin_flow_port", "trees_flow8"}
+    assert bundled["trees_flow8"]["flow_packets"] == 8 and bundled["nin_flow_port"]["flow_packets"] == 2
     assert bundled["nin_parallel_small_port"]["alpha"] == pytest.approx(0.47)
     table = invoke(["models"])
     assert table.exit_code == 0 and "Bundled models" in table.output and "nin1_port" in table.output
     assert "agreement with fp32" in table.output and "onnxruntime:int8" in table.output
+    assert "per flow, from its first 8 packets" in table.output
 
 
 def test_bench_records_a_speed_that_models_shows(capture, bundled_dir, tmp_path):
@@ -363,16 +369,17 @@ def test_the_choices_help_lists_are_the_librarys():
     from pktnin.dataset.format import SPLIT_NAMES
     from pktnin.dataset.options import SPLIT_MODES
     from pktnin.distributed.run import EXECUTORS
-    from pktnin.engine import precision, quantize, runner_base, runners, trt_build
+    from pktnin.engine import model_file, precision, quantize, runners, trt_build
     from pktnin.layout import MASK_PROFILES
+    from pktnin.scoring.options import DECIDE_MODES
     from pktnin.scoring.writers import FORMATS
     from pktnin.trainer.augment import AUGMENTATIONS
 
     expected = {
         options.Mask: tuple(MASK_PROFILES), options.Backend: runners.BACKENDS, options.CpuPrecision: precision.PRECISIONS,
-        options.OutputFormat: FORMATS, options.Executor: EXECUTORS, options.Split: SPLIT_NAMES,
+        options.OutputFormat: FORMATS, options.Executor: EXECUTORS, options.Decide: DECIDE_MODES, options.Split: SPLIT_NAMES,
         options.SplitMode: SPLIT_MODES, options.SourceKind: SOURCE_KINDS, options.Augmentation: AUGMENTATIONS,
-        options.InputDtype: runner_base.INPUT_DTYPES, options.QuantizeTarget: quantize.TARGETS,
+        options.InputDtype: model_file.INPUT_DTYPES, options.QuantizeTarget: quantize.TARGETS,
         options.TensorRTPrecision: trt_build.PRECISIONS,
     }  # fmt: skip
     for literal, values in expected.items():

@@ -237,10 +237,10 @@ def test_model_facts_one_line_each():
 
     row = {
         "name": "m", "preset": "p", "alpha": None, "classes": ["a", "b"], "input_dtype": "uint8",
-        "size_bytes": 2_000_000, "trained": {"rows": 10}, "speed": None,
+        "size_bytes": 2_000_000, "trained": {"rows": 10}, "speed": None, "agreement": {}, "decide": "packet",
     }  # fmt: skip
     lines = model_block(row, 80)
-    assert lines[0] == "m" and len(lines) == 1 + 5
+    assert lines[0] == "m" and len(lines) == 1 + 7
     assert lines[2].split() == ["classes", "2:", "a,", "b"]
 
 

@@ -100,13 +100,17 @@ def run(
         Optional[str],
         typer.Option(
             "--decide",
+            metavar="LIST",
             help="packet and/or flow, comma-separated (e.g. packet,flow): measure `pktnin score` end to end in each "
             "decision mode, interleaved, against the first.",
             show_default=False,
         ),
     ] = None,
     flow_packets: Annotated[
-        str, typer.Option("--flow-packets", help="With --decide flow: K, or several comma-separated (e.g. 1,4).")
+        str,
+        typer.Option(
+            "--flow-packets", metavar="LIST", help="With --decide flow: K, or several comma-separated (e.g. 1,4)."
+        ),
     ] = "4",
     mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,

@@ -66,6 +66,7 @@ def build(
         str,
         typer.Option(
             "--packet-meta",
+            metavar="LIST",
             help="Metadata columns to store per row, comma-separated (e.g. ts_ns,src_addr,src_port,dst_port: "
             "what flow features need); needs every packet kept (no cap).",
         ),

@@ -102,6 +102,7 @@ def model_facts(r: dict) -> list[tuple[str, str]]:
     return [
         ("preset", preset),
         ("classes", f"{len(r['classes'])}: " + ", ".join(r["classes"])),
+        ("decides", _decide_text(r)),
         ("input", f"{r['input_dtype']} [1500], {r['size_bytes'] / 1e6:.1f} MB"),
         ("trained on", trained or "not recorded"),
         ("agreement with fp32", _agreement_text(r["agreement"])),
@@ -131,6 +132,12 @@ def bundled_blocks(rows: list[dict], width: int) -> list[str]:
         "--record` recorded on this machine, engine alone / end to end."
     )
     return lines + textwrap.wrap(note, width)
+
+
+def _decide_text(r: dict) -> str:
+    if r.get("decide") == "flow":
+        return f"per flow, from its first {r['flow_packets']} packets (--decide flow)"
+    return "per packet (or per flow: --decide flow)"
 
 
 def _agreement_text(agreement: dict) -> str:

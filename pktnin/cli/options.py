@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Optional
 import typer
 
 MODEL_HELP = (
-    "A bundled model by name (nin_parallel_small_port, nin1_port: see `pktnin models`) or a model file "
-    "(.onnx, .keras checkpoint, .plan engine). Default: nin_parallel_small_port."
+    "A bundled model by name (trees_flow8, nin_flow_port, nin_parallel_small_port, nin1_port: see `pktnin models`) "
+    "or a model file (.onnx, .keras checkpoint, .plan engine). Default: trees_flow8."
 )
 
 # The values an option takes, as Literal types so that --help lists them (`--mask <paper|strict>`) and typer
@@ -24,6 +24,7 @@ Backend = Literal["auto", "tensorrt", "onnxruntime", "openvino"]  # engine.runne
 CpuPrecision = Literal["auto", "fp32", "bf16", "int8"]  # engine.precision.PRECISIONS
 OutputFormat = Literal["parquet", "csv"]  # score.writers.FORMATS
 Executor = Literal["local", "ray"]  # distributed.run.EXECUTORS
+Decide = Literal["packet", "flow"]  # scoring.options.DECIDE_MODES
 Split = Literal["train", "val", "test"]  # dataset.format.SPLIT_NAMES
 SplitMode = Literal["random", "by-file"]  # dataset.options.SPLIT_MODES
 SourceKind = Literal["auto", "iscx", "class-dirs", "csv"]  # dataset.detect.SOURCE_KINDS
@@ -32,7 +33,7 @@ ClassWeighting = Literal["none", "balanced", "file"]  # trainer.train.CLASS_WEIG
 Fit = Literal["train", "train+val"]  # trainer.train.FIT_SPLITS
 Augmentation = Literal["none", "header-jitter"]  # trainer.augment.AUGMENTATIONS
 TrainPrecision = Literal["float32", "mixed_bfloat16"]  # trainer.train.PRECISIONS
-InputDtype = Literal["float32", "uint8"]  # engine.runner_base.INPUT_DTYPES
+InputDtype = Literal["float32", "uint8"]  # engine.model_file.INPUT_DTYPES
 QuantizeTarget = Literal["cpu", "tensorrt"]  # engine.quantize.TARGETS
 TensorRTPrecision = Literal["fp32", "fp16", "int8"]  # engine.trt_build.PRECISIONS
 
@@ -110,7 +111,7 @@ def silence_tensorflow(verbose: bool) -> None:
 
 
 DecideOption = Annotated[
-    Optional[str],
+    Optional[Decide],
     typer.Option(
         "--decide",
         help="packet: every packet through the model; flow: the first K packets of each flow, the flow's decision "

@@ -10,7 +10,7 @@ from pktnin.engine.model_file import INT8_SUFFIX, int8_beside, int8_cache_path
 from pktnin.errors import UsageError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL_NAME = "nin_parallel_small_port.onnx"
+DEFAULT_MODEL_NAME = "trees_flow8.onnx"  # the validation winner: one decision per flow from its first 8 rows
 
 
 def bundled_models() -> list[Path]:
@@ -28,7 +28,7 @@ def is_bundled(path: str | os.PathLike) -> bool:
 
 
 def default_model_path() -> Path:
-    """The default bundled model: pktnin/models/nin_parallel_small_port.onnx, else the only .onnx file there."""
+    """The default bundled model: pktnin/models/DEFAULT_MODEL_NAME, else the only .onnx file there."""
     if (MODELS_DIR / DEFAULT_MODEL_NAME).is_file():
         return MODELS_DIR / DEFAULT_MODEL_NAME
     found = bundled_models()

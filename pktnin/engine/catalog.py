@@ -19,6 +19,8 @@ from pktnin.engine.cache import cache_dir, cpu_model, file_sha256
 from pktnin.engine.model_file import (
     ALPHA_KEY,
     CLASSES_KEY,
+    DECIDE_KEY,
+    FLOW_PACKETS_KEY,
     INPUT_DTYPE_KEY,
     PRESET_KEY,
     PROVENANCE_KEY,
@@ -82,6 +84,9 @@ def describe_bundled(path: Path) -> dict:
         "alpha": json_prop(meta, ALPHA_KEY),
         "classes": json_prop(meta, CLASSES_KEY, []),
         "input_dtype": meta.get(INPUT_DTYPE_KEY),
+        # "flow": one decision per flow from its first flow_packets rows; "packet": every packet alone
+        "decide": meta.get(DECIDE_KEY, "packet"),
+        "flow_packets": int(meta[FLOW_PACKETS_KEY]) if FLOW_PACKETS_KEY in meta else None,
         "size_bytes": path.stat().st_size,
         "trained": {
             "created": provenance.get("created"),
