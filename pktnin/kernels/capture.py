@@ -43,6 +43,9 @@ corrupt). A damaged gzip stream gives every record decoded before the damage, th
 damage and its compressed offset. pcapng timestamps are computed exactly (rounded down to the nanosecond) for
 every if_tsresol and if_tsoffset; a record whose time does not fit int64 nanoseconds since the epoch is skipped
 and counted in `ts_overflow` (never a wrapped, wrong date).
+
+Each CaptureError carries a typed `issue` (capture_state.Issue: kind, offset, count, bare description): reports
+keep those, and their text is made only for people (`Issue.line`).
 """
 
 from __future__ import annotations
