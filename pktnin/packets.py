@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numba
 import numpy as np
 
-from pktnin.kernels.capture import CaptureError, CaptureReader, NotACapture
+from pktnin.kernels.capture import CaptureError, CaptureReader, Issue, NotACapture
 from pktnin.kernels.cpu import RangePrep
 from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, SKIP_ZERO_LENGTH, mask_code
 from pktnin.stages import DONE, Stages, Stopped
@@ -46,12 +46,33 @@ class FileReport:
     kept: int = 0  # packets that became rows
     corrupt_records: int = 0  # records skipped inside a readable file
     skip_counts: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)  # kinds of skipped records (first offset), then the fatal one
     failed: bool = False  # nothing could be read (not a capture, empty, unreadable)
     stopped_early: bool = False  # a fatal error stopped the file; the records before it were kept
     not_capture: bool = False  # found in a folder, not named, and not a capture (notes.txt, .DS_Store): no failure
-    error_offset: int | None = None  # byte offset of the error that failed or stopped the file
     compression: str | None = None  # "gzip" or "zstd" when the capture was compressed
+
+    @property
+    def fatal(self) -> Issue | None:
+        """The error that failed or stopped the file, if any."""
+        return self.issues[-1] if self.issues and self.issues[-1].fatal else None
+
+    @property
+    def error_offset(self) -> int | None:
+        """Byte offset of the error that failed or stopped the file."""
+        return None if self.fatal is None else self.fatal.offset
+
+    def changed_while_read(self) -> None:
+        """The file changed (rewritten, cut short) while it was read: that is its error unless the reader met one
+        first (a cut is seen as such); the records read are kept, and the file counts as stopped early."""
+        if self.fatal is None:
+            self.issues.append(Issue("changed", None, "changed while it was read; rerun to score it again"))
+            self.stopped_early = not self.failed
+
+    @property
+    def errors(self) -> list[str]:
+        """The issues as people read them (terminal, --report)."""
+        return [issue.line(self.path) for issue in self.issues]
 
     @property
     def status(self) -> str:
@@ -158,21 +179,18 @@ def iter_raw_batches(
                 if count:
                     report.records += count
                     report.skip_counts[SKIP_REASONS[reason]] = count
-            report.errors = [str(e) for e in reader.errors]
+            report.issues = [e.issue for e in reader.errors]
             report.stopped_early = reader.fatal is not None
-            if reader.fatal is not None:
-                report.error_offset = reader.fatal.offset
         except CaptureError as exc:  # includes NotACapture: the whole file is skipped
             report.failed = report.records == 0
             report.stopped_early = not report.failed
-            report.error_offset = exc.offset
-            report.errors.append(str(exc))
+            report.issues.append(exc.issue)
             report.not_capture = (
                 isinstance(exc, NotACapture) and named is not None and path not in named and not promises_capture(path)
             )
         except OSError as exc:
             report.failed = True
-            report.errors.append(f"{path}: {exc.strerror or exc}")
+            report.issues.append(Issue("unreadable", None, exc.strerror or str(exc)))
         yield report, None
 
 

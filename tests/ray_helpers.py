@@ -30,3 +30,27 @@ class DyingSpec(RunnerSpec):
 
     def __call__(self, threads: int):
         return _DyingRunner(super().__call__(threads), Path(self.marker))
+
+
+class _CuttingRunner:
+    """Wraps a runner; on its first model call, if the marker file exists, removes it and truncates `target` to
+    half its size (a capture cut short while the run reads it)."""
+
+    def __init__(self, runner, marker: Path, target: Path) -> None:
+        self._runner, self._marker, self._target = runner, marker, target
+        self.classes = runner.classes
+
+    def infer(self, rows, out):
+        if self._marker.exists():
+            self._marker.unlink()
+            os.truncate(self._target, os.path.getsize(self._target) // 2)
+        return self._runner.infer(rows, out)
+
+
+@dataclass(frozen=True)
+class CuttingSpec(RunnerSpec):
+    marker: str = ""
+    target: str = ""
+
+    def __call__(self, threads: int):
+        return _CuttingRunner(super().__call__(threads), Path(self.marker), Path(self.target))

@@ -280,6 +280,36 @@ def test_ray_actor_dies_mid_unit_once(local_ray, files, model, local_tables, tmp
     _same_as_local(out, result, local_tables)
 
 
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=needs_ray)])
+def test_a_file_cut_short_during_the_run_is_that_files_error(request, model, tmp_path, executor):
+    """On both executors: the cut file is reported with what was read (stopped early), the others are scored,
+    and the run finishes with its outputs."""
+    from ray_helpers import CuttingSpec
+
+    from pktnin.distributed.ray_engine import RayExecutor
+
+    root = tmp_path / "in"
+    root.mkdir()
+    big = write_pcap(root / "a-big.pcap", mixed_traffic(9, 600, flows=4))
+    small = write_pcap(root / "b-small.pcap", mixed_traffic(10, 80))
+    marker = tmp_path / "cut-once"
+    marker.write_text("")
+    spec = CuttingSpec(str(model), "onnxruntime", 16, marker=str(marker), target=str(big))
+    out = tmp_path / "run" / "p.parquet"
+    opts = _split(out, model)
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
+        run = RayExecutor(spec, opts, actors=1, cpus_per_actor=0.5)
+    else:
+        run = LocalExecutor(spec(1), opts)
+    result = run_units([big, small], opts, CLASSES, run, step_records=STEP)
+    assert not marker.exists()  # the file was cut during the run
+    cut, whole = result.reports
+    assert cut.stopped_early and cut.fatal is not None and cut.fatal.kind in ("cut-short", "changed"), cut.issues
+    assert 0 < cut.records < 600 and whole.status == "ok" and whole.records == 80
+    assert pq.read_table(out).num_rows == result.packets > 0
+
+
 class _KillAfter:
     """A progress object that stops the driver after `n` units came back (as a kill would)."""
 

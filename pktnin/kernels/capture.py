@@ -43,6 +43,9 @@ corrupt). A damaged gzip stream gives every record decoded before the damage, th
 damage and its compressed offset. pcapng timestamps are computed exactly (rounded down to the nanosecond) for
 every if_tsresol and if_tsoffset; a record whose time does not fit int64 nanoseconds since the epoch is skipped
 and counted in `ts_overflow` (never a wrapped, wrong date).
+
+Each CaptureError carries a typed `issue` (capture_state.Issue: kind, offset, count, bare description): reports
+keep those, and their text is made only for people (`Issue.line`).
 """
 
 from __future__ import annotations
@@ -84,13 +87,14 @@ from pktnin.kernels.capture_state import (
     W_ZERO_LEN,
     WINDOW_BYTES,
     CaptureError,
+    Issue,
     NotACapture,
     RawBatch,
     ReaderState,
-    _fatal_reason,
+    _fatal_error,
     _format_of_head,
     _head_bytes,
-    _warn_reason,
+    _skipped_kind,
     detect_format,
 )
 from pktnin.kernels.streams import (
@@ -114,6 +118,7 @@ __all__ = [
     "WINDOW_BYTES",
     "CaptureError",
     "CaptureReader",
+    "Issue",
     "NotACapture",
     "RawBatch",
     "ReadStopped",
@@ -270,20 +275,24 @@ class CaptureReader:
                 head = self._detect_compression(head)
         except OSError as e:
             self.close()
-            raise CaptureError(self.path, 0, f"cannot read: {e.strerror or e}") from e
+            raise CaptureError(self.path, "unreadable", 0, f"cannot read: {e.strerror or e}") from e
         except BaseException:
             self.close()
             raise
         if not head:
             self.close()
-            raise NotACapture(self.path, 0, "empty file")
+            raise NotACapture(self.path, "empty-file", 0, "empty file")
         self.format = _format_of_head(head)
         if self.format is None:
             self.close()
-            raise NotACapture(self.path, 0, f"not a pcap or pcapng file (starts with {head[:4].hex()})")
+            raise NotACapture(
+                self.path, "not-a-capture", 0, f"not a pcap or pcapng file (starts with {head[:4].hex()})"
+            )
         if self.format == "pcap" and len(head) < _PCAP_HEADER_LEN:  # nothing of the file is readable
             self.close()
-            raise CaptureError(self.path, 0, f"truncated file header: {len(head)} of {_PCAP_HEADER_LEN} bytes")
+            raise CaptureError(
+                self.path, "truncated-file-header", 0, f"truncated file header: {len(head)} of {_PCAP_HEADER_LEN} bytes"
+            )
         self._head = head  # the classic pcap file header, parsed again at each iteration
         self._reset()
 
@@ -304,7 +313,9 @@ class CaptureReader:
             with open(self.path, "rb") as raw:
                 return read_full(self._decompressor(raw).read, _PCAP_HEADER_LEN)
         except (OSError, EOFError, zlib.error, DamagedStream) as e:
-            raise CaptureError(self.path, 0, f"{self.compression}-compressed, cannot decompress: {e}") from e
+            raise CaptureError(
+                self.path, "cannot-decompress", 0, f"{self.compression}-compressed, cannot decompress: {e}"
+            ) from e
 
     def _decompressor(self, raw):
         try:
@@ -314,12 +325,17 @@ class CaptureReader:
                 import zstandard
             except ImportError:
                 raise CaptureError(
-                    self.path, 0, "zstd-compressed: install the optional zstandard package to read it"
+                    self.path,
+                    "cannot-decompress",
+                    0,
+                    "zstd-compressed: install the optional zstandard package to read it",
                 ) from None
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
             return SmallReads(reader.read, ZSTD_PIECE, zstandard.ZstdError)
         except (OSError, EOFError, zlib.error, DamagedStream) as e:
-            raise CaptureError(self.path, 0, f"{self.compression}-compressed, cannot decompress: {e}") from e
+            raise CaptureError(
+                self.path, "cannot-decompress", 0, f"{self.compression}-compressed, cannot decompress: {e}"
+            ) from e
 
     def close(self) -> None:
         if self._pipe is not None:
@@ -378,8 +394,8 @@ class CaptureReader:
             base = _WARN_BASE + 3 * kind
             count = int(self._st[base])
             if count:
-                reason = _warn_reason(kind, int(self._st[base + 2]), count, self.max_block_bytes)
-                out.append(CaptureError(self.path, int(self._st[base + 1]), reason))
+                first, value = int(self._st[base + 1]), int(self._st[base + 2])
+                out.append(_skipped_kind(self.path, kind, first, value, count, self.max_block_bytes))
         out.sort(key=lambda e: e.offset)
         if self.fatal is not None:
             out.append(self.fatal)
@@ -398,7 +414,7 @@ class CaptureReader:
             else:
                 source = StreamSource(self._stream_read, self._head, self._stream_consumed)
         elif self._streamed:
-            raise CaptureError(self.path, 0, "a stream can be read only once")
+            raise CaptureError(self.path, "read-twice", 0, "a stream can be read only once")
         elif self.compression is not None:
             raw = open(self.path, "rb")  # noqa: SIM115 - closed in the finally below
             read = self._decompressor(raw).read
@@ -411,7 +427,7 @@ class CaptureReader:
             if error is not None:  # the walk's own complaint (a cut record) follows from this one
                 reason = f"{self.compression or 'stream'} data cut short or damaged: {error}"
                 offset = source.size if self.fatal is None else self.fatal.offset
-                self.fatal = CaptureError(self.path, offset, reason)
+                self.fatal = CaptureError(self.path, "damaged-stream", offset, reason)
         finally:
             source.close()
             if raw is not None:
@@ -450,7 +466,10 @@ class CaptureReader:
                 size = source.size  # a stream's size is known once its end was read
                 if size < pos:  # it ended inside a block skipped unread
                     self.fatal = CaptureError(
-                        self.path, size, f"data ends at offset {size}, inside the block skipped before it"
+                        self.path,
+                        "ends-in-skipped-block",
+                        size,
+                        f"data ends at offset {size}, inside the block skipped before it",
                     )
                     return
             elif buf.shape[0] < length:  # the file was cut short since it was opened: its data ends here
@@ -510,9 +529,8 @@ class CaptureReader:
             if self.fatal is not None:  # cut short: that, not the record the cut broke, is the file's error
                 return
             if status == _FATAL:
-                self.fatal = CaptureError(
-                    self.path, int(st[_ERR_OFF]), _fatal_reason(int(st[_ERR_CODE]), int(st[_ERR_V1]), int(st[_ERR_V2]))
-                )
+                code, v1, v2 = int(st[_ERR_CODE]), int(st[_ERR_V1]), int(st[_ERR_V2])
+                self.fatal = _fatal_error(self.path, code, int(st[_ERR_OFF]), v1, v2)
                 return
             if status == _END:
                 return
@@ -521,5 +539,7 @@ class CaptureReader:
     def _cut_short(self, end: int, size: int | None) -> int:
         """Record that the file's data ended at `end` (it had `size` bytes when opened); the walk stops there."""
         had = f"it had {size} bytes when opened" if size is not None else f"{len(self._head)} bytes were read before"
-        self.fatal = CaptureError(self.path, end, f"file cut short at offset {end} while being read ({had})")
+        self.fatal = CaptureError(
+            self.path, "cut-short", end, f"file cut short at offset {end} while being read ({had})"
+        )
         return end

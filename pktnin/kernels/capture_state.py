@@ -7,6 +7,7 @@ laid out below, so that one call can stop anywhere in a window and the next call
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -86,14 +87,67 @@ _MIN_RECORD_BYTES = 12  # smallest record or block: bounds the output arrays one
 # Errors and batches
 
 
-class CaptureError(Exception):
-    """A problem in a capture file, at a byte offset."""
+@dataclass(frozen=True)
+class Issue:
+    """One problem met in a capture file, typed: what it is (`kind`), the byte offset of its first occurrence
+    (None when the file could not be opened at all), how many records of that kind were skipped (1 for an
+    error that stopped or failed the file), and the bare description for people. Reports carry these from the
+    reader to the edge; `line` makes the text shown and written to --report."""
 
-    def __init__(self, path, offset: int, reason: str):
+    kind: str
+    offset: int | None
+    description: str
+    count: int = 1
+    fatal: bool = True  # it stopped (or failed) the file; else records of its kind were skipped and counted
+
+    @property
+    def reason(self) -> str:
+        if self.fatal:
+            return self.description
+        return f"{self.description} (first of {self.count} in this file, skipped)"
+
+    def line(self, path: str | os.PathLike) -> str:
+        name = name_text(os.path.basename(path) or str(path))
+        return f"{name}: {self.reason}" if self.offset is None else f"{name}: offset {self.offset}: {self.reason}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "offset": self.offset, "description": self.description, "count": self.count,
+                "fatal": self.fatal}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Issue:
+        offset = d["offset"]
+        return cls(str(d["kind"]), None if offset is None else int(offset), str(d["description"]), int(d["count"]),
+                   bool(d["fatal"]))  # fmt: skip
+
+
+class CaptureError(Exception):
+    """A problem in a capture file, at a byte offset: `issue` says which."""
+
+    def __init__(self, path, kind: str, offset: int, description: str, count: int = 1, fatal: bool = True):
         self.path = str(path)
-        self.offset = int(offset)
-        self.reason = reason
-        super().__init__(f"{name_text(os.path.basename(self.path) or self.path)}: offset {self.offset}: {reason}")
+        self.issue = Issue(kind, int(offset), description, count, fatal)
+        super().__init__(self.issue.line(self.path))
+
+    @property
+    def offset(self) -> int:
+        return int(self.issue.offset or 0)
+
+    @property
+    def kind(self) -> str:
+        return self.issue.kind
+
+    @property
+    def count(self) -> int:
+        return self.issue.count
+
+    @property
+    def description(self) -> str:
+        return self.issue.description
+
+    @property
+    def reason(self) -> str:
+        return self.issue.reason
 
 
 class NotACapture(CaptureError):
@@ -240,12 +294,38 @@ _WARN_REASONS = {
 }
 
 
-def _fatal_reason(code: int, v1: int, v2: int) -> str:
-    return _FATAL_REASONS.get(code, "fatal error {code}").format(code=code, v1=v1, v2=v2)
+# Kinds (Issue.kind) of the fatal errors and of the skipped records, by code.
+FATAL_KINDS = {
+    E_TRUNC_HEADER: "truncated-record-header",
+    E_TRUNC_RECORD: "truncated-record",
+    E_RECORD_TOO_LONG: "record-too-long",
+    E_BLOCK_TRUNC_HEADER: "truncated-block-header",
+    E_BLOCK_SHORT: "block-too-short",
+    E_BLOCK_ALIGN: "block-misaligned",
+    E_BLOCK_BEYOND: "block-beyond-end",
+    E_BLOCK_TRAILER: "block-trailer-mismatch",
+    E_BAD_BOM: "bad-byte-order-magic",
+}
+SKIP_KINDS = {
+    W_ZERO_LEN: "zero-length-record",
+    W_CAPLEN_BLOCK: "captured-length-beyond-block",
+    W_BAD_IFACE: "undefined-interface",
+    W_SHORT_PACKET_BLOCK: "short-packet-block",
+    W_SHORT_IDB: "short-interface-block",
+    W_TOO_LONG: "oversized-record",
+    W_TS_OVERFLOW: "timestamp-overflow",
+    W_BIG_BLOCK: "oversized-block",
+}
 
 
-def _warn_reason(kind: int, value: int, count: int, bound: int = MAX_BLOCK_LEN) -> str:
+def _fatal_error(path, code: int, offset: int, v1: int, v2: int) -> CaptureError:
+    reason = _FATAL_REASONS.get(code, "fatal error {code}").format(code=code, v1=v1, v2=v2)
+    return CaptureError(path, FATAL_KINDS.get(code, f"fatal-{code}"), offset, reason)
+
+
+def _skipped_kind(path, kind: int, offset: int, value: int, count: int, bound: int = MAX_BLOCK_LEN) -> CaptureError:
+    """The records of one kind skipped in a file: the first one's offset and value, how many."""
     if kind == W_TS_OVERFLOW:
         value &= 0xFFFFFFFFFFFFFFFF  # the raw u64 timestamp, stored in int64
     what = _WARN_REASONS.get(kind, "corrupt record (kind {kind})").format(kind=kind, value=value, bound=bound)
-    return f"{what} (first of {count} in this file, skipped)"
+    return CaptureError(path, SKIP_KINDS.get(kind, f"skipped-{kind}"), offset, what, count, fatal=False)

@@ -24,10 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pktnin import outdir
-from pktnin.kernels.capture import is_stream
+from pktnin.kernels.capture import Issue, is_stream
 from pktnin.packets import FileReport
 
-MANIFEST_VERSION = 3
+MANIFEST_VERSION = 4
 CONTENT_SPAN = 1 << 20  # bytes hashed at each end of an input file
 UNITS_DIR = "_units"  # in the parts folder: the units' summaries and flow partials
 
@@ -69,12 +69,14 @@ def file_stamp(path: str | os.PathLike) -> dict | None:
 def report_to_dict(report: FileReport) -> dict:
     d = asdict(report)
     d["path"] = str(report.path)
+    d["issues"] = [issue.to_dict() for issue in report.issues]
     return d
 
 
 def report_from_dict(d: dict) -> FileReport:
     d = dict(d)
     d["path"] = Path(d["path"])
+    d["issues"] = [Issue.from_dict(i) for i in d["issues"]]
     return FileReport(**d)
 
 

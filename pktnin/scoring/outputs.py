@@ -118,7 +118,7 @@ def report_rows(reports: Iterable[FileReport]) -> list[dict]:
     offset, records read, rows scored, corrupt records skipped, packets skipped per reason."""
     rows = []
     for r in reports:
-        error = next((e for e in reversed(r.errors)), None) if (r.failed or r.stopped_early) else None
+        fatal = r.fatal if (r.failed or r.stopped_early) else None
         rows.append({
             "file": str(r.path),
             "status": r.status,
@@ -127,7 +127,7 @@ def report_rows(reports: Iterable[FileReport]) -> list[dict]:
             "records": r.records,
             "rows": r.kept,
             "corrupt_records": r.corrupt_records,
-            "error": error if error is not None else ("; ".join(r.errors) or None),
+            "error": fatal.line(r.path) if fatal is not None else ("; ".join(r.errors) or None),
             "error_offset": r.error_offset,
             "skips": dict(r.skip_counts),
         })  # fmt: skip

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 
+from pktnin.kernels.capture import Issue
 from pktnin.packets import FileReport
-
-# How kernels.capture words a kind of skipped record in a file's errors (CaptureError text of _warn_reason).
-_SKIPPED_KIND = re.compile(
-    r"^(?P<head>.*): offset (?P<offset>\d+): (?P<what>.*) \(first of (?P<count>\d+) in this file, skipped\)$"
-)
 
 
 def merge_reports(reports: list[FileReport]) -> FileReport:
-    """One FileReport for a file from the summaries of its shards (in shard order), as a walk over the whole
-    file would have made it: counts added, each kind of skipped record once (first offset, total count), then
-    the fatal error (only the last shard can meet one: the index pass never cuts after it)."""
-    merged = reports[0]
+    """One FileReport for a file from the reports of its pieces (in piece order), as a walk over the whole file
+    would have made it: counts added, each kind of skipped record once (first offset, counts added by kind),
+    then the first fatal error (a walk stops there)."""
+    if len(reports) == 1:
+        return reports[0]
+    merged = replace(reports[0], skip_counts=dict(reports[0].skip_counts))
     for r in reports[1:]:
         merged.format = merged.format or r.format
         merged.records += r.records
@@ -25,22 +23,16 @@ def merge_reports(reports: list[FileReport]) -> FileReport:
         for k, v in r.skip_counts.items():
             merged.skip_counts[k] = merged.skip_counts.get(k, 0) + v
         merged.failed = merged.failed and r.failed
-        merged.stopped_early = merged.stopped_early or r.stopped_early
-    if len(reports) > 1:
-        kinds: dict[str, list] = {}  # what -> [offset, count, head]
-        others: list[str] = []
-        for r in reports:
-            for text in r.errors:
-                m = _SKIPPED_KIND.match(text)
-                if m is None:
-                    others.append(text)
-                elif m["what"] in kinds:
-                    kinds[m["what"]][1] += int(m["count"])
-                else:
-                    kinds[m["what"]] = [int(m["offset"]), int(m["count"]), m["head"]]
-        firsts = sorted((off, what, count, head) for what, (off, count, head) in kinds.items())
-        merged.errors = [
-            f"{head}: offset {off}: {what} (first of {count} in this file, skipped)"
-            for off, what, count, head in firsts
-        ] + others
+    skipped: dict[str, Issue] = {}
+    fatal: Issue | None = None
+    for r in reports:
+        for issue in r.issues:
+            if issue.fatal:
+                fatal = fatal or issue
+            elif issue.kind in skipped:
+                skipped[issue.kind] = replace(skipped[issue.kind], count=skipped[issue.kind].count + issue.count)
+            else:
+                skipped[issue.kind] = issue
+    merged.issues = sorted(skipped.values(), key=lambda i: i.offset or 0) + ([fatal] if fatal is not None else [])
+    merged.stopped_early = fatal is not None and not merged.failed
     return merged

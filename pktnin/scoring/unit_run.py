@@ -27,7 +27,7 @@ from pktnin.outdir import HeldDir, UnsafeOutputError
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks, ChainSettings, start_chain
 from pktnin.scoring.flow_model import FlowModelRunner
-from pktnin.scoring.manifest import UNITS_DIR, file_stamp
+from pktnin.scoring.manifest import UNITS_DIR
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.units import Unit
 from pktnin.scoring.writer_stage import UnitWriter, write_stage
@@ -56,6 +56,8 @@ def load_summary(parts_dir: Path, unit_id: str, held: HeldDir | None = None) -> 
     except (OSError, ValueError, UnsafeOutputError):  # absent, unreadable, or not a private file of ours
         return None
     if not isinstance(summary, dict) or summary.get("id") != unit_id or not isinstance(summary.get("files"), list):
+        return None
+    if any(f.get("changed") for f in summary["files"]):  # a file changed while it was read: score it again
         return None
     names = [summary.get("part")] + ([STATE_DIR + "/" + summary["flow_state"]] if summary.get("flow_state") else [])
     if not all(isinstance(n, str) and _is_file(parts_dir, n, held) for n in names if n):
@@ -88,22 +90,6 @@ def load_flow_states(parts_dir: Path, summary: dict, held: HeldDir | None = None
     return out
 
 
-class UnitChanged(RuntimeError):
-    """A file of the unit is not the one the units were cut from."""
-
-
-def _check_stamps(unit: Unit) -> None:
-    for piece in unit.pieces:
-        if piece.stamp is None:
-            continue  # a stream, or a file that could not be read: the reader reports it
-        try:
-            stamp = file_stamp(piece.path)
-        except OSError:
-            continue
-        if stamp != piece.stamp:
-            raise UnitChanged(f"{piece.path}: changed while it was scored; rerun to score it again")
-
-
 def score_unit(
     unit: Unit,
     runner: ModelRunner | DeviceRunner | FlowModelRunner,
@@ -132,7 +118,6 @@ def score_unit(
         stages.run(write_stage, stages, writer, scored_q)
         stages.finish()
         stages.raise_error()
-        _check_stamps(unit)  # a file rewritten meanwhile would mix two versions in one output
         part, flow_states = writer.close()
         summary = _save_summary(unit, writer.finished, part, flow_states, parts_dir, started, cpu_started)
     except BaseException:

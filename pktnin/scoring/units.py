@@ -65,6 +65,16 @@ class Piece:
     def whole(self) -> bool:
         return self.parts == 1
 
+    def changed(self) -> bool:
+        """True when the file is no longer the one the units were cut from: its stamp differs (a stream, or a
+        file that could not be read then or now, never counts as changed: the reader reports those)."""
+        if self.stamp is None:
+            return False
+        try:
+            return file_stamp(self.path) != self.stamp
+        except OSError:
+            return False
+
     def reader_kwargs(self) -> dict:
         """Keyword arguments for kernels.capture.CaptureReader that restrict it to this piece ({} for a file)."""
         if self.whole:

@@ -122,6 +122,11 @@ class UnitWriter:
     def file_end(self, report: FileReport) -> None:
         self._write_waiting()
         piece = self.piece_of[report.index]
+        # Read to its end (or its error) by now: a file rewritten meanwhile would mix two versions in one output,
+        # so it is this file's error, and its piece is never reused (unit_run.load_summary).
+        changed = piece.changed()
+        if changed:
+            report.changed_while_read()
         number = len(self.finished)
         has_flows = self.flows is not None and self.flows.flows > 0
         if has_flows:
@@ -137,6 +142,7 @@ class UnitWriter:
                 "label_counts": self.counts.tolist(),
                 "report": report_to_dict(report),
                 "flows": has_flows,
+                "changed": changed,
             }
         )
         self._new_piece()
