@@ -183,12 +183,12 @@ def main() -> None:
     ap.add_argument("--save", type=Path)
     args = ap.parse_args()
 
-    from pktnin.engine.bundled import default_model_path
+    from pktnin.engine.bundled import default_packet_model_path
     from pktnin.engine.cache import file_sha256
     from pktnin.scoring import ScoreOptions
     from pktnin.synth import write_synthetic_capture
 
-    model = (args.model or default_model_path()).resolve()
+    model = (args.model or default_packet_model_path()).resolve()
     results = {}
     global _tracker
     with tempfile.TemporaryDirectory(prefix="pktnin-dist-") as tmp, TreeCPU(os.getpid()) as _tracker:

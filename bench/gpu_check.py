@@ -355,7 +355,7 @@ def handle_int(handle) -> int:
 def section_ort(args) -> dict:
     import onnxruntime as ort
 
-    from pktnin.engine.bundled import default_model_path
+    from pktnin.engine.bundled import default_packet_model_path
     from pktnin.engine.ort_runner import OnnxRuntimeRunner
 
     providers = ort.get_available_providers()
@@ -363,7 +363,7 @@ def section_ort(args) -> dict:
     if "CUDAExecutionProvider" not in providers:
         report["not_run"] = "this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu is not installed)"
         return report
-    model = args.onnx or default_model_path()
+    model = args.onnx or default_packet_model_path()
     rows = np.random.default_rng(0).integers(0, 256, size=(4096, 1500), dtype=np.uint8)
     with OnnxRuntimeRunner(model) as cpu_runner:
         expected = cpu_runner.predict(rows[:512])

@@ -47,6 +47,7 @@ bench_app = typer.Typer(cls=_DefaultToRun, help="Measure packets per second (def
 # engine and end-to-end run takes about 4.4 s, so three runs of each, the kernels' first compile (about 10 s) and
 # the model load come to about 40 s on a quiet machine.
 DEFAULT_PACKETS = 8000
+FLOW_PACKETS_DEFAULT = "4"  # --flow-packets of a per-packet model in flow mode (a flow model has its own K)
 STAGE_TITLES = {"read_prep": "read + prep", "engine": "engine alone", "end_to_end": "end to end"}
 
 
@@ -111,7 +112,7 @@ def run(
         typer.Option(
             "--flow-packets", metavar="LIST", help="With --decide flow: K, or several comma-separated (e.g. 1,4)."
         ),
-    ] = "4",
+    ] = FLOW_PACKETS_DEFAULT,
     mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     record: Annotated[
@@ -139,6 +140,7 @@ def run(
     from pktnin.measure import compare_decisions, compare_engines, spread
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
+    from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
     from pktnin.synth import write_synthetic_capture
 
     with tempfile.TemporaryDirectory(prefix="pktnin-bench-") as tmp:
@@ -155,7 +157,19 @@ def run(
                 files = find_captures(paths)
                 model_path = resolve_model(model)
                 check_model_file(model_path)
-                for name, sessions in layouts:
+                if is_flow_model(model_path):  # it decides per flow: measured end to end in that mode only
+                    flow_runner = FlowModelRunner(model_path, max_batch=batch)
+                    runners.append(flow_runner)
+                    if decide not in (None, "flow") or flow_packets not in (
+                        FLOW_PACKETS_DEFAULT,
+                        str(flow_runner.flow_packets),
+                    ):
+                        raise OptionError(
+                            f"{model_path.name} is a flow model: it decides per flow from its first "
+                            f"{flow_runner.flow_packets} packets (--decide flow)"
+                        )
+                    decide, flow_packets = "flow", str(flow_runner.flow_packets)
+                for name, sessions in layouts if not runners else []:
                     runner, choice = open_runner_with_choice(
                         model_path, backend, max_batch=batch, precision=name, engine_workers=sessions
                     )

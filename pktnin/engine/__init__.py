@@ -24,7 +24,7 @@ Optional libraries (onnx, openvino, tensorrt, pycuda, numba.cuda, tensorflow) ar
 that need them.
 """
 
-from pktnin.engine.bundled import default_model_path
+from pktnin.engine.bundled import default_model_path, default_packet_model_path
 from pktnin.engine.errors import EngineUnavailableError, ModelMismatchError
 from pktnin.engine.model_file import ModelInfo
 from pktnin.engine.runner_base import EngineChoice, Runner
@@ -37,6 +37,7 @@ __all__ = [
     "ModelMismatchError",
     "Runner",
     "default_model_path",
+    "default_packet_model_path",
     "open_runner",
     "open_runner_with_choice",
 ]

@@ -10,7 +10,9 @@ from pktnin.engine.model_file import INT8_SUFFIX, int8_beside, int8_cache_path
 from pktnin.errors import UsageError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL_NAME = "trees_flow8.onnx"  # the validation winner: one decision per flow from its first 8 rows
+DEFAULT_MODEL_NAME = "trees_flow8.onnx"  # what `pktnin score` runs: one decision per flow from its first 8 rows
+# The default of what takes one row per call (the per-packet runners, TensorRT): the paper's kind of model.
+PACKET_MODEL_NAME = "nin_parallel_small_port.onnx"
 
 
 def bundled_models() -> list[Path]:
@@ -27,16 +29,21 @@ def is_bundled(path: str | os.PathLike) -> bool:
     return Path(path).resolve().parent == MODELS_DIR.resolve()
 
 
-def default_model_path() -> Path:
-    """The default bundled model: pktnin/models/DEFAULT_MODEL_NAME, else the only .onnx file there."""
-    if (MODELS_DIR / DEFAULT_MODEL_NAME).is_file():
-        return MODELS_DIR / DEFAULT_MODEL_NAME
+def default_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """The default bundled model: pktnin/models/`name`, else the only .onnx file there."""
+    if (MODELS_DIR / name).is_file():
+        return MODELS_DIR / name
     found = bundled_models()
     if len(found) == 1:
         return found[0]
     if not found:
         raise FileNotFoundError(f"no bundled model in {MODELS_DIR}; pass a model file")
     raise FileNotFoundError(f"several models in {MODELS_DIR} ({', '.join(p.name for p in found)}); pass one")
+
+
+def default_packet_model_path() -> Path:
+    """The default bundled per-packet model (one row in, one probability vector out)."""
+    return default_model_path(PACKET_MODEL_NAME)
 
 
 def resolve_model(spec: str | os.PathLike | None) -> Path:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pktnin.engine.bundled import default_model_path
+from pktnin.engine.bundled import default_packet_model_path
 from pktnin.engine.errors import EngineUnavailableError
 from pktnin.engine.export import cached_onnx
 from pktnin.engine.gpu_env import tensorrt_unavailable_reason
@@ -68,14 +68,14 @@ def open_runner_with_choice(
     device: int = 0,
     engine_workers: int | None = 1,
 ) -> tuple[Runner, EngineChoice]:
-    """A loaded runner for a .keras checkpoint, an .onnx file, a .plan file or (None) the bundled model, and the
-    engine choice: what runs, why, and its recorded agreement with float32.
+    """A loaded runner for a .keras checkpoint, an .onnx file, a .plan file or (None) the bundled per-packet model, and
+    the engine choice: what runs, why, and its recorded agreement with float32.
 
     On the CPU, precision is fp32, bf16 (OpenVINO), int8 (the model's `pktnin quantize` output) or auto
     (pktnin.engine.precision); engine_workers is 1 (one session), N (N single-thread ONNX Runtime sessions) or
     None (measure both). TensorRT takes fp32, fp16 or int8 (a QDQ model); auto means fp32 there.
     """
-    path = Path(model_path) if model_path is not None else default_model_path()
+    path = Path(model_path) if model_path is not None else default_packet_model_path()
     if path.suffix not in (".keras", ".onnx", ".plan"):
         raise OptionError(f"{path}: expected a .keras checkpoint, an .onnx model or a .plan engine")
     chosen = resolve_backend(backend, path)
