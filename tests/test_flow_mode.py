@@ -321,3 +321,16 @@ def test_bench_measures_decision_modes_interleaved(tmp_path, model):
     assert all(m["vs_first"] > 0 for m in report["modes"][1:])
     bad = CliRunner().invoke(app, [*args, "--decide", "flow", "--flow-packets", "0"])
     assert bad.exit_code == 2
+
+
+def test_bench_measures_a_flow_model_in_its_own_mode(inputs, tmp_path):
+    path = flow_model(tmp_path / "flow.onnx", 3)
+    args = ["bench", *map(str, inputs), "--model", str(path), "--runs", "1", "--batch", "8", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [(m["decide"], m["flow_packets"]) for m in report["modes"]] == [("flow", 3)]
+    assert report["modes"][0]["end_to_end"]["packets_per_s"] > 0
+    for other in (["--decide", "packet"], ["--flow-packets", "2"]):  # a flow model decides per flow with its own K
+        bad = CliRunner().invoke(app, [*args, *other])
+        assert bad.exit_code == 2 and "flow model" in bad.output, bad.output
