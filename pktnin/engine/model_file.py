@@ -142,6 +142,17 @@ def set_model_info(proto, info: ModelInfo) -> None:
     set_props(proto, info.to_metadata())
 
 
+def set_flow_model_info(proto, classes: list[str], preset: str, flow_packets: int, provenance: dict) -> None:
+    """Replace proto's pktnin.* metadata with a flow model's: uint8 rows, no alpha, DECIDE_KEY "flow" and K."""
+    set_model_info(proto, ModelInfo(tuple(classes), None, LAYOUT_VERSION, preset, "uint8"))
+    props = {
+        DECIDE_KEY: "flow",
+        FLOW_PACKETS_KEY: str(flow_packets),
+        PROVENANCE_KEY: json.dumps(provenance, sort_keys=True),
+    }
+    set_props(proto, props)
+
+
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """ModelInfo from an ONNX file's metadata."""
     return ModelInfo.from_metadata(read_props(path), str(path))

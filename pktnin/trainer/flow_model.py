@@ -15,7 +15,6 @@ pktnin.decide = "flow" and pktnin.flow_packets = K.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -149,16 +148,7 @@ def export_flow_onnx(model, out_path: str | os.PathLike, classes: list[str], pro
     import tf2onnx
 
     from pktnin.engine.export import DEFAULT_OPSET, _rename_value, save_onnx
-    from pktnin.engine.model_file import (
-        DECIDE_KEY,
-        FLOW_PACKETS_KEY,
-        OUTPUT_NAME,
-        PROVENANCE_KEY,
-        ModelInfo,
-        set_model_info,
-        set_props,
-    )
-    from pktnin.layout import LAYOUT_VERSION
+    from pktnin.engine.model_file import OUTPUT_NAME, set_flow_model_info
 
     k = model.input_shape[0][1]
     specs = [
@@ -180,9 +170,5 @@ def export_flow_onnx(model, out_path: str | os.PathLike, classes: list[str], pro
         dim.Clear()
         dim.dim_param = "batch"
     proto.producer_name = "pktnin"
-    info = ModelInfo(tuple(classes), None, LAYOUT_VERSION, FLOW_PRESET, "uint8")
-    set_model_info(proto, info)
-    set_props(
-        proto, {DECIDE_KEY: "flow", FLOW_PACKETS_KEY: str(k), PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
-    )
+    set_flow_model_info(proto, classes, FLOW_PRESET, k, provenance)
     return save_onnx(proto, out_path)

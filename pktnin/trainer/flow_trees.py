@@ -10,7 +10,6 @@ flow models. Tree ensembles are ONNX-ML operators: ONNX Runtime runs them; Tenso
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,16 +134,7 @@ def flow_trees_onnx(model, k: int, classes: list[str], provenance: dict):
     from skl2onnx.common.data_types import FloatTensorType
 
     from pktnin.engine.export import DEFAULT_OPSET
-    from pktnin.engine.model_file import (
-        DECIDE_KEY,
-        FLOW_PACKETS_KEY,
-        OUTPUT_NAME,
-        PROVENANCE_KEY,
-        ModelInfo,
-        set_model_info,
-        set_props,
-    )
-    from pktnin.layout import LAYOUT_VERSION
+    from pktnin.engine.model_file import OUTPUT_NAME, set_flow_model_info
 
     n_features = flow_feature_count(k)
     if model.n_features_in_ != n_features:
@@ -202,10 +192,7 @@ def flow_trees_onnx(model, k: int, classes: list[str], provenance: dict):
     )
     proto = helper.make_model(graph, opset_imports=list(trees.opset_import), producer_name="pktnin")
     proto.ir_version = trees.ir_version
-    set_model_info(proto, ModelInfo(tuple(classes), None, LAYOUT_VERSION, f"{TREES_PRESET}{k}", "uint8"))
-    set_props(
-        proto, {DECIDE_KEY: "flow", FLOW_PACKETS_KEY: str(k), PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
-    )
+    set_flow_model_info(proto, classes, f"{TREES_PRESET}{k}", k, provenance)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
