@@ -29,6 +29,7 @@ import pyarrow as pa
 from pktnin.distributed.run import RayOptions, score_on_ray
 from pktnin.engine.bundled import resolve_model
 from pktnin.engine.cache import file_sha256
+from pktnin.engine.flow_runner import FlowModelRunner, is_flow_model
 from pktnin.engine.protocols import DeviceRunner
 from pktnin.engine.runner_base import EngineChoice, Runner
 from pktnin.engine.runners import open_runner_with_choice
@@ -38,7 +39,6 @@ from pktnin.flow_decide import FlowParams
 from pktnin.packets import FileReport, find_captures, named_captures
 from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
 from pktnin.scoring.chain import ChainSettings, start_chain
-from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
 from pktnin.scoring.manifest import manifest_path, parts_dir
 from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES, ScoreOptions, ScoreResult

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pktnin.engine.flow_runner import FlowModelRunner
 from pktnin.engine.precision import EngineChoice
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.engine.runner_base import Runner
@@ -18,7 +19,6 @@ from pktnin.flow_decide import FlowParams
 from pktnin.packets import iter_packets
 from pktnin.rowfile import PrepOptions
 from pktnin.scoring import ScoreOptions, score_files
-from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.stages import Progress
 
 

@@ -134,13 +134,13 @@ def run(
     them alike, and the report gives each engine's medians and its ratio to the first.
     """
     from pktnin.engine.catalog import is_bundled, mask_warning, record_speed, resolve_model
+    from pktnin.engine.flow_runner import FlowModelRunner, is_flow_model
     from pktnin.engine.runners import open_runner_with_choice
     from pktnin.errors import OptionError
     from pktnin.extras import check_model_file
     from pktnin.measure import compare_decisions, compare_engines, spread
     from pktnin.packets import find_captures
     from pktnin.rowfile import PrepOptions
-    from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
     from pktnin.synth import write_synthetic_capture
 
     with tempfile.TemporaryDirectory(prefix="pktnin-bench-") as tmp:

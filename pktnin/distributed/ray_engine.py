@@ -34,9 +34,9 @@ from typing import Any
 import numba
 
 from pktnin.engine.cache import cache_dir
+from pktnin.engine.flow_runner import FlowModelRunner, is_flow_model
 from pktnin.engine.runner_base import Runner
 from pktnin.engine.runners import open_runner
-from pktnin.scoring.flow_model import FlowModelRunner, is_flow_model
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.unit_run import score_unit
 from pktnin.scoring.units import Unit

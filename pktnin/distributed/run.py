@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pktnin.engine.flow_runner import FlowModelRunner
 from pktnin.engine.runner_base import Runner
 from pktnin.errors import OptionError
-from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.run import run_units
 from pktnin.stages import Progress

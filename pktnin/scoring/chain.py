@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from pktnin.engine.flow_runner import FlowModelRunner
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.errors import OptionError
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring import gpu_stages
 from pktnin.scoring.cpu_stages import engine_stage, read_stage
-from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.flow_stage import FlowScorer, flow_engine_stage
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Unit

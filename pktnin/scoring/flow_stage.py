@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pktnin.engine.flow_runner import FlowModelRunner
 from pktnin.engine.protocols import ModelRunner
 from pktnin.flow_decide import FlowDecider, FlowParams, Plan, Released
 from pktnin.flow_features import pkt_feats
 from pktnin.packets import PacketBatch
-from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.stages import DONE, Stages
 

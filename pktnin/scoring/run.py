@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pktnin import outdir
+from pktnin.engine.flow_runner import FlowModelRunner
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.packets import FileReport, PacketBatch, iter_packets
 from pktnin.scoring import manifest as mf
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks
 from pktnin.scoring.cpu_stages import input_size
-from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.flows import FlowAccumulator, flow_schema
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.outputs import check_outputs

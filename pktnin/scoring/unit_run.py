@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from pktnin.atomic import atomic_path
+from pktnin.engine.flow_runner import FlowModelRunner
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.outdir import HeldDir, UnsafeOutputError
 from pktnin.packets import PacketBatch, iter_packets
 from pktnin.scoring.chain import NO_HOOKS, ChainHooks, ChainSettings, start_chain
-from pktnin.scoring.flow_model import FlowModelRunner
 from pktnin.scoring.manifest import UNITS_DIR
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.units import Unit
