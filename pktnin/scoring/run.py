@@ -153,6 +153,7 @@ class _Run:
 
         started = time.perf_counter()
         packets = records = 0
+        nodes: dict[str, int] = defaultdict(int)
         last_save = time.monotonic()
         self.held.check_unchanged()
         for summary in executor(todo, self.parts, progress):
@@ -163,6 +164,8 @@ class _Run:
                 last_save = time.monotonic()
             packets += summary["packets"]
             records += summary["records"]
+            if summary.get("node"):
+                nodes[summary["node"]] += 1
             if progress is not None and not executor.live_progress:  # told per unit: its bytes are scored work
                 if add_bytes is not None:
                     add_bytes(self.unit_bytes[summary["id"]], summary["packets"])
@@ -206,6 +209,8 @@ class _Run:
             rows_written=rows,
             flows_written=n_flows,
             outputs=outputs,
+            units=len(self.units),
+            nodes=dict(nodes),
         )
 
     def _pieces_of(self, index: int) -> Iterator[tuple[dict, int, dict]]:
