@@ -137,6 +137,7 @@ class RayExecutor:
     """Runs units on Ray Data actors (scoring.run.Executor). Ray must be initialized (ray_session)."""
 
     live_progress = False  # the driver tells packets per finished unit
+    scorer: type = UnitScorer  # the actor class (a subclass may time its start: bench/bench_distributed.py)
 
     def __init__(
         self,
@@ -164,7 +165,7 @@ class RayExecutor:
             [{"unit": json.dumps(u.to_dict())} for u in units], override_num_blocks=len(units)
         )  # one block per unit: units go to whichever actor is free
         ds = ds.map_batches(
-            UnitScorer,
+            self.scorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
             fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads, self.named),
