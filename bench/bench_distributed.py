@@ -19,13 +19,13 @@ to an actor's __init__: Ray Data's planning, the worker process, pktnin's import
 actors' work, the part that more nodes divide) and the driver's (the output assembled from the parts, which one
 driver does whatever the cluster).
 
-Break-even, for N = 2, 4, 8 nodes, each node like this machine running the best single-machine Ray configuration
+Break-even, for N = 2, 4, 8 nodes (and 1: Ray on this machine alone), each node like this machine running the best single-machine Ray configuration
 (the lower scoring cost per packet), units spread evenly over the nodes and their actors starting in parallel:
     one machine  T1(P) = F_local + P * c_local
     N nodes      TN(P) = F_ray + P * (c_score / N + c_driver)
     N nodes beat one machine above P = (F_ray - F_local) / (c_local - c_score / N - c_driver) packets,
-given for a cluster already running (F_ray = join + actor start + model load + kernels + the run's rest) and for
-one started for the run (plus the cluster start), in packets and in bytes at the full input's bytes per scored
+given for a cluster already running (F_ray = the node configuration's fixed cost, actor start, model load and
+kernels included, plus ray-2node's join) and for one started for the run (plus ray-2node's cluster start), in packets and in bytes at the full input's bytes per scored
 packet. CPU-seconds of every process (this one, and Ray's gcs, raylets and actors) are reported as before.
 
     PYTHONPATH=$PWD python bench/bench_distributed.py --save bench/results
@@ -54,7 +54,7 @@ sys.path[:0] = [str(HERE.parent)]
 from pktnin.distributed.ray_engine import RayExecutor, RunnerSpec, UnitScorer  # noqa: E402 - after the path
 
 TICK = os.sysconf("SC_CLK_TCK")
-NODES = (2, 4, 8)
+NODES = (1, 2, 4, 8)  # 1: Ray on this machine alone, against the local executor
 
 
 class TreeCPU:
@@ -311,6 +311,19 @@ def run_two_nodes(inputs, opts, model, classes, tmp: Path):
     return {"cluster_start_s": start_s, "cluster_start_cpu_s": start_cpu, "join_s": join_s, "runs": runs}
 
 
+def settle(limit_s: float = 30.0) -> None:
+    """Wait until the processes the last configuration started are gone (Ray's exit after ray.shutdown or a
+    node's kill), so that the next configuration does not pay for their end; the local one, with nothing to
+    start, would pay most."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        parent, _ = _proc_table()
+        if len(_below(os.getpid(), parent)) == 1:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
 def _classes(model):
     from pktnin.engine.runners import open_runner
 
@@ -349,10 +362,11 @@ def figures(r: dict) -> dict:
     return out
 
 
-def break_even(local: dict, node: dict, n: int, with_start: bool) -> float | None:
+def break_even(local: dict, node: dict, cluster: dict, n: int, with_start: bool) -> float | None:
     """Packets above which n nodes like this one beat one machine; None: never (the driver's share alone is
-    slower than one machine)."""
-    fixed_ray = node["fixed_wall_s"] + node["join_s"] + (node["cluster_start_s"] if with_start else 0.0)
+    slower than one machine). `node`: the configuration each node runs; `cluster`: the two-node setup, whose
+    `ray start`s and join are what a cluster's are."""
+    fixed_ray = node["fixed_wall_s"] + cluster["join_s"] + (cluster["cluster_start_s"] if with_start else 0.0)
     gain = local["wall_per_packet_s"] - node["scoring_wall_per_packet_s"] / n - node["driver_wall_per_packet_s"]
     if gain <= 0:
         return None
@@ -418,6 +432,7 @@ def main() -> None:
         names = list(configs)
         for i in range(args.rounds):
             for name in names[i % len(names) :] + names[: i % len(names)]:  # the order rotates each round
+                settle()
                 raw = configs[name]()
                 rounds.setdefault(name, []).append({"raw": raw, **figures(raw)})
                 load.append(os.getloadavg()[0])
@@ -435,7 +450,7 @@ def main() -> None:
     even = {}
     for with_start in (False, True):
         for n in NODES:
-            p = break_even(local, results[best], n, with_start)
+            p = break_even(local, results[best], results["ray-2node"], n, with_start)
             key = f"{n}-nodes-{'cold' if with_start else 'running'}"
             even[key] = {"packets": p, "bytes": None if p is None else p * bytes_per_packet}
 
@@ -472,7 +487,7 @@ def main() -> None:
         f"ray-2node: units scored on {results['ray-2node'].get('nodes_used', 0):.0f} nodes; both share this"
         " machine's cores, so its per-packet figures show the cost of the second node's machinery, not a speed-up",
         f"N nodes beat one machine (each node like this one running {best}, units spread evenly, actors starting in"
-        " parallel; the driver's per-packet share is not divided):",
+        " parallel; the driver's per-packet share is not divided; cluster start and join as ray-2node's):",
     ]
     for n in NODES:
         cells = []
@@ -480,7 +495,7 @@ def main() -> None:
             e = even[f"{n}-nodes-{state}"]
             what = "never" if e["packets"] is None else f"{e['packets']:,.0f} packets ({size(e['bytes'])})"
             cells.append(f"cluster {'running' if state == 'running' else 'started for the run'}: above {what}")
-        lines.append(f"  {n} nodes: " + "; ".join(cells))
+        lines.append(f"  {n} node{'s' if n > 1 else ' '}: " + "; ".join(cells))
     text = "\n".join(lines)
     print(text)
     if args.save:
