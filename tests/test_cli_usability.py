@@ -3,6 +3,7 @@ output name that does not say its format, an output folder that does not exist."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import packetgen as pg
@@ -151,6 +152,31 @@ def test_bar_without_sizes_counts_files_and_reaches_the_end(monkeypatch):
     assert "100%" in line and "2/2 files" in line and "10 pkts" in line and len(line) <= 80
 
 
+def test_bar_counts_units_of_work_once_the_run_tells_them(monkeypatch):
+    def calls(bar, clock):
+        bar.set_units(12, 3)  # 3 finished by an earlier run
+        bar.add_bytes(1 << 20, 1000)
+        bar.add_packets(500)
+        clock.now += 4
+        bar.add_packets(500)
+        bar.unit_done()
+        bar.unit_done()
+        bar.file_done()
+
+    line, bar = bar_line(monkeypatch, calls)
+    assert "5/12 units" in line and "files" not in line and "1,000 pkts" in line and "250/s" in line
+    assert "\n" not in line and len(line) <= 80
+
+    def many(bar, clock):  # a large run still fits one 80-column line
+        bar.set_units(123_456, 99_999)
+        bar.add_bytes(700 << 30, 123_456_789)
+        clock.now += 3600
+        bar.add_packets(123_456_789)
+
+    line, bar = bar_line(monkeypatch, many, total_files=99_999, total_bytes=1000 << 30)
+    assert "99999/123456 units" in line and "123M pkts" in line and "\n" not in line and len(line) <= 80, line
+
+
 def test_ray_driver_tells_the_bar_each_units_bytes(tmp_path, model):
     """An executor that reports per unit (Ray's) moves the bar by the unit's bytes: it ends at 100%."""
     from pktnin.cli.console import FileProgress
@@ -169,9 +195,26 @@ def test_ray_driver_tells_the_bar_each_units_bytes(tmp_path, model):
         def __call__(self, units, parts_dir, progress=None):
             yield from super().__call__(units, parts_dir, None)  # as Ray: nothing told while a unit runs
 
-    progress = FileProgress(3, sum(f.stat().st_size for f in files))
-    result = run_units(files, opts, list(runner.classes), PerUnit(runner, opts), progress=progress)
+    class StopAfterOne(FileProgress):  # the driver stopped after its first unit, as a kill would
+        def unit_done(self):
+            super().unit_done()
+            raise KeyboardInterrupt
+
+    size = sum(f.stat().st_size for f in files)
+    with pytest.raises(KeyboardInterrupt):
+        run_units(files, opts, list(runner.classes), PerUnit(runner, opts), progress=StopAfterOne(3, size))
+
+    class Told(FileProgress):
+        def set_units(self, total, done=0):
+            self.told = (total, done)
+            super().set_units(total, done)
+
+    progress = Told(3, size)
+    resume = dataclasses.replace(opts, resume=True)
+    result = run_units(files, resume, list(runner.classes), PerUnit(runner, resume), progress=progress)
+    assert progress.told == (3, 1)  # a unit a file; one finished before the resume
     assert progress.fraction() == 1.0 and progress.packets == result.packets > 0 and progress.files == 3
+    assert progress.units == progress.total_units == result.units == 3 and "3/3 units" in progress.status()
 
 
 # -- the summary's times ---------------------------------------------------------------------------------------

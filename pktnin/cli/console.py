@@ -55,8 +55,8 @@ def _clock_text(seconds: float) -> str:
 
 
 class StatusColumn(ProgressColumn):
-    """Everything beside the bar, from the run's FileProgress: work done of all, files, packets scored, the
-    steady rate and the time left."""
+    """Everything beside the bar, from the run's FileProgress: work done of all, units of work (else files),
+    packets scored, the steady rate and the time left."""
 
     def __init__(self, state: FileProgress) -> None:
         super().__init__(table_column=Column(no_wrap=True))  # the bar gives way, never the text
@@ -75,8 +75,10 @@ def file_progress(
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[FileProgress]:
     """A one-line bar (it fits 80 columns) over the work scored: with `total_bytes` (the inputs' sizes) the bytes
-    whose packets are scored, so one big file moves it too; else the files finished. Beside it: files, packets
-    scored, the rate since the first packet was scored and the time left at that rate. `clock`: seconds."""
+    whose packets are scored, so one big file moves it too; else the files finished. Beside it: the units of work
+    finished once the run has told them (a file cut in byte ranges is several, small files grouped are one),
+    else the files; packets scored, the rate since the first packet was scored and the time left at that rate.
+    `clock`: seconds."""
     state = FileProgress(total_files, total_bytes, clock)
     columns = [
         TextColumn("{task.description}", table_column=Column(no_wrap=True)),
@@ -93,7 +95,7 @@ def file_progress(
 
 class FileProgress:
     """What a run has done, told by its stages: bytes read (with the packets they hold), packets scored, files
-    finished. The bar shows bytes of finished work: the bytes read up to the last packet scored, so that work
+    and units of work finished. The bar shows bytes of finished work: the bytes read up to the last packet scored, so that work
     read ahead and still waiting for the model does not count."""
 
     def __init__(self, total_files: int, total_bytes: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -103,6 +105,7 @@ class FileProgress:
         self._lock = threading.Lock()
         self.packets = 0  # scored
         self.files = 0
+        self.units = self.total_units = 0  # units of work: 0 of 0 until a run tells them (set_units)
         self.bytes = 0  # read
         self.done_bytes = 0  # read and scored
         self._read_packets = 0
@@ -138,6 +141,17 @@ class FileProgress:
             self.files += n
         self.refresh()
 
+    def set_units(self, total: int, done: int = 0) -> None:
+        """The run's units of work: `total`, of which `done` were finished by an earlier run."""
+        with self._lock:
+            self.total_units, self.units = total, done
+        self.refresh()
+
+    def unit_done(self) -> None:
+        with self._lock:
+            self.units += 1
+        self.refresh()
+
     def _advance(self) -> None:
         while self._marks and self._marks[0][0] <= self.packets:
             self.done_bytes = max(self.done_bytes, self._marks.popleft()[1])
@@ -169,7 +183,10 @@ class FileProgress:
         parts = [f"{self.fraction():4.0%}"]
         if self.total_bytes > 0:
             parts.append(_size(self.done_bytes, self.total_bytes))
-        parts.append(f"{self.files}/{self.total_files} files")
+        if self.total_units:
+            parts.append(f"{self.units}/{self.total_units} units")
+        else:
+            parts.append(f"{self.files}/{self.total_files} files")
         parts.append(f"{compact_count(self.packets)} pkts")
         rate, eta = self.rate(), self.eta()
         if rate is None:

@@ -231,6 +231,8 @@ def run_summary(result, model_path: Path, runner, choice, timings: dict[str, flo
         "seconds": result.seconds,
         "timings": dict(timings or {}),
         "packets_per_s": result.packets_per_s,
+        "units": result.units,
+        "units_by_node": dict(result.nodes),
         "labels": {name: int(n) for name, n in zip(result.classes, result.label_counts.tolist()) if n},
         "skipped_packets": total_skips(result.reports),
         "files_with_errors": failed,
@@ -266,6 +268,10 @@ def _print_summary(result, timings: dict[str, float]) -> None:
     )
     if "wall" in timings:
         console.print(time_line(timings), highlight=False)
+    if result.nodes:  # where a Ray run's units were scored
+        by_node = ", ".join(f"{node[:8]} {n}" for node, n in sorted(result.nodes.items(), key=lambda kv: -kv[1]))
+        nodes = len(result.nodes)
+        console.print(f"units scored on {nodes} Ray node{'s' if nodes != 1 else ''}: {by_node}", highlight=False)
     if not result.outputs:
         console.print("no output written: not one input could be read")
         return

@@ -90,6 +90,9 @@ class UnitScorer:
         threads: int,
         named: set[Path] | None = None,
     ) -> None:
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()  # kept in each unit's summary: where it was scored
         cpus = max(1, int(threads))
         numba.set_num_threads(
             min(cpus, getattr(numba.config, "NUMBA_NUM_THREADS"))
@@ -104,7 +107,14 @@ class UnitScorer:
     def __call__(self, batch: dict) -> dict:
         summaries = [
             json.dumps(
-                score_unit(Unit.from_dict(json.loads(u)), self.runner, self.options, self.parts_dir, named=self.named)
+                score_unit(
+                    Unit.from_dict(json.loads(u)),
+                    self.runner,
+                    self.options,
+                    self.parts_dir,
+                    named=self.named,
+                    node=self.node,
+                )
             )  # fmt: skip
             for u in batch["unit"]
         ]
@@ -127,6 +137,7 @@ class RayExecutor:
     """Runs units on Ray Data actors (scoring.run.Executor). Ray must be initialized (ray_session)."""
 
     live_progress = False  # the driver tells packets per finished unit
+    scorer: type = UnitScorer  # the actor class (a subclass may time its start: bench/bench_distributed.py)
 
     def __init__(
         self,
@@ -154,7 +165,7 @@ class RayExecutor:
             [{"unit": json.dumps(u.to_dict())} for u in units], override_num_blocks=len(units)
         )  # one block per unit: units go to whichever actor is free
         ds = ds.map_batches(
-            UnitScorer,
+            self.scorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
             fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads, self.named),
@@ -230,7 +241,10 @@ class ray_session:
             logging.getLogger("ray.data").setLevel(logging.ERROR)
             self.native_logs = NativeLogFilter().__enter__()  # and its native log lines (actor restarts ...)
             try:
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR, **self.init_kwargs)
+                kwargs = dict(self.init_kwargs)
+                if self.address is None:  # a Ray of this run only, gone at its end: no dashboard to start
+                    kwargs.setdefault("include_dashboard", False)
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR, **kwargs)
             except BaseException:
                 self.native_logs.__exit__()
                 raise

@@ -134,6 +134,8 @@ class ScoreResult:
     rows_written: int
     flows_written: int | None
     outputs: list[Path] = field(default_factory=list)
+    units: int = 0  # units of work of the run (scoring.units), those of an earlier run included
+    nodes: dict[str, int] = field(default_factory=dict)  # units scored in this run per Ray node id (Ray only)
 
     @property
     def packets_per_s(self) -> float:

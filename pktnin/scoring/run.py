@@ -88,11 +88,11 @@ def run_units(
 ) -> ScoreResult:
     """Score `files` by units run by `executor`; returns the ScoreResult.
 
-    `progress` (optional) has add_packets(n), add_bytes(n) and file_done(n=1); `on_saved` is called with the
-    reports of each finished unit's pieces once the unit and the manifest are saved. The outputs are checked
-    first (scoring.outputs.check_outputs: OutputError). When not one input could be read, no output is written.
-    One run per output at a time: a second one raises outdir.OutputBusyError; side files planted by someone else
-    raise outdir.UnsafeOutputError (see outdir)."""
+    `progress` (optional) has add_packets(n), add_bytes(n) and file_done(n=1), and may have set_units(total,
+    done) and unit_done(); `on_saved` is called with the reports of each finished unit's pieces once the unit
+    and the manifest are saved. The outputs are checked first (scoring.outputs.check_outputs: OutputError). When
+    not one input could be read, no output is written. One run per output at a time: a second one raises
+    outdir.OutputBusyError; side files planted by someone else raise outdir.UnsafeOutputError (see outdir)."""
     targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
     with outdir.output_lock(targets):
         run = _Run(files, opts, classes, targets, step_records)
@@ -148,11 +148,15 @@ class _Run:
         if progress is not None and resumed:
             progress.file_done(resumed)
         add_bytes = getattr(progress, "add_bytes", None)  # optional: a progress may count packets only
+        set_units, unit_done = getattr(progress, "set_units", None), getattr(progress, "unit_done", None)  # optional
+        if set_units is not None:  # units of work done of all, earlier runs' included
+            set_units(len(self.units), len(self.finished))
         if add_bytes is not None and self.finished:  # work done by an earlier run: at the bar's start
             add_bytes(sum(self.unit_bytes[i] for i in self.finished), 0)
 
         started = time.perf_counter()
         packets = records = 0
+        nodes: dict[str, int] = defaultdict(int)
         last_save = time.monotonic()
         self.held.check_unchanged()
         for summary in executor(todo, self.parts, progress):
@@ -163,10 +167,14 @@ class _Run:
                 last_save = time.monotonic()
             packets += summary["packets"]
             records += summary["records"]
+            if summary.get("node"):
+                nodes[summary["node"]] += 1
             if progress is not None and not executor.live_progress:  # told per unit: its bytes are scored work
                 if add_bytes is not None:
                     add_bytes(self.unit_bytes[summary["id"]], summary["packets"])
                 progress.add_packets(summary["packets"])
+            if unit_done is not None:
+                unit_done()
             for f in summary["files"]:
                 left[f["file_index"]] -= 1
                 if progress is not None and left[f["file_index"]] == 0:
@@ -206,6 +214,8 @@ class _Run:
             rows_written=rows,
             flows_written=n_flows,
             outputs=outputs,
+            units=len(self.units),
+            nodes=dict(nodes),
         )
 
     def _pieces_of(self, index: int) -> Iterator[tuple[dict, int, dict]]:

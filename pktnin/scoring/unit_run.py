@@ -100,10 +100,11 @@ def score_unit(
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
     named: set[Path] | None = None,
     progress: Progress | None = None,
+    node: str | None = None,
 ) -> dict:
     """Score one unit with `runner` into parts_dir; returns its summary (saved beside the part), with "skipped"
     True when an earlier try had finished it. Each piece's report covers that piece's records only (a file cut
-    into byte ranges: see reports.merge_reports)."""
+    into byte ranges: see reports.merge_reports). `node`: the Ray node scoring it, kept in the summary."""
     parts_dir = Path(parts_dir)
     if unit.reusable:
         done = load_summary(parts_dir, unit.id)
@@ -119,7 +120,7 @@ def score_unit(
         stages.finish()
         stages.raise_error()
         part, flow_states = writer.close()
-        summary = _save_summary(unit, writer.finished, part, flow_states, parts_dir, started, cpu_started)
+        summary = _save_summary(unit, writer.finished, part, flow_states, parts_dir, started, cpu_started, node)
     except BaseException:
         stages.finish()
         writer.abort()
@@ -135,6 +136,7 @@ def _save_summary(
     parts_dir: Path,
     started: float,
     cpu_started: float,
+    node: str | None,
 ) -> dict:
     flow_state = None
     if flow_states:
@@ -151,6 +153,7 @@ def _save_summary(
         "files": finished,
         "seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time() - cpu_started,
+        "node": node,
     }
     target = summary_path(parts_dir, unit.id)
     target.parent.mkdir(parents=True, exist_ok=True)
