@@ -111,6 +111,7 @@ from pktnin.kernels.streams import (
     is_stream,
     read_full,
 )
+from pktnin.storage import is_uri, open_input
 
 __all__ = [
     "MAX_BLOCK_LEN",
@@ -192,6 +193,38 @@ class _FileSource:
                 if n <= 0:
                     break
                 got += n
+        return buf[:got]
+
+    def close(self):
+        self._f.close()
+
+
+class _ObjectSource:
+    """Windows of an object in a store (pktnin.storage), each one ranged read into a buffer of its own: a batch
+    may keep its window while the next is read, and the object is never downloaded whole."""
+
+    granularity = 1
+    sized = True
+    window_limit = 1 << 62
+    error = None
+
+    def __init__(self, uri: str) -> None:
+        self._f = open_input(uri)
+        self.size = self._f.size()
+
+    @staticmethod
+    def consumed(pos: int) -> int:
+        return pos
+
+    def window(self, off: int, length: int):
+        buf = np.empty(length, dtype=np.uint8)
+        self._f.seek(off)
+        got = 0
+        while got < length:  # a short read only at the object's end
+            n = self._f.readinto(memoryview(buf)[got:])  # type: ignore[arg-type]  # numpy's stub: no __buffer__
+            if not n:
+                break
+            got += n
         return buf[:got]
 
     def close(self):
@@ -310,7 +343,7 @@ class CaptureReader:
                 self._stream_read = self._decompressor(Prepend(head, pipe.read)).read
                 self._stream_consumed = lambda: pipe.count
                 return read_full(self._stream_read, _PCAP_HEADER_LEN)
-            with open(self.path, "rb") as raw:
+            with open_input(self.path) as raw:
                 return read_full(self._decompressor(raw).read, _PCAP_HEADER_LEN)
         except (OSError, EOFError, zlib.error, DamagedStream) as e:
             raise CaptureError(
@@ -416,9 +449,11 @@ class CaptureReader:
         elif self._streamed:
             raise CaptureError(self.path, "read-twice", 0, "a stream can be read only once")
         elif self.compression is not None:
-            raw = open(self.path, "rb")  # noqa: SIM115 - closed in the finally below
+            raw = open_input(self.path)  # closed in the finally below
             read = self._decompressor(raw).read
             source = StreamSource(read, read_full(read, len(self._head)), raw.tell)
+        elif is_uri(self.path):
+            source = _ObjectSource(self.path)
         else:
             source = _FileSource(self.path)
         try:
