@@ -7,11 +7,17 @@ why, when moto is not installed or its server cannot start.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -190,6 +196,21 @@ def test_s3_in_local_out(s3, bucket, root, model, local, tmp_path):
     _same_reports(result, local[2])
 
 
+def test_one_object_and_a_local_file_together(s3, bucket, root, model, local, tmp_path):
+    uri = _upload(s3, root, bucket)
+    files = find_inputs([uri + "good0.pcap", root / "good1.pcapng"])
+    assert files == [uri + "good0.pcap", root / "good1.pcapng"]
+    out = tmp_path / "p.parquet"
+    score_files(files, open_runner(model, "onnxruntime"), _opts(out, model))
+    got = pq.read_table(out)
+    names = [f.rsplit("/", 1)[1] for f in local[0].column("file").to_pylist()]
+    chosen = [n in ("good0.pcap", "good1.pcapng") for n in names]
+    want = local[0].filter(pa.array(chosen))
+    spelled = [uri + n if n == "good0.pcap" else str(root / n) for n, c in zip(names, chosen) if c]
+    assert got.column("file").to_pylist() == spelled
+    assert got.drop_columns(["file"]).equals(want.drop_columns(["file"]))
+
+
 def test_local_in_s3_out(s3, bucket, root, model, local):
     out, flows = f"s3://{bucket}/run/p.parquet", f"s3://{bucket}/run/flows.parquet"
     result = score_files(find_captures([root]), open_runner(model, "onnxruntime"), _opts(out, model, flows))
@@ -265,6 +286,58 @@ def test_failed_run_publishes_nothing_and_resume_continues(s3, bucket, root, mod
     assert _objects(s3, f"{bucket}/run") == [f"{bucket}/run/flows.parquet", f"{bucket}/run/p.parquet"]
 
 
+def test_driver_killed_9_then_resume(s3, bucket, root, model, local):
+    """A run writing to S3 is killed -9 after some units; nothing is published, --resume reuses them."""
+    uri = _upload(s3, root, bucket)
+    out, flows = f"s3://{bucket}/run/p.parquet", f"s3://{bucket}/run/flows.parquet"
+    files = find_inputs([uri])
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(TESTS)!r})
+        from pathlib import Path
+        from test_object_storage import _opts, CLASSES, SPLIT, STEP
+        from pktnin.scoring.run import run_units
+        from pktnin.scoring.unit_run import LocalExecutor
+        from pktnin.engine.runners import open_runner
+
+        model = Path({str(model)!r})
+        opts = _opts({out!r}, model, {flows!r}, unit_bytes=SPLIT)
+
+        class Stalling(LocalExecutor):
+            def __call__(self, todo, parts, progress=None):
+                for k, summary in enumerate(super().__call__(todo, parts, progress)):
+                    yield summary
+                    if k == 2:
+                        print("stalled", flush=True)
+                        time.sleep(120)
+
+        run_units({files!r}, opts, CLASSES, Stalling(open_runner(model, "onnxruntime"), opts), step_records=STEP)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "stalled", proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = _objects(s3, f"{bucket}/run")
+    assert f"{bucket}/run/p.parquet" not in left and f"{bucket}/run/flows.parquet" not in left
+    finished = [p.rsplit("/", 1)[1][:24] for p in left if p.endswith(".summary.json")]
+    assert len(finished) == 3
+    opts = _opts(out, model, flows, unit_bytes=SPLIT, resume=True)
+    scored = []
+
+    class Recording(LocalExecutor):
+        def __call__(self, units, parts, progress=None):
+            scored.extend(units)
+            yield from super().__call__(units, parts, progress)
+
+    run_units(files, opts, CLASSES, Recording(open_runner(model, "onnxruntime"), opts), step_records=STEP)
+    assert scored and not {u.id for u in scored} & set(finished)
+    _same(_read(s3, out), local[0], root, uri)
+    _same(_read(s3, flows), local[1], root, uri)
+    assert _objects(s3, f"{bucket}/run") == [f"{bucket}/run/flows.parquet", f"{bucket}/run/p.parquet"]
+
+
 def test_a_part_that_fails_midway_is_never_completed(s3, bucket, root, model):
     """A unit whose writer fails after some rows leaves no part object, not even a short one."""
     out = f"s3://{bucket}/run/p.parquet"
@@ -306,7 +379,7 @@ def test_cli_s3_to_s3_on_ray_equals_local(s3, bucket, root, model, local):
     )
     try:
         args = ["score", uri, "--model", str(model), "--backend", "onnxruntime", "--out", out, "--flows", flows,
-                "--probs", "--batch", "16", "--no-progress", "--executor", "ray", "--actors", "2",
+                "--report", f"s3://{bucket}/run/report.json", "--probs", "--batch", "16", "--no-progress", "--executor", "ray", "--actors", "2",
                 "--split-bytes", "25k"]  # fmt: skip
         result = CliRunner().invoke(app, args)
     finally:
@@ -314,4 +387,13 @@ def test_cli_s3_to_s3_on_ray_equals_local(s3, bucket, root, model, local):
     assert result.exit_code == 3, result.output  # the inputs include broken files, as the local run's
     _same(_read(s3, out), local[0], root, uri, metadata=False)
     _same(_read(s3, flows), local[1], root, uri, metadata=False)
-    assert _objects(s3, f"{bucket}/run") == [f"{bucket}/run/flows.parquet", f"{bucket}/run/p.parquet"]
+    with s3[1].open_input_stream(f"{bucket}/run/report.json") as fh:
+        report = json.loads(fh.read())
+    assert [(r["file"], r["records"], r["rows"]) for r in report] == [
+        (str(r.path).replace(str(root) + "/", uri), r.records, r.kept) for r in local[2].reports
+    ]
+    assert _objects(s3, f"{bucket}/run") == [
+        f"{bucket}/run/flows.parquet",
+        f"{bucket}/run/p.parquet",
+        f"{bucket}/run/report.json",
+    ]

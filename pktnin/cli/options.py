@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -72,7 +71,8 @@ def check_summary_path(path: Path | None, force: bool | None = None) -> None:
 
     if path is None:
         return
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):  # Path folds a URI's "//"
+    scheme, colon_slash, _ = str(path).partition(":/")  # a URI: Path folds its "//"
+    if colon_slash and scheme.isalnum():
         raise UsageError(f"--summary {path}: the summary is written to a local file only")
     if path.is_dir():
         raise UsageError(f"--summary {path}: is a directory")
