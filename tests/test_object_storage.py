@@ -8,13 +8,13 @@ why, when moto is not installed or its server cannot start.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,44 +39,18 @@ STEP = 7
 TESTS = Path(__file__).resolve().parent
 
 
-def _patch_moto_complete_upload() -> None:
-    """moto answers CompleteMultipartUpload with a <CompleteMultipartUploadResponse> root where S3 sends
-    <CompleteMultipartUploadResult>; Arrow's client takes the former for an error. Rename it, so the server
-    speaks what S3 speaks."""
-    from moto.s3.responses import S3Response
-
-    original = S3Response._key_response_post
-    if getattr(original, "pktnin_patched", False):
-        return
-
-    def post(self, *args, **kwargs):
-        status, headers, body = original(self, *args, **kwargs)
-        if isinstance(body, bytes):
-            body = body.replace(b"CompleteMultipartUploadResponse", b"CompleteMultipartUploadResult")
-        elif isinstance(body, str):
-            body = body.replace("CompleteMultipartUploadResponse", "CompleteMultipartUploadResult")
-        return status, headers, body
-
-    post.pktnin_patched = True  # type: ignore[attr-defined]
-    S3Response._key_response_post = post
-
-
 @pytest.fixture(scope="session")
 def s3():
     """(endpoint URL, a pyarrow S3FileSystem on it): moto's S3 server for the session, the AWS_* variables set."""
+    from s3_server import s3_server
+
+    stack = ExitStack()
     try:
-        from moto.server import ThreadedMotoServer
+        endpoint = stack.enter_context(s3_server())
     except ImportError as exc:
-        pytest.skip(f"moto[server] is not installed ({exc}): pip install 'pktnin[test]'")
-    _patch_moto_complete_upload()
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    try:
-        server.start()
-        host, port = server.get_host_and_port()
-    except Exception as exc:  # noqa: BLE001 - whatever stops it, the tests cannot run
-        pytest.skip(f"moto's S3 server could not start on 127.0.0.1: {exc}")
-    endpoint = f"http://{host}:{port}"
+        pytest.skip(f"moto is not installed ({exc}): pip install 'pktnin[test]'")
+    except OSError as exc:
+        pytest.skip(str(exc))
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -85,15 +59,15 @@ def s3():
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    try:
-        yield endpoint, pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+    with stack:
+        try:
+            yield endpoint, pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture

@@ -39,7 +39,8 @@ def check_outputs(opts: ScoreOptions, settings: dict, files: list[Location] | No
     targets = [("--out", opts.out)] + ([("--flows", opts.flows_out)] if opts.flows_out is not None else [])
     for option, target in targets:
         if is_dir(target):
-            raise OutputError(f"{option} {target} is a folder: name a file, e.g. {target}/predictions.{opts.fmt}")
+            example = f"{str(target).rstrip('/')}/predictions.{opts.fmt}"
+            raise OutputError(f"{option} {target} is a folder: name a file, e.g. {example}")
         suffix = Path(str(target)).suffix.lower().lstrip(".")
         if suffix in FORMATS and suffix != opts.fmt:
             raise OutputError(f"{option} {target} ends in .{suffix} but the format is {opts.fmt}: change one of them")
