@@ -25,9 +25,12 @@ from onnx_fixtures import tiny_model
 from packetgen import mixed_traffic
 from pcapgen import write_pcap, write_pcapng
 from test_score import make_inputs
+from test_shards import records
 
 from pktnin.engine.runners import open_runner
 from pktnin.errors import UsageError
+from pktnin.kernels import capture
+from pktnin.kernels.capture import CaptureReader
 from pktnin.packets import find_captures, find_inputs
 from pktnin.scoring import ScoreOptions, score_files
 from pktnin.scoring.run import run_units
@@ -170,6 +173,17 @@ def test_s3_in_local_out(s3, bucket, root, model, local, tmp_path):
     _same_reports(result, local[2])
 
 
+@pytest.mark.parametrize("read_bytes", [5000, 8 << 20])
+def test_reader_over_an_object_sees_the_files_records(s3, bucket, root, monkeypatch, read_bytes):
+    """Small windows and small ranged reads: records straddle both, and are read again whole."""
+    monkeypatch.setattr(capture, "OBJECT_READ", read_bytes)
+    uri = _upload(s3, root, bucket)
+    for name in ("big.pcap", "big.pcapng", "cut.pcap"):
+        local, remote = (CaptureReader(p, max_records=5, window_bytes=4096) for p in (root / name, uri + name))
+        assert records(remote) == records(local) and remote.frames == local.frames
+        assert [e.issue for e in remote.errors] == [e.issue for e in local.errors]
+
+
 def test_one_object_and_a_local_file_together(s3, bucket, root, model, local, tmp_path):
     uri = _upload(s3, root, bucket)
     files = find_inputs([uri + "good0.pcap", root / "good1.pcapng"])
@@ -273,6 +287,8 @@ def test_driver_killed_9_then_resume(s3, bucket, root, model, local):
         from pktnin.scoring.run import run_units
         from pktnin.scoring.unit_run import LocalExecutor
         from pktnin.engine.runners import open_runner
+from pktnin.kernels import capture
+from pktnin.kernels.capture import CaptureReader
 
         model = Path({str(model)!r})
         opts = _opts({out!r}, model, {flows!r}, unit_bytes=SPLIT)

@@ -199,9 +199,14 @@ class _FileSource:
         self._f.close()
 
 
+OBJECT_READ = 8 << 20  # bytes per ranged read of an object: each request has a fixed cost, so fewer, larger ones
+
+
 class _ObjectSource:
-    """Windows of an object in a store (pktnin.storage), each one ranged read into a buffer of its own: a batch
-    may keep its window while the next is read, and the object is never downloaded whole."""
+    """Windows of an object in a store (pktnin.storage), cut from ranged reads of OBJECT_READ bytes (or a
+    window's length when larger): the walk's windows go forward, so one request serves several of them. Each
+    read fills a new buffer, never reused: a batch may keep its window while the next is read. The object is
+    never downloaded whole."""
 
     granularity = 1
     sized = True
@@ -211,16 +216,24 @@ class _ObjectSource:
     def __init__(self, uri: str) -> None:
         self._f = open_input(uri)
         self.size = self._f.size()
+        self._chunk = np.empty(0, dtype=np.uint8)
+        self._chunk_off = 0
 
     @staticmethod
     def consumed(pos: int) -> int:
         return pos
 
     def window(self, off: int, length: int):
-        buf = np.empty(length, dtype=np.uint8)
+        start = off - self._chunk_off
+        if start < 0 or start + length > self._chunk.shape[0]:
+            self._chunk, self._chunk_off, start = self._read(off, max(length, OBJECT_READ)), off, 0
+        return self._chunk[start : start + length]  # shorter only where the object ends
+
+    def _read(self, off: int, length: int) -> np.ndarray:
+        buf = np.empty(max(0, min(length, self.size - off)), dtype=np.uint8)
         self._f.seek(off)
         got = 0
-        while got < length:  # a short read only at the object's end
+        while got < buf.shape[0]:  # a short read only where the object ends (it was cut since it was opened)
             n = self._f.readinto(memoryview(buf)[got:])  # type: ignore[arg-type]  # numpy's stub: no __buffer__
             if not n:
                 break
