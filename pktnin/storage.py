@@ -225,7 +225,12 @@ class Upload:
     def commit(self) -> None:
         if not self.stream.closed:
             self.stream.close()
-        self.fs.move(self.tmp_path, resolve(self.target)[1])
+        target = resolve(self.target)[1]
+        try:
+            self.fs.move(self.tmp_path, target)  # S3, GCS: a server-side copy then a delete; HDFS: a rename
+        except NotImplementedError:  # pyarrow's ArrowNotImplementedError: Azure without a hierarchical namespace
+            self.fs.copy_file(self.tmp_path, target)
+            self.fs.delete_file(self.tmp_path)
 
     def discard(self) -> None:
         try:

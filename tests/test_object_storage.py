@@ -173,7 +173,7 @@ def test_s3_in_local_out(s3, bucket, root, model, local, tmp_path):
     _same_reports(result, local[2])
 
 
-@pytest.mark.parametrize("read_bytes", [5000, 8 << 20])
+@pytest.mark.parametrize("read_bytes", [100, 5000, 8 << 20])
 def test_reader_over_an_object_sees_the_files_records(s3, bucket, root, monkeypatch, read_bytes):
     """Small windows and small ranged reads: records straddle both, and are read again whole."""
     monkeypatch.setattr(capture, "OBJECT_READ", read_bytes)
