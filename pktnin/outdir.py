@@ -17,8 +17,8 @@ someone else may have planted them. The rules:
 - one run per output at a time: an exclusive flock on OUT.lock, refused with OutputBusyError.
 
 An output on an object store (a URI, pktnin.storage) keeps what a store can express: an existing object is
-replaced only when allowed, only objects of the run's naming are removed, the outputs are published together
-once complete; there is no lock, no ownership and no handle on its prefix (see pktnin.storage).
+replaced only when allowed, only objects of the run's naming are removed, the outputs are published at the end
+once all are complete; there is no lock, no ownership and no handle on its prefix (see pktnin.storage).
 """
 
 from __future__ import annotations

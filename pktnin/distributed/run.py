@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def executor_options(executor: str, address: str | None, actors: int, keep_parts
     return RayOptions(address, actors, keep_parts)
 
 
-def score_on_ray(files: list[Location], opts: ScoreOptions, runner: Runner | FlowModelRunner, model_path: Path,
+def score_on_ray(files: Sequence[Location], opts: ScoreOptions, runner: Runner | FlowModelRunner, model_path: Path,
                  backend: str, ray: RayOptions, progress: Progress | None = None, named: AbstractSet[Location] | None = None,
                  timings: dict[str, float] | None = None) -> ScoreResult:  # fmt: skip
     """Score `files` by units on Ray actors, each opening the model the driver opened (same backend and

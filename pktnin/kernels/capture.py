@@ -53,7 +53,6 @@ from __future__ import annotations
 import os
 import sys
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -204,25 +203,21 @@ OBJECT_READ = 8 << 20  # bytes per ranged read of an object: each request has a 
 
 
 class _ObjectSource:
-    """Windows of an object in a store (pktnin.storage), cut from consecutive ranged reads of OBJECT_READ bytes:
-    the walk's windows go forward, so one request serves several, and the next read is under way (on a thread of
-    its own) while the walk works through the current one. A window that crosses into the next read gets a new
-    buffer holding the end of the current read and the next; no buffer is reused, so a batch may keep its window.
-    Reads stop at `end` (a byte range's end, else the object's): the object is never downloaded whole."""
+    """Windows of an object in a store (pktnin.storage), cut from ranged reads of OBJECT_READ bytes (or a
+    window's length when larger): the walk's windows go forward, so one request serves several of them. Each
+    read fills a new buffer, never reused: a batch may keep its window while the next is read. The object is
+    never downloaded whole."""
 
     granularity = 1
     sized = True
     window_limit = 1 << 62
     error = None
 
-    def __init__(self, uri: str, end: int | None = None) -> None:
+    def __init__(self, uri: str) -> None:
         self._f = open_input(uri)
         self.size = self._f.size()
-        self._end = self.size if end is None else min(end, self.size)
-        self._chunk = np.empty(0, dtype=np.uint8)  # bytes from offset _chunk_off on
+        self._chunk = np.empty(0, dtype=np.uint8)
         self._chunk_off = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pktnin-object-read")
-        self._next: tuple[int, Future] | None = None  # (offset, read) of the read after the chunk
 
     @staticmethod
     def consumed(pos: int) -> int:
@@ -231,30 +226,21 @@ class _ObjectSource:
     def window(self, off: int, length: int):
         start = off - self._chunk_off
         if start < 0 or start + length > self._chunk.shape[0]:
-            chunk_end = self._chunk_off + self._chunk.shape[0]
-            if self._next is not None and self._next[0] == chunk_end and 0 <= start <= self._chunk.shape[0]:
-                following = self._next[1].result()  # the read after this chunk: keep the chunk's tail before it
-                chunk = np.concatenate([self._chunk[start:], following])
-            else:
-                chunk = self._read(off, max(length, OBJECT_READ))
-            self._chunk, self._chunk_off, start = chunk, off, 0
-            ahead = off + chunk.shape[0]
-            self._next = (ahead, self._pool.submit(self._read, ahead, OBJECT_READ)) if ahead < self._end else None
-            if length > chunk.shape[0] and ahead < self._end:  # longer than a read (a big pcapng block): read it
-                self._chunk = np.concatenate([chunk, self._read(ahead, length - chunk.shape[0])])
-                self._next = None
+            self._chunk, self._chunk_off, start = self._read(off, max(length, OBJECT_READ)), off, 0
         return self._chunk[start : start + length]  # shorter only where the object ends
 
     def _read(self, off: int, length: int) -> np.ndarray:
-        """Bytes [off, off + length) of the object, up to `end`: a new buffer (read_at is safe across threads)."""
-        n = max(0, min(length, self._end - off))
-        buf = np.empty(n, dtype=np.uint8)
-        data = self._f.read_at(n, off) if n else b""
-        buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-        return buf[: len(data)]  # short only where the object ends (it was cut since it was opened)
+        buf = np.empty(max(0, min(length, self.size - off)), dtype=np.uint8)
+        self._f.seek(off)
+        got = 0
+        while got < buf.shape[0]:  # a short read only where the object ends (it was cut since it was opened)
+            n = self._f.readinto(memoryview(buf)[got:])  # type: ignore[arg-type]  # numpy's stub: no __buffer__
+            if not n:
+                break
+            got += n
+        return buf[:got]
 
     def close(self):
-        self._pool.shutdown(wait=True, cancel_futures=True)
         self._f.close()
 
 
@@ -480,7 +466,7 @@ class CaptureReader:
             read = self._decompressor(raw).read
             source = StreamSource(read, read_full(read, len(self._head)), raw.tell)
         elif is_uri(self.path):
-            source = _ObjectSource(self.path, self.stop)
+            source = _ObjectSource(self.path)
         else:
             source = _FileSource(self.path)
         try:

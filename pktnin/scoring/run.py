@@ -60,7 +60,7 @@ class Executor(Protocol):
 
 
 def score_files(
-    files: list[Location],
+    files: Sequence[Location],
     runner: ModelRunner | DeviceRunner | FlowModelRunner,
     opts: ScoreOptions,
     progress: Progress | None = None,
@@ -79,7 +79,7 @@ def score_files(
 
 
 def run_units(
-    files: list[Location],
+    files: Sequence[Location],
     opts: ScoreOptions,
     classes: list[str],
     executor: Executor,
@@ -108,7 +108,7 @@ def run_units(
 class _Run:
     """One run under its lock: the manifest, the units, what is finished."""
 
-    def __init__(self, files: list[Location], opts: ScoreOptions, classes: list[str], targets: list[Location],
+    def __init__(self, files: Sequence[Location], opts: ScoreOptions, classes: list[str], targets: list[Location],
                  step_records: int) -> None:  # fmt: skip
         self.files, self.opts, self.classes = list(files), opts, list(classes)
         settings = opts.settings(classes)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def _stat_stamp(path: str) -> dict:
 
 
 def make_units(
-    files: list[Location],
+    files: Sequence[Location],
     settings: dict,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     unit_files: int = DEFAULT_UNIT_FILES,
