@@ -184,6 +184,16 @@ def test_reader_over_an_object_sees_the_files_records(s3, bucket, root, monkeypa
         assert [e.issue for e in remote.errors] == [e.issue for e in local.errors]
 
 
+def test_python_api_scores_a_prefix(s3, bucket, root, model):
+    import pktnin
+
+    uri = _upload(s3, root, bucket)
+    kw = {"model": model, "backend": "onnxruntime", "precision": "fp32", "batch": 16}
+    remote, local = pktnin.score([uri], **kw), pktnin.score([root], **kw)
+    assert remote.num_rows == local.num_rows > 0
+    _same(remote, local, root, uri)
+
+
 def test_one_object_and_a_local_file_together(s3, bucket, root, model, local, tmp_path):
     uri = _upload(s3, root, bucket)
     files = find_inputs([uri + "good0.pcap", root / "good1.pcapng"])
