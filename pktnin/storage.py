@@ -10,9 +10,9 @@ RandomAccessFile whose reads are ranged GETs: an object is never downloaded whol
 
 Writing: an object becomes visible only when its upload completes, but pyarrow completes an upload when its
 stream is closed or dropped (it has no abort), so a stream that fails midway would publish a partial object.
-Hence objects written as a stream (parts, the final outputs) go to a temporary key (`.NAME.xxxxxxxx.tmp` beside
-the target) and are copied onto the target only when complete (`Upload`); small objects built in memory (the
-manifest, unit summaries) are written whole by one request (`put_bytes`).
+Hence objects written as a stream (parts, the final outputs) go to a temporary key (`.NAME.xxxxxxxx.tmp`, in the
+run's parts prefix) and are copied onto the target only when complete (`Upload`); small objects built in memory
+(the manifest, unit summaries, flow partials, the report) are written whole by one request (`put_bytes`).
 
 What a store cannot express of the local output rules (pktnin.outdir): there is no lock (two runs on one output
 prefix are not refused), no ownership or permission check (whoever can write the prefix is trusted), no symbolic
@@ -254,7 +254,10 @@ class StoreDir:
         pass  # a prefix cannot be swapped for another "folder"
 
     def open_private(self, name: str):  # noqa: ANN201 - a pyarrow RandomAccessFile
-        """Read object `name` (a plain name or "sub/name") under the prefix; FileNotFoundError when absent."""
+        """Read object `name` (a plain name or "sub/name") under the prefix; FileNotFoundError when absent,
+        ValueError for a name that is not plain (a summary read back names its part: never outside the prefix)."""
+        if any(part in ("", ".", "..") for part in name.split("/")):
+            raise ValueError(f"{self.path}/{name} is not a plain name under the run's prefix")
         return open_input(self.path + "/" + name)
 
     def staging(self) -> StoreStaging:

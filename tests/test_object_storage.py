@@ -297,8 +297,6 @@ def test_driver_killed_9_then_resume(s3, bucket, root, model, local):
         from pktnin.scoring.run import run_units
         from pktnin.scoring.unit_run import LocalExecutor
         from pktnin.engine.runners import open_runner
-from pktnin.kernels import capture
-from pktnin.kernels.capture import CaptureReader
 
         model = Path({str(model)!r})
         opts = _opts({out!r}, model, {flows!r}, unit_bytes=SPLIT)
