@@ -222,6 +222,19 @@ def test_local_in_s3_out(s3, bucket, root, model, local):
         score_files(find_captures([root]), open_runner(model, "onnxruntime"), _opts(out, model))
 
 
+def test_objects_the_run_did_not_make_stay(s3, bucket, root, model, local):
+    """In the parts prefix only objects of the run's own naming are removed; anything else stays."""
+    fs, theirs = s3[1], [f"{bucket}/run/p.parquet.parts/notes.txt", f"{bucket}/run/p.parquet.parts/_units/x.json"]
+    for key in theirs:
+        with fs.open_output_stream(key) as fh:
+            fh.write(b"someone else's")
+    out = f"s3://{bucket}/run/p.parquet"
+    score_files(find_captures([root]), open_runner(model, "onnxruntime"), _opts(out, model))
+    assert _read(s3, out).equals(local[0])
+    files = [p for p in _objects(s3, f"{bucket}/run") if fs.get_file_info(p).type == pafs.FileType.File]
+    assert files == [f"{bucket}/run/p.parquet", *sorted(theirs)]
+
+
 def test_s3_in_s3_out_by_byte_ranges(s3, bucket, root, model, local):
     uri = _upload(s3, root, bucket)
     out, flows = f"s3://{bucket}/run/p.parquet", f"s3://{bucket}/run/flows.parquet"
