@@ -25,15 +25,17 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeGuard
+from typing import TypeGuard, TypeVar
 
 import pyarrow.fs as pafs
 
 from pktnin.atomic import atomic_path
 
 Location = Path | str  # a local path, or a URI (kept as str)
+T = TypeVar("T")
 
 _URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/]*)(.*)", re.DOTALL)
 _filesystems: dict[str, tuple[pafs.FileSystem, str]] = {}
@@ -85,6 +87,18 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         fs, base = _filesystems[root]
     rest = rest.strip("/")
     return fs, (base.rstrip("/") + "/" + rest) if rest else base
+
+
+IO_THREADS = 16  # requests in flight when many objects are looked at (stamps, sizes)
+
+
+def io_map(fn: Callable[[Location], T], paths: Sequence[Location]) -> list[T]:
+    """[fn(p) for p in paths], run IO_THREADS at a time when some are URIs: each request to a store waits
+    on the network, so many small ones are made concurrently; local paths one after another, as always."""
+    if not any(is_uri(p) for p in paths):
+        return [fn(p) for p in paths]
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="pktnin-store") as pool:
+        return list(pool.map(fn, paths))
 
 
 def _info(uri: str) -> pafs.FileInfo:

@@ -153,6 +153,7 @@ def score(
     from pktnin.api import ScoreJob
     from pktnin.distributed.run import executor_options
     from pktnin.scoring.cpu_stages import input_size
+    from pktnin.storage import io_map
 
     if fmt is None and out is None:
         fmt = "parquet"
@@ -175,7 +176,7 @@ def score(
         warn(warning)
     try:
         with stop_signals_interrupt(), exit_codes(hint=RESUME_HINT, setup=False):
-            total_bytes = sum(input_size(f) for f in job.files)
+            total_bytes = sum(io_map(input_size, job.files))
             with file_progress(len(job.files), "score", enabled=progress and not quiet, total_bytes=total_bytes) as bar:
                 result = job.run(progress=bar)
     except KeyboardInterrupt as exc:

@@ -269,8 +269,8 @@ class _Run:
 
 
 def _piece_bytes(piece: Piece) -> int:
-    """Bytes of a piece: its byte range, or the whole file's size (0 for a stream)."""
+    """Bytes of a piece: its byte range, or the whole file's size when the units were cut (0 for a stream)."""
+    size = piece.stamp["size"] if piece.stamp is not None else input_size(as_path(piece.path))
     if piece.whole:
-        return input_size(as_path(piece.path))
-    size = input_size(as_path(piece.path))
+        return size
     return (size if piece.stop is None else piece.stop) - (piece.start or 0)

@@ -34,7 +34,7 @@ from pktnin.engine.cache import cache_dir
 from pktnin.kernels.capture import CaptureError, CaptureReader, ReaderState, is_stream
 from pktnin.scoring.manifest import file_stamp
 from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES
-from pktnin.storage import Location, is_uri, size_mtime
+from pktnin.storage import Location, io_map, is_uri, size_mtime
 
 INDEX_VERSION = 2
 INDEX_STEP_RECORDS = 4096  # records per walk call of the index pass: the finest a cut can be placed
@@ -182,17 +182,22 @@ def make_units(
             units.append(Unit(unit_id(group, settings), tuple(group)))
         group, group_bytes = [], 0
 
+    def stamp_of(path: Location) -> dict | None | OSError:
+        try:
+            return None if is_stream(path) else file_stamp(path)
+        except OSError as exc:
+            return exc
+
+    stamps = io_map(stamp_of, files)  # objects in a store: their requests in flight together
     for index, path in enumerate(files):
         if is_stream(path):
             close_group()
             piece = Piece(index, str(path))
             units.append(Unit(unit_id([piece], settings), (piece,), reusable=False))
             continue
-        try:
-            stamp = file_stamp(path)
-            size = stamp["size"] if stamp is not None else 0
-        except OSError:
-            stamp, size = None, 0  # the reader reports the error
+        found = stamps[index]
+        stamp = None if isinstance(found, OSError) else found  # unreadable: the reader reports the error
+        size = stamp["size"] if stamp is not None else 0
         if size > unit_bytes:
             close_group()
             cuts = cached_index(path, unit_bytes, step_records)
