@@ -35,6 +35,8 @@ from pktnin.packets import find_captures, find_inputs
 from pktnin.scoring import ScoreOptions, score_files
 from pktnin.scoring.run import run_units
 from pktnin.scoring.unit_run import LocalExecutor
+from pktnin.scoring.units import make_units
+from pktnin.storage import open_input
 
 CLASSES = ["Web", "VoIP", "Chat", "Video"]
 SPLIT = 25000  # bytes: the big captures become several byte-range units each
@@ -184,6 +186,42 @@ def test_reader_over_an_object_sees_the_files_records(s3, bucket, root, monkeypa
         assert [e.issue for e in remote.errors] == [e.issue for e in local.errors]
 
 
+class Counting:
+    """An object's file whose readinto counts the bytes read."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.read = fh, 0
+
+    def readinto(self, buf) -> int:
+        n = self.fh.readinto(buf)
+        self.read += n
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+def test_a_byte_range_reads_its_range_only(s3, bucket, root, monkeypatch):
+    """A unit that is a byte range of an object reads about that range (one read past it at most), by ranges."""
+    monkeypatch.setattr(capture, "OBJECT_READ", 4096)
+    uri = _upload(s3, root, bucket)
+    opened: list[Counting] = []
+
+    def counting(path):
+        opened.append(Counting(open_input(path)))
+        return opened[-1]
+
+    monkeypatch.setattr(capture, "open_input", counting)
+    units = make_units([uri + "big.pcap"], {}, 8000, step_records=STEP)
+    assert len(units) >= 3
+    opened.clear()
+    (piece,) = units[1].pieces
+    reader = CaptureReader(piece.path, window_bytes=2048, **piece.reader_kwargs())
+    assert records(reader)
+    span = piece.stop - piece.start
+    assert span <= sum(f.read for f in opened) <= span + 4096  # the range, at most one read past it
+
+
 def test_python_api_scores_a_prefix(s3, bucket, root, model):
     import pktnin
 
@@ -309,6 +347,8 @@ def test_driver_killed_9_then_resume(s3, bucket, root, model, local):
         from test_object_storage import _opts, CLASSES, SPLIT, STEP
         from pktnin.scoring.run import run_units
         from pktnin.scoring.unit_run import LocalExecutor
+from pktnin.scoring.units import make_units
+from pktnin.storage import open_input
         from pktnin.engine.runners import open_runner
 
         model = Path({str(model)!r})
