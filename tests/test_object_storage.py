@@ -347,8 +347,6 @@ def test_driver_killed_9_then_resume(s3, bucket, root, model, local):
         from test_object_storage import _opts, CLASSES, SPLIT, STEP
         from pktnin.scoring.run import run_units
         from pktnin.scoring.unit_run import LocalExecutor
-from pktnin.scoring.units import make_units
-from pktnin.storage import open_input
         from pktnin.engine.runners import open_runner
 
         model = Path({str(model)!r})
