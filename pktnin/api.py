@@ -19,6 +19,7 @@ import os
 import queue
 import time
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from pktnin.engine.runners import open_runner_with_choice
 from pktnin.errors import OptionError, UsageError
 from pktnin.extras import check_model_file, missing_extra
 from pktnin.flow_decide import FlowParams
-from pktnin.packets import FileReport, find_captures, named_captures
+from pktnin.packets import FileReport, find_captures, find_inputs, named_captures
 from pktnin.rowfile import PrepOptions, row_arrays, save_row_file
 from pktnin.scoring.chain import ChainSettings, start_chain
 from pktnin.scoring.manifest import manifest_path, parts_dir
@@ -49,6 +50,7 @@ from pktnin.scoring.warmup import warm_kernels
 from pktnin.scoring.writer_stage import ScoredBuffer
 from pktnin.scoring.writers import packet_batch, packet_schema
 from pktnin.stages import DONE, Progress, Stages, Stopped
+from pktnin.storage import Location, as_path, is_uri
 
 PathLike = str | os.PathLike
 DEFAULT_BATCH = 512
@@ -58,8 +60,8 @@ DEFAULT_BATCH = 512
 class ScoreJob:
     """A scoring run set up and checked (inputs found, model opened, outputs checked), ready to run once."""
 
-    files: list[Path]
-    named: set[Path]
+    files: list[Location]
+    named: AbstractSet[Location]
     runner: Runner | FlowModelRunner  # a ModelRunner, a DeviceRunner or a flow model
     opts: ScoreOptions
     model_path: Path
@@ -104,12 +106,12 @@ class ScoreJob:
         flow model's own K by default); `flow`: a flow_decide.FlowParams for the timeouts and limits of the flow
         table."""
         opts = ScoreOptions(
-            out=Path(out), flows_out=None if flows is None else Path(flows), fmt=fmt, probs=probs, resume=resume,
-            force=force, report=None if report is None else Path(report),
+            out=as_path(out), flows_out=None if flows is None else as_path(flows), fmt=fmt, probs=probs,
+            resume=resume, force=force, report=None if report is None else as_path(report),
             keep_dns=keep_dns, mask=mask, batch=batch, prep_threads=prep_threads, unit_bytes=unit_bytes,
             unit_files=unit_files,
         )  # fmt: skip
-        files = find_captures(paths)
+        files = find_inputs(paths)
         targets = [opts.out, manifest_path(opts.out)] + [p for p in (opts.flows_out, opts.report) if p is not None]
         files = [f for f in files if not _own_output(f, targets, parts_dir(opts.out))]
         if not files:
@@ -193,7 +195,7 @@ def iter_scores(
     `flow`: as ScoreJob.prepare."""
     opts = ScoreOptions(out=Path("-"), fmt="parquet", probs=probs, keep_dns=keep_dns, mask=mask, batch=batch,
                         prep_threads=prep_threads)  # fmt: skip
-    files = find_captures(paths)
+    files = find_inputs(paths)
     named = named_captures(files, paths)
     runner, model_path, choice = open_model(model, backend, threads, batch, precision, engine_workers)
     try:
@@ -343,9 +345,12 @@ def _model_id(model_path: Path, runner: Runner | FlowModelRunner) -> str:
     return f"{file_sha256(model_path)}:{runner.backend}:{runner.precision}"
 
 
-def _own_output(path: Path, targets: list[Path], parts: Path) -> bool:
-    """An earlier output (or its manifest or parts) inside an input folder is not an input."""
+def _own_output(path: Location, targets: list[Location], parts: Location) -> bool:
+    """An earlier output (or its manifest or parts) inside an input folder or prefix is not an input."""
     if str(path) == "-":
         return False
-    path = path.resolve()
-    return any(path == t.resolve() for t in targets) or parts.resolve() in path.parents
+    if is_uri(path):
+        return any(path == str(t) for t in targets) or str(path).startswith(str(parts) + "/")
+    path = Path(path).resolve()
+    local = [Path(t).resolve() for t in targets if not is_uri(t)]
+    return any(path == t for t in local) or (not is_uri(parts) and Path(parts).resolve() in path.parents)

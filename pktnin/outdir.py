@@ -15,6 +15,10 @@ someone else may have planted them. The rules:
 - hold the parts directory open for the whole run (HeldDir): read back through that handle only, and publish
   nothing when its name no longer leads to it (renamed away, swapped for a link or another directory);
 - one run per output at a time: an exclusive flock on OUT.lock, refused with OutputBusyError.
+
+An output on an object store (a URI, pktnin.storage) keeps what a store can express: an existing object is
+replaced only when allowed, only objects of the run's naming are removed, the outputs are published at the end
+once all are complete; there is no lock, no ownership and no handle on its prefix (see pktnin.storage).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from pktnin import storage
 from pktnin.errors import UsageError
+from pktnin.storage import Location, StoreDir, is_uri
 
 # Temporary files of pktnin.atomic.atomic_path and of HeldDir.create: ".NAME." + 8 characters + ".tmp".
 _TEMP_TAIL = r"\.[A-Za-z0-9_]{8}\.tmp"
@@ -83,10 +89,18 @@ def _refuse(path: Path, why: str) -> UnsafeOutputError:
 
 
 # -- outputs the user names ---------------------------------------------------------------------------------
-def check_target(option: str, path: Path, may_replace: bool) -> None:
+def check_target(option: str, path: Location, may_replace: bool) -> None:
     """Refuse, before any work, an output name the run must not write: a symbolic link (dangling or not; never
     followed), anything but a regular file, another user's file, an existing file unless `may_replace`, or a
-    folder the file cannot be created in. Raises UnsafeOutputError, or UsageError for an existing file."""
+    folder the file cannot be created in. Raises UnsafeOutputError, or UsageError for an existing file. On a
+    store: a prefix holding objects, or an existing object unless `may_replace`."""
+    if is_uri(path):
+        if storage.is_dir(path):
+            raise UsageError(f"{option} {path} is a prefix holding objects: name an object")
+        if storage.exists(path) and not may_replace:
+            raise UsageError(f"{option} {path} exists: choose another name, or --force to replace it")
+        return
+    path = Path(path)
     st = _lstat(path)
     if st is not None:
         if stat.S_ISLNK(st.st_mode):
@@ -119,11 +133,11 @@ def replace_own(tmp: Path, target: Path) -> None:
 
 # -- the lock ------------------------------------------------------------------------------------------------
 @contextmanager
-def output_lock(outs: Iterable[Path]) -> Iterator[None]:
+def output_lock(outs: Iterable[Location]) -> Iterator[None]:
     """Hold an exclusive lock on each output (OUT.lock beside it) for the duration; removed afterwards."""
     held: list[tuple[Path, int, bool]] = []
     try:
-        for out in sorted({Path(o).absolute() for o in outs}):
+        for out in sorted({Path(o).absolute() for o in outs if not is_uri(o)}):  # a store has no lock
             held.append((lock_path(out), *_lock_one(lock_path(out), out)))
         yield
     finally:
@@ -181,10 +195,14 @@ def _unlock_one(path: Path, fd: int, created: bool) -> None:
 
 
 # -- private files -------------------------------------------------------------------------------------------
-def read_private(path: Path) -> bytes | None:
+def read_private(path: Location) -> bytes | None:
     """The content of `path` if it is a regular file of ours that nobody else can write; None when absent.
 
-    Raises UnsafeOutputError when something else is there (a symbolic link, someone else's file)."""
+    Raises UnsafeOutputError when something else is there (a symbolic link, someone else's file). An object in
+    a store is read as it is."""
+    if is_uri(path):
+        return storage.read_bytes(path)
+    path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -202,9 +220,15 @@ def read_private(path: Path) -> bytes | None:
         return fh.read()
 
 
-def write_private(path: Path, data: bytes, temps: HeldDir | None = None) -> tuple[int, int]:
+def write_private(path: Location, data: bytes, temps: HeldDir | StoreDir | None = None) -> tuple[int, int]:
     """Replace `path` atomically with a 0600 file holding `data`; returns its (device, inode). The temporary file
-    is made in `temps` (the run's parts directory: a kill leaves nothing beside the output), else beside `path`."""
+    is made in `temps` (the run's parts directory: a kill leaves nothing beside the output), else beside `path`.
+    An object in a store is written in one upload (no mode: the store's permissions apply)."""
+    if is_uri(path):
+        storage.put_bytes(path, data)
+        return STORE_IDENTITY
+    path = Path(path)
+    assert not isinstance(temps, StoreDir)
     if temps is not None:
         name, fh = temps.create(path.name)
         try:
@@ -228,8 +252,23 @@ def write_private(path: Path, data: bytes, temps: HeldDir | None = None) -> tupl
         raise
 
 
-def remove_if_same(path: Path, identity: tuple[int, int] | None) -> bool:
-    """Remove `path` if it is still the file of that (device, inode), ours, never through a link."""
+STORE_IDENTITY = (0, 0)  # the identity of an object in a store: it has no device and inode to compare
+
+
+def identity(path: Location) -> tuple[int, int]:
+    """(device, inode) of a file (not followed through a link); STORE_IDENTITY for an object in a store."""
+    if is_uri(path):
+        return STORE_IDENTITY
+    st = os.lstat(path)
+    return st.st_dev, st.st_ino
+
+
+def remove_if_same(path: Location, identity: tuple[int, int] | None) -> bool:
+    """Remove `path` if it is still the file of that (device, inode), ours, never through a link. An object in
+    a store is removed when the run read or wrote it (`identity` given): a store cannot say more."""
+    if is_uri(path):
+        return identity is not None and storage.remove(path)
+    path = Path(path)
     st = _lstat(path)
     if identity is None or st is None or (st.st_dev, st.st_ino) != identity or not stat.S_ISREG(st.st_mode):
         return False
@@ -253,11 +292,15 @@ def remove_own_file(path: Path) -> bool:
 
 
 # -- the parts directory -------------------------------------------------------------------------------------
-def check_dir(path: Path) -> bool:
+def check_dir(path: Location) -> bool:
     """True when `path` is a directory of ours that nobody else can write, False when absent.
 
     Raises UnsafeOutputError for a symbolic link or anything that is not our own directory; a directory of
-    ours that others could write is made private (0700) but reported False: nothing in it is trusted."""
+    ours that others could write is made private (0700) but reported False: nothing in it is trusted.
+    A prefix in a store is trusted as it is (it has no owner to check)."""
+    if is_uri(path):
+        return True
+    path = Path(path)
     st = _lstat(path)
     if st is None:
         return False
@@ -274,8 +317,12 @@ def check_dir(path: Path) -> bool:
     return False
 
 
-def make_dir(path: Path) -> None:
-    """Create `path` with mode 0700 unless it is already our own private directory."""
+def make_dir(path: Location) -> None:
+    """Create `path` with mode 0700 unless it is already our own private directory (a prefix in a store needs
+    no making)."""
+    if is_uri(path):
+        return
+    path = Path(path)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -300,9 +347,14 @@ def _open_dir(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def remove_in_dir(path: Path, wanted: Callable[[str], bool], rmdir: bool = False) -> None:
+def remove_in_dir(path: Location, wanted: Callable[[str], bool], rmdir: bool = False) -> None:
     """Remove the regular files of ours in directory `path` whose name `wanted(name)` accepts, through a handle
-    on the directory (never a link); with `rmdir`, then the directory itself if it is left empty."""
+    on the directory (never a link); with `rmdir`, then the directory itself if it is left empty. In a store:
+    the objects directly under the prefix whose name `wanted` accepts."""
+    if is_uri(path):
+        storage.remove_matching(path, wanted, rmdir)
+        return
+    path = Path(path)
     if _lstat(path) is None:
         return
     with _open_dir(path) as fd:
@@ -406,6 +458,14 @@ class HeldDir:
     def discard(self, name: str) -> None:
         _remove_own_file(Path(name), dir_fd=self.fd)
 
+    def staging(self) -> Staging:
+        return Staging(self)
+
+
+def hold_dir(path: Location) -> HeldDir | StoreDir:
+    """The run's parts folder held for the run (HeldDir), or its prefix in a store (storage.StoreDir)."""
+    return StoreDir(path) if is_uri(path) else HeldDir(Path(path))
+
 
 class Staging:
     """The outputs of a run, written to temporary files and put in place together by publish(): after the
@@ -428,7 +488,7 @@ class Staging:
                 Path(tmp).unlink(missing_ok=True)
         self.staged = []
 
-    def create(self, target: Path) -> BinaryIO:
+    def create(self, target: Location) -> BinaryIO:
         """A binary file that publish() will put at `target`."""
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)

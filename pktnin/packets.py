@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -21,6 +22,7 @@ from pktnin.kernels.capture import CaptureError, CaptureReader, Issue, NotACaptu
 from pktnin.kernels.cpu import RangePrep
 from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, SKIP_ZERO_LENGTH, mask_code
 from pktnin.stages import DONE, Stages, Stopped
+from pktnin.storage import Location, as_path, base_name, is_uri, list_files
 
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
@@ -40,7 +42,7 @@ class FileReport:
     """What happened to one input file."""
 
     index: int
-    path: Path
+    path: Location  # a URI stays a str (pktnin.storage)
     format: str | None = None
     records: int = 0  # packet records read (good ones)
     kept: int = 0  # packets that became rows
@@ -90,7 +92,7 @@ class PacketBatch:
     """Rows and metadata of the kept packets of one chunk of one file."""
 
     file_index: int
-    path: Path
+    path: Location
     rows: np.ndarray  # uint8 [k, ROW_LEN]
     meta: dict[str, np.ndarray]  # the columns of pktnin.schema.PACKET_META, [k, ...]
     consumed: int = 0  # bytes of the input file read up to the end of this chunk (for progress)
@@ -103,6 +105,20 @@ STDIN = "-"  # the path that names standard input
 # Names that promise a capture: such a file found in a folder that cannot be read is a failure, any other is
 # "not a capture" (notes.txt, .DS_Store). The format itself always comes from the magic number.
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz", ".pcap.zst", ".pcapng.zst")
+
+
+def find_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
+    """find_captures, where a URI (s3://bucket/prefix/, gs://...) names an object or every object under a
+    prefix, listed by the same rules (pktnin.storage); a URI stays a str."""
+    found: list[Location] = []
+    seen: set[str] = set()
+    for raw in paths:
+        for f in list_files(str(raw)) if is_uri(raw) else find_captures([raw]):
+            key = str(f) if is_uri(f) or os.fspath(f) == STDIN else str(Path(f).resolve())
+            if key not in seen:
+                seen.add(key)
+                found.append(f)
+    return found
 
 
 def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -136,14 +152,14 @@ def _in_hidden_folder(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
 
 
-def named_captures(files: Iterable[Path], paths: Iterable[str | os.PathLike]) -> set[Path]:
+def named_captures(files: Iterable[Location], paths: Iterable[str | os.PathLike]) -> AbstractSet[Location]:
     """The files of `files` named directly in `paths` (not found in a folder): those must be captures."""
-    named = {Path(p) for p in paths if not Path(p).is_dir()}
+    named = {as_path(p) for p in paths if is_uri(p) or not Path(p).is_dir()}
     return {f for f in files if f in named}
 
 
-def promises_capture(path: Path) -> bool:
-    return path.name.lower().endswith(CAPTURE_SUFFIXES)
+def promises_capture(path: Location) -> bool:
+    return base_name(path).lower().endswith(CAPTURE_SUFFIXES)
 
 
 def iter_raw_batches(
@@ -151,7 +167,7 @@ def iter_raw_batches(
     max_records: int = 65536,
     first_index: int = 0,
     reader_kwargs: dict | None = None,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[FileReport, RawBatch | None]]:
     """The record walk over each file in turn, with the per-file error handling every consumer shares.
@@ -163,8 +179,8 @@ def iter_raw_batches(
     promise one is reported as "not a capture" instead of failed. `should_stop` (a callable) ends a wait on a
     stream.
     """
-    for index, path in enumerate(files, start=first_index):
-        path = Path(path)
+    for index, raw_path in enumerate(files, start=first_index):
+        path = as_path(raw_path)
         report = FileReport(index=index, path=path)
         try:
             reader = CaptureReader(path, max_records=max_records, should_stop=should_stop, **(reader_kwargs or {}))
@@ -238,7 +254,7 @@ def iter_packets(
     reuse_rows: bool = False,
     flow_keys: bool = True,
     reader_kwargs: dict | None = None,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[PacketBatch]:
     """Read each file in turn and yield its kept packets in chunks of at most `max_records` records.

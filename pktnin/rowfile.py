@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pktnin.outdir import OutputNotWritableError, check_writable
 from pktnin.packets import FileReport, iter_packets
 from pktnin.schema import META_COLUMNS, concat_meta
 from pktnin.stages import Progress
+from pktnin.storage import Location
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def write_row_file(
     out: str | os.PathLike,
     opts: PrepOptions,
     progress: Progress | None = None,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
 ) -> RowFileResult:
     """Rows and metadata of every packet of `files` into `out` (.npz, written atomically).
 
@@ -69,7 +71,10 @@ def write_row_file(
 
 
 def row_arrays(
-    files: Sequence[Path], opts: PrepOptions, progress: Progress | None = None, named: set[Path] | None = None
+    files: Sequence[Path],
+    opts: PrepOptions,
+    progress: Progress | None = None,
+    named: AbstractSet[Location] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[FileReport]]:
     """The row file's arrays (keys above) for `files`, in memory, and one FileReport per file."""
     rows: list[np.ndarray] = []

@@ -27,6 +27,7 @@ LAYERS = {
     "pktnin.version": "base",
     "pktnin.stages": "base",
     "pktnin.outdir": "base",
+    "pktnin.storage": "base",
     "pktnin.names": "base",
     "pktnin.extras": "base",
     "pktnin.flow_features": "base",

@@ -71,6 +71,9 @@ def check_summary_path(path: Path | None, force: bool | None = None) -> None:
 
     if path is None:
         return
+    scheme, colon_slash, _ = str(path).partition(":/")  # a URI: Path folds its "//"
+    if colon_slash and scheme.isalnum():
+        raise UsageError(f"--summary {path}: the summary is written to a local file only")
     if path.is_dir():
         raise UsageError(f"--summary {path}: is a directory")
     if not path.parent.is_dir():

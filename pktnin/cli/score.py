@@ -40,10 +40,11 @@ RESUME_HINT = "finished files are kept: fix the cause and rerun with --resume to
 
 def score(
     paths: Annotated[
-        List[Path],
+        List[str],  # str, not Path: a URI keeps its "//"
         typer.Argument(
             metavar="PATH",
-            help="Capture files (.gz too), directories (walked recursively), pipes, or - for stdin.",
+            help="Capture files (.gz too), directories (walked recursively), pipes, - for stdin, or URIs "
+            "(s3://bucket/prefix/, gs://, abfs://, hdfs://).",
             show_default=False,
         ),
     ],
@@ -67,10 +68,14 @@ def score(
     decide: DecideOption = None,
     flow_packets: FlowPacketsOption = None,
     out: Annotated[
-        Optional[Path],
-        typer.Option("--out", "-o", help="Per-packet output file (default predictions.parquet or .csv)."),
+        Optional[str],
+        typer.Option(
+            "--out", "-o", metavar="<path>", help="Per-packet output file or URI (default predictions.parquet or .csv)."
+        ),
     ] = None,
-    flows: Annotated[Optional[Path], typer.Option("--flows", help="Also write per-flow predictions here.")] = None,
+    flows: Annotated[
+        Optional[str], typer.Option("--flows", metavar="<path>", help="Also write per-flow predictions here.")
+    ] = None,
     fmt: Annotated[
         Optional[OutputFormat],
         typer.Option("--format", help="Output format (default: from --out's suffix, else parquet)."),
@@ -84,8 +89,10 @@ def score(
         typer.Option("--force", help="Replace existing outputs; discard an earlier run's finished files."),
     ] = False,
     report: Annotated[
-        Optional[Path],
-        typer.Option("--report", help="Per-file report (.json or .csv): status, error and offset, rows, skips."),
+        Optional[str],
+        typer.Option(
+            "--report", metavar="<path>", help="Per-file report (.json or .csv): status, error and offset, rows, skips."
+        ),
     ] = None,
     keep_dns: Annotated[bool, typer.Option("--keep-dns", help="Keep packets to or from port 53.")] = False,
     mask: Annotated[Mask, typer.Option("--mask", help="Masking profile.")] = "paper",
@@ -146,10 +153,11 @@ def score(
     from pktnin.api import ScoreJob
     from pktnin.distributed.run import executor_options
     from pktnin.scoring.cpu_stages import input_size
+    from pktnin.storage import io_map
 
     if fmt is None and out is None:
         fmt = "parquet"
-    out = out or Path(f"predictions.{fmt}")
+    out = out or f"predictions.{fmt}"
     with exit_codes():
         ray = executor_options(executor, ray_address, actors, keep_parts)
         unit_bytes = size_option("--split-bytes", split_bytes)
@@ -168,7 +176,7 @@ def score(
         warn(warning)
     try:
         with stop_signals_interrupt(), exit_codes(hint=RESUME_HINT, setup=False):
-            total_bytes = sum(input_size(f) for f in job.files)
+            total_bytes = sum(io_map(input_size, job.files))
             with file_progress(len(job.files), "score", enabled=progress and not quiet, total_bytes=total_bytes) as bar:
                 result = job.run(progress=bar)
     except KeyboardInterrupt as exc:
@@ -185,10 +193,16 @@ def score(
     check_inputs_read(result.reports)
 
 
-def check_output_folders(**paths: Path | None) -> None:
-    """The command line creates no folders: a typo in one must not become a new tree of folders."""
-    for option, path in paths.items():
-        if path is not None and not path.absolute().parent.exists():
+def check_output_folders(**names: str | None) -> None:
+    """The command line creates no folders: a typo in one must not become a new tree of folders (a store's
+    prefixes need no creating)."""
+    from pktnin.storage import is_uri  # loads pyarrow: when the command runs, not for --help
+
+    for option, name in names.items():
+        if name is None or is_uri(name):
+            continue
+        path = Path(name)
+        if not path.absolute().parent.exists():
             raise OptionError(f"--{option} {path}: folder {path.parent} does not exist (create it first)")
 
 

@@ -26,6 +26,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from pktnin.scoring.unit_run import score_unit
 from pktnin.scoring.units import Unit
 from pktnin.scoring.warmup import warm_kernels
 from pktnin.stages import Progress
+from pktnin.storage import Location, as_path, is_uri
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class UnitScorer:
         options: ScoreOptions,
         parts_dir: str,
         threads: int,
-        named: set[Path] | None = None,
+        named: AbstractSet[Location] | None = None,
     ) -> None:
         import ray
 
@@ -100,7 +102,7 @@ class UnitScorer:
         with build_lock(runner_spec):
             self.runner = runner_spec(cpus)  # ONNX Runtime intra-op threads = the actor's CPUs
         self.options = options
-        self.parts_dir = Path(parts_dir)
+        self.parts_dir = as_path(parts_dir)
         self.named = named
         warm_kernels()
 
@@ -119,6 +121,11 @@ class UnitScorer:
             for u in batch["unit"]
         ]
         return {"summary": summaries}
+
+
+def _absolute(path: Location) -> str:
+    """What every node can open: an absolute path (on storage they all mount), or the URI."""
+    return str(path) if is_uri(path) else str(Path(path).resolve())
 
 
 def actor_cpus(cluster_cpus: float, actors: int, cpus_per_actor: float | None) -> tuple[int, float, int]:
@@ -146,12 +153,12 @@ class RayExecutor:
         actors: int = 1,
         cpus_per_actor: float | None = None,
         num_gpus: float | None = None,
-        named: set[Path] | None = None,
+        named: AbstractSet[Location] | None = None,
     ) -> None:
         self.runner_spec, self.options, self.named = runner_spec, options, named
         self.actors, self.cpus_per_actor, self.num_gpus = actors, cpus_per_actor, num_gpus
 
-    def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterator[dict]:
+    def __call__(self, units: Sequence[Unit], parts_dir: Location, progress: Progress | None = None) -> Iterator[dict]:
         import ray
 
         if not units:
@@ -168,7 +175,7 @@ class RayExecutor:
             self.scorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
-            fn_constructor_args=(self.runner_spec, self.options, str(Path(parts_dir).resolve()), threads, self.named),
+            fn_constructor_args=(self.runner_spec, self.options, _absolute(parts_dir), threads, self.named),
             num_cpus=cpus,
             num_gpus=gpus,
         )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pktnin.errors import OptionError
 from pktnin.scoring.options import ScoreOptions, ScoreResult
 from pktnin.scoring.run import run_units
 from pktnin.stages import Progress
+from pktnin.storage import Location
 
 EXECUTORS = ("local", "ray")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -66,8 +69,8 @@ def executor_options(executor: str, address: str | None, actors: int, keep_parts
     return RayOptions(address, actors, keep_parts)
 
 
-def score_on_ray(files: list[Path], opts: ScoreOptions, runner: Runner | FlowModelRunner, model_path: Path,
-                 backend: str, ray: RayOptions, progress: Progress | None = None, named: set[Path] | None = None,
+def score_on_ray(files: Sequence[Location], opts: ScoreOptions, runner: Runner | FlowModelRunner, model_path: Path,
+                 backend: str, ray: RayOptions, progress: Progress | None = None, named: AbstractSet[Location] | None = None,
                  timings: dict[str, float] | None = None) -> ScoreResult:  # fmt: skip
     """Score `files` by units on Ray actors, each opening the model the driver opened (same backend and
     precision); returns the ScoreResult. Closes `runner`: the driver only needs its classes. `named`: the

@@ -111,6 +111,7 @@ from pktnin.kernels.streams import (
     is_stream,
     read_full,
 )
+from pktnin.storage import is_uri, open_input
 
 __all__ = [
     "MAX_BLOCK_LEN",
@@ -192,6 +193,51 @@ class _FileSource:
                 if n <= 0:
                     break
                 got += n
+        return buf[:got]
+
+    def close(self):
+        self._f.close()
+
+
+OBJECT_READ = 8 << 20  # bytes per ranged read of an object: each request has a fixed cost, so fewer, larger ones
+
+
+class _ObjectSource:
+    """Windows of an object in a store (pktnin.storage), cut from ranged reads of OBJECT_READ bytes (or a
+    window's length when larger): the walk's windows go forward, so one request serves several of them. Each
+    read fills a new buffer, never reused: a batch may keep its window while the next is read. The object is
+    never downloaded whole."""
+
+    granularity = 1
+    sized = True
+    window_limit = 1 << 62
+    error = None
+
+    def __init__(self, uri: str) -> None:
+        self._f = open_input(uri)
+        self.size = self._f.size()
+        self._chunk = np.empty(0, dtype=np.uint8)
+        self._chunk_off = 0
+
+    @staticmethod
+    def consumed(pos: int) -> int:
+        return pos
+
+    def window(self, off: int, length: int):
+        start = off - self._chunk_off
+        if start < 0 or start + length > self._chunk.shape[0]:
+            self._chunk, self._chunk_off, start = self._read(off, max(length, OBJECT_READ)), off, 0
+        return self._chunk[start : start + length]  # shorter only where the object ends
+
+    def _read(self, off: int, length: int) -> np.ndarray:
+        buf = np.empty(max(0, min(length, self.size - off)), dtype=np.uint8)
+        self._f.seek(off)
+        got = 0
+        while got < buf.shape[0]:  # a short read only where the object ends (it was cut since it was opened)
+            n = self._f.readinto(memoryview(buf)[got:])  # type: ignore[arg-type]  # numpy's stub: no __buffer__
+            if not n:
+                break
+            got += n
         return buf[:got]
 
     def close(self):
@@ -310,7 +356,7 @@ class CaptureReader:
                 self._stream_read = self._decompressor(Prepend(head, pipe.read)).read
                 self._stream_consumed = lambda: pipe.count
                 return read_full(self._stream_read, _PCAP_HEADER_LEN)
-            with open(self.path, "rb") as raw:
+            with open_input(self.path) as raw:
                 return read_full(self._decompressor(raw).read, _PCAP_HEADER_LEN)
         except (OSError, EOFError, zlib.error, DamagedStream) as e:
             raise CaptureError(
@@ -416,9 +462,11 @@ class CaptureReader:
         elif self._streamed:
             raise CaptureError(self.path, "read-twice", 0, "a stream can be read only once")
         elif self.compression is not None:
-            raw = open(self.path, "rb")  # noqa: SIM115 - closed in the finally below
+            raw = open_input(self.path)  # closed in the finally below
             read = self._decompressor(raw).read
             source = StreamSource(read, read_full(read, len(self._head)), raw.tell)
+        elif is_uri(self.path):
+            source = _ObjectSource(self.path)
         else:
             source = _FileSource(self.path)
         try:

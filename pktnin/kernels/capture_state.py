@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from pktnin.names import name_text
+from pktnin.storage import open_input
 
 MAX_RECORD_LEN = 256 * 1024  # larger captured lengths mean the framing is lost (classic pcap) or the record is bad
 # Largest pcapng block read into memory: the largest legal packet plus room for options. A longer block is
@@ -199,8 +200,8 @@ _IN_MEMORY_TYPES = (bytes, bytearray, memoryview, np.ndarray)
 def _head_bytes(path_or_bytes, n: int) -> bytes:
     if isinstance(path_or_bytes, _IN_MEMORY_TYPES):
         return bytes(memoryview(path_or_bytes).cast("B")[:n])  # type: ignore[arg-type]  # numpy stub: no __buffer__
-    with open(path_or_bytes, "rb") as f:
-        return f.read(n)
+    with open_input(path_or_bytes) as f:  # a local file, or an object in a store (ranged read)
+        return bytes(f.read(n))
 
 
 def _format_of_head(head: bytes) -> str | None:

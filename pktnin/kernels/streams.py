@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from pktnin.storage import is_uri
+
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 UNKNOWN_SIZE = 1 << 62  # a stream's size until its end is seen
@@ -325,6 +327,8 @@ def is_stream(path) -> bool:
     """True for "-" (stdin) and anything that is not a regular file: pipes, FIFOs, /dev/fd/N, devices."""
     if os.fspath(path) == "-":
         return True
+    if is_uri(path):  # an object in a store: read by ranges
+        return False
     try:
         return not stat.S_ISREG(os.stat(path).st_mode)
     except OSError:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from pktnin.engine.flow_runner import FlowModelRunner
@@ -34,6 +34,7 @@ from pktnin.scoring.flow_stage import FlowScorer, flow_engine_stage
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Unit
 from pktnin.stages import DONE, Progress, Stages
+from pktnin.storage import Location
 
 READ_QUEUE = 4  # chunks waiting for the engine
 SCORED_QUEUE = 16  # scored pieces waiting for the sink
@@ -94,7 +95,7 @@ def start_chain(
     hooks: ChainHooks = NO_HOOKS,
     *,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     progress: Progress | None = None,
 ) -> queue.Queue:
     """Start the threads of `unit`'s chain on `stages`; returns the queue the sink reads (ending with DONE).

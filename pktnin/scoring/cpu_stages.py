@@ -9,10 +9,9 @@ engine      runs the model on each whole batch of rows where the prep wrote them
 
 from __future__ import annotations
 
-import os
 import queue
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Set as AbstractSet
 
 import numba
 import numpy as np
@@ -25,6 +24,7 @@ from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Piece
 from pktnin.stages import DONE, Progress, Stages, Stopped
+from pktnin.storage import Location, as_path, size_mtime
 
 READ_CHUNK = 8192  # records per read+prep chunk: ~12 MB of rows
 
@@ -36,7 +36,7 @@ def read_stage(
     settings: ChainSettings,
     *,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     progress: Progress | None = None,
 ) -> None:
     """PacketBatch chunks and a FileEnd per piece (a file or a byte range of one), then DONE. `source` stands in
@@ -49,7 +49,7 @@ def read_stage(
         numba.set_num_threads(max(1, min(threads, getattr(numba.config, "NUMBA_NUM_THREADS"))))  # per thread in numba
     add_bytes = getattr(progress, "add_bytes", None)
     for piece in pieces:
-        index, path = piece.file_index, Path(piece.path)
+        index, path = piece.file_index, as_path(piece.path)
         reports: list[FileReport] = []
         read = 0
         # A byte range only: a file is read whole, and a source standing in for iter_packets needs no range.
@@ -70,10 +70,11 @@ def read_stage(
     stages.put(out_q, DONE)
 
 
-def input_size(path: Path) -> int:
-    """Bytes of a regular file (0 for a stream or a file that cannot be read): the progress bar's unit."""
+def input_size(path: Location) -> int:
+    """Bytes of a regular file or an object (0 for a stream or a file that cannot be read): the progress bar's
+    unit."""
     try:
-        return 0 if is_stream(path) else os.stat(path).st_size
+        return 0 if is_stream(path) else size_mtime(path)[0]
     except OSError:
         return 0
 

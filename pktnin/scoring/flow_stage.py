@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import queue
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from pktnin.flow_features import pkt_feats
 from pktnin.packets import PacketBatch
 from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.stages import DONE, Stages
+from pktnin.storage import Location
 
 PIECE_SHIFT = 40  # flow_no = piece part << PIECE_SHIFT | flow number in the piece: distinct across a file's pieces
 
@@ -52,7 +52,7 @@ class FlowScorer:
         self.queue: list[tuple[Plan, np.ndarray | None]] = []  # assigned, not resolved: (plan, its model rows)
         self.inputs = 0  # model inputs the queued plans need
         self.queued_rows = 0  # unit rows of the queued plans
-        self.chunks: deque[tuple[int, int, Path]] = deque()  # (first unit row, file index, path) per chunk
+        self.chunks: deque[tuple[int, int, Location]] = deque()  # (first unit row, file index, path) per chunk
         self.ends: deque[tuple[int, FileEnd]] = deque()  # FileEnd markers and the unit rows before them
         self.engine_rows = 0  # rows (per-packet model) or flows (flow model) the model was run on
 

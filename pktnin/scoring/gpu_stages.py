@@ -28,8 +28,8 @@ from __future__ import annotations
 import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from pktnin.scoring.messages import FileEnd, Scored
 from pktnin.scoring.options import ChainSettings
 from pktnin.scoring.units import Piece
 from pktnin.stages import DONE, Progress, Stages, Stopped
+from pktnin.storage import Location, as_path
 
 
 def device_batch_size(runner: DeviceRunner, batch: int) -> int:
@@ -55,7 +56,7 @@ class RawChunk:
     """Records of one chunk of one file, in buffers this chunk owns."""
 
     file_index: int
-    path: Path
+    path: Location
     raw: RawBatch
 
 
@@ -78,12 +79,12 @@ def own_raw(raw: RawBatch) -> RawBatch:
 
 
 def iter_raw(
-    files: Iterable[Path],
+    files: Iterable[Location],
     reports: list[FileReport],
     max_records: int,
     first_index: int = 0,
     reader_kwargs: dict | None = None,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[RawChunk]:
     """packets.iter_packets without the transform: RawChunks, and one FileReport per file appended to `reports`
@@ -101,14 +102,14 @@ def read_raw_stage(
     out_q: queue.Queue,
     max_records: int,
     *,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     progress: Progress | None = None,
 ) -> None:
     """RawChunks and a FileEnd (kept and skip counts still missing) per piece (a file or a byte range of one),
     then DONE. `progress` (optional) gets add_bytes(n) as files are read."""
     add_bytes = getattr(progress, "add_bytes", None)
     for piece in pieces:
-        index, path = piece.file_index, Path(piece.path)
+        index, path = piece.file_index, as_path(piece.path)
         reports: list[FileReport] = []
         read = 0
         try:

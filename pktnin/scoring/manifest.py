@@ -26,6 +26,17 @@ from pathlib import Path
 from pktnin import outdir
 from pktnin.kernels.capture import Issue, is_stream
 from pktnin.packets import FileReport
+from pktnin.storage import (
+    Location,
+    StoreDir,
+    as_path,
+    base_name,
+    is_uri,
+    join,
+    open_input,
+    size_mtime,
+    with_suffix_name,
+)
 
 MANIFEST_VERSION = 4
 CONTENT_SPAN = 1 << 20  # bytes hashed at each end of an input file
@@ -35,16 +46,16 @@ UNITS_DIR = "_units"  # in the parts folder: the units' summaries and flow parti
 _UNIT_FILE = re.compile(r"(\.?)([0-9a-f]{24})\.(packets\.parquet|summary\.json|flows\.npz)(\.[A-Za-z0-9_]+\.tmp)?")
 
 
-def manifest_path(out: Path) -> Path:
-    return out.with_name(out.name + ".manifest.json")
+def manifest_path(out: Location) -> Location:
+    return with_suffix_name(out, ".manifest.json")
 
 
-def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
+def parts_dir(out: Location) -> Location:
+    return with_suffix_name(out, ".parts")
 
 
-def file_key(path: Path) -> str:
-    return str(Path(path).resolve())
+def file_key(path: Location) -> str:
+    return str(path) if is_uri(path) else str(Path(path).resolve())
 
 
 def file_stamp(path: str | os.PathLike) -> dict | None:
@@ -52,6 +63,15 @@ def file_stamp(path: str | os.PathLike) -> dict | None:
     a stream (stdin, a pipe, a FIFO): it is never reused, and reading it here would take its data."""
     if is_stream(path):
         return None
+    if is_uri(path):  # the same stamp from the object's listing and two ranged reads
+        size, mtime_ns = size_mtime(path)
+        with open_input(path) as fh:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(fh.read_at(min(CONTENT_SPAN, size), 0))
+            if size > CONTENT_SPAN:
+                start = max(CONTENT_SPAN, size - CONTENT_SPAN)
+                h.update(fh.read_at(size - start, start))
+        return {"size": size, "mtime_ns": mtime_ns, "content": h.hexdigest()}
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -75,25 +95,25 @@ def report_to_dict(report: FileReport) -> dict:
 
 def report_from_dict(d: dict) -> FileReport:
     d = dict(d)
-    d["path"] = Path(d["path"])
+    d["path"] = as_path(d["path"])
     d["issues"] = [Issue.from_dict(i) for i in d["issues"]]
     return FileReport(**d)
 
 
 class Manifest:
-    def __init__(self, path: Path, settings: dict, files: dict | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Location, settings: dict, files: dict | None = None) -> None:
+        self.path = as_path(path)
         self.settings = settings
         self.files: dict[str, dict] = files or {}
-        self.temps: outdir.HeldDir | None = None  # where save() makes its temporary file (the parts folder)
+        self.temps: outdir.HeldDir | StoreDir | None = None  # where save() makes its temporary file (the parts folder)
         self.identity: tuple[int, int] | None = None  # (device, inode) of the file at `path`, read or written
 
     @classmethod
-    def load(cls, path: Path) -> Manifest | None:
+    def load(cls, path: Location) -> Manifest | None:
         """The manifest at `path`, or None when there is none or it cannot be parsed (then nothing is reused).
 
         Raises outdir.UnsafeOutputError when the name holds a link, someone else's file or one others can write."""
-        raw = outdir.read_private(Path(path))
+        raw = outdir.read_private(as_path(path))
         if raw is None:
             return None
         try:
@@ -106,8 +126,7 @@ class Manifest:
         if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
             return None
         manifest = cls(path, data.get("settings", {}), files)
-        st = os.lstat(path)
-        manifest.identity = (st.st_dev, st.st_ino)
+        manifest.identity = outdir.identity(path)
         return manifest
 
     def save(self) -> None:
@@ -126,7 +145,7 @@ def own_unit_file(name: str) -> bool:
     return _UNIT_FILE.fullmatch(name) is not None
 
 
-def prune_units(parts: Path, keep: Set[str] = frozenset()) -> None:
+def prune_units(parts: Location, keep: Set[str] = frozenset()) -> None:
     """Remove the unit files of ours no unit in `keep` (ids) refers to, and every temporary of a killed worker;
     with nothing kept, the units folder too when left empty. Nothing else in the folder is touched."""
 
@@ -135,10 +154,10 @@ def prune_units(parts: Path, keep: Set[str] = frozenset()) -> None:
         return m is not None and (bool(m[1]) or m[2] not in keep)
 
     outdir.remove_in_dir(parts, unwanted)
-    outdir.remove_in_dir(parts / UNITS_DIR, unwanted, rmdir=not keep)
+    outdir.remove_in_dir(join(parts, UNITS_DIR), unwanted, rmdir=not keep)
 
 
-def clear_run(out: Path, listed: Set[str] = frozenset(), manifest: Manifest | None = None) -> None:
+def clear_run(out: Location, listed: Set[str] = frozenset(), manifest: Manifest | None = None) -> None:
     """Remove the manifest and parts of a run for `out`: `manifest` if it is still the file read or written (a
     file of that name that is no manifest stays), in the parts folder the files listed (`listed`) and files of
     the units' naming, ours and regular; the folder if left empty."""
@@ -148,7 +167,7 @@ def clear_run(out: Path, listed: Set[str] = frozenset(), manifest: Manifest | No
     outdir.remove_in_dir(parts_dir(out), lambda n: n in listed or own_unit_file(n), rmdir=True)
 
 
-def open_run(out: Path, settings: dict, resume: bool, targets: list[Path]) -> tuple[Manifest, set[str]]:
+def open_run(out: Location, settings: dict, resume: bool, targets: list[Location]) -> tuple[Manifest, set[str]]:
     """Prepare the side files of a run writing `targets` (out first), under its lock: remove the temporary files
     a killed run left in its parts folder, check that nothing is planted, keep the manifest when resuming with the same settings
     (else clear the earlier run), and make the parts folder (0700). Returns the manifest and the part names the
@@ -156,7 +175,7 @@ def open_run(out: Path, settings: dict, resume: bool, targets: list[Path]) -> tu
     mpath, parts = manifest_path(out), parts_dir(out)
     trusted = outdir.check_dir(parts)
     if trusted:  # temporary files a killed run left in its private folder (runs make none beside the output)
-        temps = [outdir.temp_pattern(n) for n in [mpath.name, *(t.name for t in targets)]]
+        temps = [outdir.temp_pattern(base_name(n)) for n in [mpath, *targets]]
         outdir.remove_in_dir(parts, lambda n: any(p.fullmatch(n) for p in temps))
     old = Manifest.load(mpath)
     listed = old.part_names() if old is not None else set()

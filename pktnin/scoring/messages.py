@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from pktnin.packets import FileReport
+from pktnin.storage import Location
 
 
 @dataclass
@@ -22,6 +22,6 @@ class Scored:
     """Probabilities of consecutive kept packets of one file, with their metadata."""
 
     file_index: int
-    path: Path
+    path: Location
     meta: dict[str, np.ndarray]
     probs: np.ndarray  # float32 [n, C], owned by this message

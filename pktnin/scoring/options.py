@@ -12,6 +12,7 @@ from pktnin.flow_decide import FlowParams
 from pktnin.layout import LAYOUT_VERSION, mask_code
 from pktnin.packets import FileReport
 from pktnin.scoring.writers import FORMATS, format_for
+from pktnin.storage import Location, as_path, is_uri
 from pktnin.version import __version__
 
 DEFAULT_UNIT_BYTES = 256 << 20
@@ -20,15 +21,21 @@ DEFAULT_UNIT_FILES = 1024
 DECIDE_MODES = ("packet", "flow")
 
 
+def _same(a: Location, b: Location) -> bool:
+    if is_uri(a) or is_uri(b):
+        return str(a) == str(b)
+    return Path(a).resolve() == Path(b).resolve()
+
+
 @dataclass
 class ScoreOptions:
-    out: Path
-    flows_out: Path | None = None
+    out: Location  # a local path, or a URI (pktnin.storage)
+    flows_out: Location | None = None
     fmt: str | None = None  # parquet or csv; None: from the suffix of `out` (scoring.writers.format_for)
     probs: bool = False
     resume: bool = False
     force: bool = False  # replace existing outputs and discard an earlier run's finished files
-    report: Path | None = None  # per-file report, .json or .csv (written by the caller: score.outputs)
+    report: Location | None = None  # per-file report, .json or .csv (written by the caller: score.outputs)
     keep_dns: bool = False
     mask: str = "paper"
     batch: int = 256
@@ -49,13 +56,13 @@ class ScoreOptions:
     flow: FlowParams = field(default_factory=FlowParams)
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
+        self.out = as_path(self.out)
         self.fmt = format_for(self.out, self.fmt)
         if self.report is not None:
-            self.report = Path(self.report)
+            self.report = as_path(self.report)
         if self.flows_out is not None:
-            self.flows_out = Path(self.flows_out)
-            if self.flows_out.resolve() == self.out.resolve():
+            self.flows_out = as_path(self.flows_out)
+            if _same(self.flows_out, self.out):
                 raise OptionError(f"the flows output must differ from the packet output ({self.out})")
         if self.fmt not in FORMATS:
             raise OptionError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
@@ -123,7 +130,7 @@ class ChainSettings:
 
 @dataclass
 class ScoreResult:
-    files: list[Path]
+    files: list[Location]
     reports: list[FileReport]
     classes: list[str]
     label_counts: np.ndarray  # packets per class, all files (resumed ones included)
@@ -133,7 +140,7 @@ class ScoreResult:
     resumed: int  # files taken from an earlier run
     rows_written: int
     flows_written: int | None
-    outputs: list[Path] = field(default_factory=list)
+    outputs: list[Location] = field(default_factory=list)
     units: int = 0  # units of work of the run (scoring.units), those of an earlier run included
     nodes: dict[str, int] = field(default_factory=dict)  # units scored in this run per Ray node id (Ray only)
 

@@ -10,6 +10,7 @@ A run refuses up front, with what to do instead, rather than fail after scoring 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +23,7 @@ from pktnin.packets import FileReport
 from pktnin.scoring import manifest as mf
 from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.writers import FORMATS
+from pktnin.storage import Location, as_path, is_dir, is_uri, put_bytes
 
 REPORT_FORMATS = (".json", ".csv")
 
@@ -30,29 +32,34 @@ class OutputError(UsageError):
     """An output cannot be written as asked, or writing it would discard earlier results."""
 
 
-def check_outputs(opts: ScoreOptions, settings: dict, files: list[Path] | None = None) -> None:
+def check_outputs(opts: ScoreOptions, settings: dict, files: list[Location] | None = None) -> None:
     """Raise OutputError when the outputs of `opts` cannot or must not be written (`files`: the inputs, whose
     spelling a resumed run must keep)."""
     continuing = check_progress(opts, settings, files)
     targets = [("--out", opts.out)] + ([("--flows", opts.flows_out)] if opts.flows_out is not None else [])
     for option, target in targets:
-        if target.is_dir():
-            raise OutputError(f"{option} {target} is a folder: name a file, e.g. {target / f'predictions.{opts.fmt}'}")
-        suffix = target.suffix.lower().lstrip(".")
+        if is_dir(target):
+            example = f"{str(target).rstrip('/')}/predictions.{opts.fmt}"
+            raise OutputError(f"{option} {target} is a folder: name a file, e.g. {example}")
+        suffix = Path(str(target)).suffix.lower().lstrip(".")
         if suffix in FORMATS and suffix != opts.fmt:
             raise OutputError(f"{option} {target} ends in .{suffix} but the format is {opts.fmt}: change one of them")
+        if is_uri(target):
+            outdir.check_target(option, target, opts.force or continuing)
+            continue
+        target = Path(target)
         if target.parent.exists() and not target.parent.is_dir():
             raise OutputError(f"{option} {target}: {target.parent} is not a folder")
         outdir.check_target(option, target, opts.force or continuing)
     if opts.report is not None:
-        if opts.report.suffix.lower() not in REPORT_FORMATS:
+        if Path(str(opts.report)).suffix.lower() not in REPORT_FORMATS:
             raise OutputError(f"--report {opts.report}: the report is .json or .csv")
-        if opts.report.is_dir():
+        if is_dir(opts.report):
             raise OutputError(f"--report {opts.report} is a folder: name a file")
         outdir.check_target("--report", opts.report, opts.force or continuing)
 
 
-def check_progress(opts: ScoreOptions, settings: dict, files: list[Path] | None = None) -> bool:
+def check_progress(opts: ScoreOptions, settings: dict, files: list[Location] | None = None) -> bool:
     """Refuse to start over an earlier run's finished files unless asked to continue them or `force`, and to
     continue them with an input spelled otherwise (the file column would mix both spellings).
     True when this run continues an earlier one (whose outputs it was started to replace)."""
@@ -80,7 +87,7 @@ def check_progress(opts: ScoreOptions, settings: dict, files: list[Path] | None 
     return True
 
 
-def spelling_changes(files: list[Path], entries: dict[str, dict]) -> list[tuple[str, str]]:
+def spelling_changes(files: list[Location], entries: dict[str, dict]) -> list[tuple[str, str]]:
     """(earlier spelling, spelling now) of each input that an earlier run's unit summaries named otherwise."""
     now = {mf.file_key(f): str(f) for f in files}
     changes = []
@@ -89,8 +96,8 @@ def spelling_changes(files: list[Path], entries: dict[str, dict]) -> list[tuple[
         for piece in pieces if isinstance(pieces, list) else []:
             report = piece.get("report") if isinstance(piece, dict) else None
             old = report.get("path") if isinstance(report, dict) else None
-            if isinstance(old, str) and now.get(mf.file_key(Path(old)), old) != old:
-                changes.append((old, now[mf.file_key(Path(old))]))
+            if isinstance(old, str) and now.get(mf.file_key(as_path(old)), old) != old:
+                changes.append((old, now[mf.file_key(as_path(old))]))
     return changes
 
 
@@ -134,17 +141,22 @@ def report_rows(reports: Iterable[FileReport]) -> list[dict]:
     return rows
 
 
-def write_report(reports: Iterable[FileReport], path: str | Path) -> None:
-    """The per-file report as JSON (a list of rows) or CSV (skips as one JSON column), written atomically."""
-    path = Path(path)
+def write_report(reports: Iterable[FileReport], path: str | Location) -> None:
+    """The per-file report as JSON (a list of rows) or CSV (skips as one JSON column), written atomically (to a
+    store: in one upload)."""
     rows = report_rows(reports)
-    with atomic_path(path, replace=outdir.replace_own) as tmp:
-        if path.suffix.lower() == ".csv":
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=REPORT_COLUMNS)
-                writer.writeheader()
-                for row in rows:  # UTF-8 text: a name's stray bytes as \xNN (the JSON report keeps them exact)
-                    text = {k: name_text(v) if isinstance(v, str) else v for k, v in row.items()}
-                    writer.writerow({**text, "skips": json.dumps(row["skips"], sort_keys=True)})
-        else:
-            tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    if Path(str(path)).suffix.lower() == ".csv":
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS)
+        writer.writeheader()
+        for row in rows:  # UTF-8 text: a name's stray bytes as \xNN (the JSON report keeps them exact)
+            text = {k: name_text(v) if isinstance(v, str) else v for k, v in row.items()}
+            writer.writerow({**text, "skips": json.dumps(row["skips"], sort_keys=True)})
+        data = buf.getvalue()
+    else:
+        data = json.dumps(rows, indent=1) + "\n"
+    if is_uri(path):
+        put_bytes(path, data.encode())
+        return
+    with atomic_path(Path(path), replace=outdir.replace_own) as tmp:
+        tmp.write_text(data)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +44,7 @@ from pktnin.scoring.unit_run import STATE_DIR, LocalExecutor, load_flow_states, 
 from pktnin.scoring.units import INDEX_STEP_RECORDS, Piece, Unit, make_units
 from pktnin.scoring.writers import ROW_GROUP_ROWS, packet_schema, write_batches_to
 from pktnin.stages import Progress
+from pktnin.storage import Location, as_path, join
 
 SAVE_S = 2.0
 
@@ -53,17 +54,19 @@ class Executor(Protocol):
 
     live_progress: bool  # True: it tells `progress` of packets as they are scored; else the driver does per unit
 
-    def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterable[dict]: ...
+    def __call__(
+        self, units: Sequence[Unit], parts_dir: Location, progress: Progress | None = None
+    ) -> Iterable[dict]: ...
 
 
 def score_files(
-    files: list[Path],
+    files: Sequence[Location],
     runner: ModelRunner | DeviceRunner | FlowModelRunner,
     opts: ScoreOptions,
     progress: Progress | None = None,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
     on_saved: Callable[[list[FileReport]], None] | None = None,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     hooks: ChainHooks = NO_HOOKS,
 ) -> ScoreResult:
     """Score `files` (already expanded) in this process with `runner`; write the outputs named in `opts`.
@@ -76,7 +79,7 @@ def score_files(
 
 
 def run_units(
-    files: list[Path],
+    files: Sequence[Location],
     opts: ScoreOptions,
     classes: list[str],
     executor: Executor,
@@ -93,7 +96,7 @@ def run_units(
     and the manifest are saved. The outputs are checked first (scoring.outputs.check_outputs: OutputError). When
     not one input could be read, no output is written. One run per output at a time: a second one raises
     outdir.OutputBusyError; side files planted by someone else raise outdir.UnsafeOutputError (see outdir)."""
-    targets = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
+    targets: list[Location] = [opts.out] + ([opts.flows_out] if opts.flows_out is not None else [])
     with outdir.output_lock(targets):
         run = _Run(files, opts, classes, targets, step_records)
         try:
@@ -105,17 +108,17 @@ def run_units(
 class _Run:
     """One run under its lock: the manifest, the units, what is finished."""
 
-    def __init__(self, files: list[Path], opts: ScoreOptions, classes: list[str], targets: list[Path],
+    def __init__(self, files: Sequence[Location], opts: ScoreOptions, classes: list[str], targets: list[Location],
                  step_records: int) -> None:  # fmt: skip
         self.files, self.opts, self.classes = list(files), opts, list(classes)
         settings = opts.settings(classes)
         self.parts = mf.parts_dir(opts.out)
         check_outputs(opts, settings, self.files)  # before anything is touched: refuse rather than lose earlier work
         self.manifest, _ = mf.open_run(opts.out, settings, opts.resume, targets)
-        outdir.make_dir(self.parts / STATE_DIR)
+        outdir.make_dir(join(self.parts, STATE_DIR))
         # Held for the whole run: the driver reads back through it only, and publishes nothing if the folder's
         # name stops leading to it (a swap in a shared directory cannot feed the outputs other rows).
-        self.held = outdir.HeldDir(self.parts)
+        self.held = outdir.hold_dir(self.parts)
         self.manifest.temps = self.held
         self.units = make_units(self.files, settings, opts.unit_bytes, opts.unit_files, step_records)
         # Finished units: recorded in the manifest, or finished by a worker after the manifest's last save.
@@ -191,7 +194,7 @@ class _Run:
 
         ordered = [self.finished[u.id] for u in self.units]
         reports = [self._file_report(i) for i in range(len(self.files))]
-        outputs: list[Path] = []
+        outputs: list[Location] = []
         rows, n_flows = 0, None
         if any(not (r.failed or r.not_capture) for r in reports):  # a run that read nothing writes nothing
             rows, n_flows = self._assemble(ordered, outputs, keep_parts)
@@ -229,7 +232,7 @@ class _Run:
     def _file_report(self, index: int) -> FileReport:
         return merge_reports([mf.report_from_dict(f["report"]) for _, _, f in self._pieces_of(index)])
 
-    def _assemble(self, ordered: list[dict], outputs: list[Path], keep_parts: bool) -> tuple[int, int | None]:
+    def _assemble(self, ordered: list[dict], outputs: list[Location], keep_parts: bool) -> tuple[int, int | None]:
         """Write the outputs: every one staged first, read from the parts through the held folder, then all put
         in place together once the folder is checked unchanged; a failure publishes none of them."""
         opts, classes = self.opts, self.classes
@@ -239,7 +242,7 @@ class _Run:
         rows = sum(s["packets"] for s in ordered)
         n_flows = None
         self.held.check_unchanged()
-        with outdir.Staging(self.held) as staging:
+        with self.held.staging() as staging:
             if keep_parts:
                 outputs.append(self.parts)
             else:
@@ -276,8 +279,8 @@ class _Run:
 
 
 def _piece_bytes(piece: Piece) -> int:
-    """Bytes of a piece: its byte range, or the whole file's size (0 for a stream)."""
+    """Bytes of a piece: its byte range, or the whole file's size when the units were cut (0 for a stream)."""
+    size = piece.stamp["size"] if piece.stamp is not None else input_size(as_path(piece.path))
     if piece.whole:
-        return input_size(Path(piece.path))
-    size = input_size(Path(piece.path))
+        return size
     return (size if piece.stop is None else piece.stop) - (piece.start or 0)

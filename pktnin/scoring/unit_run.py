@@ -14,14 +14,14 @@ but through the parts folder, which every worker and the driver share.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Set as AbstractSet
 
 import numpy as np
 
-from pktnin.atomic import atomic_path
 from pktnin.engine.flow_runner import FlowModelRunner
 from pktnin.engine.protocols import DeviceRunner, ModelRunner
 from pktnin.outdir import HeldDir, UnsafeOutputError
@@ -32,19 +32,20 @@ from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.units import Unit
 from pktnin.scoring.writer_stage import UnitWriter, write_stage
 from pktnin.stages import Progress, Stages
+from pktnin.storage import Location, StoreDir, join, open_input, put_bytes
 
 STATE_DIR = UNITS_DIR
 
 
-def summary_path(parts_dir: Path, unit_id: str) -> Path:
-    return Path(parts_dir) / STATE_DIR / f"{unit_id}.summary.json"
+def summary_path(parts_dir: Location, unit_id: str) -> Location:
+    return join(parts_dir, f"{STATE_DIR}/{unit_id}.summary.json")
 
 
-def flow_state_path(parts_dir: Path, unit_id: str) -> Path:
-    return Path(parts_dir) / STATE_DIR / f"{unit_id}.flows.npz"
+def flow_state_path(parts_dir: Location, unit_id: str) -> Location:
+    return join(parts_dir, f"{STATE_DIR}/{unit_id}.flows.npz")
 
 
-def load_summary(parts_dir: Path, unit_id: str, held: HeldDir | None = None) -> dict | None:
+def load_summary(parts_dir: Location, unit_id: str, held: HeldDir | StoreDir | None = None) -> dict | None:
     """The saved summary of a finished unit whose part files all exist, else None. With `held` (the driver's
     handle on the parts folder) everything is read through it, never by name."""
     try:
@@ -52,7 +53,8 @@ def load_summary(parts_dir: Path, unit_id: str, held: HeldDir | None = None) -> 
             with held.open_private(f"{STATE_DIR}/{unit_id}.summary.json") as fh:
                 summary = json.loads(fh.read())
         else:
-            summary = json.loads(summary_path(parts_dir, unit_id).read_text())
+            with open_input(summary_path(parts_dir, unit_id)) as fh:
+                summary = json.loads(fh.read())
     except (OSError, ValueError, UnsafeOutputError):  # absent, unreadable, or not a private file of ours
         return None
     if not isinstance(summary, dict) or summary.get("id") != unit_id or not isinstance(summary.get("files"), list):
@@ -65,25 +67,25 @@ def load_summary(parts_dir: Path, unit_id: str, held: HeldDir | None = None) -> 
     return summary
 
 
-def _is_file(parts_dir: Path, name: str, held: HeldDir | None) -> bool:
-    if held is None:
-        return (Path(parts_dir) / name).is_file()
+def _is_file(parts_dir: Location, name: str, held: HeldDir | StoreDir | None) -> bool:
     try:
-        held.open_private(name).close()
+        (open_input(join(parts_dir, name)) if held is None else held.open_private(name)).close()
         return True
     except (OSError, UnsafeOutputError):  # absent, or not a private file of ours
         return False
 
 
-def load_flow_states(parts_dir: Path, summary: dict, held: HeldDir | None = None) -> dict[int, dict[str, np.ndarray]]:
+def load_flow_states(
+    parts_dir: Location, summary: dict, held: HeldDir | StoreDir | None = None
+) -> dict[int, dict[str, np.ndarray]]:
     """The per-flow partials of a unit's pieces, by the piece's number in the unit (read through `held` when
     given)."""
     if not summary.get("flow_state"):
         return {}
     out: dict[int, dict[str, np.ndarray]] = {}
     name = f"{STATE_DIR}/{summary['flow_state']}"
-    with held.open_private(name) if held is not None else open(Path(parts_dir) / name, "rb") as fh:
-        with np.load(fh) as data:
+    with held.open_private(name) if held is not None else open_input(join(parts_dir, name)) as fh:
+        with np.load(io.BytesIO(fh.read())) as data:  # small; a store's file is read in one request
             for key in data.files:
                 number, field = key.split(".", 1)
                 out.setdefault(int(number), {})[field] = data[key]
@@ -94,18 +96,17 @@ def score_unit(
     unit: Unit,
     runner: ModelRunner | DeviceRunner | FlowModelRunner,
     opts: ScoreOptions,
-    parts_dir: Path,
+    parts_dir: Location,
     *,
     hooks: ChainHooks = NO_HOOKS,
     source: Callable[..., Iterator[PacketBatch]] = iter_packets,
-    named: set[Path] | None = None,
+    named: AbstractSet[Location] | None = None,
     progress: Progress | None = None,
     node: str | None = None,
 ) -> dict:
     """Score one unit with `runner` into parts_dir; returns its summary (saved beside the part), with "skipped"
     True when an earlier try had finished it. Each piece's report covers that piece's records only (a file cut
     into byte ranges: see reports.merge_reports). `node`: the Ray node scoring it, kept in the summary."""
-    parts_dir = Path(parts_dir)
     if unit.reusable:
         done = load_summary(parts_dir, unit.id)
         if done is not None:
@@ -133,21 +134,21 @@ def _save_summary(
     finished: list[dict],
     part: str | None,
     flow_states: dict[str, np.ndarray],
-    parts_dir: Path,
+    parts_dir: Location,
     started: float,
     cpu_started: float,
     node: str | None,
 ) -> dict:
     flow_state = None
     if flow_states:
-        flow_state = flow_state_path(parts_dir, unit.id)
-        flow_state.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(flow_state) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **flow_states)  # type: ignore[arg-type]  # numpy stub reads names as allow_pickle
+        flow_state = f"{unit.id}.flows.npz"
+        data = io.BytesIO()
+        np.savez(data, **flow_states)  # type: ignore[arg-type]  # numpy stub reads names as allow_pickle
+        put_bytes(flow_state_path(parts_dir, unit.id), data.getvalue())
     summary = {
         "id": unit.id,
         "part": part,
-        "flow_state": flow_state.name if flow_state is not None else None,
+        "flow_state": flow_state,
         "packets": sum(f["packets"] for f in finished),
         "records": sum(f["report"]["records"] for f in finished),
         "files": finished,
@@ -155,10 +156,7 @@ def _save_summary(
         "cpu_seconds": time.process_time() - cpu_started,
         "node": node,
     }
-    target = summary_path(parts_dir, unit.id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(summary))
+    put_bytes(summary_path(parts_dir, unit.id), json.dumps(summary).encode())
     return summary
 
 
@@ -175,12 +173,12 @@ class LocalExecutor:
         *,
         hooks: ChainHooks = NO_HOOKS,
         source: Callable[..., Iterator[PacketBatch]] = iter_packets,
-        named: set[Path] | None = None,
+        named: AbstractSet[Location] | None = None,
     ) -> None:
         self.runner, self.opts = runner, opts
         self.hooks, self.source, self.named = hooks, source, named
 
-    def __call__(self, units: Sequence[Unit], parts_dir: Path, progress: Progress | None = None) -> Iterator[dict]:
+    def __call__(self, units: Sequence[Unit], parts_dir: Location, progress: Progress | None = None) -> Iterator[dict]:
         for unit in units:
             yield score_unit(unit, self.runner, self.opts, parts_dir, hooks=self.hooks, source=self.source,
                              named=self.named, progress=progress)  # fmt: skip

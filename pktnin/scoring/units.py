@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from pktnin.engine.cache import cache_dir
 from pktnin.kernels.capture import CaptureError, CaptureReader, ReaderState, is_stream
 from pktnin.scoring.manifest import file_stamp
 from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES
+from pktnin.storage import Location, io_map, is_uri, size_mtime
 
 INDEX_VERSION = 2
 INDEX_STEP_RECORDS = 4096  # records per walk call of the index pass: the finest a cut can be placed
@@ -97,12 +99,17 @@ class Unit:
         return cls(d["id"], tuple(Piece(**p) for p in d["pieces"]), d["reusable"])
 
 
+def real_path(path: Location) -> str:
+    """The real path of a file; a URI as it is (a store has no links to follow)."""
+    return str(path) if is_uri(path) else os.path.realpath(path)
+
+
 def unit_id(pieces: list[Piece], settings: dict) -> str:
-    key = json.dumps([[os.path.realpath(p.path), p.stamp, p.start or 0] for p in pieces] + [settings], sort_keys=True)
+    key = json.dumps([[real_path(p.path), p.stamp, p.start or 0] for p in pieces] + [settings], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def index_file(path: str | os.PathLike, split_bytes: int, step_records: int = INDEX_STEP_RECORDS) -> list[Cut]:
+def index_file(path: Location, split_bytes: int, step_records: int = INDEX_STEP_RECORDS) -> list[Cut]:
     """Cuts for one file: after the first record ending >= split_bytes past the previous cut (the file start
     for the first). No cuts for files that are not captures or fit in one shard; none after a fatal error."""
     if split_bytes < 1:
@@ -111,7 +118,7 @@ def index_file(path: str | os.PathLike, split_bytes: int, step_records: int = IN
         reader = CaptureReader(path, max_records=step_records)
     except (CaptureError, OSError):
         return []  # the worker reads it whole and reports why it cannot
-    size = os.stat(path).st_size
+    size = size_mtime(path)[0]
     cuts: list[Cut] = []
     last = 0
     for _ in reader:
@@ -127,9 +134,10 @@ def index_cache_path(real_path: str, stamp: dict, split_bytes: int) -> Path:
     return cache_dir() / "index" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def cached_index(path: str | os.PathLike, split_bytes: int, step_records: int = INDEX_STEP_RECORDS) -> list[Cut]:
-    """index_file, cached per (real path, size, mtime, split size); an unreadable cache entry is recomputed."""
-    real = os.path.realpath(path)
+def cached_index(path: Location, split_bytes: int, step_records: int = INDEX_STEP_RECORDS) -> list[Cut]:
+    """index_file, cached per (real path or URI, size, mtime, split size); an unreadable cache entry is
+    recomputed."""
+    real = real_path(path)
     stamp = _stat_stamp(real)
     cache = index_cache_path(real, stamp, split_bytes)
     try:
@@ -152,12 +160,12 @@ def cached_index(path: str | os.PathLike, split_bytes: int, step_records: int = 
 
 
 def _stat_stamp(path: str) -> dict:
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    size, mtime_ns = size_mtime(path)
+    return {"size": size, "mtime_ns": mtime_ns}
 
 
 def make_units(
-    files: list[Path],
+    files: Sequence[Location],
     settings: dict,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     unit_files: int = DEFAULT_UNIT_FILES,
@@ -174,17 +182,22 @@ def make_units(
             units.append(Unit(unit_id(group, settings), tuple(group)))
         group, group_bytes = [], 0
 
+    def stamp_of(path: Location) -> dict | None | OSError:
+        try:
+            return None if is_stream(path) else file_stamp(path)
+        except OSError as exc:
+            return exc
+
+    stamps = io_map(stamp_of, files)  # objects in a store: their requests in flight together
     for index, path in enumerate(files):
         if is_stream(path):
             close_group()
             piece = Piece(index, str(path))
             units.append(Unit(unit_id([piece], settings), (piece,), reusable=False))
             continue
-        try:
-            stamp = file_stamp(path)
-            size = stamp["size"] if stamp is not None else 0
-        except OSError:
-            stamp, size = None, 0  # the reader reports the error
+        found = stamps[index]
+        stamp = None if isinstance(found, OSError) else found  # unreadable: the reader reports the error
+        size = stamp["size"] if stamp is not None else 0
         if size > unit_bytes:
             close_group()
             cuts = cached_index(path, unit_bytes, step_records)

@@ -8,7 +8,6 @@ outputs are assembled from the parts afterwards (scoring.run).
 from __future__ import annotations
 
 import queue
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +20,7 @@ from pktnin.scoring.options import ScoreOptions
 from pktnin.scoring.units import Unit
 from pktnin.scoring.writers import PartWriter, packet_batch, packet_schema
 from pktnin.stages import DONE, Progress, Stages
+from pktnin.storage import Location, join
 
 WRITE_ROWS = 16384  # scored rows gathered before they become one Arrow batch
 
@@ -51,7 +51,7 @@ class ScoredBuffer:
 class Part:
     """The packet rows of one unit, written under a temporary name and renamed into place by close()."""
 
-    def __init__(self, parts: Path, name: str, schema: pa.Schema) -> None:
+    def __init__(self, parts: Location, name: str, schema: pa.Schema) -> None:
         self.packet_name = f"{name}.packets.parquet"
         self.parts = parts
         self.schema = schema
@@ -63,7 +63,7 @@ class Part:
 
     def write_packets(self, batch: pa.RecordBatch) -> None:
         if self.packets is None:
-            self.packets = PartWriter(self.parts / self.packet_name, self.schema)
+            self.packets = PartWriter(join(self.parts, self.packet_name), self.schema)
         self.packets.write(batch)
 
     def close(self) -> None:
@@ -81,9 +81,9 @@ class UnitWriter:
     the unit's summary (unit_run). `progress` (optional) gets add_packets(n) as rows arrive scored."""
 
     def __init__(
-        self, unit: Unit, opts: ScoreOptions, classes: list[str], parts_dir: Path, progress: Progress | None = None
+        self, unit: Unit, opts: ScoreOptions, classes: list[str], parts_dir: Location, progress: Progress | None = None
     ) -> None:
-        self.unit, self.parts_dir = unit, Path(parts_dir)
+        self.unit, self.parts_dir = unit, parts_dir
         self.classes = pa.array(classes, type=pa.string())
         self.n_classes = len(classes)
         self.part = Part(self.parts_dir, unit.id, packet_schema(classes, opts.probs))

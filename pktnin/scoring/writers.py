@@ -22,6 +22,7 @@ from pktnin.atomic import atomic_path
 from pktnin.errors import OptionError
 from pktnin.names import name_text
 from pktnin.schema import meta_dtype
+from pktnin.storage import Location, Upload, is_uri
 
 FORMATS = ("parquet", "csv")
 ROW_GROUP_ROWS = 65536
@@ -125,17 +126,19 @@ def packet_batch(
 
 class PartWriter:
     """A Parquet file written under a temporary name and renamed into place by close(); abort() removes it.
+    In a store (a URI): an object uploaded under a temporary key and copied onto the target by close().
 
     Batches are buffered into row groups of about ROW_GROUP_ROWS rows so tiny batches do not make tiny groups.
     """
 
-    def __init__(self, target: Path, schema: pa.Schema, compression: str = "snappy") -> None:
-        self.target = Path(target)
+    def __init__(self, target: Location, schema: pa.Schema, compression: str = "snappy") -> None:
+        self.target = target
         self.schema = schema
         self.rows = 0
         self._stack = ExitStack()
-        tmp = self._stack.enter_context(atomic_path(self.target))
-        self._writer = pq.ParquetWriter(tmp, schema, compression=compression)
+        self._upload = Upload(str(target)) if is_uri(target) else None
+        sink = self._upload.stream if self._upload is not None else self._stack.enter_context(atomic_path(target))
+        self._writer = pq.ParquetWriter(sink, schema, compression=compression)
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
 
@@ -157,9 +160,11 @@ class PartWriter:
             self._buffer.clear()
             self._buffered = 0
 
-    def close(self) -> Path:
+    def close(self) -> Location:
         self._flush()
         self._writer.close()
+        if self._upload is not None:
+            self._upload.commit()
         self._stack.close()  # renames the temporary file onto the target
         return self.target
 
@@ -167,6 +172,8 @@ class PartWriter:
         try:
             self._writer.close()
         finally:
+            if self._upload is not None:
+                self._upload.discard()
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
 
 
@@ -204,7 +211,7 @@ def write_batches_to(
     return rows
 
 
-def format_for(out: Path | None, fmt: str | None) -> str:
+def format_for(out: Location | None, fmt: str | None) -> str:
     """The output format: `fmt` when given, else from the suffix of `out` (.csv or .parquet), else parquet."""
     if fmt is not None:
         return fmt
