@@ -168,8 +168,13 @@ class TreeCandidate:
         return feature_rows(self.features)
 
     def fit(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, n_jobs: int = 2):
+        """The fitted model, on at most n_jobs threads (boosting's OpenMP threads too: on a loaded machine more
+        threads than free cores make its barriers wait on threads that are not running)."""
         if self.kind == "gbt":
-            return fit_gbt(x, y, weights)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(n_jobs):
+                return fit_gbt(x, y, weights)
         from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
         forest = {"rf": RandomForestClassifier, "et": ExtraTreesClassifier}[self.kind]
