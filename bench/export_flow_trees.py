@@ -54,6 +54,7 @@ def main() -> None:
         "--val-figures", type=Path, help="flow_baselines.py JSON: its validation figures go into provenance"
     )
     ap.add_argument("--cv-figures", type=Path, help="flow_cv.py JSON: the candidate's CV figures go into provenance")
+    ap.add_argument("--n-jobs", type=int, default=2, help="threads the fit uses")
     ap.add_argument("--flows", type=Path, help="the dataset's FlowSet (.npz); built from the dataset without it")
     ap.add_argument("--keep-model", type=Path, help="pickle of the fitted trees: reused when it exists")
     ap.add_argument("--json", type=Path)
@@ -82,7 +83,9 @@ def main() -> None:
         y = fit.label.astype(np.int64)
         weights = training_sample_weights(y, np.arange(len(fit)), "balanced", num_classes)
         started = time.perf_counter()
-        model = candidate.fit(feature_matrix(candidate.features, first_rows(data, fit, k), fit.feats), y, weights)
+        model = candidate.fit(
+            feature_matrix(candidate.features, first_rows(data, fit, k), fit.feats), y, weights, args.n_jobs
+        )
         print(f"fit on {len(fit)} flows ({args.fit}) in {time.perf_counter() - started:.0f} s, "
               f"{tree_leaves(model)} leaves", flush=True)  # fmt: skip
         if args.keep_model:
