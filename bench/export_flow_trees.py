@@ -6,8 +6,8 @@ flows of `--fit` splits (train,val for the shipped model, as the other bundled m
 Runtime's probabilities equal scikit-learn's predict_proba on the val and test flows (largest difference, argmax
 agreement) and prints the graph's packet and flow macro-F1 on each, computed as flow_baselines.py does.
 
-    python bench/export_flow_trees.py DATASET_DIR --candidate "GBT, flow features, K=8" \
-        --out pktnin/models/trees_flow8.onnx --cv-figures bench/results/flow-cv.json --json bench/results/trees-flow8.json
+    python bench/export_flow_trees.py DATASET_DIR --candidate "GBT, first packet + flow K=8" \
+        --out pktnin/models/trees_first_flow8.onnx --cv-figures bench/results/flow-cv.json --json OUT.json
 """
 
 from __future__ import annotations
