@@ -1,13 +1,13 @@
-"""Fit the flow-feature trees on a dataset's flows, export them as one ONNX flow model, check it and score it.
+"""Fit a tree flow model on a dataset's flows, export it as one ONNX flow model, check it and score it.
 
-The trees are bench/flow_baselines.py's "GBT, flow features" (pktnin.trainer.flow_trees) with the K chosen there on
-validation, fit on the flows of `--fit` splits (train,val for the shipped model, as the other bundled models are
-refit). The exported graph computes the features itself from `rows` and `pkt_feats`; this script checks that ONNX
+The model is bench/flow_cv.py's candidate `--candidate NAME` (its feature set and tree ensemble,
+pktnin.trainer.flow_trees), or without it bench/flow_baselines.py's "GBT, flow features" of `--k` rows, fit on the
+flows of `--fit` splits (train,val for the shipped model, as the other bundled models are refit). The exported graph computes the features itself from `rows` and `pkt_feats`; this script checks that ONNX
 Runtime's probabilities equal scikit-learn's predict_proba on the val and test flows (largest difference, argmax
 agreement) and prints the graph's packet and flow macro-F1 on each, computed as flow_baselines.py does.
 
-    python bench/export_flow_trees.py DATASET_DIR --k 8 --out pktnin/models/trees_flow8.onnx \
-        --val-figures bench/results/flow-baselines.json --json bench/results/trees-flow8.json
+    python bench/export_flow_trees.py DATASET_DIR --candidate "GBT, first packet + flow K=8" \
+        --out pktnin/models/trees_first_flow8.onnx --cv-figures bench/results/flow-cv.json --json OUT.json
 """
 
 from __future__ import annotations
@@ -27,16 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flow_baselines import FlowOnnx, flow_scores  # noqa: E402
+from flow_cv import CANDIDATES  # noqa: E402
 
 from pktnin.checkpoint import git_commit  # noqa: E402
-from pktnin.dataset.flows import first_rows, flow_set  # noqa: E402
+from pktnin.dataset.flows import FlowSet, first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, load_dataset  # noqa: E402
 from pktnin.trainer.flow_trees import (  # noqa: E402
-    fit_gbt,
-    flow_features,
-    gbt_probabilities,
+    TreeCandidate,
+    feature_matrix,
     graph_features,
     save_flow_trees,
+    tree_leaves,
+    tree_probabilities,
 )
 from pktnin.trainer.train import training_sample_weights  # noqa: E402
 
@@ -44,19 +46,30 @@ from pktnin.trainer.train import training_sample_weights  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
-    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--candidate", help="a bench/flow_cv.py candidate by name")
+    ap.add_argument("--k", type=int, default=8, help="without --candidate: the flow-feature trees of k rows")
     ap.add_argument("--fit", default="train,val", help="splits the trees are fit on")
-    ap.add_argument("--max-iter", type=int, default=150)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
         "--val-figures", type=Path, help="flow_baselines.py JSON: its validation figures go into provenance"
     )
+    ap.add_argument("--cv-figures", type=Path, help="flow_cv.py JSON: the candidate's CV figures go into provenance")
+    ap.add_argument("--n-jobs", type=int, default=2, help="threads the fit uses")
+    ap.add_argument("--flows", type=Path, help="the dataset's FlowSet (.npz); built from the dataset without it")
     ap.add_argument("--keep-model", type=Path, help="pickle of the fitted trees: reused when it exists")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    if args.candidate:
+        by_name = {c.name: c for c in CANDIDATES}
+        if args.candidate not in by_name:
+            ap.error(f"--candidate {args.candidate!r} is not one of bench/flow_cv.py's: {sorted(by_name)}")
+        candidate = by_name[args.candidate]
+    else:
+        candidate = TreeCandidate(f"GBT, flow features, K={args.k}", f"flow{args.k}", "gbt")
+    k = candidate.k
     data = load_dataset(args.data)
-    flows = flow_set(data)
+    flows = FlowSet.load(args.flows) if args.flows else flow_set(data)
     flows = flows.select(np.argsort(flows.flow))  # flow_baselines.py's order: the fit sees the same rows in order
     num_classes = data.num_classes
 
@@ -70,30 +83,37 @@ def main() -> None:
         y = fit.label.astype(np.int64)
         weights = training_sample_weights(y, np.arange(len(fit)), "balanced", num_classes)
         started = time.perf_counter()
-        model = fit_gbt(flow_features(first_rows(data, fit, args.k), fit.feats, args.k), y, weights, args.max_iter)
+        model = candidate.fit(
+            feature_matrix(candidate.features, first_rows(data, fit, k), fit.feats), y, weights, args.n_jobs
+        )
         print(f"fit on {len(fit)} flows ({args.fit}) in {time.perf_counter() - started:.0f} s, "
-              f"{model.n_iter_} rounds", flush=True)  # fmt: skip
+              f"{tree_leaves(model)} leaves", flush=True)  # fmt: skip
         if args.keep_model:
             args.keep_model.write_bytes(pickle.dumps(model))
 
-    name = f"GBT, flow features, K={args.k}"
     keep = ("source_kind", "labels_csv", "label_column", "split_mode", "seed", "mask", "keep_dns", "n_rows")
+    params = {key: value for key, value in model.get_params().items() if isinstance(value, (int, float, str))}
     provenance = {
         "git_commit": git_commit(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"dir": str(args.data.resolve()), **{k: data.meta[k] for k in keep if k in data.meta},
                  "n_flows": {s: int((flows.split == c).sum()) for s, c in SPLIT_CODES.items()}},
         "fit": args.fit.replace(",", "+"),
-        "validation_macro_f1": None,  # refit on train+val: validation figures are the train-only fit's, below
-        "trees": {"model": "HistGradientBoostingClassifier", "max_iter": args.max_iter, "rounds": int(model.n_iter_),
-                  "learning_rate": 0.1, "max_leaf_nodes": 31, "weighting": "balanced"},
-        "features": f"pktnin.trainer.flow_trees.flow_features, K={args.k}",
+        "validation_macro_f1": None,  # refit on train+val: the choice's figures are below
+        "candidate": candidate.name,
+        "trees": {"model": type(model).__name__, **params, "leaves": tree_leaves(model), "weighting": "balanced"},
+        "features": f"pktnin.trainer.flow_trees.feature_matrix {candidate.features!r}, K={k}",
     }  # fmt: skip
     if args.val_figures:
-        val = json.loads(args.val_figures.read_text())["by_split"]["val"][name]
+        val = json.loads(args.val_figures.read_text())["by_split"]["val"][candidate.name]
         provenance["validation"] = {"fit": "train", "packet_macro_f1": round(val["packet_macro_f1"], 4),
                                     "flow_macro_f1": round(val["flow_macro_f1"], 4)}  # fmt: skip
-    save_flow_trees(model, args.k, data.classes, provenance, args.out)
+    if args.cv_figures:
+        cv = json.loads(args.cv_figures.read_text())["cv"][candidate.name]
+        provenance["cross_validation"] = {"fit": "train+val by file, 5 folds", "score": round(cv["score"], 4),
+                                          "packet_macro_f1": round(cv["packet_macro_f1"], 4),
+                                          "flow_macro_f1": round(cv["flow_macro_f1"], 4)}  # fmt: skip
+    save_flow_trees(model, k, data.classes, provenance, args.out, candidate.features)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)", flush=True)
 
     graph = FlowOnnx(args.out)
@@ -102,11 +122,11 @@ def main() -> None:
     report: dict = {"onnx": str(args.out), "bytes": args.out.stat().st_size, "provenance": provenance}
     for split in ("val", "test"):
         ev = split_flows(split)
-        rows = first_rows(data, ev, args.k)
-        x = flow_features(rows, ev.feats, args.k)
-        features_equal = bool((graph_features(proto, rows, ev.feats[:, : args.k]) == x).all())
-        expected = gbt_probabilities(model, x, num_classes)
-        got = graph.predict(rows, ev.feats[:, : args.k])
+        rows = first_rows(data, ev, k)
+        x = feature_matrix(candidate.features, rows, ev.feats)
+        features_equal = bool((graph_features(proto, rows, ev.feats[:, :k]) == x).all())
+        expected = tree_probabilities(model, x, num_classes)
+        got = graph.predict(rows, ev.feats[:, :k])
         agree = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
         scores = flow_scores(ev, got, num_classes, sources)
         report[split] = {"flows": len(ev), "max_abs_diff": float(np.abs(got - expected).max()),

@@ -44,7 +44,7 @@ from baselines import forest_probabilities  # noqa: E402
 from pktnin.dataset.flows import FlowSet, first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, Dataset, load_dataset  # noqa: E402
 from pktnin.engine.port_table import PortTable  # noqa: E402
-from pktnin.trainer.flow_trees import first_packet_features, fit_gbt, flow_features, gbt_probabilities  # noqa: E402
+from pktnin.trainer.flow_trees import first_packet_features, fit_gbt, flow_features, tree_probabilities  # noqa: E402
 from pktnin.trainer.metrics import macro_f1  # noqa: E402
 from pktnin.trainer.train import training_sample_weights  # noqa: E402
 
@@ -170,7 +170,7 @@ def main() -> None:
                 started = time.perf_counter()
                 x_fit = flow_features(fit_rows, fit.feats, k)
                 trees = fit_gbt(x_fit, y_fit, weights)
-                probs = gbt_probabilities(trees, flow_features(ev_rows, ev.feats, k), num_classes)
+                probs = tree_probabilities(trees, flow_features(ev_rows, ev.feats, k), num_classes)
                 record(stage, f"GBT, flow features, K={k}", ev, probs, started)
             if stage == "val":
                 chosen["GBT"] = max(KS, key=lambda k: _mean_f1(results["val"][f"GBT, flow features, K={k}"]))

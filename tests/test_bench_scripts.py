@@ -205,15 +205,19 @@ def test_file_bootstrap_flow_decisions_and_flow_level(dataset, tmp_path):
     assert bad.returncode != 0 and "no decision" in bad.stderr
 
 
-def test_flow_baselines_on_a_built_dataset(csv_corpus, second_csv, tmp_path):  # noqa: F811
+def _flows_dataset(corpus: Path, second: tuple[Path, Path], out: Path):
+    """The two labeled sources built into one dataset with the flow features' per-row metadata."""
     from pktnin.dataset.build import build_dataset
     from pktnin.dataset.options import BuildOptions
 
-    corpus, (labels_csv, pcaps) = csv_corpus, second_csv
+    labels_csv, pcaps = second
     meta = ["ts_ns", "src_addr", "src_port", "dst_port"]
-    options = BuildOptions(corpus / "labels.csv", tmp_path / "d", more_sources=[(labels_csv, pcaps)], packet_meta=meta)
-    build_dataset(options)
-    d = load_dataset(tmp_path / "d")
+    build_dataset(BuildOptions(corpus / "labels.csv", out, more_sources=[(labels_csv, pcaps)], packet_meta=meta))
+    return load_dataset(out)
+
+
+def test_flow_baselines_on_a_built_dataset(csv_corpus, second_csv, tmp_path):  # noqa: F811
+    d = _flows_dataset(csv_corpus, second_csv, tmp_path / "d")
     out, preds = tmp_path / "f.json", tmp_path / "pred"
     done = run("flow_baselines.py", str(tmp_path / "d"), "--trees", "10", "--json", str(out),
                "--save-predictions", str(preds))  # fmt: skip
@@ -246,3 +250,66 @@ def test_flow_baselines_on_a_built_dataset(csv_corpus, second_csv, tmp_path):  #
     assert check["provenance"]["validation"]["packet_macro_f1"] == round(
         report["by_split"]["val"][f"GBT, flow features, K={k}"]["packet_macro_f1"], 4
     )
+
+
+def test_flow_cv_folds_by_file_and_exports_its_winner(csv_corpus, second_csv, tmp_path):  # noqa: F811
+    d = _flows_dataset(csv_corpus, second_csv, tmp_path / "d")
+    out, preds = tmp_path / "cv.json", tmp_path / "pred"
+    candidates = [
+        "RF, first packet, 50x256 leaves",
+        "GBT, first packet + flow K=4",
+        "RF, 2 payload packets a direction",
+    ]
+    only = [arg for name in candidates for arg in ("--only", name)]
+    done = run("flow_cv.py", str(tmp_path / "d"), "--folds", "2", *only, "--json", str(out),
+               "--save-predictions", str(preds))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["cv"]) == {"port lookup", *candidates} and report["cv_winner"] in candidates
+    pool = np.isin(d.split, [0, 1])
+    train_val_flows = np.unique(d.flow[pool]).size
+    for name, cv in report["cv"].items():
+        assert len(cv["folds"]) == 2 and sum(f["flows"] for f in cv["folds"]) == train_val_flows, name
+        assert np.mean([(f["packet_macro_f1"] + f["flow_macro_f1"]) / 2 for f in cv["folds"]]) == pytest.approx(
+            cv["score"]
+        )
+    assert report["cv"]["port lookup"]["onnx_mb_fold0"] is None
+    assert sum(report["fold_files"]) == np.unique(d.file[pool]).size  # every file in exactly one fold
+    test_flows = np.unique(d.flow[d.indices("test")])
+    assert all(r["flows"] == test_flows.size for r in report["test"].values())
+    assert sorted(np.load(preds / "port_lookup.npz")["flow"].tolist()) == test_flows.tolist()
+
+    winner = report["cv_winner"]
+    onnx_path, exported = tmp_path / "w.onnx", tmp_path / "w.json"
+    done = run("export_flow_trees.py", str(tmp_path / "d"), "--candidate", winner, "--out", str(onnx_path),
+               "--cv-figures", str(out), "--json", str(exported))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check = json.loads(exported.read_text())
+    for split in ("val", "test"):
+        assert check[split]["features_equal"] and check[split]["argmax_agreement"] == 1.0
+        assert check[split]["max_abs_diff"] < 1e-5
+    assert check["test"]["onnx"]["flow_macro_f1"] == report["test"][winner]["flow_macro_f1"]
+    assert check["provenance"]["cross_validation"]["score"] == round(report["cv"][winner]["score"], 4)
+
+
+def test_flow_cv_keeps_each_file_in_one_fold_and_spreads_sources():
+    sys.path.insert(0, str(BENCH))
+    from flow_cv import file_folds
+
+    from pktnin.dataset.flows import FlowSet
+
+    rng = np.random.default_rng(1)
+    n = 600
+    capture_file = rng.integers(0, 40, n)
+    source = (capture_file >= 20).astype(np.int16)  # files 0-19 one source, 20-39 the other
+    label = (capture_file % 4).astype(np.int16)
+    zeros = np.zeros(n, np.int64)
+    flows = FlowSet(index=np.zeros((n, 1), np.int64), feats=np.zeros((n, 1, 4), np.float32), src_port=zeros,
+                    dst_port=zeros, label=label, split=zeros.astype(np.int8), capture_file=capture_file,
+                    source=source, packets=zeros + 1, flow=np.arange(n))  # fmt: skip
+    fold = file_folds(flows, 5, seed=0)
+    for f in np.unique(capture_file):
+        assert np.unique(fold[capture_file == f]).size == 1
+    for k in range(5):
+        assert set(source[fold == k]) == {0, 1}  # both sources in every fold
+    assert np.array_equal(fold, file_folds(flows, 5, seed=0))

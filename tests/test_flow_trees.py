@@ -11,15 +11,20 @@ ort = pytest.importorskip("onnxruntime")
 from pktnin.flow_features import N_FLOW_FEATURES  # noqa: E402
 from pktnin.layout import HEADER_LEN, ROW_LEN  # noqa: E402
 from pktnin.trainer.flow_trees import (  # noqa: E402
+    FIRST_PAYLOAD,
     PORT_BYTES,
     TCP_FLAGS_BYTE,
+    TreeCandidate,
+    direction_payload_features,
+    feature_matrix,
+    feature_rows,
     fit_gbt,
     flow_feature_count,
     flow_features,
     flow_trees_onnx,
-    gbt_probabilities,
     graph_features,
     ports,
+    tree_probabilities,
 )
 
 CLASSES = ["a", "b", "c", "never-seen"]
@@ -58,7 +63,7 @@ def test_graph_probabilities_equal_sklearn():
     assert meta["pktnin.decide"] == "flow" and meta["pktnin.flow_packets"] == str(k)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(["probs"], {"rows": rows[400:], "pkt_feats": feats[400:]})[0]
-    expected = gbt_probabilities(model, flow_features(rows[400:], feats[400:], k), len(CLASSES))
+    expected = tree_probabilities(model, flow_features(rows[400:], feats[400:], k), len(CLASSES))
     assert got.shape == (200, len(CLASSES)) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
@@ -70,3 +75,40 @@ def test_wrong_k_is_refused():
     model = fit_gbt(flow_features(rows, feats, 2), labels, None, max_iter=2)
     with pytest.raises(ValueError, match="K=3"):
         flow_trees_onnx(model, 3, CLASSES, {})
+
+
+@pytest.mark.parametrize("features", ["first", "first+flow4", "dir2", "dir2+flow4"])
+def test_feature_sets_in_the_graph_equal_numpy(features):
+    """Every feature set's graph features equal feature_matrix's, headers of all kinds (random bytes, IP length
+    fields of 0 that fall back to the bytes held) and flows shorter than K included."""
+    k = feature_rows(features)
+    rows, feats, labels = synthetic_flows(300, k)
+    rows[::3, :, 2:6] = 0  # no IP length: the length is what the row holds
+    rows[1::3, :, 0] = 0x45  # IPv4, 20-byte header
+    rows[1::3, :, 9] = np.where(labels[1::3, None] == 0, 6, 17)  # TCP or UDP
+    rows[2::3, :, 0] = 0x60  # IPv6
+    rows[:, :, 200:] = 0
+    feats[:, :, 1] = feats[:, :, 1] > 0.5  # directions
+    feats[:, :, 0] = 1.0
+    short = np.arange(300) % 4 == 0
+    feats[short, k // 2 :] = 0.0  # empty slots: all zero, rows too
+    rows[short, k // 2 :] = 0
+    x = feature_matrix(features, rows, feats)
+    model = TreeCandidate("t", features, "rf", trees=3, max_leaf_nodes=8).fit(x, labels, None, n_jobs=1)
+    proto = flow_trees_onnx(model, k, CLASSES, {"fit": "synthetic"}, features)
+    np.testing.assert_array_equal(graph_features(proto, rows, feats), x)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(["probs"], {"rows": rows, "pkt_feats": feats})[0]
+    np.testing.assert_allclose(got, tree_probabilities(model, x, len(CLASSES)), atol=1e-5)
+
+
+def test_direction_features_pick_each_directions_packets():
+    k = 8
+    rows = np.zeros((1, k, ROW_LEN), np.uint8)
+    rows[0, :, HEADER_LEN] = np.arange(1, k + 1)  # payload byte 0 says which packet it is
+    feats = np.zeros((1, k, N_FLOW_FEATURES), np.float32)
+    feats[0, :5, 0] = 1.0
+    feats[0, :5, 1] = [1, 1, 0, 1, 0]  # forward: packets 1, 2, 4; backward: 3, 5
+    x = direction_payload_features(rows, feats, 2)
+    width = FIRST_PAYLOAD + 1
+    assert [x[0, i * width] for i in range(4)] == [1, 2, 3, 5]
