@@ -6,6 +6,11 @@ flows of `--fit` splits (train,val for the shipped model, as the other bundled m
 Runtime's probabilities equal scikit-learn's predict_proba on the val and test flows (largest difference, argmax
 agreement) and prints the graph's packet and flow macro-F1 on each, computed as flow_baselines.py does.
 
+With `--fusion NAME` (a bench/flow_cv.py fusion of the boosting and the port table, its table options and beta
+read from `--cv-figures`), the port table is fit on the same splits' packets and fused into the graph like the
+paper's Eq. 3 (pktnin.engine.port_table.fuse_port_onnx: the key from the flow's first row), and the check is
+against beta * y_port + (1 - beta) * predict_proba.
+
     python bench/export_flow_trees.py DATASET_DIR --candidate "GBT, first packet + flow K=8" \
         --out pktnin/models/trees_first_flow8.onnx --cv-figures bench/results/flow-cv.json --json OUT.json
 """
@@ -27,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flow_baselines import FlowOnnx, flow_scores  # noqa: E402
-from flow_cv import CANDIDATES  # noqa: E402
+from flow_cv import CANDIDATES, FUSIONS  # noqa: E402
 
 from pktnin.checkpoint import git_commit  # noqa: E402
 from pktnin.dataset.flows import FlowSet, first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, load_dataset  # noqa: E402
+from pktnin.engine.port_table import PortTable, fuse_port_onnx  # noqa: E402
 from pktnin.trainer.flow_trees import (  # noqa: E402
     TreeCandidate,
     feature_matrix,
@@ -54,12 +60,20 @@ def main() -> None:
         "--val-figures", type=Path, help="flow_baselines.py JSON: its validation figures go into provenance"
     )
     ap.add_argument("--cv-figures", type=Path, help="flow_cv.py JSON: the candidate's CV figures go into provenance")
+    ap.add_argument("--fusion", help="a bench/flow_cv.py fusion of the boosting and the port table, by name")
     ap.add_argument("--n-jobs", type=int, default=2, help="threads the fit uses")
     ap.add_argument("--flows", type=Path, help="the dataset's FlowSet (.npz); built from the dataset without it")
     ap.add_argument("--keep-model", type=Path, help="pickle of the fitted trees: reused when it exists")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    fusion = None
+    if args.fusion:
+        fusions = {f.name: f for f in FUSIONS if f.forest is None and f.port}
+        if args.fusion not in fusions or not args.cv_figures:
+            ap.error(f"--fusion is one of {sorted(fusions)}, with the --cv-figures that chose its options")
+        fusion = json.loads(args.cv_figures.read_text())["fusion"][args.fusion]
+        args.candidate = fusions[args.fusion].trees
     if args.candidate:
         by_name = {c.name: c for c in CANDIDATES}
         if args.candidate not in by_name:
@@ -113,7 +127,23 @@ def main() -> None:
         provenance["cross_validation"] = {"fit": "train+val by file, 5 folds", "score": round(cv["score"], 4),
                                           "packet_macro_f1": round(cv["packet_macro_f1"], 4),
                                           "flow_macro_f1": round(cv["flow_macro_f1"], 4)}  # fmt: skip
-    save_flow_trees(model, k, data.classes, provenance, args.out, candidate.features)
+    table = None
+    if fusion is None:
+        save_flow_trees(model, k, data.classes, provenance, args.out, candidate.features)
+    else:
+        provenance["fusion"] = {"name": args.fusion, "beta": fusion["beta"], **fusion["table"],
+                                "cross_validation_nested": round(fusion["score_nested"], 4),
+                                "cross_validation_same_folds": round(fusion["score_same_oof"], 4)}  # fmt: skip
+        fit = split_flows(args.fit)
+        fit_rows = np.flatnonzero(np.isin(data.file, np.unique(fit.capture_file)))
+        table = PortTable.fit(data.rows[fit_rows, :24], data.labels[fit_rows], num_classes,
+                              fusion["table"]["smoothing"], fusion["table"]["balanced"])  # fmt: skip
+        trees_path = args.out.with_name(f".{args.out.stem}.trees.onnx")
+        save_flow_trees(model, k, data.classes, provenance, trees_path, candidate.features)
+        try:
+            fuse_port_onnx(trees_path, table, fusion["beta"], args.out, {"fit": args.fit.replace(",", "+")})
+        finally:
+            trees_path.unlink()
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)", flush=True)
 
     graph = FlowOnnx(args.out)
@@ -126,6 +156,8 @@ def main() -> None:
         x = feature_matrix(candidate.features, rows, ev.feats)
         features_equal = bool((graph_features(proto, rows, ev.feats[:, :k]) == x).all())
         expected = tree_probabilities(model, x, num_classes)
+        if table is not None:
+            expected = fusion["beta"] * table.predict_proba(rows[:, 0, :24]) + (1 - fusion["beta"]) * expected
         got = graph.predict(rows, ev.feats[:, :k])
         agree = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
         scores = flow_scores(ev, got, num_classes, sources)
