@@ -349,14 +349,14 @@ def test_flow_cv_fuses_out_of_fold_probabilities(csv_corpus, second_csv, tmp_pat
 
     # the boosting fused with the port table as one graph, checked against the numpy fusion
     onnx_path, exported = tmp_path / "fused.onnx", tmp_path / "fused.json"
-    done = run("export_flow_trees.py", str(tmp_path / "d"), "--fusion", "GBT first+flow K=8 + port table",
+    done = run("export_flow_trees.py", str(tmp_path / "d"), "--fusion", "GBT first+flow K=8 + RF 20x1024 + port table",
                "--out", str(onnx_path), "--cv-figures", str(out), "--json", str(exported))  # fmt: skip
     assert done.returncode == 0, done.stderr
     check = json.loads(exported.read_text())
     for split in ("val", "test"):
         assert check[split]["features_equal"] and check[split]["argmax_agreement"] == 1.0
         assert check[split]["max_abs_diff"] < 1e-5
-    assert check["provenance"]["fusion"]["beta"] == report["fusion"]["GBT first+flow K=8 + port table"]["beta"]
+    assert check["provenance"]["fusion"]["w"] == report["fusion"]["GBT first+flow K=8 + RF 20x1024 + port table"]["w"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the trees-only graph removed
 
 
