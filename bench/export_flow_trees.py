@@ -6,6 +6,12 @@ flows of `--fit` splits (train,val for the shipped model, as the other bundled m
 Runtime's probabilities equal scikit-learn's predict_proba on the val and test flows (largest difference, argmax
 agreement) and prints the graph's packet and flow macro-F1 on each, computed as flow_baselines.py does.
 
+With `--fusion NAME` (a bench/flow_cv.py fusion, its options read from `--cv-figures`), its forest is fit on the
+same flows and blended in ((1 - w) * boosting + w * forest in one graph, flow_trees.blend_flow_graphs), and its
+port table is fit on the same splits' packets and fused into the graph like the paper's Eq. 3
+(pktnin.engine.port_table.fuse_port_onnx: the key from the flow's first row); the check is against the same
+fusion of the scikit-learn probabilities and the numpy table.
+
     python bench/export_flow_trees.py DATASET_DIR --candidate "GBT, first packet + flow K=8" \
         --out pktnin/models/trees_first_flow8.onnx --cv-figures bench/results/flow-cv.json --json OUT.json
 """
@@ -27,16 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flow_baselines import FlowOnnx, flow_scores  # noqa: E402
-from flow_cv import CANDIDATES  # noqa: E402
+from flow_cv import CANDIDATES, FUSIONS, fused  # noqa: E402
 
 from pktnin.checkpoint import git_commit  # noqa: E402
 from pktnin.dataset.flows import FlowSet, first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, load_dataset  # noqa: E402
+from pktnin.engine.export import save_onnx  # noqa: E402
+from pktnin.engine.model_file import PRESET_KEY  # noqa: E402
+from pktnin.engine.port_table import PortTable, fuse_port_onnx  # noqa: E402
 from pktnin.trainer.flow_trees import (  # noqa: E402
     TreeCandidate,
+    blend_flow_graphs,
     feature_matrix,
+    flow_trees_onnx,
     graph_features,
-    save_flow_trees,
     tree_leaves,
     tree_probabilities,
 )
@@ -54,14 +64,23 @@ def main() -> None:
         "--val-figures", type=Path, help="flow_baselines.py JSON: its validation figures go into provenance"
     )
     ap.add_argument("--cv-figures", type=Path, help="flow_cv.py JSON: the candidate's CV figures go into provenance")
+    ap.add_argument("--fusion", help="a bench/flow_cv.py fusion (boosting, forest, port table), by name")
     ap.add_argument("--n-jobs", type=int, default=2, help="threads the fit uses")
     ap.add_argument("--flows", type=Path, help="the dataset's FlowSet (.npz); built from the dataset without it")
     ap.add_argument("--keep-model", type=Path, help="pickle of the fitted trees: reused when it exists")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    fusion, fu = None, None
+    by_name = {c.name: c for c in CANDIDATES}
+    if args.fusion:
+        fusions = {f.name: f for f in FUSIONS}
+        if args.fusion not in fusions or not args.cv_figures:
+            ap.error(f"--fusion is one of {sorted(fusions)}, with the --cv-figures that chose its options")
+        fusion = json.loads(args.cv_figures.read_text())["fusion"][args.fusion]
+        fu = fusions[args.fusion]
+        args.candidate = fu.trees
     if args.candidate:
-        by_name = {c.name: c for c in CANDIDATES}
         if args.candidate not in by_name:
             ap.error(f"--candidate {args.candidate!r} is not one of bench/flow_cv.py's: {sorted(by_name)}")
         candidate = by_name[args.candidate]
@@ -113,7 +132,39 @@ def main() -> None:
         provenance["cross_validation"] = {"fit": "train+val by file, 5 folds", "score": round(cv["score"], 4),
                                           "packet_macro_f1": round(cv["packet_macro_f1"], 4),
                                           "flow_macro_f1": round(cv["flow_macro_f1"], 4)}  # fmt: skip
-    save_flow_trees(model, k, data.classes, provenance, args.out, candidate.features)
+    proto = flow_trees_onnx(model, k, data.classes, provenance, candidate.features)
+    forest, table = None, None
+    if fu is not None and fusion is not None:
+        provenance["fusion"] = {"name": args.fusion, "forest": fu.forest, "w": fusion["w"], "beta": fusion["beta"],
+                                "table": fusion["table"], "cross_validation_nested": round(fusion["score_nested"], 4),
+                                "cross_validation_same_folds": round(fusion["score_same_oof"], 4)}  # fmt: skip
+        fit = split_flows(args.fit)
+        if fu.forest:
+            forest_candidate = by_name[fu.forest]
+            y = fit.label.astype(np.int64)
+            weights = training_sample_weights(y, np.arange(len(fit)), "balanced", num_classes)
+            x_fit = feature_matrix(forest_candidate.features, first_rows(data, fit, k), fit.feats)
+            forest = forest_candidate.fit(x_fit, y, weights, args.n_jobs)
+            provenance["fusion"]["forest_leaves"] = tree_leaves(forest)
+            proto = flow_trees_onnx(model, k, data.classes, provenance, candidate.features)
+            forest_proto = flow_trees_onnx(forest, k, data.classes, provenance, forest_candidate.features)
+            preset = {p.key: p.value for p in proto.metadata_props}[PRESET_KEY] + "_rf"
+            proto = blend_flow_graphs(proto, forest_proto, fusion["w"], preset, provenance)
+        else:
+            proto = flow_trees_onnx(model, k, data.classes, provenance, candidate.features)
+        if fu.port:
+            fit_rows = np.flatnonzero(np.isin(data.file, np.unique(fit.capture_file)))
+            table = PortTable.fit(data.rows[fit_rows, :24], data.labels[fit_rows], num_classes,
+                                  fusion["table"]["smoothing"], fusion["table"]["balanced"])  # fmt: skip
+    if table is None:
+        save_onnx(proto, args.out)
+    else:
+        trees_path = args.out.with_name(f".{args.out.stem}.trees.onnx")
+        save_onnx(proto, trees_path)
+        try:
+            fuse_port_onnx(trees_path, table, fusion["beta"], args.out, {"fit": args.fit.replace(",", "+")})
+        finally:
+            trees_path.unlink()
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)", flush=True)
 
     graph = FlowOnnx(args.out)
@@ -126,6 +177,13 @@ def main() -> None:
         x = feature_matrix(candidate.features, rows, ev.feats)
         features_equal = bool((graph_features(proto, rows, ev.feats[:, :k]) == x).all())
         expected = tree_probabilities(model, x, num_classes)
+        if fu is not None and fusion is not None:
+            forest_probs = None
+            if forest is not None:
+                x_forest = feature_matrix(by_name[fu.forest].features, rows, ev.feats)
+                forest_probs = tree_probabilities(forest, x_forest, num_classes)
+            port = None if table is None else table.predict_proba(rows[:, 0, :24])
+            expected = fused(fu, expected, forest_probs, port, fusion["w"], fusion["beta"])
         got = graph.predict(rows, ev.feats[:, :k])
         agree = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
         scores = flow_scores(ev, got, num_classes, sources)

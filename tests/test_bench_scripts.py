@@ -313,3 +313,70 @@ def test_flow_cv_keeps_each_file_in_one_fold_and_spreads_sources():
     for k in range(5):
         assert set(source[fold == k]) == {0, 1}  # both sources in every fold
     assert np.array_equal(fold, file_folds(flows, 5, seed=0))
+
+
+def test_flow_cv_fuses_out_of_fold_probabilities(csv_corpus, second_csv, tmp_path):  # noqa: F811
+    sys.path.insert(0, str(BENCH))
+    from flow_baselines import _file_name
+
+    d = _flows_dataset(csv_corpus, second_csv, tmp_path / "d")
+    out, preds, oof = tmp_path / "cv.json", tmp_path / "pred", tmp_path / "oof"
+    gbt, forest = "GBT, first packet + flow K=8", "RF, first packet, 20x1024 leaves"
+    done = run("flow_cv.py", str(tmp_path / "d"), "--folds", "2", "--only", gbt, "--only", forest,
+               "--stages", "cv,fuse,test,fuse-test", "--oof", str(oof), "--json", str(out),
+               "--save-predictions", str(preds))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["fusion"]) == {
+        "GBT first+flow K=8 + port table",
+        "GBT first+flow K=8 + RF 20x1024",
+        "GBT first+flow K=8 + RF 20x1024 + port table",
+    }
+    saved = np.load(oof / "GBT__first_packet___flow_K=8.npz")
+    assert saved["probs"].shape[0] == np.unique(d.flow[np.isin(d.split, [0, 1])]).size
+    assert set(saved["fold"].tolist()) == {0, 1}
+    for name, r in report["fusion"].items():
+        # the boosting alone (the grid's first point) scores as the cv stage scored it
+        assert r["trees_alone"] == pytest.approx(report["cv"][gbt]["score"]), name
+        assert r["score_same_oof"] >= r["trees_alone"] - 1e-12 and r["score_nested"] <= r["score_same_oof"] + 1e-12
+        assert len(r["nested_choices"]) == 2 and (r["table"] is not None) == r["port"]
+        test = report["fusion_test"][name]
+        assert test["flows"] == np.unique(d.flow[d.indices("test")]).size
+        probs = np.load(preds / f"{_file_name(name)}.npz")["probs"]
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)  # a convex mix of distributions
+    if report["fusion_winner"] is not None:
+        assert report["fusion"][report["fusion_winner"]]["score_nested"] > report["cv"][gbt]["score"]
+
+    # the boosting fused with the port table as one graph, checked against the numpy fusion
+    onnx_path, exported = tmp_path / "fused.onnx", tmp_path / "fused.json"
+    done = run("export_flow_trees.py", str(tmp_path / "d"), "--fusion", "GBT first+flow K=8 + RF 20x1024 + port table",
+               "--out", str(onnx_path), "--cv-figures", str(out), "--json", str(exported))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check = json.loads(exported.read_text())
+    for split in ("val", "test"):
+        assert check[split]["features_equal"] and check[split]["argmax_agreement"] == 1.0
+        assert check[split]["max_abs_diff"] < 1e-5
+    assert check["provenance"]["fusion"]["w"] == report["fusion"]["GBT first+flow K=8 + RF 20x1024 + port table"]["w"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the trees-only graph removed
+
+
+def test_quick_scores_equal_flow_scores():
+    sys.path.insert(0, str(BENCH))
+    from flow_baselines import flow_scores
+    from flow_cv import quick_scores
+
+    from pktnin.dataset.flows import FlowSet
+
+    rng = np.random.default_rng(2)
+    n, c = 500, 6
+    label, pred = rng.integers(0, c - 1, n).astype(np.int16), rng.integers(0, c, n)
+    source, zeros = rng.integers(0, 2, n).astype(np.int16), np.zeros(n, np.int64)
+    flows = FlowSet(index=np.zeros((n, 1), np.int64), feats=np.zeros((n, 1, 4), np.float32), src_port=zeros,
+                    dst_port=zeros, label=label, split=zeros.astype(np.int8), capture_file=zeros, source=source,
+                    packets=rng.integers(1, 50, n), flow=np.arange(n))  # fmt: skip
+    ref = flow_scores(flows, np.eye(c)[pred], c, ["a", "b"])
+    assert quick_scores(flows, pred, c) == pytest.approx((ref["packet_macro_f1"] + ref["flow_macro_f1"]) / 2)
+    sub = ref["by_source"]["b"]
+    assert quick_scores(flows, pred, c, source == 1) == pytest.approx(
+        (sub["packet_macro_f1"] + sub["flow_macro_f1"]) / 2
+    )

@@ -15,6 +15,7 @@ from pktnin.trainer.flow_trees import (  # noqa: E402
     PORT_BYTES,
     TCP_FLAGS_BYTE,
     TreeCandidate,
+    blend_flow_graphs,
     direction_payload_features,
     feature_matrix,
     feature_rows,
@@ -112,3 +113,37 @@ def test_direction_features_pick_each_directions_packets():
     x = direction_payload_features(rows, feats, 2)
     width = FIRST_PAYLOAD + 1
     assert [x[0, i * width] for i in range(4)] == [1, 2, 3, 5]
+
+
+def test_blended_graph_equals_the_weighted_sum_and_takes_the_port(tmp_path):
+    """Boosting and a first-packet forest in one graph, then the port table fused in: the numpy fusion's output."""
+    from pktnin.engine.port_table import PortTable, fuse_port_onnx
+
+    k, w, beta = 3, 0.3, 0.4
+    rows, feats, labels = synthetic_flows(500, k, seed=4)
+    gbt = fit_gbt(flow_features(rows[:300], feats[:300], k), labels[:300], None, max_iter=10)
+    forest = TreeCandidate("rf", "first", "rf", 5, 1, 16).fit(feature_matrix("first", rows[:300], feats[:300]),
+                                                              labels[:300], None, 1)  # fmt: skip
+    blended = blend_flow_graphs(
+        flow_trees_onnx(gbt, k, CLASSES, {"fit": "synthetic"}),
+        flow_trees_onnx(forest, k, CLASSES, {"fit": "synthetic"}, "first"),
+        w, "trees_flow3_rf", {"fit": "synthetic"},
+    )  # fmt: skip
+    meta = {p.key: p.value for p in blended.metadata_props}
+    assert meta["pktnin.preset"] == "trees_flow3_rf" and meta["pktnin.flow_packets"] == str(k)
+    session = ort.InferenceSession(blended.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(["probs"], {"rows": rows[300:], "pkt_feats": feats[300:]})[0]
+    y_gbt = tree_probabilities(gbt, flow_features(rows[300:], feats[300:], k), len(CLASSES))
+    y_rf = tree_probabilities(forest, feature_matrix("first", rows[300:], feats[300:]), len(CLASSES))
+    np.testing.assert_allclose(got, (1 - w) * y_gbt + w * y_rf, atol=1e-5)
+    assert not np.allclose(y_gbt, y_rf, atol=1e-3)  # the two members differ: the weights are seen
+
+    import onnx
+
+    table = PortTable.fit(rows[:300, 0, :24], labels[:300], len(CLASSES), 1.0, False)
+    onnx.save(blended, str(tmp_path / "blend.onnx"))
+    fuse_port_onnx(tmp_path / "blend.onnx", table, beta, tmp_path / "fused.onnx", {"fit": "synthetic"})
+    session = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
+    fused = session.run(["probs"], {"rows": rows[300:], "pkt_feats": feats[300:]})[0]
+    port = table.predict_proba(rows[300:, 0, :24])  # the flow's first row gives the key
+    np.testing.assert_allclose(fused, beta * port + (1 - beta) * got, atol=1e-5)

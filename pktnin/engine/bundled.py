@@ -10,7 +10,8 @@ from pktnin.engine.model_file import INT8_SUFFIX, int8_beside, int8_cache_path
 from pktnin.errors import UsageError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL_NAME = "trees_first_flow8.onnx"  # what `pktnin score` runs: one decision per flow from its first 8 rows
+# What `pktnin score` runs: one decision per flow from its first 8 rows (boosting, forest and port table fused).
+DEFAULT_MODEL_NAME = "trees_first_flow8_rf_port.onnx"
 # The default of what takes one row per call (the per-packet runners, TensorRT): the paper's kind of model.
 PACKET_MODEL_NAME = "nin_parallel_small_port.onnx"
 

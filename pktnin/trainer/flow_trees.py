@@ -10,6 +10,7 @@ flow models. Tree ensembles are ONNX-ML operators: ONNX Runtime runs them; Tenso
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -447,3 +448,55 @@ def graph_features(proto, rows: np.ndarray, feats: np.ndarray) -> np.ndarray:
     probe.graph.output.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(["features"], {ROWS_INPUT: rows, FEATS_INPUT: feats})[0]
+
+
+FOREST_PREFIX = "forest/"  # names of the blended-in graph's nodes, constants and values
+
+
+def blend_flow_graphs(trees, forest, w: float, preset: str, provenance: dict):
+    """One flow graph: (1 - w) * trees' probs + w * forest's probs, two flow_trees_onnx graphs of the same K reading
+    the same `rows` and `pkt_feats`. Every name of the forest's graph but its inputs takes FOREST_PREFIX, so the two
+    never clash."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from pktnin.engine.model_file import CLASSES_KEY, FLOW_PACKETS_KEY, OUTPUT_NAME, set_flow_model_info
+
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"w must be within [0, 1], got {w}")
+    props = [{p.key: p.value for p in m.metadata_props} for m in (trees, forest)]
+    for key in (CLASSES_KEY, FLOW_PACKETS_KEY):
+        if props[0][key] != props[1][key]:
+            raise ValueError(f"the two graphs differ in {key}: {props[0][key]} and {props[1][key]}")
+    merged = type(trees)()
+    merged.CopyFrom(trees)
+    graph = merged.graph
+    trees_out, forest_inputs = "trees/probs", {i.name for i in forest.graph.input}
+
+    def rename(name: str) -> str:
+        return name if not name or name in forest_inputs else FOREST_PREFIX + name
+
+    for node in graph.node:
+        node.output[:] = [trees_out if o == OUTPUT_NAME else o for o in node.output]
+    for node in forest.graph.node:
+        copy = graph.node.add()
+        copy.CopyFrom(node)
+        copy.name, copy.input[:], copy.output[:] = rename(node.name), map(rename, node.input), map(rename, node.output)
+    for init in forest.graph.initializer:
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(init), rename(init.name)))
+    weights = [numpy_helper.from_array(np.float32(v), f"blend/{n}") for n, v in (("trees", 1 - w), ("forest", w))]
+    graph.initializer.extend(weights)
+    graph.node.extend([
+        helper.make_node("Mul", [trees_out, "blend/trees"], ["blend/weighted_trees"], name="blend/weighted_trees"),
+        helper.make_node("Mul", [rename(OUTPUT_NAME), "blend/forest"], ["blend/weighted_forest"],
+                         name="blend/weighted_forest"),
+        helper.make_node("Sum", ["blend/weighted_trees", "blend/weighted_forest"], [OUTPUT_NAME], name="blend/sum"),
+    ])  # fmt: skip
+    opsets = {o.domain: o.version for o in trees.opset_import}
+    for o in forest.opset_import:
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
+    set_flow_model_info(merged, json.loads(props[0][CLASSES_KEY]), preset, int(props[0][FLOW_PACKETS_KEY]), provenance)
+    onnx.checker.check_model(merged, full_check=True)
+    return merged
