@@ -5,7 +5,7 @@ one by one for the per-packet models. Every model runs batches of `--batch` on i
 options as the engine: errors-only logging, no spinning threads); rounds are interleaved (flow model, then each
 per-packet model, per round) and the median of `--rounds` rounds is printed, with the load average before and after.
 
-    python bench/flow_trees_speed.py DATASET_DIR --flows FLOWS.npz --flow-model pktnin/models/trees_first_flow8.onnx \
+    python bench/flow_trees_speed.py DATASET_DIR --flows FLOWS.npz --flow-model pktnin/models/trees_first_flow8_rf_port.onnx \
         --packet-model pktnin/models/nin_parallel_small_port.onnx --packet-model pktnin/models/...int8.onnx
 """
 
