@@ -102,7 +102,14 @@ FUSIONS = (
     Fusion("GBT first+flow K=8 + RF 20x1024 + port table", GBT8, "RF, first packet, 20x1024 leaves", True),
     Fusion("GBT first+flow K=8 + RF unlimited + port table", GBT8, "RF, first packet, balanced", True),
 )
-TABLE_GRID = [(m, b) for m in (1.0, 10.0, 100.0, 1000.0) for b in (True, False)]  # bench/port_fusion.py's options
+SMOOTHINGS = (1.0, 10.0, 100.0, 1000.0)  # the port table's smoothing: bench/port_fusion.py's options
+
+
+def table_grid(smoothings=SMOOTHINGS) -> list[tuple[float, bool]]:
+    """Port table options to try: each smoothing, with balanced classes or the training frequencies."""
+    return [(m, b) for m in smoothings for b in (True, False)]
+
+
 WEIGHT_GRID = np.round(np.arange(0.0, 1.0001, 0.05), 2)  # beta and w
 
 
@@ -162,9 +169,9 @@ def fused(fusion: Fusion, trees, forest, port, w: float, beta: float) -> np.ndar
     return blend if port is None else beta * port + (1.0 - beta) * blend
 
 
-def fusion_grid(fusion: Fusion) -> list[tuple]:
+def fusion_grid(fusion: Fusion, tables_to_try: list[tuple[float, bool]]) -> list[tuple]:
     """(table options or None, w, beta) to try, plain boosting first so that ties keep it."""
-    tables = TABLE_GRID if fusion.port else [None]
+    tables = tables_to_try if fusion.port else [None]
     ws = WEIGHT_GRID if fusion.forest else [0.0]
     betas = WEIGHT_GRID if fusion.port else [0.0]
     return [(t, float(w), float(b)) for w, b, t in itertools.product(ws, betas, tables)]
@@ -195,6 +202,8 @@ def main() -> None:
                     help="ONNX trees a shippable fusion may hold (the bundle's 30 MiB less the other bundled models "
                          "and the port table)")  # fmt: skip
     ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--smoothings", default=",".join(f"{m:g}" for m in SMOOTHINGS),
+                    help="the port table's smoothings to try in stage fuse (comma-separated)")  # fmt: skip
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--save-predictions", type=Path, help="folder for NAME.npz: each candidate's test probabilities")
     ap.add_argument("--oof", type=Path, help="folder for NAME.npz: each candidate's out-of-fold probabilities (stage "
@@ -300,10 +309,11 @@ def main() -> None:
         def have(name: str | None) -> bool:
             return name is None or (args.oof / f"{_file_name(name)}.npz").is_file()
 
-        port_oof = {t: np.zeros((len(pool), num_classes), np.float32) for t in TABLE_GRID}
+        tables_to_try = table_grid(float(m) for m in args.smoothings.split(","))
+        port_oof = {t: np.zeros((len(pool), num_classes), np.float32) for t in tables_to_try}
         for f in range(args.folds):
             fit_files = np.unique(pool.capture_file[fold != f])
-            for t in TABLE_GRID:
+            for t in tables_to_try:
                 port_oof[t][fold == f] = port_table_probs(data, fit_files, heads[fold == f], num_classes, *t)
         in_fold = [fold == f for f in range(args.folds)]
         in_source = [pool.source == i for i in range(len(names))]
@@ -311,7 +321,7 @@ def main() -> None:
         for fu in (fu for fu in FUSIONS if have(fu.trees) and have(fu.forest)):
             trees = oof_probs(fu.trees)
             forest = oof_probs(fu.forest) if fu.forest else None
-            grid = fusion_grid(fu)
+            grid = fusion_grid(fu, tables_to_try)
             # scores [grid, fold, overall + each source]
             scores = np.zeros((len(grid), args.folds, 1 + len(names)))
             for g, (t, w, beta) in enumerate(grid):
