@@ -33,6 +33,14 @@ CORPUS = _corpus()
 CORPUS_EXT = CORPUS.parent / "corpus-ext" if CORPUS is not None else None
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """PKTNIN_CACHE_DIR in the test's own folder: no engine timing or record index of another test is reused."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     """The corpus folder (pcaps/, labels.csv, file_splits.csv, classes.json)."""

@@ -31,9 +31,7 @@ SPLIT = 25000  # bytes: the big captures below become several units each, the sm
 STEP = 7  # records per index step: cuts at odd places
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,7 @@ CLASSES = ["Web", "VoIP", "Chat", "Video"]
 T0 = 1_700_000_000 * 10**9
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def flows_capture(seed: int, n_flows: int = 40) -> list[tuple[int, bytes]]:

@@ -83,9 +83,7 @@ def bucket(s3) -> str:
     return name
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +305,24 @@ class _Failing(LocalExecutor):
             yield summary
 
 
+class _Recording(LocalExecutor):
+    """Keeps the units it was given to score."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.scored: list = []
+
+    def __call__(self, units, parts, progress=None):
+        self.scored.extend(units)
+        yield from super().__call__(units, parts, progress)
+
+
+def _resume(files, opts: ScoreOptions, model: Path):
+    """Run `opts` (a --resume run) locally: (its result, the units it scored)."""
+    executor = _Recording(open_runner(model, "onnxruntime"), opts)
+    return run_units(files, opts, CLASSES, executor, step_records=STEP), executor.scored
+
+
 def test_failed_run_publishes_nothing_and_resume_continues(s3, bucket, root, model, local):
     uri = _upload(s3, root, bucket)
     out, flows = f"s3://{bucket}/run/p.parquet", f"s3://{bucket}/run/flows.parquet"
@@ -319,14 +335,7 @@ def test_failed_run_publishes_nothing_and_resume_continues(s3, bucket, root, mod
     assert f"{bucket}/run/p.parquet.manifest.json" in left
 
     opts = _opts(out, model, flows, unit_bytes=SPLIT, resume=True)
-    scored = []
-
-    class Recording(LocalExecutor):
-        def __call__(self, units, parts, progress=None):
-            scored.extend(units)
-            yield from super().__call__(units, parts, progress)
-
-    result = run_units(files, opts, CLASSES, Recording(open_runner(model, "onnxruntime"), opts), step_records=STEP)
+    result, scored = _resume(files, opts, model)
     summaries = [p for p in left if p.endswith(".summary.json")]
     assert len(summaries) == 4 and not {u.id for u in scored} & {p.rsplit("/", 1)[1][:24] for p in summaries}
     _same(_read(s3, out), local[0], root, uri)
@@ -373,14 +382,7 @@ def test_driver_killed_9_then_resume(s3, bucket, root, model, local):
     finished = [p.rsplit("/", 1)[1][:24] for p in left if p.endswith(".summary.json")]
     assert len(finished) == 3
     opts = _opts(out, model, flows, unit_bytes=SPLIT, resume=True)
-    scored = []
-
-    class Recording(LocalExecutor):
-        def __call__(self, units, parts, progress=None):
-            scored.extend(units)
-            yield from super().__call__(units, parts, progress)
-
-    run_units(files, opts, CLASSES, Recording(open_runner(model, "onnxruntime"), opts), step_records=STEP)
+    _, scored = _resume(files, opts, model)
     assert scored and not {u.id for u in scored} & set(finished)
     _same(_read(s3, out), local[0], root, uri)
     _same(_read(s3, flows), local[1], root, uri)

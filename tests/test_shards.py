@@ -43,9 +43,7 @@ def whole(path) -> tuple[list[tuple], int]:
     return records(reader), reader.corrupt_records
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _pcapng_sections(seed: int) -> list[dict]:

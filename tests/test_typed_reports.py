@@ -30,9 +30,7 @@ CLASSES = ["a", "b"]
 STEP = 5  # records per index step: cuts at odd places
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
