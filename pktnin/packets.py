@@ -22,7 +22,7 @@ from pktnin.kernels.capture import CaptureError, CaptureReader, Issue, NotACaptu
 from pktnin.kernels.cpu import RangePrep
 from pktnin.layout import SKIP_REASONS, SKIP_TS_OVERFLOW, SKIP_ZERO_LENGTH, mask_code
 from pktnin.stages import DONE, Stages, Stopped
-from pktnin.storage import Location, as_path, base_name, is_uri, list_files
+from pktnin.storage import Location, as_path, base_name, is_uri, list_files, resolved
 
 if TYPE_CHECKING:
     from pktnin.kernels.capture import RawBatch
@@ -114,7 +114,7 @@ def find_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
     seen: set[str] = set()
     for raw in paths:
         for f in list_files(str(raw)) if is_uri(raw) else find_captures([raw]):
-            key = str(f) if is_uri(f) or os.fspath(f) == STDIN else str(Path(f).resolve())
+            key = str(f) if os.fspath(f) == STDIN else resolved(f)
             if key not in seen:
                 seen.add(key)
                 found.append(f)

@@ -67,6 +67,12 @@ def with_suffix_name(path: Location, tail: str) -> Location:
     return path.with_name(path.name + tail)
 
 
+def resolved(path: Location) -> str:
+    """What names one input or output everywhere: a local path made absolute with its links resolved, a URI as it
+    is (a store has no links)."""
+    return str(path) if is_uri(path) else os.path.realpath(path)
+
+
 def base_name(path: Location) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1] if is_uri(path) else Path(path).name
 

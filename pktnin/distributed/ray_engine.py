@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -43,7 +42,7 @@ from pktnin.scoring.unit_run import score_unit
 from pktnin.scoring.units import Unit
 from pktnin.scoring.warmup import warm_kernels
 from pktnin.stages import Progress
-from pktnin.storage import Location, as_path, is_uri
+from pktnin.storage import Location, as_path, resolved
 
 
 @dataclass(frozen=True)
@@ -123,11 +122,6 @@ class UnitScorer:
         return {"summary": summaries}
 
 
-def _absolute(path: Location) -> str:
-    """What every node can open: an absolute path (on storage they all mount), or the URI."""
-    return str(path) if is_uri(path) else str(Path(path).resolve())
-
-
 def actor_cpus(cluster_cpus: float, actors: int, cpus_per_actor: float | None) -> tuple[int, float, int]:
     """(actors, CPUs each actor requests, threads each actor runs). Unless told, the actors share all but one of
     the cluster's CPUs: Ray Data's own tasks (reading the shard list, moving summaries) need a free CPU, else the
@@ -175,7 +169,8 @@ class RayExecutor:
             self.scorer,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n),
-            fn_constructor_args=(self.runner_spec, self.options, _absolute(parts_dir), threads, self.named),
+            # the parts folder as every node opens it: on storage they all mount, or a URI
+            fn_constructor_args=(self.runner_spec, self.options, resolved(parts_dir), threads, self.named),
             num_cpus=cpus,
             num_gpus=gpus,
         )

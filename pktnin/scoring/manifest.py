@@ -21,7 +21,6 @@ import os
 import re
 from collections.abc import Set
 from dataclasses import asdict
-from pathlib import Path
 
 from pktnin import outdir
 from pktnin.kernels.capture import Issue, is_stream
@@ -34,6 +33,7 @@ from pktnin.storage import (
     is_uri,
     join,
     open_input,
+    resolved,
     size_mtime,
     with_suffix_name,
 )
@@ -55,7 +55,7 @@ def parts_dir(out: Location) -> Location:
 
 
 def file_key(path: Location) -> str:
-    return str(path) if is_uri(path) else str(Path(path).resolve())
+    return resolved(path)
 
 
 def file_stamp(path: str | os.PathLike) -> dict | None:

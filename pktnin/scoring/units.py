@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from pktnin.engine.cache import cache_dir
 from pktnin.kernels.capture import CaptureError, CaptureReader, ReaderState, is_stream
 from pktnin.scoring.manifest import file_stamp
 from pktnin.scoring.options import DEFAULT_UNIT_BYTES, DEFAULT_UNIT_FILES
-from pktnin.storage import Location, io_map, is_uri, size_mtime
+from pktnin.storage import Location, io_map, resolved, size_mtime
 
 INDEX_VERSION = 2
 INDEX_STEP_RECORDS = 4096  # records per walk call of the index pass: the finest a cut can be placed
@@ -99,13 +98,8 @@ class Unit:
         return cls(d["id"], tuple(Piece(**p) for p in d["pieces"]), d["reusable"])
 
 
-def real_path(path: Location) -> str:
-    """The real path of a file; a URI as it is (a store has no links to follow)."""
-    return str(path) if is_uri(path) else os.path.realpath(path)
-
-
 def unit_id(pieces: list[Piece], settings: dict) -> str:
-    key = json.dumps([[real_path(p.path), p.stamp, p.start or 0] for p in pieces] + [settings], sort_keys=True)
+    key = json.dumps([[resolved(p.path), p.stamp, p.start or 0] for p in pieces] + [settings], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -137,7 +131,7 @@ def index_cache_path(real_path: str, stamp: dict, split_bytes: int) -> Path:
 def cached_index(path: Location, split_bytes: int, step_records: int = INDEX_STEP_RECORDS) -> list[Cut]:
     """index_file, cached per (real path or URI, size, mtime, split size); an unreadable cache entry is
     recomputed."""
-    real = real_path(path)
+    real = resolved(path)
     stamp = _stat_stamp(real)
     cache = index_cache_path(real, stamp, split_bytes)
     try:
