@@ -123,7 +123,7 @@ def test_auto_gives_float32_labels_on_unseen_captures(tmp_path, monkeypatch, ope
         monkeypatch.setattr(precision, "openvino_available", lambda: False)
     monkeypatch.setenv("PKTNIN_CACHE_DIR", str(tmp_path / "cache"))
     captures = _unseen_captures(tmp_path)
-    labels = {}
+    labels, engines = {}, {}
     for name in BUNDLED:
         for mode in ("auto", "fp32"):
             out = tmp_path / f"{name}-{mode}.parquet"
@@ -133,10 +133,10 @@ def test_auto_gives_float32_labels_on_unseen_captures(tmp_path, monkeypatch, ope
             assert "engine: " in result.output
             labels[mode] = pq.read_table(out).column("label").to_pylist()
             meta = pq.read_schema(out).metadata
-            engine = meta[b"pktnin.engine"].decode()
+            engine = engines[mode] = meta[b"pktnin.engine"].decode()
             assert engine and (mode == "auto" or engine.startswith("onnxruntime fp32"))
             if "openvino" in engine:
                 assert openvino
         assert len(labels["auto"]) == len(labels["fp32"]) > 1000
         same = np.mean(np.array(labels["auto"]) == np.array(labels["fp32"]))
-        assert same >= 0.995, (name, same)
+        assert same >= 0.995, (name, same, engines)

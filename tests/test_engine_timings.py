@@ -57,3 +57,46 @@ def test_noisy_or_stale_timings_are_measured_again(engines, tmp_path):
     assert len(calls) == 3
     prec.timed(engines, 64, None)
     assert len(calls) == 3  # fresh and quiet: reused
+
+
+class _Drifting:
+    """An opened engine whose probabilities are another row's: a backend that computes wrongly on this CPU."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def predict(self, rows):
+        return self.runner.predict(rows)[::-1].copy()
+
+    def close(self):
+        self.runner.close()
+
+
+def test_an_engine_that_differs_from_the_reference_on_this_machine_is_left_out(engines, tmp_path, monkeypatch):
+    """auto runs every candidate on the check rows beside float32 on ONNX Runtime first; a float32 engine whose
+    probabilities differ (a backend's kernels gone wrong on this CPU) is neither timed nor chosen, and the cached
+    record says why."""
+    engines, calls = engines
+    opened = prec.open_engine
+
+    def open_engine(e, max_batch=None, threads=None):
+        runner = opened(e, max_batch=max_batch, threads=threads)
+        return _Drifting(runner) if e.workers > 1 else runner
+
+    monkeypatch.setattr(prec, "open_engine", open_engine)
+    timings = prec.timed(engines, 64, None)
+    assert set(timings) == {engines[0].label()}
+    [record] = (tmp_path / "cache" / "engine-timings").glob("*.json")
+    check = json.loads(record.read_text())["check"][engines[1].label()]
+    assert check["passed"] is False and check["max_abs_diff"] > prec.FP32_MAX_DIFF
+    monkeypatch.setattr(prec, "candidate_engines", lambda *a, **k: engines)
+    choice = prec.choose_engine(engines[0].path, "onnxruntime", batch=64)
+    assert choice.engine == engines[0] and engines[1].label() in choice.reason.split("left out here")[1]
+
+
+def test_engines_that_agree_pass_the_check(engines, tmp_path):
+    engines, _ = engines
+    assert set(prec.timed(engines, 64, None)) == {e.label() for e in engines}
+    [record] = (tmp_path / "cache" / "engine-timings").glob("*.json")
+    check = json.loads(record.read_text())["check"][engines[1].label()]
+    assert check["passed"] is True and check["agreement"] == 1.0 and check["max_abs_diff"] <= 1e-6

@@ -7,15 +7,19 @@ of each quantized engine with float32 per check set (model_file.agreement_record
 quantization, and held-out sets it never saw (each source's test files; synthetic, odd and unusual-port traffic).
 
 `auto` keeps the engines whose agreement is at least AUTO_MIN_AGREEMENT on every held-out set (float32 always
-qualifies; an engine measured only on the rows that chose it does not), times each on this machine at the run's
-batch size, and opens the fastest; with nothing else qualifying it is float32 on ONNX Runtime. Timings are
-cached (cache.cache_dir()/engine-timings) keyed by what they measured: pktnin and backend versions, CPU model,
+qualifies; an engine measured only on the rows that chose it does not), checks each on this machine against the
+first (float32 on ONNX Runtime) and times those that pass at the run's batch size, and opens the fastest; with
+nothing else qualifying it is float32 on ONNX Runtime. The check (check_against_reference) is there because a
+backend's kernels differ from CPU to CPU: an engine recorded as agreeing on one machine, or a float32 engine of
+another backend, can give other labels on another, and that must leave it out rather than change the labels.
+Timings and checks are cached (cache.cache_dir()/engine-timings) keyed by what they measured: pktnin and backend versions, CPU model,
 cores and threads, the model files' hashes, batch; a record older than the installed pktnin or backends, or one
 whose repeats spread more than NOISY_SPREAD, is measured again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -46,7 +50,9 @@ AUTO_MIN_AGREEMENT = 0.995
 TIMING_SECONDS = 0.25  # per engine and repeat when auto measures (at least one batch)
 TIMING_REPEATS = 3
 TIMING_BATCH = 128  # rows per timed call: enough to rank engines, small enough to time a large model quickly
-TIMING_CODE_VERSION = 2
+TIMING_CODE_VERSION = 3  # 3: records carry the local check of each engine
+FP32_MAX_DIFF = 1e-3  # largest probability difference between two float32 engines of one model (rounding: ~1e-6)
+CHECK_PACKETS = 600  # synthetic packets per check set (pktnin.engine.check_rows): about 1,800 rows in all
 NOISY_SPREAD = 0.25  # (max - min) / median of an engine's repeats above which a cached timing is not trusted
 
 
@@ -244,6 +250,42 @@ def spread(rates: list[float]) -> float:
     return (max(rates) - min(rates)) / statistics.median(rates) if rates else 0.0
 
 
+# -- the check on this machine -------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def check_rows() -> np.ndarray:
+    """Rows of traffic no model was fit on (synthetic, odd captures, unusual services; engine.check_rows) and the
+    timing rows: what every engine is run on before auto may choose it."""
+    from pktnin.engine.check_rows import synthetic_rows
+
+    sets = synthetic_rows(CHECK_PACKETS, seed=7000)
+    return np.concatenate([*sets.values(), timing_rows(256, seed=7000)])
+
+
+def check_against_reference(engines: list[Engine], runners: dict[str, Runner]) -> dict[str, dict]:
+    """{label: {"agreement", "max_abs_diff", "passed"}} of each opened engine after the first, run on check_rows
+    beside the first engine (the reference). A float32 engine beside a float32 reference must give its
+    probabilities (within FP32_MAX_DIFF); any other must agree on the label of at least AUTO_MIN_AGREEMENT of the rows.
+    Empty when the reference did not open."""
+    reference = engines[0]
+    if reference.label() not in runners:
+        return {}
+    rows = check_rows()
+    expected = runners[reference.label()].predict(rows)
+    checks = {}
+    for e in engines[1:]:
+        if e.label() not in runners:
+            continue
+        got = runners[e.label()].predict(rows)
+        agreement = float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1)))
+        max_diff = float(np.abs(got - expected).max())
+        if e.precision == reference.precision == "fp32":
+            passed = max_diff <= FP32_MAX_DIFF
+        else:
+            passed = agreement >= AUTO_MIN_AGREEMENT
+        checks[e.label()] = {"agreement": agreement, "max_abs_diff": max_diff, "passed": passed}
+    return checks
+
+
 def backend_versions(engines: list[Engine]) -> dict[str, str]:
     versions = {"pktnin": __version__, "onnxruntime": import_onnxruntime().__version__}
     if any(e.backend == "openvino" for e in engines):
@@ -299,10 +341,13 @@ def choose_engine(
     speed = f"{timings[best.label()]:,.0f} rows/s" + (
         f", {timings[best.label()] / reference:.2f}x {engines[0].label()}" if reference else ""
     )
-    if best.precision == "fp32" and not any(e.precision != "fp32" for e in engines):
+    if best.precision == "fp32" and not any(e.precision != "fp32" for e in measured):
         reason = f"no faster engine agrees with float32 on >= {min_agreement:.1%} of held-out rows ({speed})"
     else:
         reason = f"fastest of {len(measured)} measured engines ({speed})"
+    left_out = [e.label() for e in engines if e.label() not in timings]
+    if left_out:
+        reason += f"; left out here (did not open, or differ from {engines[0].label()}): {', '.join(left_out)}"
     return Choice(best, reason, timings)
 
 
@@ -354,7 +399,8 @@ def cached_timings(key_file: Path, engines: list[Engine]) -> dict[str, float] | 
 
 
 def timed(engines: list[Engine], batch: int, threads: int | None, use_cache: bool = True) -> dict[str, float]:
-    """rows/s per engine label, from the cache or measured now (engines that cannot open here are left out)."""
+    """rows/s per engine label, from the cache or measured now; engines that cannot open here, or whose outputs
+    fail check_against_reference, are left out."""
     key_file = _timing_key(engines, batch, threads)
     if use_cache:
         timings = cached_timings(key_file, engines)
@@ -367,6 +413,10 @@ def timed(engines: list[Engine], batch: int, threads: int | None, use_cache: boo
                 runners[e.label()] = open_engine(e, max_batch=batch, threads=threads)
             except EngineUnavailableError:
                 continue
+        checks = check_against_reference(engines, runners)
+        for label, check in checks.items():
+            if not check["passed"]:
+                runners.pop(label).close()
         runs = measure_runs(runners, min(batch, TIMING_BATCH))
     finally:
         for r in runners.values():
@@ -375,6 +425,7 @@ def timed(engines: list[Engine], batch: int, threads: int | None, use_cache: boo
     record = {
         "rows_per_s": timings,
         "spread": {k: spread(v) for k, v in runs.items()},
+        "check": checks,
         "batch": batch,
         "cpu": cache.cpu_model(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
