@@ -7,30 +7,33 @@ windows). A model never trained on such rows is where an int8 engine's labels dr
 from __future__ import annotations
 
 import struct
-import tempfile
-from pathlib import Path
 
 import dpkt
 import numpy as np
 
-from pktnin.packets import iter_packets
+from pktnin.kernels.cpu import transform
 from pktnin.synth import synthetic_packets
 
 SNAP_LENGTHS = (64, 96, 200)  # the truncations of the odd set: header only, a little payload, some payload
 SLL_HEADER = struct.Struct(">HHH8sH")  # Linux cooked v1: packet type, ARPHRD, address length, address, protocol
 
 
-def _write(path: Path, linktype: int, frames: list[tuple[float, bytes]], snaplen: int = 65535) -> Path:
-    with open(path, "wb") as fh:
-        writer = dpkt.pcap.Writer(fh, snaplen=snaplen, linktype=linktype)
-        for ts, frame in frames:
-            writer.writepkt(frame[:snaplen], ts=ts)
-    return path
-
-
-def _rows(files: list[Path], mask: str) -> np.ndarray:
-    parts = [batch.rows.copy() for batch in iter_packets(files, mask=mask, flow_keys=False)]
-    return np.concatenate(parts) if parts else np.zeros((0, 1500), np.uint8)
+def _rows(frames: list[bytes], linktype: int, mask: str) -> np.ndarray:
+    """The layout rows of captured frames (of one link type), made in memory by the CPU prep kernel: what reading
+    them from a capture gives, without writing one."""
+    if not frames:
+        return np.zeros((0, 1500), np.uint8)
+    lengths = np.array([len(f) for f in frames], dtype=np.int64)
+    n = len(frames)
+    raw = {
+        "buf": np.frombuffer(b"".join(frames), dtype=np.uint8),
+        "pkt_off": np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+        "caplen": lengths,
+        "linktype": np.full(n, linktype),
+        "ts_ns": np.zeros(n),
+        "frame": np.arange(n),
+    }
+    return transform(raw, mask=mask)[0].copy()
 
 
 def _jittered(frames: list[tuple[float, bytes]], rng: np.random.Generator) -> list[tuple[float, bytes]]:
@@ -72,25 +75,20 @@ def synthetic_rows(packets: int = 2000, seed: int = 1000, mask: str = "paper") -
     frames = synthetic_packets(packets, seed)
     rng = np.random.default_rng(seed)
     third = max(1, len(frames) // 3)
-    with tempfile.TemporaryDirectory(prefix="pktnin-check-") as tmp:
-        folder = Path(tmp)
-        plain = _write(folder / "plain.pcap", dpkt.pcap.DLT_EN10MB, frames)
-        odd = []
-        for k, snaplen in enumerate(SNAP_LENGTHS):
-            chunk = frames[k * len(frames) // len(SNAP_LENGTHS) : (k + 1) * len(frames) // len(SNAP_LENGTHS)]
-            odd.append(_write(folder / f"snap{snaplen}.pcap", dpkt.pcap.DLT_EN10MB, chunk, snaplen))
-        raw = [(ts, f[14:]) for ts, f in frames[:third]]
-        odd.append(_write(folder / "raw.pcap", 101, raw))  # LINKTYPE_RAW: the IP packet alone
-        sll = [
-            (
-                ts,
-                SLL_HEADER.pack(int(rng.integers(0, 5)), 1, 6, f[6:12] + b"\0\0", int.from_bytes(f[12:14], "big"))
-                + f[14:],
-            )
-            for ts, f in frames[third : 2 * third]
-        ]
-        odd.append(_write(folder / "sll.pcap", 113, sll))
-        services = _write(
-            folder / "services.pcap", dpkt.pcap.DLT_EN10MB, _jittered(synthetic_packets(packets, seed + 1), rng)
-        )
-        return {"synthetic": _rows([plain], mask), "odd": _rows(odd, mask), "services": _rows([services], mask)}
+    ethernet = dpkt.pcap.DLT_EN10MB
+    odd = []
+    for k, snaplen in enumerate(SNAP_LENGTHS):
+        chunk = frames[k * len(frames) // len(SNAP_LENGTHS) : (k + 1) * len(frames) // len(SNAP_LENGTHS)]
+        odd.append(_rows([f[:snaplen] for _, f in chunk], ethernet, mask))
+    odd.append(_rows([f[14:] for _, f in frames[:third]], 101, mask))  # LINKTYPE_RAW: the IP packet alone
+    sll = [
+        SLL_HEADER.pack(int(rng.integers(0, 5)), 1, 6, f[6:12] + b"\0\0", int.from_bytes(f[12:14], "big")) + f[14:]
+        for _, f in frames[third : 2 * third]
+    ]
+    odd.append(_rows(sll, 113, mask))  # LINKTYPE_LINUX_SLL
+    services = _jittered(synthetic_packets(packets, seed + 1), rng)
+    return {
+        "synthetic": _rows([f for _, f in frames], ethernet, mask),
+        "odd": np.concatenate(odd),
+        "services": _rows([f for _, f in services], ethernet, mask),
+    }

@@ -33,6 +33,7 @@ import numpy as np
 from pktnin.atomic import atomic_path
 from pktnin.engine import cache
 from pktnin.engine.bundled import default_int8_path
+from pktnin.engine.check_rows import synthetic_rows
 from pktnin.engine.errors import EngineUnavailableError, ModelMismatchError
 from pktnin.engine.model_file import SELECTION_SET, agreement_record, find_int8, model_precision, read_props
 from pktnin.engine.openvino_runner import OpenVinoRunner, cpu_has_bf16, openvino_available
@@ -255,8 +256,6 @@ def spread(rates: list[float]) -> float:
 def check_rows() -> np.ndarray:
     """Rows of traffic no model was fit on (synthetic, odd captures, unusual services; engine.check_rows) and the
     timing rows: what every engine is run on before auto may choose it."""
-    from pktnin.engine.check_rows import synthetic_rows
-
     sets = synthetic_rows(CHECK_PACKETS, seed=7000)
     return np.concatenate([*sets.values(), timing_rows(256, seed=7000)])
 
