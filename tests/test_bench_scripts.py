@@ -380,3 +380,61 @@ def test_quick_scores_equal_flow_scores():
     assert quick_scores(flows, pred, c, source == 1) == pytest.approx(
         (sub["packet_macro_f1"] + sub["flow_macro_f1"]) / 2
     )
+
+
+def test_flow_probes_score_against_the_shipped_fusion(csv_corpus, second_csv, tmp_path):  # noqa: F811
+    _flows_dataset(csv_corpus, second_csv, tmp_path / "d")
+    oof, cv, out = tmp_path / "oof", tmp_path / "cv.json", tmp_path / "probes.json"
+    members = ["--only", "GBT, first packet + flow K=8", "--only", "RF, first packet, 20x1024 leaves"]
+    done = run("flow_cv.py", str(tmp_path / "d"), "--folds", "2", *members, "--stages", "cv", "--oof", str(oof),
+               "--json", str(cv))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = run("flow_probes.py", str(tmp_path / "d"), "--oof", str(oof), "--folds", "2", "--json", str(out),
+               "--gbt-settings", '{"max_iter": 5}')  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    shipped = report["shipped"]
+    assert shipped["gbt_alone"] == pytest.approx(
+        json.loads(cv.read_text())["cv"]["GBT, first packet + flow K=8"]["score"]
+    )
+    [gbt] = report["gbt"]
+    assert gbt["settings"] == {"max_iter": 5}
+    for r in (shipped, gbt, report["ngram"]):
+        assert 0.0 <= r["nested"] <= r["all_folds"] + 1e-12 <= 1.0 + 1e-12
+    # g = 0 is the shipped fusion itself: the n-gram grid's best is at least the shipped fusion's
+    assert report["ngram"]["all_folds"] >= shipped["all_folds"] - 1e-12
+    assert 0.0 <= report["bias"]["nested"] <= 1.0 and len(report["bias"]["folds"]) == 2
+    for r in report["context"].values():  # c = 0 is the shipped fusion itself
+        assert 0.0 <= r["with_context"] <= 1.0 and r["all_folds"] >= shipped["all_folds"] - 1e-12
+
+
+def test_earlier_context_is_the_mean_of_earlier_flows_with_the_key():
+    sys.path.insert(0, str(BENCH))
+    from flow_probes import earlier_context
+
+    probs = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8]], np.float32)
+    keys = ["s", "s", None, "s"]
+    context, has = earlier_context(probs, keys, np.array([3, 0, 1, 2]))  # flow 3 first, then 0, 1, 2
+    assert has.tolist() == [True, True, False, False]
+    np.testing.assert_allclose(context[0], [0.2, 0.8])
+    np.testing.assert_allclose(context[1], [0.6, 0.4])  # mean of flows 3 and 0
+
+
+def test_hashed_ngrams_count_each_payload_trigram():
+    sys.path.insert(0, str(BENCH))
+    from flow_probes import hashed_ngrams
+
+    from pktnin.layout import HEADER_LEN
+
+    rows = np.zeros((1, 2, 1500), np.uint8)
+    rows[0, :, 0] = 0x45  # IPv4, 20-byte header
+    rows[0, :, 9] = 17  # UDP: an 8-byte transport header, so the payload length is the IP length less 28
+    rows[0, 0, 3] = 28 + 6  # payload "abcabc": trigrams abc, bca, cab, abc
+    rows[0, 0, HEADER_LEN : HEADER_LEN + 6] = np.frombuffer(b"abcabc", np.uint8)
+    rows[0, 1, 3] = 28 + 2  # two bytes: no trigram
+    rows[0, 1, HEADER_LEN : HEADER_LEN + 2] = np.frombuffer(b"zz", np.uint8)
+    x = hashed_ngrams(rows, bits=16).toarray()[0]
+    counts = np.sort(x[x > 0])
+    # abc twice, bca and cab once, before scaling to unit length: log(3), log(2), log(2)
+    expected = np.sort(np.log1p([2.0, 1.0, 1.0]))
+    np.testing.assert_allclose(counts, expected / np.linalg.norm(expected), rtol=1e-6)
