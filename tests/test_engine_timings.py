@@ -100,3 +100,13 @@ def test_engines_that_agree_pass_the_check(engines, tmp_path):
     [record] = (tmp_path / "cache" / "engine-timings").glob("*.json")
     check = json.loads(record.read_text())["check"][engines[1].label()]
     assert check["passed"] is True and check["agreement"] == 1.0 and check["max_abs_diff"] <= 1e-6
+
+
+def test_openvino_float32_runs_only_when_asked_for(tmp_path):
+    """auto never opens OpenVINO float32 (no faster than ONNX Runtime's, and once off float32's labels);
+    --backend openvino still offers it."""
+    pytest.importorskip("openvino")
+    model = tiny_model(tmp_path / "tiny.onnx", ["a", "b"])
+    under_auto = {(e.backend, e.precision) for e in prec.candidate_engines(model, "auto")}
+    assert under_auto == {("onnxruntime", "fp32")}
+    assert ("openvino", "fp32") in {(e.backend, e.precision) for e in prec.candidate_engines(model, "openvino")}
