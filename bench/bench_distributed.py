@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -49,11 +48,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+
+from proc_tree import below, kill_tree, proc_table  # noqa: E402 - after the path
 
 from pktnin.distributed.ray_engine import RayExecutor, RunnerSpec, UnitScorer  # noqa: E402 - after the path
 
-TICK = os.sysconf("SC_CLK_TCK")
 NODES = (1, 2, 4, 8)  # 1: Ray on this machine alone, against the local executor
 
 
@@ -72,8 +72,8 @@ class TreeCPU:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> float:
-        parent, cpu = _proc_table()
-        tree = set(_below(self.root, parent))
+        parent, cpu = proc_table()
+        tree = set(below(self.root, parent))
         for key, value in cpu.items():
             if key[0] in tree:
                 self.seen[key] = value
@@ -91,35 +91,6 @@ class TreeCPU:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _proc_table() -> tuple[dict[int, int], dict[tuple[int, int], float]]:
-    """(pid -> parent pid, (pid, start time) -> CPU seconds) of every process."""
-    parent, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) onwards
-        pid = int(entry)
-        parent[pid] = int(fields[1])
-        cpu[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-    return parent, cpu
-
-
-def _below(root: int, parent: dict[int, int]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack += children.get(pid, [])
-    return found
 
 
 _tracker: TreeCPU | None = None
@@ -265,17 +236,6 @@ def _ray_start(temp: Path, args: list[str], env: dict) -> subprocess.Popen:
     return proc
 
 
-def _kill_node(proc: subprocess.Popen) -> None:
-    """SIGKILL a `ray start --block` and every process below it, by id (`ray stop` stops every Ray here)."""
-    parent, _ = _proc_table()
-    for pid in _below(proc.pid, parent):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
 def run_two_nodes(inputs, opts, model, classes, tmp: Path):
     """A head (2 logical CPUs: an actor and Ray Data's own tasks) and a second node (1 CPU), one single-thread
     actor on each (Ray Data spreads its actors)."""
@@ -306,7 +266,7 @@ def run_two_nodes(inputs, opts, model, classes, tmp: Path):
             ray.shutdown()
     finally:
         for proc in reversed(nodes):
-            _kill_node(proc)
+            kill_tree(proc)
         subprocess.run(["rm", "-rf", str(root)], check=False)
     return {"cluster_start_s": start_s, "cluster_start_cpu_s": start_cpu, "join_s": join_s, "runs": runs}
 
@@ -317,8 +277,8 @@ def settle(limit_s: float = 30.0) -> None:
     start, would pay most."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        parent, _ = _proc_table()
-        if len(_below(os.getpid(), parent)) == 1:
+        parent, _ = proc_table()
+        if len(below(os.getpid(), parent)) == 1:
             break
         time.sleep(0.2)
     time.sleep(1.0)

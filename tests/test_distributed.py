@@ -159,27 +159,20 @@ def test_driver_killed_9_then_resume(files, model, local_tables, tmp_path):
     """A driver process is killed -9 after some units finished; --resume reuses them and the output is exact."""
     out = tmp_path / "run" / "p.parquet"
     script = textwrap.dedent(f"""
-        import sys, time
+        import sys
         sys.path.insert(0, {str(TESTS)!r})
         from pathlib import Path
         from test_distributed import _split, CLASSES, STEP
         from pktnin.scoring.run import run_units
-        from pktnin.scoring.unit_run import LocalExecutor
+        from stalling_executor import StallingExecutor
         from pktnin.engine.runners import open_runner
 
         model, out = Path({str(model)!r}), Path({str(out)!r})
         files = [Path(p) for p in {[str(f) for f in files]!r}]
         opts = _split(out, model)
 
-        class Stalling(LocalExecutor):
-            def __call__(self, todo, parts, progress=None):
-                for k, summary in enumerate(super().__call__(todo, parts, progress)):
-                    yield summary
-                    if k == 4:
-                        print("stalled", flush=True)
-                        time.sleep(120)
-
-        run_units(files, opts, CLASSES, Stalling(open_runner(model, "onnxruntime"), opts), step_records=STEP)
+        executor = StallingExecutor(open_runner(model, "onnxruntime"), opts, units=5)
+        run_units(files, opts, CLASSES, executor, step_records=STEP)
     """)
     env = {**os.environ, "PKTNIN_CACHE_DIR": os.environ["PKTNIN_CACHE_DIR"]}
     proc = subprocess.Popen(

@@ -350,26 +350,19 @@ def test_driver_killed_9_then_resume(s3, bucket, root, model, local):
     out, flows = f"s3://{bucket}/run/p.parquet", f"s3://{bucket}/run/flows.parquet"
     files = find_inputs([uri])
     script = textwrap.dedent(f"""
-        import sys, time
+        import sys
         sys.path.insert(0, {str(TESTS)!r})
         from pathlib import Path
         from test_object_storage import _opts, CLASSES, SPLIT, STEP
         from pktnin.scoring.run import run_units
-        from pktnin.scoring.unit_run import LocalExecutor
+        from stalling_executor import StallingExecutor
         from pktnin.engine.runners import open_runner
 
         model = Path({str(model)!r})
         opts = _opts({out!r}, model, {flows!r}, unit_bytes=SPLIT)
 
-        class Stalling(LocalExecutor):
-            def __call__(self, todo, parts, progress=None):
-                for k, summary in enumerate(super().__call__(todo, parts, progress)):
-                    yield summary
-                    if k == 2:
-                        print("stalled", flush=True)
-                        time.sleep(120)
-
-        run_units({files!r}, opts, CLASSES, Stalling(open_runner(model, "onnxruntime"), opts), step_records=STEP)
+        executor = StallingExecutor(open_runner(model, "onnxruntime"), opts, units=3)
+        run_units({files!r}, opts, CLASSES, executor, step_records=STEP)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

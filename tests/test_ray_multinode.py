@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from onnx_fixtures import tiny_model
+from proc_tree import kill_tree
 
 from pktnin.synth import write_synthetic_capture
 
@@ -42,35 +42,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it (Ray's workers are the raylet's children, in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack += children.get(pid, [])
-    return found
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a `ray start --block` and every process it started: a node dies as a machine would."""
-    for _ in range(2):  # twice: a process forked while the first pass ran
-        for pid in descendants(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait(timeout=30)
 
 
 class Cluster:
