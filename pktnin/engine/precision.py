@@ -13,9 +13,10 @@ nothing else qualifying it is float32 on ONNX Runtime. The check (check_against_
 backend's kernels differ from CPU to CPU: an engine recorded as agreeing on one machine, or a float32 engine of
 another backend, can give other labels on another, and that must leave it out rather than change the labels.
 OpenVINO float32 is not among auto's engines (only with --backend openvino): end to end it ran at 0.94x ONNX
-Runtime's float32 (bench/results/cpu-precision.md), and in one CI run, where it was the only other engine auto
-could open, auto's labels were float32's on 92 % of packets of unseen captures (here a check once found rows off
-by 0.27 in a probability, and not again in over a thousand calls): a risk for no speed.
+Runtime's float32 (bench/results/cpu-precision.md), and in one run of the test suite on another machine, where it
+was the only other engine auto could open, auto's labels were float32's on 92 % of the packets of the test's
+unseen captures (here a stress run once found rows off by 0.27 in a probability, never again in over a thousand
+calls): a risk for no speed.
 Timings and checks are cached (cache.cache_dir()/engine-timings) keyed by what they measured: pktnin and backend
 versions, CPU model, cores and threads, the model files' hashes, batch; a record older than the installed pktnin
 or backends, or one whose repeats spread more than NOISY_SPREAD, is measured again.
