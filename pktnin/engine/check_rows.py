@@ -12,6 +12,7 @@ import dpkt
 import numpy as np
 
 from pktnin.kernels.cpu import transform
+from pktnin.layout import ROW_LEN
 from pktnin.synth import synthetic_packets
 
 SNAP_LENGTHS = (64, 96, 200)  # the truncations of the odd set: header only, a little payload, some payload
@@ -22,7 +23,7 @@ def _rows(frames: list[bytes], linktype: int, mask: str) -> np.ndarray:
     """The layout rows of captured frames (of one link type), made in memory by the CPU prep kernel: what reading
     them from a capture gives, without writing one."""
     if not frames:
-        return np.zeros((0, 1500), np.uint8)
+        return np.zeros((0, ROW_LEN), np.uint8)
     lengths = np.array([len(f) for f in frames], dtype=np.int64)
     n = len(frames)
     raw = {
