@@ -1,6 +1,6 @@
 """End-to-end packets/s of whole scoring set-ups (a model, its engine, a decision mode) against a baseline set-up,
 interleaved in one run (run k of every set-up before run k+1 of any; medians of --runs, after one untimed warm-up
-run of each), on the same captures. The default compares the shipped default (trees_first_flow8_rf_port: one decision per flow
+run of each), on the same captures. The default compares the shipped default (trees_first_flow8_rf_port_names: one decision per flow
 from its first 8 packets) with the per-packet model it replaced, every packet through the network in float32:
 
     python bench/bench_default.py --split corpus=../shared/corpus/file_splits.csv:../shared/corpus/pcaps \\
@@ -30,7 +30,7 @@ from pktnin.api import flow_options, open_model  # noqa: E402
 from pktnin.measure import median_run, pipeline_throughput  # noqa: E402
 from pktnin.rowfile import PrepOptions  # noqa: E402
 
-DEFAULT_SETUPS = ["per-packet fp32=nin_parallel_small_port:packet:fp32", "default=trees_first_flow8_rf_port:flow"]
+DEFAULT_SETUPS = ["per-packet fp32=nin_parallel_small_port:packet:fp32", "default=trees_first_flow8_rf_port_names:flow"]
 
 
 def parse_setup(text: str) -> tuple[str, str, str, str]:

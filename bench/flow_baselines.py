@@ -52,24 +52,20 @@ KS = (1, 2, 4, 8)
 
 
 class FlowOnnx:
-    """A flow model's ONNX graph through ONNX Runtime: probs [F, C] from rows [F, K, 1500] and pkt_feats."""
+    """A flow model's ONNX graph through the scorer's runner (ONNX Runtime; a name table's input computed from the
+    rows): probs [F, C] from rows [F, >=K, 1500] and pkt_feats."""
 
     def __init__(self, path: str | Path) -> None:
-        import onnxruntime as ort
+        from pktnin.engine.flow_runner import FlowModelRunner, is_flow_model
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        props = self.session.get_modelmeta().custom_metadata_map
-        if props.get("pktnin.decide") != "flow":
-            raise ValueError(f"{path}: not a flow model (metadata pktnin.decide is {props.get('pktnin.decide')!r})")
-        self.k = int(props["pktnin.flow_packets"])
-        self.classes = json.loads(props["pktnin.classes"])
+        if not is_flow_model(path):
+            raise ValueError(f"{path}: not a flow model (metadata pktnin.decide is not 'flow')")
+        self.runner = FlowModelRunner(path, max_batch=256)
+        self.k = self.runner.flow_packets
+        self.classes = self.runner.classes
 
-    def predict(self, rows: np.ndarray, feats: np.ndarray, batch: int = 256) -> np.ndarray:
-        out = [
-            self.session.run(["probs"], {"rows": rows[s : s + batch, : self.k], "pkt_feats": feats[s : s + batch, : self.k]})[0]
-            for s in range(0, len(rows), batch)
-        ]  # fmt: skip
-        return np.concatenate(out).astype(np.float32)
+    def predict(self, rows: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        return self.runner.infer_flows(rows[:, : self.k], feats[:, : self.k])
 
 
 def flow_scores(flows: FlowSet, probs: np.ndarray, num_classes: int, source_names: list[str]) -> dict:

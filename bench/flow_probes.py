@@ -1,6 +1,7 @@
 """Probes against the shipped flow fusion, scored by the same grouped folds as bench/flow_cv.py: does another
 boosting setting, a linear model on hashed byte n-grams of the first payload packets, a per-class bias on the
-fused probabilities, or the decisions of earlier flows to the same server raise the nested CV score?
+fused probabilities, the decisions of earlier flows to the same server, or a table of server names raise the
+nested CV score?
 
 Each probe gives out-of-fold probabilities over the train+val flows (the folds of flow_cv.py's `file_folds`).
 A boosting setting replaces the shipped boosting inside the shipped fusion; the n-gram model joins it as a third
@@ -8,7 +9,10 @@ member, (1 - g) * y_fused + g * y_ngram; the class bias multiplies the fused pro
 fit by coordinate ascent; the server context blends a flow's fused probabilities with the mean of those of the
 earlier flows (by first packet) of its capture file to the same server, (1 - c) * y + c * y_context, the server
 being its lower port, or its server's address (the source address of its first packet from the lower port; the
-dataset's src_addr, src_port and ts_ns columns). Each is scored like flow_cv.py's stage fuse: the mean over folds of (packet + flow
+dataset's src_addr, src_port and ts_ns columns). The name table (pktnin.engine.name_table, keyed by the registered
+domain of the TLS server_name or HTTP Host in the flow's first 8 rows) is fit on the other folds' flows and fused
+where the flow's name is known, g * y_name + (1 - g) * y_fused; its smoothing, weighting and g are chosen by the
+nested rule, on top of the shipped fusion's all-fold options and also jointly with the fusion's w and beta. Each is scored like flow_cv.py's stage fuse: the mean over folds of (packet + flow
 macro-F1) / 2, nested (each fold scored with the options chosen on the other folds) and with the options chosen
 on all folds (optimistic). The shipped fusion's own nested score is the baseline, computed here the same way.
 
@@ -16,7 +20,7 @@ Reads the members' out-of-fold probabilities that `flow_cv.py --stages cv --oof 
 the 20x1024 forest):
 
     python bench/flow_probes.py DATASET_DIR --oof DIR --json bench/results/flow-probes.json \
-        [--probes gbt,ngram,bias,context] [--gbt-settings JSON ...]
+        [--probes gbt,ngram,bias,context,names] [--gbt-settings JSON ...]
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ from flow_cv import GBT8, WEIGHT_GRID, file_folds, port_table_probs, quick_score
 
 from pktnin.dataset.flows import FlowSet, first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, load_dataset  # noqa: E402
+from pktnin.engine.name_table import NameTable, fuse_names  # noqa: E402
+from pktnin.flow_features import payload_length  # noqa: E402
 from pktnin.layout import HEADER_LEN, ROW_LEN  # noqa: E402
-from pktnin.trainer.flow_trees import feature_matrix, payload_length  # noqa: E402
+from pktnin.server_names import flow_name_keys  # noqa: E402
+from pktnin.trainer.flow_trees import feature_matrix  # noqa: E402
 from pktnin.trainer.train import training_sample_weights  # noqa: E402
 
 FOREST = "RF, first packet, 20x1024 leaves"  # the shipped fusion's forest
@@ -51,6 +58,8 @@ GBT_SETTINGS = (  # the shipped boosting (fit_gbt) is max_iter 150, learning rat
 )
 NGRAM_BITS, NGRAM_N, NGRAM_PACKETS = 12, 3, 2  # 4,096 hashed buckets of byte trigrams, first 2 payload packets
 BIAS_STEPS = (-1.0, -0.5, -0.25, 0.25, 0.5, 1.0)
+NAME_SMOOTHINGS, NAME_WEIGHTINGS = (0.1, 1.0, 10.0, 100.0), ("packets", "flows")
+COARSE_GRID = np.round(np.arange(0.0, 1.0001, 0.1), 1)  # w, beta and g in the joint search (its size: 11**3 x 8)
 
 
 def nested(scores: np.ndarray) -> tuple[float, float, int]:
@@ -157,7 +166,7 @@ def main() -> None:
     ap.add_argument("--oof", type=Path, required=True, help="flow_cv.py's out-of-fold probabilities")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--probes", default="gbt,ngram,bias,context")
+    ap.add_argument("--probes", default="gbt,ngram,bias,context,names")
     ap.add_argument("--gbt-settings", action="append", type=json.loads, default=[],
                     help="HistGradientBoostingClassifier settings (JSON) to try; GBT_SETTINGS without it")  # fmt: skip
     ap.add_argument("--json", type=Path, required=True)
@@ -194,7 +203,7 @@ def main() -> None:
                         "nested": shipped_nested, "all_folds": shipped_best, "w": float(w), "beta": float(beta)}}  # fmt: skip
     print(f"shipped fusion: nested {shipped_nested:.4f} (all folds {shipped_best:.4f}, w {w}, beta {beta})")
     probes = args.probes.split(",")
-    rows = first_rows(data, pool, 8) if {"gbt", "ngram"} & set(probes) else None
+    rows = first_rows(data, pool, 8) if {"gbt", "ngram", "names"} & set(probes) else None
 
     if "gbt" in probes:
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -266,6 +275,42 @@ def main() -> None:
                                     "c": float(WEIGHT_GRID[at])}  # fmt: skip
             print(f"server context ({name}; {has.mean():.1%} of flows have one): nested {score_nested:.4f} "
                   f"(all folds {best:.4f}, c {WEIGHT_GRID[at]})", flush=True)  # fmt: skip
+
+    if "names" in probes:
+        keys = flow_name_keys(rows)
+        tables = {}  # (smoothing, weighting) -> out-of-fold (table probabilities, name known)
+        for smoothing, weighting in itertools.product(NAME_SMOOTHINGS, NAME_WEIGHTINGS):
+            probs, known = np.zeros_like(shipped), np.zeros(len(pool), bool)
+            for f in range(args.folds):
+                fit = fold != f
+                table = NameTable.fit([k for k, m in zip(keys, fit) if m], y[fit], pool.packets[fit], num_classes,
+                                      smoothing, weighting)  # fmt: skip
+                probs[fold == f], known[fold == f] = table.predict([k for k, m in zip(keys, fold == f) if m])
+            tables[smoothing, weighting] = probs, known
+        options = [(t, g) for t in tables for g in WEIGHT_GRID]
+        scores = np.array(
+            [fold_scores(pool, fold, fuse_names(shipped, *tables[t], g), num_classes) for t, g in options]
+        )
+        score_nested, best, at = nested(scores)
+        named = np.array([k is not None for k in keys])
+        out["names"] = {"with_name": float(named.mean()), "with_known_name": float(tables[options[at][0]][1].mean()),
+                        "nested": score_nested, "all_folds": best, "smoothing": options[at][0][0],
+                        "weighting": options[at][0][1], "g": float(options[at][1]),
+                        "fold_choices": [options[int(np.argmax(np.delete(scores, f, axis=1).mean(axis=1)))]
+                                         for f in range(args.folds)]}  # fmt: skip
+        print(f"name table ({named.mean():.1%} of flows have a name): on the shipped fusion nested {score_nested:.4f} "
+              f"(all folds {best:.4f}, {options[at]})", flush=True)  # fmt: skip
+        joint, started = [], time.perf_counter()  # w and beta chosen again with the table's options
+        for w, beta in itertools.product(COARSE_GRID, COARSE_GRID):
+            base = beta * port + (1 - beta) * ((1 - w) * gbt + w * forest)
+            joint += [((float(w), float(beta), *t, float(g)), fold_scores(pool, fold, fuse_names(base, *tables[t], g),
+                                                                          num_classes))
+                      for t in tables for g in COARSE_GRID]  # fmt: skip
+        score_nested, best, at = nested(np.array([s for _, s in joint]))
+        out["names"]["joint"] = {"nested": score_nested, "all_folds": best, "w_beta_smoothing_weighting_g": joint[at][0],
+                                 "against": shipped_nested, "seconds": round(time.perf_counter() - started)}  # fmt: skip
+        print(f"name table with w and beta chosen again: nested {score_nested:.4f} (all folds {best:.4f}, "
+              f"{joint[at][0]}; the shipped fusion's nested {shipped_nested:.4f})", flush=True)  # fmt: skip
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1) + "\n")

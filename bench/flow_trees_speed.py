@@ -2,10 +2,11 @@
 
 Inputs are a dataset's test flows: each flow's first K rows and pkt_feats for the flow model, the same flows' rows
 one by one for the per-packet models. Every model runs batches of `--batch` on its own session (same session
-options as the engine: errors-only logging, no spinning threads); rounds are interleaved (flow model, then each
+options as the engine: errors-only logging, no spinning threads; the flow model through the scorer's runner, which
+also reads the server names a name table needs); rounds are interleaved (flow model, then each
 per-packet model, per round) and the median of `--rounds` rounds is printed, with the load average before and after.
 
-    python bench/flow_trees_speed.py DATASET_DIR --flows FLOWS.npz --flow-model pktnin/models/trees_first_flow8_rf_port.onnx \
+    python bench/flow_trees_speed.py DATASET_DIR --flows FLOWS.npz --flow-model pktnin/models/trees_first_flow8_rf_port_names.onnx \
         --packet-model pktnin/models/nin_parallel_small_port.onnx --packet-model pktnin/models/...int8.onnx
 """
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pktnin.dataset.flows import FlowSet, first_rows, flow_set  # noqa: E402
 from pktnin.dataset.format import SPLIT_CODES, load_dataset  # noqa: E402
+from pktnin.engine.flow_runner import FlowModelRunner  # noqa: E402
 
 
 def session(path: str):
@@ -62,17 +64,16 @@ def main() -> None:
     if len(test) < n:
         ap.error(f"{len(test)} test flows, fewer than --batch x --batches = {n}")
     test = test.select(np.arange(n))
-    flow_session = session(args.flow_model)
-    props = flow_session.get_modelmeta().custom_metadata_map
-    k = int(props["pktnin.flow_packets"])
+    flow_runner = FlowModelRunner(args.flow_model, max_batch=args.batch)  # a name table's ids are computed in it
+    k = flow_runner.flow_packets
     rows = first_rows(data, test, k)
     feats = np.ascontiguousarray(test.feats[:, :k])
     flow_feeds = [
-        {"rows": rows[s : s + args.batch], "pkt_feats": feats[s : s + args.batch]} for s in range(0, n, args.batch)
+        {"rows": rows[s : s + args.batch], "feats": feats[s : s + args.batch]} for s in range(0, n, args.batch)
     ]
     packet_rows = np.ascontiguousarray(np.asarray(data.rows[np.sort(test.index[:, 0])]))  # one row per flow
     packet_feeds = [{"row": packet_rows[s : s + args.batch]} for s in range(0, n, args.batch)]
-    runs = {f"{Path(args.flow_model).name} (flows/s)": (flow_session.run, flow_feeds)}
+    runs = {f"{Path(args.flow_model).name} (flows/s)": (lambda _, feed: flow_runner.infer_flows(**feed), flow_feeds)}
     runs.update({f"{Path(p).name} (rows/s)": (session(p).run, packet_feeds) for p in args.packet_model})
     for run, feeds in runs.values():
         run(None, feeds[0])  # warm-up

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from pktnin.layout import IPV6_HEADER_LEN, ROW_LEN
+from pktnin.layout import (
+    IPPROTO_TCP,
+    IPV6_HEADER_LEN,
+    NET_LEN,
+    ROW_IPV4_PROTOCOL_BYTE,
+    ROW_IPV6_NEXT_HEADER_BYTE,
+    ROW_LEN,
+    ROW_VERSION_BYTE,
+    UDP_HEADER_LEN,
+)
 
 FLOW_FEATURES = ("present", "direction", "length", "log_iat")
 N_FLOW_FEATURES = len(FLOW_FEATURES)
 MAX_LENGTH = 1500  # lengths are clipped here, then scaled to [0, 1]
 IAT_SCALE = 20.0  # log1p of a day in microseconds is about 25
+TCP_OFFSET_BYTE = NET_LEN + 12  # row byte of the TCP data offset (high nibble)
 
 
 def row_ip_length(rows: np.ndarray) -> np.ndarray:
@@ -34,6 +44,17 @@ def row_ip_length(rows: np.ndarray) -> np.ndarray:
     nonzero = rows != 0
     held = np.where(nonzero.any(axis=-1), ROW_LEN - np.argmax(nonzero[..., ::-1], axis=-1), 0)
     return np.where(field > 0, field, held).astype(np.int64)
+
+
+def payload_length(rows: np.ndarray) -> np.ndarray:
+    """Transport payload length per row [F, 1500] from the IP length and the header lengths the row keeps."""
+    rows = np.asarray(rows)
+    v4 = rows[:, ROW_VERSION_BYTE] >> 4 == 4
+    ip_header = np.where(v4, (rows[:, ROW_VERSION_BYTE] & 0x0F).astype(np.int64) * 4, IPV6_HEADER_LEN)
+    proto = np.where(v4, rows[:, ROW_IPV4_PROTOCOL_BYTE], rows[:, ROW_IPV6_NEXT_HEADER_BYTE])
+    tcp_header = (rows[:, TCP_OFFSET_BYTE] >> 4).astype(np.int64) * 4
+    transport = np.where(proto == IPPROTO_TCP, tcp_header, UDP_HEADER_LEN)
+    return np.maximum(row_ip_length(rows) - ip_header - transport, 0)
 
 
 def first_k_index(flow: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

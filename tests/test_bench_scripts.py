@@ -406,6 +406,10 @@ def test_flow_probes_score_against_the_shipped_fusion(csv_corpus, second_csv, tm
     assert 0.0 <= report["bias"]["nested"] <= 1.0 and len(report["bias"]["folds"]) == 2
     for r in report["context"].values():  # c = 0 is the shipped fusion itself
         assert 0.0 <= r["with_context"] <= 1.0 and r["all_folds"] >= shipped["all_folds"] - 1e-12
+    names = report["names"]  # g = 0 is the shipped fusion itself
+    assert 0.0 <= names["with_known_name"] <= names["with_name"] <= 1.0
+    assert names["all_folds"] >= shipped["all_folds"] - 1e-12 and len(names["fold_choices"]) == 2
+    assert 0.0 <= names["joint"]["nested"] <= names["joint"]["all_folds"] + 1e-12 <= 1.0 + 1e-12
 
 
 def test_earlier_context_is_the_mean_of_earlier_flows_with_the_key():

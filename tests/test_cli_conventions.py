@@ -106,7 +106,7 @@ def test_models_lists_the_bundled_models_with_their_provenance():
     result = invoke(["models", "--json"])
     assert result.exit_code == 0, result.output
     bundled = {m["name"]: m for m in json.loads(result.stdout)["bundled"]}
-    assert set(bundled) == {"nin1_port", "nin_parallel_small_port", "nin_flow_port", "trees_first_flow8_rf_port"}
+    assert set(bundled) == {"nin1_port", "nin_parallel_small_port", "nin_flow_port", "trees_first_flow8_rf_port_names"}
     for model in bundled.values():
         assert len(model["classes"]) == 18 and model["input_dtype"] == "uint8" and model["size_bytes"] > 1e6
         assert model["trained"]["mask"] == "paper" and model["trained"]["split"] == "by-file"
@@ -118,14 +118,21 @@ def test_models_lists_the_bundled_models_with_their_provenance():
         assert {"test:corpus", "synthetic", "services"} <= set(ort) and model["agreement"]["rows"]["services"] > 0
     assert {name for name, m in bundled.items() if m["decide"] == "flow"} == {
         "nin_flow_port",
-        "trees_first_flow8_rf_port",
+        "trees_first_flow8_rf_port_names",
     }
-    assert bundled["trees_first_flow8_rf_port"]["flow_packets"] == 8 and bundled["nin_flow_port"]["flow_packets"] == 2
+    assert (
+        bundled["trees_first_flow8_rf_port_names"]["flow_packets"] == 8
+        and bundled["nin_flow_port"]["flow_packets"] == 2
+    )
+    assert (
+        bundled["trees_first_flow8_rf_port_names"]["server_names"] > 100
+        and bundled["nin_flow_port"]["server_names"] is None
+    )
     assert bundled["nin_parallel_small_port"]["alpha"] == pytest.approx(0.47)
     table = invoke(["models"])
     assert table.exit_code == 0 and "Bundled models" in table.output and "nin1_port" in table.output
     assert "agreement with fp32" in table.output and "onnxruntime:int8" in table.output
-    assert "per flow, from its first 8 packets" in table.output
+    assert "per flow, from its first 8 packets" in table.output and "registered domains known" in table.output
 
 
 def test_bench_records_a_speed_that_models_shows(capture, bundled_dir, tmp_path):

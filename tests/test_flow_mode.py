@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from onnx_fixtures import reference_probs, tiny_model
+from onnx_fixtures import tiny_flow_model as _tiny_flow_model
 from packetgen import ethernet, ipv4, ipv6, mixed_traffic, tcp, udp
 from pcapgen import write_pcap, write_pcapng
 from typer.testing import CliRunner
@@ -191,44 +192,7 @@ def test_api_and_cli(inputs, model, tmp_path):
 
 
 def flow_model(path: Path, k: int, seed: int = 0) -> Path:
-    """A two-input flow model: mean of the K rows (/255) and the flattened pkt_feats, each through a fixed
-    random matrix, added, softmax. Returns the path; its weights are in the metadata for the test's numpy copy."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    c = len(CLASSES)
-    w_rows = rng.normal(0, 0.2, (1500, c)).astype(np.float32)
-    w_feats = rng.normal(0, 1.0, (k * 4, c)).astype(np.float32)
-    inits = [numpy_helper.from_array(w_rows, "w_rows"), numpy_helper.from_array(w_feats, "w_feats"),
-             numpy_helper.from_array(np.array(255.0, np.float32), "scale"),
-             numpy_helper.from_array(np.array([0, k * 4], np.int64), "flat")]  # fmt: skip
-    nodes = [
-        helper.make_node("Cast", ["rows"], ["rows_f"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["rows_f", "scale"], ["x"]),
-        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0),
-        helper.make_node("MatMul", ["mean", "w_rows"], ["a"]),
-        helper.make_node("Reshape", ["pkt_feats", "flat"], ["feats"]),
-        helper.make_node("MatMul", ["feats", "w_feats"], ["b"]),
-        helper.make_node("Add", ["a", "b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny_flow",
-        [helper.make_tensor_value_info("rows", TensorProto.UINT8, ["batch", k, 1500]),
-         helper.make_tensor_value_info("pkt_feats", TensorProto.FLOAT, ["batch", k, 4])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", c])], initializer=inits,
-    )  # fmt: skip
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    helper.set_model_props(m, {"pktnin.classes": json.dumps(CLASSES), "pktnin.alpha": "null",
-                               "pktnin.layout_version": "1", "pktnin.preset": "tiny_flow",
-                               "pktnin.input_dtype": "uint8", "pktnin.decide": "flow",
-                               "pktnin.flow_packets": str(k)})  # fmt: skip
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(path))
-    np.savez(path.with_suffix(".npz"), w_rows=w_rows, w_feats=w_feats)
-    return path
+    return _tiny_flow_model(path, CLASSES, k, seed)
 
 
 def test_flow_model_through_the_whole_path(inputs, tmp_path):

@@ -31,6 +31,7 @@ LAYERS = {
     "pktnin.names": "base",
     "pktnin.extras": "base",
     "pktnin.flow_features": "base",
+    "pktnin.server_names": "base",
     "pktnin.kernels": "kernels",
     "pktnin.checkpoint": "engine",  # a checkpoint's files and metadata, read by the export and the trainer
     "pktnin.keras_layers": "engine",

@@ -135,6 +135,11 @@ def bundled_blocks(rows: list[dict], width: int) -> list[str]:
 
 
 def _decide_text(r: dict) -> str:
+    if r.get("decide") == "flow" and r.get("server_names"):
+        return (
+            f"per flow, from its first {r['flow_packets']} packets (--decide flow) and the server name they carry "
+            f"({r['server_names']} registered domains known)"
+        )
     if r.get("decide") == "flow":
         return f"per flow, from its first {r['flow_packets']} packets (--decide flow)"
     return "per packet (or per flow: --decide flow)"

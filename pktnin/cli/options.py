@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Optional
 import typer
 
 MODEL_HELP = (
-    "A bundled model by name (trees_first_flow8_rf_port, nin_flow_port, nin_parallel_small_port, nin1_port: see `pktnin models`) "
-    "or a model file (.onnx, .keras checkpoint, .plan engine). Default: trees_first_flow8_rf_port."
+    "A bundled model by name (trees_first_flow8_rf_port_names, nin_flow_port, nin_parallel_small_port, nin1_port: see `pktnin models`) "
+    "or a model file (.onnx, .keras checkpoint, .plan engine). Default: trees_first_flow8_rf_port_names."
 )
 
 # The values an option takes, as Literal types so that --help lists them (`--mask <paper|strict>`) and typer

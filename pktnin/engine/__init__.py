@@ -12,8 +12,9 @@ Modules, lowest first (each imports only modules above it in this list):
     ort_runner.py      OnnxRuntimeRunner (IO binding into preallocated outputs)
     workers.py         SessionPoolRunner (several single-thread ONNX Runtime sessions)
     openvino_runner.py OpenVinoRunner (fp32, bf16, int8 on the CPU; the `openvino` extra)
-    flow_runner.py     FlowModelRunner: a two-input flow model (first K rows of a flow) on ONNX Runtime, float32
+    flow_runner.py     FlowModelRunner: a flow model (first K rows of a flow) on ONNX Runtime, float32
     graph_rewrite.py   Conv1D rewrites; port_table.py: the port-table branch fused into a model
+    name_table.py      the server-name table of a flow model and its fusion into the graph
     export.py          checkpoint -> one ONNX graph; the checkpoint export cache
     fp16.py            float16 ONNX for strongly typed TensorRT; gpu_env.py, sidecar.py: GPU imports, plan metadata
     quantize.py        static int8 (QDQ) models checked against float32 on held-out rows

@@ -11,7 +11,7 @@ from pktnin.errors import UsageError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # What `pktnin score` runs: one decision per flow from its first 8 rows (boosting, forest and port table fused).
-DEFAULT_MODEL_NAME = "trees_first_flow8_rf_port.onnx"
+DEFAULT_MODEL_NAME = "trees_first_flow8_rf_port_names.onnx"
 # The default of what takes one row per call (the per-packet runners, TensorRT): the paper's kind of model.
 PACKET_MODEL_NAME = "nin_parallel_small_port.onnx"
 

@@ -22,6 +22,7 @@ from pktnin.engine.model_file import (
     DECIDE_KEY,
     FLOW_PACKETS_KEY,
     INPUT_DTYPE_KEY,
+    NAMES_KEY,
     PRESET_KEY,
     PROVENANCE_KEY,
     agreement_record,
@@ -87,6 +88,8 @@ def describe_bundled(path: Path) -> dict:
         # "flow": one decision per flow from its first flow_packets rows; "packet": every packet alone
         "decide": meta.get(DECIDE_KEY, "packet"),
         "flow_packets": int(meta[FLOW_PACKETS_KEY]) if FLOW_PACKETS_KEY in meta else None,
+        # a flow model's table of server names (TLS server_name, HTTP Host): how many registered domains it knows
+        "server_names": len(json_prop(meta, NAMES_KEY, [])) if NAMES_KEY in meta else None,
         "size_bytes": path.stat().st_size,
         "trained": {
             "created": provenance.get("created"),

@@ -2,7 +2,9 @@
 
 Inputs `rows` uint8 [B, K, 1500] (layout rows; the graph normalizes) and `pkt_feats` float32 [B, K, 4]
 (pktnin.flow_features), output `probs` float32 [B, C]; metadata `pktnin.decide` = "flow" and
-`pktnin.flow_packets` = K beside the other pktnin.* keys. They run on ONNX Runtime in float32 on the CPU.
+`pktnin.flow_packets` = K beside the other pktnin.* keys. A model with a name table (pktnin.engine.name_table)
+takes a third input, `name_id`, which the runner computes from the rows it is given, so every caller feeds rows and
+pkt_feats alone. They run on ONNX Runtime in float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from typing import Any
 import numpy as np
 
 from pktnin.engine.errors import ModelMismatchError
-from pktnin.engine.model_file import CLASSES_KEY, DECIDE_KEY, FLOW_INPUTS, FLOW_PACKETS_KEY, read_props
+from pktnin.engine.model_file import (
+    CLASSES_KEY,
+    DECIDE_KEY,
+    FLOW_INPUTS,
+    FLOW_PACKETS_KEY,
+    NAME_INPUT,
+    NAMES_KEY,
+    read_props,
+)
+from pktnin.engine.name_table import NameIndex
 from pktnin.engine.ort_runner import import_onnxruntime, ort_errors, unusable_model
 from pktnin.layout import ROW_LEN
 
@@ -50,15 +61,18 @@ class FlowModelRunner:
             raise unusable_model(self.path, exc) from None
         props = session.get_modelmeta().custom_metadata_map
         inputs = {i.name: i for i in session.get_inputs()}
-        if sorted(inputs) != sorted(FLOW_INPUTS) or [o.name for o in session.get_outputs()] != ["probs"]:
+        with_names = NAME_INPUT in inputs
+        expected = sorted(FLOW_INPUTS + ((NAME_INPUT,) if with_names else ()))
+        if sorted(inputs) != expected or [o.name for o in session.get_outputs()] != ["probs"]:
             raise ModelMismatchError(
-                f"{self.path}: a flow model takes inputs {list(FLOW_INPUTS)} and gives 'probs', got "
-                f"{sorted(inputs)} and {[o.name for o in session.get_outputs()]}"
+                f"{self.path}: a flow model takes inputs {list(FLOW_INPUTS)} (and {NAME_INPUT!r} with a name table) "
+                f"and gives 'probs', got {sorted(inputs)} and {[o.name for o in session.get_outputs()]}"
             )
         try:
             self._classes = list(json.loads(props[CLASSES_KEY]))
             self.flow_packets = int(props[FLOW_PACKETS_KEY])
-        except (KeyError, ValueError) as exc:
+            self._names = NameIndex(list(json.loads(props[NAMES_KEY]))) if with_names else None
+        except (KeyError, ValueError, TypeError) as exc:
             raise ModelMismatchError(f"{self.path}: flow model metadata missing or unreadable: {exc}") from None
         shape = inputs["rows"].shape
         k_dim = shape[1] if len(shape) == 3 else None
@@ -89,6 +103,8 @@ class FlowModelRunner:
         for lo in range(0, len(rows), self.max_batch):
             hi = min(len(rows), lo + self.max_batch)
             feed = {"rows": np.ascontiguousarray(rows[lo:hi]), "pkt_feats": np.ascontiguousarray(feats[lo:hi])}
+            if self._names is not None:
+                feed[NAME_INPUT] = self._names.of_rows(feed["rows"])
             out[lo:hi] = self._session.run(["probs"], feed)[0]
         return out
 

@@ -40,6 +40,11 @@ PORT_PROVENANCE_KEY = META_PREFIX + "port_provenance"
 DECIDE_KEY = META_PREFIX + "decide"  # "flow" in a flow model; absent in a per-packet model
 FLOW_PACKETS_KEY = META_PREFIX + "flow_packets"  # K
 FLOW_INPUTS = ("rows", "pkt_feats")  # uint8 [batch, K, 1500] and float32 [batch, K, 4]
+# A flow model with a name table (pktnin.engine.name_table) takes one more input, computed from its rows.
+NAME_INPUT = "name_id"  # int64 [batch]: 0 for no known server name, i for the i-th of NAMES_KEY's list
+NAMES_KEY = META_PREFIX + "server_names"  # JSON list of registered domains
+NAME_WEIGHT_KEY = META_PREFIX + "name_weight"
+NAME_PROVENANCE_KEY = META_PREFIX + "name_provenance"
 REQUIRED_KEYS = (CLASSES_KEY, ALPHA_KEY, LAYOUT_VERSION_KEY, PRESET_KEY, INPUT_DTYPE_KEY)
 
 INT8_SUFFIX = ".int8.onnx"  # NAME.int8.onnx: the int8 companion of NAME.onnx

@@ -20,7 +20,7 @@ import numpy as np
 
 from pktnin.engine.port_table import FLOW_FEATS_INPUT as FEATS_INPUT
 from pktnin.engine.port_table import FLOW_ROWS_INPUT as ROWS_INPUT
-from pktnin.flow_features import N_FLOW_FEATURES, row_ip_length
+from pktnin.flow_features import N_FLOW_FEATURES, TCP_OFFSET_BYTE, payload_length
 from pktnin.layout import (
     HEADER_LEN,
     IPPROTO_TCP,
@@ -35,7 +35,6 @@ from pktnin.layout import (
 
 # Row bytes of the transport segment (it starts at NET_LEN; TCP header offsets).
 PORT_BYTES = (NET_LEN, NET_LEN + 4)  # source port, destination port, big-endian
-TCP_OFFSET_BYTE = NET_LEN + 12  # data offset in the high nibble
 TCP_FLAGS_BYTE = NET_LEN + 13
 TCP_WINDOW_BYTES = (NET_LEN + 14, NET_LEN + 15)
 FIRST_PAYLOAD = 64  # payload bytes of the first packet the first-packet forest reads
@@ -68,17 +67,6 @@ def flow_features(rows: np.ndarray, feats: np.ndarray, k: int) -> np.ndarray:
     blocks = [np.asarray(rows[:, :n, start:end]).reshape(f, -1) for n, start, end in flow_byte_blocks(k)]
     p = ports(rows[:, 0])
     return np.column_stack([np.asarray(feats[:, :k]).reshape(f, -1), *blocks, p, p.min(axis=1)]).astype(np.float32)
-
-
-def payload_length(rows: np.ndarray) -> np.ndarray:
-    """Transport payload length per row [F, 1500] from the IP length and the header lengths the row keeps."""
-    rows = np.asarray(rows)
-    v4 = rows[:, ROW_VERSION_BYTE] >> 4 == 4
-    ip_header = np.where(v4, (rows[:, ROW_VERSION_BYTE] & 0x0F).astype(np.int64) * 4, IPV6_HEADER_LEN)
-    proto = np.where(v4, rows[:, ROW_IPV4_PROTOCOL_BYTE], rows[:, ROW_IPV6_NEXT_HEADER_BYTE])
-    tcp_header = (rows[:, TCP_OFFSET_BYTE] >> 4).astype(np.int64) * 4
-    transport = np.where(proto == IPPROTO_TCP, tcp_header, UDP_HEADER_LEN)
-    return np.maximum(row_ip_length(rows) - ip_header - transport, 0)
 
 
 def first_packet_features(rows: np.ndarray) -> np.ndarray:
