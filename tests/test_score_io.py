@@ -153,9 +153,15 @@ def test_ctrl_c_stops_a_run_waiting_on_a_fifo_that_is_never_written(tmp_path, mo
     fifo = tmp_path / "never.fifo"
     os.mkfifo(fifo)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # A shell starts a background job with SIGINT ignored and a child inherits that (then Ctrl-C rightly does
+    # nothing): the command runs with Python's own SIGINT handler, as from a terminal.
+    as_from_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'pktnin'; runpy.run_module('pktnin', run_name='__main__', alter_sys=True)"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pktnin", "score", str(fifo), "--model", str(model), "--out", str(tmp_path / "p.parquet"),
-         "--no-progress"],
+        [sys.executable, "-c", as_from_a_terminal, "score", str(fifo), "--model", str(model), "--out",
+         str(tmp_path / "p.parquet"), "--no-progress"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     started = time.monotonic()
