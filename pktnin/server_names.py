@@ -100,7 +100,8 @@ def payload_name(payload: bytes) -> str | None:
 
 
 def flow_name_keys(rows: np.ndarray) -> list[str | None]:
-    """Per flow, the name_key of the first server name among its rows uint8 [F, K, 1500] (in order), or None."""
+    """Per flow, the first name_key its rows uint8 [F, K, 1500] give, in row order (a name that gives no key, such
+    as an address, is passed over), or None."""
     rows = np.asarray(rows, dtype=np.uint8)
     keys: list[str | None] = [None] * rows.shape[0]
     # Only payloads that can start a ClientHello or a request are read, in Python: few rows of a batch.

@@ -15,6 +15,7 @@ Modules, lowest first (each imports only modules above it in this list):
     flow_runner.py     FlowModelRunner: a flow model (first K rows of a flow) on ONNX Runtime, float32
     graph_rewrite.py   Conv1D rewrites; port_table.py: the port-table branch fused into a model
     name_table.py      the server-name table of a flow model and its fusion into the graph
+    output_branch.py   a branch appended behind a model's output (how both tables are fused in)
     export.py          checkpoint -> one ONNX graph; the checkpoint export cache
     fp16.py            float16 ONNX for strongly typed TensorRT; gpu_env.py, sidecar.py: GPU imports, plan metadata
     quantize.py        static int8 (QDQ) models checked against float32 on held-out rows

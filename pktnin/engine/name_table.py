@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin.atomic import atomic_path
 from pktnin.engine.model_file import (
     CLASSES_KEY,
     DECIDE_KEY,
@@ -29,8 +28,8 @@ from pktnin.engine.model_file import (
     NAMES_KEY,
     OUTPUT_NAME,
     PRESET_KEY,
-    set_props,
 )
+from pktnin.engine.output_branch import OutputBranch
 from pktnin.server_names import flow_name_keys
 
 NAMES_SUFFIX = "_names"  # preset of a model with the name table: <preset>_names
@@ -106,53 +105,33 @@ def fuse_names_onnx(
 ) -> Path:
     """Write model_path's flow graph with the name table fused in (weight `weight` on the table where the flow's
     name is known) to out_path (atomically); the graph gains the input `name_id` int64 [batch]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be within [0, 1], got {weight}")
-    model = onnx.load(str(model_path))
-    props = {p.key: p.value for p in model.metadata_props}
+    branch = OutputBranch(model_path, NAME_NODE_PREFIX, NAME_NODE_PREFIX + "flow_probs")
+    props = branch.props
     if props.get(DECIDE_KEY) != "flow":
         raise ValueError(f"{model_path}: the name table joins a flow model (metadata {DECIDE_KEY} = flow)")
-    if any(i.name == NAME_INPUT for i in model.graph.input):
+    if any(i.name == NAME_INPUT for i in branch.model.graph.input):
         raise ValueError(f"{model_path}: the model has a name table already")
     classes = json.loads(props[CLASSES_KEY])
     if table.probs.shape[1] != len(classes):
         raise ValueError(f"name table has {table.probs.shape[1]} classes, {model_path} has {len(classes)}")
-    graph = model.graph
-    flow_out = NAME_NODE_PREFIX + "flow_probs"
-    for node in graph.node:
-        node.output[:] = [flow_out if o == OUTPUT_NAME else o for o in node.output]
-        node.input[:] = [flow_out if i == OUTPUT_NAME else i for i in node.input]
-    graph.input.append(helper.make_tensor_value_info(NAME_INPUT, TensorProto.INT64, ["batch"]))
-
-    def const(name: str, value) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{NAME_NODE_PREFIX}const/{name}"))
-        return f"{NAME_NODE_PREFIX}const/{name}"
-
-    def add_node(op: str, inputs: list[str], name: str, out: str | None = None) -> str:
-        out = out or f"{NAME_NODE_PREFIX}{name}"
-        graph.node.append(helper.make_node(op, inputs, [out], name=f"{NAME_NODE_PREFIX}{name}"))
-        return out
-
+    const, add_node = branch.const, branch.node
+    name_id = branch.input(NAME_INPUT, TensorProto.INT64, ["batch"])
     rows = np.vstack([np.zeros((1, table.probs.shape[1]), np.float32), table.probs])  # row 0: no known name
-    y_name = add_node("Gather", [const("table", rows), NAME_INPUT], "y_name")
-    known = add_node("Unsqueeze", [add_node("Greater", [NAME_INPUT, const("zero", np.int64(0))], "known1"),
+    y_name = add_node("Gather", [const("table", rows), name_id], "y_name")
+    known = add_node("Unsqueeze", [add_node("Greater", [name_id, const("zero", np.int64(0))], "known1"),
                                    const("axis1", np.array([1], np.int64))], "known")  # fmt: skip
     mixed = add_node("Sum", [add_node("Mul", [y_name, const("g", np.float32(weight))], "weighted_name"),
-                             add_node("Mul", [flow_out, const("one_minus_g", np.float32(1.0 - weight))], "weighted_flow")],
-                     "mixed")  # fmt: skip
-    add_node("Where", [known, mixed, flow_out], "fuse", out=OUTPUT_NAME)
-    set_props(model, {
+                             add_node("Mul", [branch.inner, const("one_minus_g", np.float32(1.0 - weight))],
+                                      "weighted_flow")], "mixed")  # fmt: skip
+    add_node("Where", [known, mixed, branch.inner], "fuse", out=OUTPUT_NAME)
+    return branch.save(out_path, {
         PRESET_KEY: props.get(PRESET_KEY, "unknown") + NAMES_SUFFIX,
         NAMES_KEY: json.dumps(table.names),
         NAME_WEIGHT_KEY: json.dumps(weight),
         NAME_PROVENANCE_KEY: json.dumps({**provenance, "smoothing": table.smoothing, "weighting": table.weighting,
                                          "names": len(table.names)}),
     })  # fmt: skip
-    onnx.checker.check_model(model)
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        onnx.save(model, str(tmp))
-    return out_path

@@ -7,7 +7,8 @@ beta is chosen on the validation rows (fusion.search_alpha). The table also give
 (the majority class of the training packets per key). `fuse_port_onnx` appends the lookup and the fusion to an
 exported model's ONNX graph: the key is computed from the uint8 row (IP version nibble, protocol byte, ports at
 row bytes 20..23), a Gather over a dense index of the 2 x 65536 keys picks a row of the table, so the fused model
-stays one graph that every runner scores as before. numpy only, except fuse_port_onnx (onnx, the `train` extra).
+stays one graph that every runner scores as before (engine.output_branch). numpy only, except fuse_port_onnx (onnx,
+the `train` extra).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pktnin.atomic import atomic_path
 from pktnin.engine.model_file import (
     CLASSES_KEY,
     DECIDE_KEY,
@@ -30,8 +30,8 @@ from pktnin.engine.model_file import (
     PORT_BETA_KEY,
     PORT_PROVENANCE_KEY,
     PRESET_KEY,
-    set_props,
 )
+from pktnin.engine.output_branch import OutputBranch
 from pktnin.layout import ROW_IPV6_NEXT_HEADER_BYTE
 
 N_KEYS = 2 * 65536  # (UDP or not) x lower port
@@ -124,32 +124,18 @@ def fuse_port_onnx(
     """Write model_path's graph with the port branch fused in (Eq. 3 with weight beta on the port table) to
     out_path (atomically). The model must take the uint8 row, or (a flow model) uint8 rows [batch, K, 1500]:
     then the flow's first row gives the port."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be within [0, 1], got {beta}")
-    model = onnx.load(str(model_path))
-    props = {p.key: p.value for p in model.metadata_props}
+    branch = OutputBranch(model_path, PORT_NODE_PREFIX, "net_probs")
+    props = branch.props
     if props.get(INPUT_DTYPE_KEY) != "uint8":
         raise ValueError(f"{model_path}: the port branch reads the uint8 row; export the model with uint8 input")
     classes = json.loads(props[CLASSES_KEY])
     if table.probs.shape[1] != len(classes):
         raise ValueError(f"port table has {table.probs.shape[1]} classes, {model_path} has {len(classes)}")
-    graph = model.graph
-    net_out = "net_probs"
-    for node in graph.node:
-        node.output[:] = [net_out if o == OUTPUT_NAME else o for o in node.output]
-        node.input[:] = [net_out if i == OUTPUT_NAME else i for i in node.input]
-
-    def const(name: str, value) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"{PORT_NODE_PREFIX}const/{name}"))
-        return f"{PORT_NODE_PREFIX}const/{name}"
-
-    def add_node(op: str, inputs: list[str], name: str, **attrs) -> str:
-        out = f"{PORT_NODE_PREFIX}{name}"
-        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+    const, add_node = branch.const, branch.node
 
     def column(i: int) -> str:  # int32 [batch]: row byte i
         return add_node("Gather", [head, const(f"byte{i}", np.int64(i))], f"byte{i}", axis=1)
@@ -172,22 +158,13 @@ def fuse_port_onnx(
     key = add_node("Add", [add_node("Mul", [udp, const("65536", np.int32(65536))], "udp_off"), low], "key")
     pos = add_node("Gather", [const("index", table.dense_index()), key], "pos", axis=0)
     y_port = add_node("Gather", [const("table", table.probs), pos], "y_port", axis=0)
-    graph.node.append(helper.make_node(
-        "Sum", [add_node("Mul", [y_port, const("beta", np.float32(beta))], "weighted_port"),
-                add_node("Mul", [net_out, const("one_minus_beta", np.float32(1.0 - beta))], "weighted_net")],
-        [OUTPUT_NAME], name="port/fuse"))  # fmt: skip
-
-    base_preset = props.get(PRESET_KEY, "unknown")
-    meta = {
-        PRESET_KEY: base_preset + PORT_SUFFIX,
+    add_node("Sum", [add_node("Mul", [y_port, const("beta", np.float32(beta))], "weighted_port"),
+                     add_node("Mul", [branch.inner, const("one_minus_beta", np.float32(1.0 - beta))], "weighted_net")],
+             "fuse", out=OUTPUT_NAME)  # fmt: skip
+    return branch.save(out_path, {
+        PRESET_KEY: props.get(PRESET_KEY, "unknown") + PORT_SUFFIX,
         PORT_BETA_KEY: json.dumps(beta),
         PORT_PROVENANCE_KEY: json.dumps(
             {**provenance, "smoothing": table.smoothing, "balanced": table.balanced, "keys_seen": int(table.keys.size)}
-        ),  # fmt: skip
-    }
-    set_props(model, meta)
-    onnx.checker.check_model(model)
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        onnx.save(model, str(tmp))
-    return out_path
+        ),
+    })  # fmt: skip
